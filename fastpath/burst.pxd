@@ -1,0 +1,30 @@
+# The burst loop: frames sit in preallocated slots; one nogil pass decides
+# where each goes and fills per-port transmit queues with slot indices.
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from fastpath.defs cimport pkt_t, MAX_PORTS
+from fastpath.counters cimport stats_t
+from fastpath.fdb cimport Fdb, fdb_t
+from fastpath.ports cimport Ports, ports_t
+
+cdef class Dataplane:
+    cdef readonly uint32_t nslots
+    cdef readonly uint32_t slot_size     # largest frame a slot holds
+    cdef uint32_t stride                 # bytes between slot starts
+    cdef uint8_t *mem
+    cdef pkt_t *pkts
+    cdef uint16_t *txq                   # MAX_PORTS x nslots slot indices
+    cdef uint32_t txq_len[MAX_PORTS]
+    cdef uint16_t tx_active[MAX_PORTS]   # ports with a non-empty queue this burst
+    cdef uint32_t n_active
+    cdef stats_t stats
+    cdef readonly Fdb fdb
+    cdef readonly Ports ports
+    cdef fdb_t *ft                       # bound once: the loop touches no Python object
+    cdef ports_t *pt
+    cdef object clock
+
+    cdef void run(self, uint32_t start, uint32_t n, uint64_t now) noexcept nogil
+    cdef inline void bridge(self, uint32_t i, pkt_t *pk, uint64_t now) noexcept nogil
+    cdef inline void enqueue(self, uint16_t port, uint32_t i, uint32_t length) noexcept nogil
+    cdef inline void drop(self, pkt_t *pk, uint16_t reason) noexcept nogil
+    cdef uint64_t now_ms(self) except? 0

@@ -1,0 +1,262 @@
+"""Dataplane: slots, the nogil burst loop (parse -> learn -> forward/flood),
+per-port TX queues, and the one Python entry point every test and tool uses:
+``Dataplane.process(frames, in_port) -> [(out_port, frame_bytes), ...]``."""
+import time
+
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdlib cimport calloc, free
+from libc.string cimport memcpy, memset
+from posix.stdlib cimport posix_memalign
+
+from fastpath.defs cimport *
+from fastpath.parse cimport parse_frame
+from fastpath.fdb cimport fdb_key, fdb_learn, fdb_lookup
+from fastpath.counters cimport port_stats_t
+from fastpath.counters import DROP_NAMES
+
+
+cdef class Dataplane:
+    def __cinit__(self, uint32_t nslots=256, uint32_t slot_size=2048,
+                  uint64_t fdb_capacity=65536, double aging=300.0, clock=None):
+        cdef void *mem = NULL
+        if not 1 <= nslots <= 65536:
+            raise ValueError(f"nslots must be 1..65536, got {nslots}")
+        if not 64 <= slot_size <= 65536 + 1024:
+            raise ValueError(f"slot_size must be 64..66560 bytes, got {slot_size}")
+        self.nslots = nslots
+        self.slot_size = slot_size
+        # Round to cache lines, and avoid strides that are a multiple of 4 KB:
+        # those map every frame header to the same cache set.
+        self.stride = (HEADROOM + slot_size + 63) & ~63u
+        if self.stride % 4096 == 0:
+            self.stride += 64
+        if posix_memalign(&mem, 64, <size_t>nslots * self.stride) != 0:
+            raise MemoryError("frame slots")
+        self.mem = <uint8_t *>mem
+        self.pkts = <pkt_t *>calloc(nslots, sizeof(pkt_t))
+        self.txq = <uint16_t *>calloc(<size_t>MAX_PORTS * nslots, sizeof(uint16_t))
+        if self.pkts == NULL or self.txq == NULL:
+            raise MemoryError("burst descriptors")
+        memset(&self.stats, 0, sizeof(self.stats))
+        memset(self.txq_len, 0, sizeof(self.txq_len))
+        self.n_active = 0
+        for i in range(nslots):
+            self.pkts[i].data = self.mem + <size_t>i * self.stride + HEADROOM
+        self.fdb = Fdb(fdb_capacity, aging)
+        self.ports = Ports()
+        self.ft = &self.fdb.t
+        self.pt = &self.ports.p
+        self.clock = clock if clock is not None else time.monotonic
+
+    def __dealloc__(self):
+        free(self.mem)
+        free(self.pkts)
+        free(self.txq)
+
+    cdef uint64_t now_ms(self) except? 0:
+        return <uint64_t>(self.clock() * 1000.0)
+
+    # ---- the burst loop -------------------------------------------------
+
+    cdef inline void drop(self, pkt_t *pk, uint16_t reason) noexcept nogil:
+        pk.out = OUT_DROP
+        pk.reason = reason
+        self.stats.drops[reason] += 1
+        if pk.in_port < MAX_PORTS:
+            self.stats.port[pk.in_port].rx_dropped += 1
+
+    cdef inline void enqueue(self, uint16_t port, uint32_t i, uint32_t length) noexcept nogil:
+        if self.txq_len[port] == 0:
+            self.tx_active[self.n_active] = port
+            self.n_active += 1
+        self.txq[<size_t>port * self.nslots + self.txq_len[port]] = <uint16_t>i
+        self.txq_len[port] += 1
+        self.stats.port[port].tx_packets += 1
+        self.stats.port[port].tx_bytes += length
+
+    cdef inline void bridge(self, uint32_t i, pkt_t *pk, uint64_t now) noexcept nogil:
+        cdef uint16_t port = pk.in_port, d, r, s, k, c
+        cdef int out
+        cdef port_stats_t *ps
+        if port >= MAX_PORTS or not self.pt.up[port]:
+            self.drop(pk, DROP_BAD_PORT)
+            return
+        ps = &self.stats.port[port]
+        ps.rx_packets += 1
+        ps.rx_bytes += pk.len
+        r = parse_frame(pk.data, pk.len, &pk.m)
+        if r != DROP_NONE:
+            self.drop(pk, r)
+            return
+        if pk.data[6] & 1:
+            self.drop(pk, DROP_SRC_MCAST)
+            return
+        d = self.pt.domain[port]
+        pk.domain = d
+        fdb_learn(self.ft, fdb_key(pk.data + 6, d), port, now)
+        if not (pk.m.flags & F_BCAST):
+            out = fdb_lookup(self.ft, fdb_key(pk.data, d), now)
+            if out == port:
+                self.drop(pk, DROP_SAME_PORT)
+                return
+            if out >= 0 and self.pt.up[out]:
+                pk.out = out
+                pk.reason = DROP_NONE
+                self.enqueue(<uint16_t>out, i, pk.len)
+                self.stats.forwarded += 1
+                return
+        # Broadcast, multicast or unknown unicast: every other port of the domain.
+        s = self.pt.dom_start[d]
+        c = self.pt.dom_count[d]
+        if c <= 1:
+            self.drop(pk, DROP_NO_PORTS)
+            return
+        pk.out = OUT_FLOOD
+        pk.reason = DROP_NONE
+        self.stats.flooded += 1
+        for k in range(s, s + c):
+            if self.pt.flood[k] != port:
+                self.enqueue(self.pt.flood[k], i, pk.len)
+
+    cdef void run(self, uint32_t start, uint32_t n, uint64_t now) noexcept nogil:
+        cdef uint32_t i, k
+        for k in range(self.n_active):
+            self.txq_len[self.tx_active[k]] = 0
+        self.n_active = 0
+        for i in range(start, start + n):
+            self.bridge(i, &self.pkts[i], now)
+
+    # ---- control side: slots, bursts, queues ----------------------------
+
+    def _slot_check(self, uint32_t i):
+        if i >= self.nslots:
+            raise IndexError(f"slot {i} out of range 0..{self.nslots - 1}")
+
+    def load(self, uint32_t i, const unsigned char[:] frame, uint16_t in_port):
+        """Copy a frame into slot i, received on in_port. Returns False (and
+        counts a too_long drop) if it does not fit."""
+        self._slot_check(i)
+        cdef pkt_t *pk = &self.pkts[i]
+        cdef uint32_t n = frame.shape[0]
+        pk.data = self.mem + <size_t>i * self.stride + HEADROOM
+        pk.in_port = in_port
+        if n > self.slot_size:
+            pk.len = 0
+            self.drop(pk, DROP_TOO_LONG)
+            if in_port < MAX_PORTS:
+                self.stats.port[in_port].rx_packets += 1
+                self.stats.port[in_port].rx_bytes += n
+            return False
+        if n:
+            memcpy(pk.data, &frame[0], n)
+        pk.len = n
+        return True
+
+    def run_burst(self, uint32_t start, uint32_t n):
+        """Process slots start..start+n-1 (already loaded) in one nogil pass."""
+        if start + n > self.nslots:
+            raise IndexError(f"burst {start}+{n} exceeds {self.nslots} slots")
+        cdef uint64_t now = self.now_ms()
+        with nogil:
+            self.run(start, n, now)
+
+    def tx_ports(self):
+        """Ports with frames queued by the last burst."""
+        return [self.tx_active[k] for k in range(self.n_active)]
+
+    def tx_queue(self, uint16_t port):
+        """Slot indices queued for port by the last burst, in arrival order."""
+        if port >= MAX_PORTS:
+            raise ValueError(f"port must be 0..{MAX_PORTS - 1}, got {port}")
+        base = <size_t>port * self.nslots
+        return [self.txq[base + k] for k in range(self.txq_len[port])]
+
+    def frame(self, uint32_t i):
+        """Bytes of the frame now in slot i."""
+        self._slot_check(i)
+        return (<char *>self.pkts[i].data)[:self.pkts[i].len]
+
+    def verdict(self, uint32_t i):
+        """(egress, reason) of slot i after the last burst: egress is a port,
+        'flood' or 'drop'; reason names the drop."""
+        self._slot_check(i)
+        cdef pkt_t *pk = &self.pkts[i]
+        if pk.out == OUT_DROP:
+            return "drop", DROP_NAMES[pk.reason]
+        if pk.out == OUT_FLOOD:
+            return "flood", None
+        return pk.out, None
+
+    def process(self, frames, int in_port):
+        """Run frames received on in_port through the fast path, in bursts of
+        at most nslots. Returns [(out_port, frame_bytes), ...] ordered by input
+        frame, then port; dropped frames are absent (see counters())."""
+        if isinstance(frames, (bytes, bytearray, memoryview)):
+            frames = [frames]
+        frames = [bytes(f) for f in frames]
+        if not 0 <= in_port < MAX_PORTS:
+            raise ValueError(f"port must be 0..{MAX_PORTS - 1}, got {in_port}")
+        out = []
+        cdef uint32_t pos = 0, n, j, k, q, p
+        while pos < len(frames):
+            n = min(<uint32_t>len(frames) - pos, self.nslots)
+            for j in range(n):
+                self.load(j, frames[pos + j], in_port)
+            # Frames too long for a slot were dropped at load; run the rest.
+            live = [j for j in range(n) if self.pkts[j].len or len(frames[pos + j]) == 0]
+            self.run_burst(0, n) if len(live) == n else self._run_live(live)
+            pairs = []
+            for k in range(self.n_active):
+                p = self.tx_active[k]
+                for q in range(self.txq_len[p]):
+                    pairs.append((self.txq[<size_t>p * self.nslots + q], p))
+            pairs.sort()
+            out.extend((p, self.frame(j)) for j, p in pairs)
+            pos += n
+        return out
+
+    def _run_live(self, live):
+        # Compact the loaded frames so the burst is contiguous.
+        cdef uint32_t dst = 0
+        for j in live:
+            if j != dst:
+                self.pkts[dst], self.pkts[j] = self.pkts[j], self.pkts[dst]
+            dst += 1
+        self.run_burst(0, dst)
+
+    # ---- ports, counters ------------------------------------------------
+
+    def add_port(self, int port, int domain=0):
+        self.ports.add(port, domain)
+
+    def remove_port(self, int port):
+        """Remove a port and every FDB entry pointing at it, static included."""
+        self.ports.remove(port)
+        self.fdb.flush(port=port, include_static=True)
+
+    def age(self):
+        """Sweep aged FDB entries now (the agent calls this periodically)."""
+        return self.fdb.age(self.now_ms())
+
+    def fdb_dump(self):
+        return self.fdb.dump(self.now_ms())
+
+    def port_counters(self, int port):
+        if not 0 <= port < MAX_PORTS:
+            raise ValueError(f"port must be 0..{MAX_PORTS - 1}, got {port}")
+        cdef port_stats_t *ps = &self.stats.port[port]
+        return {"rx_packets": ps.rx_packets, "rx_bytes": ps.rx_bytes,
+                "tx_packets": ps.tx_packets, "tx_bytes": ps.tx_bytes,
+                "rx_dropped": ps.rx_dropped}
+
+    def counters(self):
+        """All counters: drops by reason, bridge totals, FDB, and per port."""
+        return {
+            "drops": {DROP_NAMES[r]: self.stats.drops[r] for r in range(1, N_DROP)},
+            "bridge": {"forwarded": self.stats.forwarded, "flooded": self.stats.flooded},
+            "fdb": self.fdb.counters(),
+            "ports": {p: self.port_counters(p) for p, _ in self.ports.list()},
+        }
+
+    def reset_counters(self):
+        memset(&self.stats, 0, sizeof(self.stats))

@@ -1,0 +1,17 @@
+# Per-port and per-drop-reason counters, plain C so the burst loop bumps them
+# without touching Python.
+from libc.stdint cimport uint64_t
+from fastpath.defs cimport N_DROP, MAX_PORTS
+
+ctypedef struct port_stats_t:
+    uint64_t rx_packets
+    uint64_t rx_bytes
+    uint64_t tx_packets
+    uint64_t tx_bytes
+    uint64_t rx_dropped
+
+ctypedef struct stats_t:
+    uint64_t drops[N_DROP]
+    uint64_t flooded       # frames flooded (counted once per frame)
+    uint64_t forwarded     # frames sent to one known port
+    port_stats_t port[MAX_PORTS]

@@ -1,0 +1,65 @@
+# Shared C declarations of the fast path: frame descriptors, parse results,
+# drop reasons. Every stage cimports this; nothing here allocates.
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t
+
+cdef enum:
+    MAX_PORTS = 256        # port ids are 0..255; tables are sized once
+    MAX_DOMAINS = 4096     # bridge domain ids fit the 12 low bits of an FDB key
+    HEADROOM = 128         # bytes kept free before each frame (vnet header, outer headers)
+
+# Where a frame goes after the burst loop.
+cdef enum:
+    OUT_DROP = -1
+    OUT_FLOOD = -2
+
+# Parse flags (meta_t.flags).
+cdef enum:
+    F_ARP = 1
+    F_IP4 = 2
+    F_IP6 = 4
+    F_FRAG = 8        # IPv4 fragment other than the first: no L4 header
+    F_L4 = 16         # l4_off/l4_len describe a complete TCP/UDP/ICMP header
+    F_BCAST = 32      # destination MAC is broadcast or multicast
+
+# Drop reasons. The order matches DROP_NAMES in counters.pyx (a test checks).
+cdef enum:
+    DROP_NONE = 0
+    DROP_BAD_PORT        # ingress port unknown or down
+    DROP_RUNT            # shorter than an Ethernet header
+    DROP_TOO_LONG        # larger than a buffer slot
+    DROP_VLAN_TRUNC      # 802.1Q tag cut short
+    DROP_VLAN_DEPTH      # more than two VLAN tags
+    DROP_SRC_MCAST       # source MAC is multicast/broadcast
+    DROP_ARP_TRUNC
+    DROP_IP4_TRUNC       # fewer bytes than the IPv4 header needs
+    DROP_IP4_VERSION     # version field is not 4
+    DROP_IP4_IHL         # IHL < 5 or options run past the frame
+    DROP_IP4_LEN         # total length shorter than the header or longer than the frame
+    DROP_IP6_TRUNC
+    DROP_IP6_LEN         # payload length runs past the frame
+    DROP_L4_TRUNC        # TCP/UDP/ICMP header cut short
+    DROP_TCP_DOFF        # TCP data offset < 5 or past the segment
+    DROP_UDP_LEN         # UDP length < 8 or past the datagram
+    DROP_SAME_PORT       # destination was learned on the ingress port
+    DROP_NO_PORTS        # flood with no other port in the domain
+    N_DROP
+
+ctypedef struct meta_t:
+    uint16_t ethertype   # after any VLAN tags
+    uint16_t l3_off
+    uint16_t l4_off
+    uint16_t vlan[2]     # VLAN ids, outer first
+    uint8_t n_vlan
+    uint8_t l4_proto     # IPv4 protocol / IPv6 next header
+    uint8_t flags
+    uint32_t l3_len      # IP total length (IPv6: 40 + payload length)
+    uint32_t l4_len      # bytes from l4_off to the end of the IP datagram
+
+ctypedef struct pkt_t:
+    uint8_t *data        # frame start (slot base + HEADROOM on receive)
+    uint32_t len
+    uint16_t in_port
+    uint16_t domain
+    int32_t out          # egress port, OUT_FLOOD or OUT_DROP
+    uint16_t reason      # DROP_* when out == OUT_DROP
+    meta_t m

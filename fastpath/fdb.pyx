@@ -1,0 +1,183 @@
+"""Control side of the FDB: allocation, static entries, flushes, aging sweep, dump.
+The per-frame lookup/learn are inline in fdb.pxd."""
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdlib cimport calloc, free
+from fastpath.defs cimport MAX_DOMAINS, MAX_PORTS
+
+
+cdef void fdb_remove_slot(fdb_t *t, uint64_t i) noexcept nogil:
+    # Backward-shift deletion: pull later members of the probe chain into the
+    # hole so lookups never need tombstones.
+    cdef uint64_t j = i, home
+    t.slots[i].key = 0
+    while True:
+        j = (j + 1) & t.mask
+        if t.slots[j].key == 0:
+            break
+        home = fdb_home(t, t.slots[j].key)
+        # Move j into the hole at i if its home is not cyclically within (i, j].
+        if (j > i and (home <= i or home > j)) or (j < i and (home <= i and home > j)):
+            t.slots[i] = t.slots[j]
+            t.slots[j].key = 0
+            i = j
+    t.count -= 1
+
+
+def mac_bytes(mac):
+    """'aa:bb:cc:dd:ee:ff' or 6 bytes -> 6 bytes, with a clear error otherwise."""
+    if isinstance(mac, (bytes, bytearray)):
+        if len(mac) != 6:
+            raise ValueError(f"MAC must be 6 bytes, got {len(mac)}")
+        return bytes(mac)
+    parts = str(mac).split(":")
+    if len(parts) != 6:
+        raise ValueError(f"invalid MAC address {mac!r}: expected six hex octets aa:bb:cc:dd:ee:ff")
+    try:
+        b = bytes(int(x, 16) for x in parts)
+    except ValueError:
+        raise ValueError(f"invalid MAC address {mac!r}: expected six hex octets aa:bb:cc:dd:ee:ff") from None
+    if any(len(x) not in (1, 2) for x in parts):
+        raise ValueError(f"invalid MAC address {mac!r}: expected six hex octets aa:bb:cc:dd:ee:ff")
+    return b
+
+
+def mac_str(uint64_t key):
+    return ":".join(f"{(key >> (56 - 8 * i)) & 0xff:02x}" for i in range(6))
+
+
+cdef class Fdb:
+    """Owns one fdb_t. capacity is the number of entries; the table has twice
+    as many slots (rounded up to a power of two) to keep probes short."""
+
+    def __cinit__(self, uint64_t capacity=65536, double aging=300.0):
+        cdef uint64_t slots = 16
+        cdef uint32_t bits = 4
+        if capacity < 1 or capacity > (1 << 26):
+            raise ValueError(f"FDB capacity must be 1..{1 << 26}, got {capacity}")
+        if aging < 0:
+            raise ValueError(f"FDB aging time must be >= 0 seconds, got {aging}")
+        while slots < 2 * capacity:
+            slots <<= 1
+            bits += 1
+        self.t.slots = <fdb_entry_t *>calloc(slots, sizeof(fdb_entry_t))
+        if self.t.slots == NULL:
+            raise MemoryError("FDB table")
+        self.t.mask = slots - 1
+        self.t.shift = 64 - bits
+        self.t.capacity = capacity
+        self.t.aging_ms = <uint64_t>(aging * 1000.0)
+
+    def __dealloc__(self):
+        free(self.t.slots)
+
+    @property
+    def capacity(self):
+        return self.t.capacity
+
+    @property
+    def aging(self):
+        return self.t.aging_ms / 1000.0
+
+    @aging.setter
+    def aging(self, double seconds):
+        if seconds < 0:
+            raise ValueError(f"FDB aging time must be >= 0 seconds, got {seconds}")
+        self.t.aging_ms = <uint64_t>(seconds * 1000.0)
+
+    def __len__(self):
+        return self.t.count
+
+    def add_static(self, mac, int port, int domain=0, uint64_t now=0):
+        """Install a static entry: never ages, never moves. Replaces a dynamic one."""
+        if not 0 <= port < MAX_PORTS:
+            raise ValueError(f"port must be 0..{MAX_PORTS - 1}, got {port}")
+        if not 0 <= domain < MAX_DOMAINS:
+            raise ValueError(f"bridge domain must be 0..{MAX_DOMAINS - 1}, got {domain}")
+        cdef bytes m = mac_bytes(mac)
+        cdef uint64_t key = fdb_key(<const uint8_t *>m, domain)
+        cdef fdb_entry_t *e = fdb_find(&self.t, key)
+        if e == NULL:
+            if self.t.count >= self.t.capacity:
+                raise OverflowError(f"FDB full ({self.t.capacity} entries): static entry {mac} not added")
+            fdb_learn(&self.t, key, port, now)
+            self.t.learned -= 1        # not learned from traffic
+            e = fdb_find(&self.t, key)
+        e.port = port
+        e.flags = FDB_STATIC
+        e.seen = now
+
+    def delete(self, mac, int domain=0):
+        """Remove one entry; returns True if it existed."""
+        cdef bytes m = mac_bytes(mac)
+        cdef uint64_t key = fdb_key(<const uint8_t *>m, domain)
+        cdef fdb_entry_t *e = fdb_find(&self.t, key)
+        if e == NULL:
+            return False
+        fdb_remove_slot(&self.t, e - self.t.slots)
+        return True
+
+    def lookup(self, mac, int domain=0, uint64_t now=0):
+        cdef bytes m = mac_bytes(mac)
+        cdef int p = fdb_lookup(&self.t, fdb_key(<const uint8_t *>m, domain), now)
+        return None if p < 0 else p
+
+    cdef uint64_t _remove_where(self, int port, int domain, bint dynamic_only,
+                                bint expired_only, uint64_t now) noexcept nogil:
+        cdef uint64_t i = 0, n = 0
+        cdef fdb_entry_t *e
+        while i <= self.t.mask:
+            e = &self.t.slots[i]
+            if (e.key != 0
+                    and (port < 0 or e.port == port)
+                    and (domain < 0 or (e.key & (MAX_DOMAINS - 1)) == <uint64_t>domain)
+                    and not (dynamic_only and (e.flags & FDB_STATIC))
+                    and not (expired_only and fdb_live(&self.t, e, now))):
+                fdb_remove_slot(&self.t, i)
+                n += 1
+                continue            # a shifted entry now sits at i: look again
+            i += 1
+        return n
+
+    def flush(self, port=None, domain=None, bint include_static=False):
+        """Remove dynamic entries (and static ones if asked) of a port, a domain,
+        both, or all. Returns the number removed."""
+        return self._remove_where(-1 if port is None else port, -1 if domain is None else domain,
+                                  not include_static, False, 0)
+
+    def age(self, uint64_t now):
+        """Sweep out dynamic entries not seen within the aging time."""
+        if self.t.aging_ms == 0:
+            return 0
+        cdef uint64_t n = self._remove_where(-1, -1, True, True, now)
+        self.t.aged += n
+        return n
+
+    def dump(self, uint64_t now=0):
+        out = []
+        cdef uint64_t i
+        cdef fdb_entry_t *e
+        for i in range(self.t.mask + 1):
+            e = &self.t.slots[i]
+            if e.key == 0:
+                continue
+            static = bool(e.flags & FDB_STATIC)
+            out.append({
+                "mac": mac_str(e.key),
+                "domain": int(e.key & (MAX_DOMAINS - 1)),
+                "port": e.port,
+                "static": static,
+                "age": 0.0 if static else max(0, <long long>(now - e.seen)) / 1000.0,
+            })
+        out.sort(key=lambda d: (d["domain"], d["mac"]))
+        return out
+
+    def counters(self):
+        return {
+            "entries": self.t.count,
+            "capacity": self.t.capacity,
+            "learned": self.t.learned,
+            "moved": self.t.moved,
+            "full": self.t.full,
+            "aged": self.t.aged,
+            "static_conflicts": self.t.static_conflicts,
+        }

@@ -1,0 +1,58 @@
+"""Shared helpers: a Dataplane with an injected clock, scapy frame builders."""
+import os
+
+import pytest
+from scapy.layers.l2 import Ether
+
+from fastpath import Dataplane
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+class Clock:
+    """Injected clock (seconds): tests move time, never sleep."""
+
+    def __init__(self, t=1000.0):
+        self.t = t
+
+    def __call__(self):
+        return self.t
+
+    def advance(self, seconds):
+        self.t += seconds
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def dp(clock):
+    """Four ports in bridge domain 0."""
+    d = Dataplane(nslots=64, clock=clock)
+    for p in range(4):
+        d.add_port(p)
+    return d
+
+
+def mac(n):
+    return f"02:00:00:00:{n >> 8:02x}:{n & 0xff:02x}"
+
+
+def out_ports(result):
+    return sorted(p for p, _ in result)
+
+
+def dissect(result):
+    return [(p, Ether(b)) for p, b in result]
+
+
+def require_root():
+    """Netns tests need root and /dev/net/tun: skip on a developer box, fail in CI."""
+    ok = os.geteuid() == 0 and os.path.exists("/dev/net/tun")
+    if not ok:
+        msg = "needs root and /dev/net/tun"
+        if IN_CI:
+            pytest.fail(msg + " (CI=true: netns tests must run)")
+        pytest.skip(msg)
