@@ -9,7 +9,7 @@ extensions = [
     Extension(
         f"fastpath.{pyx.stem}",
         [f"fastpath/{pyx.name}"],
-        extra_compile_args=["-O3", "-march=x86-64-v2", "-fno-strict-aliasing"],
+        extra_compile_args=["-O3", "-march=x86-64-v2"],
     )
     for pyx in sorted((HERE / "fastpath").glob("*.pyx"))
 ]

@@ -75,39 +75,45 @@ cdef class Dataplane:
         self.stats.port[port].tx_bytes += length
 
     cdef inline void bridge(self, uint32_t i, pkt_t *pk, uint64_t now) noexcept nogil:
+        # Locals, not self->..., so stores through the frame's uint8_t* (which
+        # may alias anything) do not force the compiler to reload the tables.
+        cdef fdb_t *ft = self.ft
+        cdef ports_t *pt = self.pt
         cdef uint16_t port = pk.in_port, d, r, s, k, c
+        cdef uint32_t length = pk.len
+        cdef const uint8_t *data = pk.data
         cdef int out
         cdef port_stats_t *ps
-        if port >= MAX_PORTS or not self.pt.up[port]:
+        if port >= MAX_PORTS or not pt.up[port]:
             self.drop(pk, DROP_BAD_PORT)
             return
         ps = &self.stats.port[port]
         ps.rx_packets += 1
-        ps.rx_bytes += pk.len
-        r = parse_frame(pk.data, pk.len, &pk.m)
+        ps.rx_bytes += length
+        r = parse_frame(data, length, &pk.m)
         if r != DROP_NONE:
             self.drop(pk, r)
             return
-        if pk.data[6] & 1:
+        if data[6] & 1:
             self.drop(pk, DROP_SRC_MCAST)
             return
-        d = self.pt.domain[port]
+        d = pt.domain[port]
         pk.domain = d
-        fdb_learn(self.ft, fdb_key(pk.data + 6, d), port, now)
+        fdb_learn(ft, fdb_key(data + 6, d), port, now)
         if not (pk.m.flags & F_BCAST):
-            out = fdb_lookup(self.ft, fdb_key(pk.data, d), now)
+            out = fdb_lookup(ft, fdb_key(data, d), now)
             if out == port:
                 self.drop(pk, DROP_SAME_PORT)
                 return
-            if out >= 0 and self.pt.up[out]:
+            if out >= 0 and pt.up[out]:
                 pk.out = out
                 pk.reason = DROP_NONE
-                self.enqueue(<uint16_t>out, i, pk.len)
+                self.enqueue(<uint16_t>out, i, length)
                 self.stats.forwarded += 1
                 return
         # Broadcast, multicast or unknown unicast: every other port of the domain.
-        s = self.pt.dom_start[d]
-        c = self.pt.dom_count[d]
+        s = pt.dom_start[d]
+        c = pt.dom_count[d]
         if c <= 1:
             self.drop(pk, DROP_NO_PORTS)
             return
@@ -115,16 +121,17 @@ cdef class Dataplane:
         pk.reason = DROP_NONE
         self.stats.flooded += 1
         for k in range(s, s + c):
-            if self.pt.flood[k] != port:
-                self.enqueue(self.pt.flood[k], i, pk.len)
+            if pt.flood[k] != port:
+                self.enqueue(pt.flood[k], i, length)
 
     cdef void run(self, uint32_t start, uint32_t n, uint64_t now) noexcept nogil:
         cdef uint32_t i, k
+        cdef pkt_t *pkts = self.pkts
         for k in range(self.n_active):
             self.txq_len[self.tx_active[k]] = 0
         self.n_active = 0
         for i in range(start, start + n):
-            self.bridge(i, &self.pkts[i], now)
+            self.bridge(i, &pkts[i], now)
 
     # ---- control side: slots, bursts, queues ----------------------------
 
@@ -157,8 +164,11 @@ cdef class Dataplane:
         if start + n > self.nslots:
             raise IndexError(f"burst {start}+{n} exceeds {self.nslots} slots")
         cdef uint64_t now = self.now_ms()
-        with nogil:
-            self.run(start, n, now)
+        if n < 16:
+            self.run(start, n, now)     # dropping the GIL costs more than a few frames
+        else:
+            with nogil:
+                self.run(start, n, now)
 
     def tx_ports(self):
         """Ports with frames queued by the last burst."""

@@ -30,10 +30,21 @@ ctypedef struct fdb_t:
     uint64_t aged
     uint64_t static_conflicts  # frames whose source MAC is static on another port
 
+cdef extern from *:
+    """
+    #include <string.h>
+    /* 8 bytes from a possibly unaligned address, most significant first. */
+    static inline uint64_t podnet_load_be64(const uint8_t *p) {
+        uint64_t v; memcpy(&v, p, 8); return __builtin_bswap64(v);
+    }
+    """
+    uint64_t load_be64 "podnet_load_be64"(const uint8_t *p) noexcept nogil
+
 cdef inline uint64_t fdb_key(const uint8_t *mac, uint16_t domain) noexcept nogil:
-    return ((<uint64_t>mac[0] << 56) | (<uint64_t>mac[1] << 48) | (<uint64_t>mac[2] << 40)
-            | (<uint64_t>mac[3] << 32) | (<uint64_t>mac[4] << 24) | (<uint64_t>mac[5] << 16)
-            | FDB_VALID | (domain & (MAX_DOMAINS - 1)))
+    # One 8-byte load: the MAC lands in the top 48 bits, the two bytes after it
+    # are masked off. Callers guarantee 8 readable bytes (MACs sit in a >= 14
+    # byte Ethernet header).
+    return (load_be64(mac) & 0xFFFFFFFFFFFF0000ULL) | FDB_VALID | (domain & (MAX_DOMAINS - 1))
 
 cdef inline uint64_t fdb_home(const fdb_t *t, uint64_t key) noexcept nogil:
     return (key * 0x9E3779B97F4A7C15ULL) >> t.shift
@@ -65,6 +76,9 @@ cdef inline void fdb_learn(fdb_t *t, uint64_t key, uint16_t port, uint64_t now) 
     while True:
         e = &t.slots[i]
         if e.key == key:
+            if e.port == port and not (e.flags & FDB_STATIC):
+                e.seen = now            # the common case: a known station, same port
+                return
             if e.flags & FDB_STATIC:
                 if e.port != port:
                     t.static_conflicts += 1

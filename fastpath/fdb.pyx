@@ -41,6 +41,13 @@ def mac_bytes(mac):
     return b
 
 
+cdef uint64_t key_of(mac, int domain) except? 0:
+    if not 0 <= domain < MAX_DOMAINS:
+        raise ValueError(f"bridge domain must be 0..{MAX_DOMAINS - 1}, got {domain}")
+    cdef bytes m = mac_bytes(mac) + b"\0\0"     # fdb_key reads 8 bytes
+    return fdb_key(<const uint8_t *>m, domain)
+
+
 def mac_str(uint64_t key):
     return ":".join(f"{(key >> (56 - 8 * i)) & 0xff:02x}" for i in range(6))
 
@@ -93,8 +100,7 @@ cdef class Fdb:
             raise ValueError(f"port must be 0..{MAX_PORTS - 1}, got {port}")
         if not 0 <= domain < MAX_DOMAINS:
             raise ValueError(f"bridge domain must be 0..{MAX_DOMAINS - 1}, got {domain}")
-        cdef bytes m = mac_bytes(mac)
-        cdef uint64_t key = fdb_key(<const uint8_t *>m, domain)
+        cdef uint64_t key = key_of(mac, domain)
         cdef fdb_entry_t *e = fdb_find(&self.t, key)
         if e == NULL:
             if self.t.count >= self.t.capacity:
@@ -108,8 +114,7 @@ cdef class Fdb:
 
     def delete(self, mac, int domain=0):
         """Remove one entry; returns True if it existed."""
-        cdef bytes m = mac_bytes(mac)
-        cdef uint64_t key = fdb_key(<const uint8_t *>m, domain)
+        cdef uint64_t key = key_of(mac, domain)
         cdef fdb_entry_t *e = fdb_find(&self.t, key)
         if e == NULL:
             return False
@@ -117,8 +122,7 @@ cdef class Fdb:
         return True
 
     def lookup(self, mac, int domain=0, uint64_t now=0):
-        cdef bytes m = mac_bytes(mac)
-        cdef int p = fdb_lookup(&self.t, fdb_key(<const uint8_t *>m, domain), now)
+        cdef int p = fdb_lookup(&self.t, key_of(mac, domain), now)
         return None if p < 0 else p
 
     cdef uint64_t _remove_where(self, int port, int domain, bint dynamic_only,

@@ -1,0 +1,83 @@
+"""Turns pytest-benchmark's raw JSON into bench/results/<stage>.json (packets/s,
+ratios against the baseline measured in the same run, the machine) and a PNG."""
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).parent
+RESULTS = HERE / "results"
+
+
+def machine():
+    cpu = "unknown"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import Cython
+    return {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(),
+            "python": platform.python_version(), "cython": Cython.__version__,
+            "machine": platform.machine()}
+
+
+def main(raw=RESULTS / "raw-pytest-benchmark.json"):
+    data = json.loads(Path(raw).read_text())
+    stages = {}
+    for b in data["benchmarks"]:
+        info = b["extra_info"]
+        if "stage" not in info:
+            continue
+        st = b["stats"]
+        # pedantic(): one round = `iterations` calls; stats are per call.
+        per_call = st["median"]
+        pps = info["burst"] / per_call
+        stages.setdefault(info["stage"], []).append({
+            "impl": info["impl"], "burst": info["burst"], "frame_bytes": info.get("frame_bytes"),
+            "ns_per_call": per_call * 1e9, "ns_per_packet": per_call * 1e9 / info["burst"],
+            "mpps": pps / 1e6, "mpps_best": info["burst"] / st["min"] / 1e6,
+            "rounds": st["rounds"],
+        })
+    for stage, rows in stages.items():
+        base = [r for r in rows if r["impl"] != "fastpath"]
+        for r in rows:
+            if base:
+                r["ratio_vs_" + base[0]["impl"]] = r["mpps"] / base[0]["mpps"]
+        out = {"stage": stage, "machine": machine(), "date": data.get("datetime"), "results": rows}
+        (RESULTS / f"{stage}.json").write_text(json.dumps(out, indent=2) + "\n")
+        plot(stage, rows)
+        print(f"\n{stage} ({out['machine']['cpu']}, one core):")
+        for r in rows:
+            ratio = "".join(f"  {k[6:]}: {v:,.0f}x" for k, v in r.items() if k.startswith("ratio_vs_"))
+            print(f"  {r['impl']:9s} burst {r['burst']:4d}: {r['mpps']:8.2f} Mpps "
+                  f"({r['ns_per_call']:9.1f} ns/call){ratio}")
+
+
+def plot(stage, rows):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib missing: no plot", file=sys.stderr)
+        return
+    labels = [f"{r['impl']}\nburst {r['burst']}" for r in rows]
+    vals = [r["mpps"] for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    bars = ax.bar(labels, vals, color=["#3b7dd8" if r["impl"] == "fastpath" else "#999" for r in rows])
+    ax.set_yscale("log")
+    ax.set_ylabel("Mpps (log)")
+    ax.set_title(f"{stage}: 60-byte frames, one core")
+    for b, v in zip(bars, vals):
+        ax.annotate(f"{v:.2f}", (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(RESULTS / f"{stage}.png", dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

@@ -1,0 +1,1 @@
+"""TAP devices: open, flags, offloads, vnet header, netns placement."""
