@@ -5,6 +5,7 @@ from fastpath.defs cimport pkt_t, MAX_PORTS
 from fastpath.counters cimport stats_t
 from fastpath.fdb cimport Fdb, fdb_t
 from fastpath.ports cimport Ports, ports_t
+from fastpath.gateway cimport Gateway, gw_t
 
 cdef class Dataplane:
     cdef readonly uint32_t nslots
@@ -19,12 +20,18 @@ cdef class Dataplane:
     cdef stats_t stats
     cdef readonly Fdb fdb
     cdef readonly Ports ports
+    cdef readonly Gateway gateway
+    cdef readonly uint32_t vnet_len      # bytes of virtio-net header before each frame (0: none)
     cdef fdb_t *ft                       # bound once: the loop touches no Python object
     cdef ports_t *pt
+    cdef gw_t *gw
     cdef object clock
+    cdef uint64_t now                    # clock of the burst being run (ms)
 
     cdef void run(self, uint32_t start, uint32_t n, uint64_t now) noexcept nogil
     cdef inline void bridge(self, uint32_t i, pkt_t *pk, uint64_t now) noexcept nogil
+    cdef inline void forward(self, uint32_t i, pkt_t *pk, uint16_t d, bint routed) noexcept nogil
+    cdef inline void reply(self, uint32_t i, pkt_t *pk) noexcept nogil
     cdef inline void enqueue(self, uint16_t port, uint32_t i, uint32_t length) noexcept nogil
     cdef inline void drop(self, pkt_t *pk, uint16_t reason) noexcept nogil
     cdef uint64_t now_ms(self) except? 0

@@ -11,6 +11,8 @@ from posix.stdlib cimport posix_memalign
 from fastpath.defs cimport *
 from fastpath.parse cimport parse_frame
 from fastpath.fdb cimport fdb_key, fdb_learn, fdb_lookup
+from fastpath.gateway cimport *
+from fastpath.gateway cimport Gateway
 from fastpath.counters cimport port_stats_t
 from fastpath.counters import DROP_NAMES
 
@@ -44,6 +46,9 @@ cdef class Dataplane:
             self.pkts[i].data = self.mem + <size_t>i * self.stride + HEADROOM
         self.fdb = Fdb(fdb_capacity, aging)
         self.ports = Ports()
+        self.gateway = Gateway()
+        self.gw = &self.gateway.g
+        self.vnet_len = 0
         self.ft = &self.fdb.t
         self.pt = &self.ports.p
         self.clock = clock if clock is not None else time.monotonic
@@ -74,15 +79,53 @@ cdef class Dataplane:
         self.stats.port[port].tx_packets += 1
         self.stats.port[port].tx_bytes += length
 
+    cdef inline void reply(self, uint32_t i, pkt_t *pk) noexcept nogil:
+        # A frame the gateway wrote: complete checksums, so no offload metadata.
+        if self.vnet_len:
+            memset(pk.data - self.vnet_len, 0, self.vnet_len)
+        pk.out = pk.in_port
+        pk.reason = DROP_NONE
+        self.enqueue(pk.in_port, i, pk.len)
+
+    cdef inline void forward(self, uint32_t i, pkt_t *pk, uint16_t d, bint routed) noexcept nogil:
+        cdef ports_t *pt = self.pt
+        cdef uint16_t port = pk.in_port, s, k, c
+        cdef int out
+        if not (pk.m.flags & F_BCAST):
+            out = fdb_lookup(self.ft, fdb_key(pk.data, d), self.now)
+            # A routed frame may leave by the port it came in on (two pods
+            # behind one port); a bridged one may not.
+            if out == port and not routed:
+                self.drop(pk, DROP_SAME_PORT)
+                return
+            if out >= 0 and pt.up[out]:
+                pk.out = out
+                pk.reason = DROP_NONE
+                self.enqueue(<uint16_t>out, i, pk.len)
+                self.stats.forwarded += 1
+                return
+        # Broadcast, multicast or unknown unicast: every other port of the domain.
+        s = pt.dom_start[d]
+        c = pt.dom_count[d]
+        if c <= 1:
+            self.drop(pk, DROP_NO_PORTS)
+            return
+        pk.out = OUT_FLOOD
+        pk.reason = DROP_NONE
+        self.stats.flooded += 1
+        for k in range(s, s + c):
+            if pt.flood[k] != port:
+                self.enqueue(pt.flood[k], i, pk.len)
+
     cdef inline void bridge(self, uint32_t i, pkt_t *pk, uint64_t now) noexcept nogil:
         # Locals, not self->..., so stores through the frame's uint8_t* (which
         # may alias anything) do not force the compiler to reload the tables.
-        cdef fdb_t *ft = self.ft
         cdef ports_t *pt = self.pt
-        cdef uint16_t port = pk.in_port, d, r, s, k, c
+        cdef gw_t *gw = self.gw
+        cdef uint16_t port = pk.in_port, d, r
         cdef uint32_t length = pk.len
         cdef const uint8_t *data = pk.data
-        cdef int out
+        cdef int a
         cdef port_stats_t *ps
         if port >= MAX_PORTS or not pt.up[port]:
             self.drop(pk, DROP_BAD_PORT)
@@ -99,30 +142,27 @@ cdef class Dataplane:
             return
         d = pt.domain[port]
         pk.domain = d
-        fdb_learn(ft, fdb_key(data + 6, d), port, now)
-        if not (pk.m.flags & F_BCAST):
-            out = fdb_lookup(ft, fdb_key(data, d), now)
-            if out == port:
-                self.drop(pk, DROP_SAME_PORT)
+        fdb_learn(self.ft, fdb_key(data + 6, d), port, now)
+        if gw.enabled and d == gw.domain:
+            a = GW_PASS
+            if pk.m.flags & F_ARP:
+                a = gw_arp(gw, pk)
+            elif gw_is_dst(gw, data):
+                a = gw_ip4(gw, pk) if pk.m.flags & F_IP4 else -DROP_GW_UNSUPPORTED
+            if a < 0:
+                self.drop(pk, <uint16_t>(-a))
                 return
-            if out >= 0 and pt.up[out]:
-                pk.out = out
+            if a == GW_REPLY:
+                self.reply(i, pk)
+                return
+            if a == GW_LOCAL:
+                pk.out = OUT_LOCAL
                 pk.reason = DROP_NONE
-                self.enqueue(<uint16_t>out, i, length)
-                self.stats.forwarded += 1
                 return
-        # Broadcast, multicast or unknown unicast: every other port of the domain.
-        s = pt.dom_start[d]
-        c = pt.dom_count[d]
-        if c <= 1:
-            self.drop(pk, DROP_NO_PORTS)
-            return
-        pk.out = OUT_FLOOD
-        pk.reason = DROP_NONE
-        self.stats.flooded += 1
-        for k in range(s, s + c):
-            if pt.flood[k] != port:
-                self.enqueue(pt.flood[k], i, length)
+            if a == GW_ROUTE:
+                self.forward(i, pk, d, True)
+                return
+        self.forward(i, pk, d, False)
 
     cdef void run(self, uint32_t start, uint32_t n, uint64_t now) noexcept nogil:
         cdef uint32_t i, k
@@ -130,6 +170,7 @@ cdef class Dataplane:
         for k in range(self.n_active):
             self.txq_len[self.tx_active[k]] = 0
         self.n_active = 0
+        self.now = now
         for i in range(start, start + n):
             self.bridge(i, &pkts[i], now)
 
@@ -139,14 +180,22 @@ cdef class Dataplane:
         if i >= self.nslots:
             raise IndexError(f"slot {i} out of range 0..{self.nslots - 1}")
 
-    def load(self, uint32_t i, const unsigned char[:] frame, uint16_t in_port):
-        """Copy a frame into slot i, received on in_port. Returns False (and
-        counts a too_long drop) if it does not fit."""
+    def load(self, uint32_t i, const unsigned char[:] frame, uint16_t in_port, vnet=None):
+        """Copy a frame into slot i, received on in_port, with its virtio-net
+        header (vnet_len bytes, zeros if None). Returns False (and counts a
+        too_long drop) if it does not fit."""
         self._slot_check(i)
+        if vnet is not None and len(vnet) != self.vnet_len:
+            raise ValueError(f"vnet header must be {self.vnet_len} bytes, got {len(vnet)}")
         cdef pkt_t *pk = &self.pkts[i]
         cdef uint32_t n = frame.shape[0]
         pk.data = self.mem + <size_t>i * self.stride + HEADROOM
         pk.in_port = in_port
+        if self.vnet_len:
+            memset(pk.data - self.vnet_len, 0, self.vnet_len)
+            if vnet is not None:
+                hdr = bytes(vnet)
+                memcpy(pk.data - self.vnet_len, <const char *>hdr, self.vnet_len)
         if n > self.slot_size:
             pk.len = 0
             self.drop(pk, DROP_TOO_LONG)
@@ -186,6 +235,11 @@ cdef class Dataplane:
         self._slot_check(i)
         return (<char *>self.pkts[i].data)[:self.pkts[i].len]
 
+    def vnet_hdr(self, uint32_t i):
+        """The virtio-net header in front of slot i's frame (b'' without one)."""
+        self._slot_check(i)
+        return (<char *>(self.pkts[i].data - self.vnet_len))[:self.vnet_len]
+
     def verdict(self, uint32_t i):
         """(egress, reason) of slot i after the last burst: egress is a port,
         'flood' or 'drop'; reason names the drop."""
@@ -195,6 +249,8 @@ cdef class Dataplane:
             return "drop", DROP_NAMES[pk.reason]
         if pk.out == OUT_FLOOD:
             return "flood", None
+        if pk.out == OUT_LOCAL:
+            return "local", None
         return pk.out, None
 
     def process(self, frames, int in_port):
@@ -244,6 +300,12 @@ cdef class Dataplane:
         self.ports.remove(port)
         self.fdb.flush(port=port, include_static=True)
 
+    def set_vnet_len(self, uint32_t n):
+        """Bytes of virtio-net header that precede each frame in its slot (0, 10, 12 or 24)."""
+        if n not in (0, 10, 12, 24):
+            raise ValueError(f"vnet header length must be 0, 10, 12 or 24, got {n}")
+        self.vnet_len = n
+
     def age(self):
         """Sweep aged FDB entries now (the agent calls this periodically)."""
         return self.fdb.age(self.now_ms())
@@ -265,6 +327,7 @@ cdef class Dataplane:
             "drops": {DROP_NAMES[r]: self.stats.drops[r] for r in range(1, N_DROP)},
             "bridge": {"forwarded": self.stats.forwarded, "flooded": self.stats.flooded},
             "fdb": self.fdb.counters(),
+            "gateway": self.gateway.counters(),
             "ports": {p: self.port_counters(p) for p, _ in self.ports.list()},
         }
 

@@ -21,6 +21,10 @@ DROP_NAMES = (
     "udp_length",
     "same_port",
     "no_ports",
+    "ttl_exceeded",
+    "no_neighbor",
+    "no_route",
+    "gateway_unsupported",
 )
 
 N_DROP_REASONS = N_DROP

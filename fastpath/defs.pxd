@@ -11,6 +11,7 @@ cdef enum:
 cdef enum:
     OUT_DROP = -1
     OUT_FLOOD = -2
+    OUT_LOCAL = -3         # consumed by the gateway (an ARP reply it learned from)
 
 # Parse flags (meta_t.flags).
 cdef enum:
@@ -42,6 +43,10 @@ cdef enum:
     DROP_UDP_LEN         # UDP length < 8 or past the datagram
     DROP_SAME_PORT       # destination was learned on the ingress port
     DROP_NO_PORTS        # flood with no other port in the domain
+    DROP_TTL             # routed frame with TTL <= 1 (answered with ICMP time exceeded)
+    DROP_NO_NEIGH        # routed to a local pod IP with no known MAC
+    DROP_NO_ROUTE        # routed to an address no route covers
+    DROP_GW_UNSUPPORTED  # sent to the gateway but nothing it answers (IPv6, non-echo to its IP)
     N_DROP
 
 ctypedef struct meta_t:

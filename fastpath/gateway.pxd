@@ -1,0 +1,163 @@
+# The pod gateway (what cni0's IP address and the node's routing do in the
+# kernel): answers ARP and ICMP echo for the gateway IP, routes IPv4 frames
+# sent to the gateway MAC between local pods, answers TTL expiry with ICMP
+# time exceeded. Works in place on the frame; the burst loop decides ports.
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.string cimport memcpy, memcmp
+from fastpath.defs cimport *
+from fastpath.checksum cimport *
+from fastpath.fdb cimport load_be64
+
+# Actions returned to the burst loop (negative: -DROP_*).
+cdef enum:
+    GW_PASS = 0        # not for the gateway: bridge it
+    GW_REPLY = 1       # rewritten into a reply: send back out of the ingress port
+    GW_ROUTE = 2       # MACs rewritten, TTL decremented: forward to the new dst MAC
+    GW_LOCAL = 3       # consumed
+
+cdef enum:
+    NEIGH_NONE = 0
+    NEIGH_STATIC = 1   # from IPAM
+    NEIGH_LEARNED = 2  # from ARP
+
+ctypedef struct neigh_t:
+    uint8_t mac[6]
+    uint8_t state
+
+ctypedef struct gw_t:
+    uint8_t enabled
+    uint16_t domain
+    uint8_t mac[6]
+    uint64_t mac_key       # gateway MAC in the top 48 bits, as fdb_key builds it
+    uint32_t ip
+    uint32_t net
+    uint32_t mask
+    neigh_t *neigh         # one per address of the subnet, indexed by host part
+    # counters
+    uint64_t arp_replies
+    uint64_t arp_learned
+    uint64_t neigh_conflicts   # ARP claiming an IPAM address with another MAC
+    uint64_t icmp_replies
+    uint64_t routed
+    uint64_t ttl_exceeded_sent
+
+cdef inline bint gw_is_dst(const gw_t *g, const uint8_t *frame) noexcept nogil:
+    return (load_be64(frame) & 0xFFFFFFFFFFFF0000ULL) == g.mac_key
+
+cdef inline bint gw_in_subnet(const gw_t *g, uint32_t ip) noexcept nogil:
+    return (ip & g.mask) == g.net
+
+cdef inline void gw_learn(gw_t *g, uint32_t ip, const uint8_t *mac) noexcept nogil:
+    cdef neigh_t *n
+    if not gw_in_subnet(g, ip) or ip == g.ip or (mac[0] & 1):
+        return
+    n = &g.neigh[ip & ~g.mask]
+    if n.state == NEIGH_STATIC:
+        if memcmp(n.mac, mac, 6) != 0:
+            g.neigh_conflicts += 1
+        return
+    if n.state == NEIGH_NONE:
+        g.arp_learned += 1
+    memcpy(n.mac, mac, 6)
+    n.state = NEIGH_LEARNED
+
+cdef inline int gw_arp(gw_t *g, pkt_t *pk) noexcept nogil:
+    """ARP seen on the gateway's domain: learn the sender; answer requests
+    for the gateway IP in place; consume replies addressed to the gateway."""
+    cdef uint8_t *a = pk.data + pk.m.l3_off
+    cdef uint16_t op
+    cdef uint32_t spa, tpa
+    if get16(a) != 1 or get16(a + 2) != 0x0800 or a[4] != 6 or a[5] != 4:
+        return GW_PASS                   # not Ethernet/IPv4 ARP: plain L2
+    op = get16(a + 6)
+    spa = get32(a + 14)
+    tpa = get32(a + 24)
+    gw_learn(g, spa, a + 8)
+    if op == 1 and tpa == g.ip:
+        memcpy(pk.data, a + 8, 6)        # eth dst = requester
+        memcpy(pk.data + 6, g.mac, 6)
+        put16(a + 6, 2)
+        memcpy(a + 18, a + 8, 10)        # target = old sender (MAC + IP)
+        memcpy(a + 8, g.mac, 6)
+        put32(a + 14, g.ip)
+        g.arp_replies += 1
+        return GW_REPLY
+    if op == 2 and gw_is_dst(g, pk.data):
+        return GW_LOCAL
+    return GW_PASS
+
+cdef inline int gw_time_exceeded(gw_t *g, pkt_t *pk) noexcept nogil:
+    """Turn the frame into ICMP time exceeded (RFC 792) to its sender, quoting
+    its IP header + 8 bytes. Never answers an ICMP error."""
+    cdef uint8_t quote[68]
+    cdef uint8_t *ip = pk.data + pk.m.l3_off
+    cdef uint8_t *icmp
+    cdef uint32_t ihl = (ip[0] & 0x0f) * 4u, qlen
+    cdef uint8_t t
+    if ip[9] == 1 and (pk.m.flags & F_L4):
+        t = ip[ihl]
+        if t != 0 and t != 8 and t != 13 and t != 15 and t != 17:
+            return -DROP_TTL             # an ICMP error: no error about an error
+    qlen = ihl + 8 if ihl + 8 <= pk.m.l3_len else pk.m.l3_len
+    memcpy(quote, ip, qlen)
+    memcpy(pk.data, pk.data + 6, 6)
+    memcpy(pk.data + 6, g.mac, 6)
+    ip[0] = 0x45
+    ip[1] = 0xc0
+    put16(ip + 2, <uint16_t>(20 + 8 + qlen))
+    put32(ip + 4, 0)                     # id 0, no fragment bits
+    ip[8] = 64
+    ip[9] = 1
+    put16(ip + 10, 0)
+    put32(ip + 16, get32(quote + 12))    # back to the sender
+    put32(ip + 12, g.ip)
+    put16(ip + 10, csum(ip, 20))
+    icmp = ip + 20
+    put32(icmp, 0x0b000000)              # type 11 code 0, checksum 0
+    put32(icmp + 4, 0)
+    memcpy(icmp + 8, quote, qlen)
+    put16(icmp + 2, csum(icmp, 8 + qlen))
+    pk.len = pk.m.l3_off + 28 + qlen
+    g.ttl_exceeded_sent += 1
+    return GW_REPLY
+
+cdef inline int gw_ip4(gw_t *g, pkt_t *pk) noexcept nogil:
+    """An IPv4 frame sent to the gateway MAC."""
+    cdef uint8_t *ip = pk.data + pk.m.l3_off
+    cdef uint8_t *icmp
+    cdef uint32_t dst = get32(ip + 16)
+    cdef neigh_t *n
+    cdef uint16_t old
+    if dst == g.ip:
+        icmp = pk.data + pk.m.l4_off
+        if (ip[9] != 1 or not (pk.m.flags & F_L4) or (pk.m.flags & F_FRAG)
+                or icmp[0] != 8 or icmp[1] != 0):
+            return -DROP_GW_UNSUPPORTED
+        memcpy(pk.data, pk.data + 6, 6)  # echo reply, in place
+        memcpy(pk.data + 6, g.mac, 6)
+        put32(ip + 16, get32(ip + 12))
+        put32(ip + 12, g.ip)             # swapping addresses leaves the sum as is
+        old = get16(ip + 8)
+        ip[8] = 64
+        csum_update16(ip + 10, old, get16(ip + 8))
+        icmp[0] = 0
+        csum_update16(icmp + 2, 0x0800, 0x0000)
+        g.icmp_replies += 1
+        return GW_REPLY
+    if ip[8] <= 1:
+        return gw_time_exceeded(g, pk)
+    if not gw_in_subnet(g, dst):
+        return -DROP_NO_ROUTE
+    n = &g.neigh[dst & ~g.mask]
+    if n.state == NEIGH_NONE or dst == (g.net | ~g.mask):
+        return -DROP_NO_NEIGH
+    memcpy(pk.data, n.mac, 6)
+    memcpy(pk.data + 6, g.mac, 6)
+    old = get16(ip + 8)
+    ip[8] -= 1
+    csum_update16(ip + 10, old, get16(ip + 8))
+    g.routed += 1
+    return GW_ROUTE
+
+cdef class Gateway:
+    cdef gw_t g
