@@ -1,6 +1,81 @@
 """podnet command line (also `python -m dataplane`)."""
 import argparse
+import json
+import os
 import sys
+
+from dataplane.table import FDB_COLUMNS, PORT_COLUMNS, counters_rows, port_rows, render
+
+
+def _out(args, rows, columns):
+    print(render(rows, columns, "json" if args.output == "json" else "table"))
+
+
+def cmd_up(args):
+    from dataplane import cluster
+    cluster.up(args.file, vnet=not args.plain)
+    return cmd_status(argparse.Namespace(output="table"))
+
+
+def cmd_down(args):
+    from dataplane import cluster
+    cluster.down()
+    return 0
+
+
+def cmd_status(args):
+    from dataplane import cluster
+    st = cluster.status()
+    if args.output == "json":
+        print(json.dumps(st, indent=2))
+        return 0
+    print(f"cluster {st['cluster']} ({st['source']})\n")
+    _out(args, st["nodes"], [("node", "name"), ("agent", "agent"), ("pid", "agent_pid"),
+                             ("namespace", "netns"), ("pod subnet", "subnet"),
+                             ("gateway", "gateway_ip"), ("gateway mac", "gateway_mac")])
+    print()
+    _out(args, st["pods"], [("pod", "name"), ("node", "node"), ("namespace", "namespace"),
+                            ("ip", "ip"), ("mac", "mac")])
+    return 0
+
+
+def cmd_exec(args):
+    from dataplane import cluster
+    ns = cluster.pod_namespace(args.pod)
+    cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not cmd:
+        raise SystemExit("podnet exec: give a command after --, e.g. podnet exec web-a -- ip addr")
+    os.execvp("ip", ["ip", "netns", "exec", ns, *cmd])
+
+
+def _agent_request(node, op):
+    from dataplane import cluster
+    from dataplane.control import request
+    return request(cluster.node_socket(cluster.require_state(), node), op)
+
+
+def cmd_fdb(args):
+    _out(args, _agent_request(args.node, "fdb"), FDB_COLUMNS)
+    return 0
+
+
+def cmd_stats(args):
+    c = _agent_request(args.node, "counters")
+    if args.output == "json":
+        print(json.dumps(c, indent=2))
+        return 0
+    c["ports"] = {int(k): v for k, v in c["ports"].items()}
+    print(render(port_rows(c), PORT_COLUMNS))
+    print()
+    rows = counters_rows(c) + [{"counter": f"gateway.{k}", "value": v} for k, v in c["gateway"].items()]
+    rows += [{"counter": f"io.{k}", "value": v} for k, v in c["io"].items() if k != "ports"]
+    print(render(rows, [("counter", "counter"), ("value", "value")]))
+    return 0
+
+
+def cmd_agent(args):
+    from dataplane import agent
+    return agent.main(args.config)
 
 
 def cmd_bridge_demo(args):
@@ -9,13 +84,39 @@ def cmd_bridge_demo(args):
     return 0
 
 
+def cmd_demo(args):
+    from dataplane import demo
+    return demo.main()
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="podnet", description="Userspace Kubernetes-style pod network")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
-    d = sub.add_parser("demo", help="run the demo")
-    d.set_defaults(func=cmd_bridge_demo)
-    b = sub.add_parser("bridge-demo", help="scapy-driven learning-bridge tour (no root needed)")
-    b.set_defaults(func=cmd_bridge_demo)
+
+    def add(name, func, help, output=False):
+        s = sub.add_parser(name, help=help)
+        s.set_defaults(func=func)
+        if output:
+            s.add_argument("-o", "--output", choices=["table", "json"], default="table")
+        return s
+
+    s = add("up", cmd_up, "create the cluster (embedded default spec unless -f)")
+    s.add_argument("-f", "--file", help="cluster spec (YAML)")
+    s.add_argument("--plain", action="store_true", help="TAPs without vnet headers/offloads (comparison mode)")
+    add("down", cmd_down, "remove every namespace, TAP, socket and agent `up` created")
+    add("status", cmd_status, "nodes, agents, pods and addresses", output=True)
+    s = add("exec", cmd_exec, "run a command in a pod's namespace: podnet exec POD -- CMD ...")
+    s.add_argument("pod")
+    s.add_argument("command", nargs=argparse.REMAINDER)
+    s = add("fdb", cmd_fdb, "a node's bridge forwarding database", output=True)
+    s.add_argument("node")
+    s = add("stats", cmd_stats, "a node's per-port and per-drop-reason counters", output=True)
+    s.add_argument("node")
+    add("demo", cmd_demo, "bring up the default cluster, check it, show it")
+    add("bridge-demo", cmd_bridge_demo, "scapy-driven learning-bridge tour (no root needed)")
+    s = sub.add_parser("agent", help=argparse.SUPPRESS)
+    s.add_argument("config")
+    s.set_defaults(func=cmd_agent)
     return p
 
 
@@ -25,8 +126,17 @@ def main(argv=None):
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from dataplane.cluster import ClusterError
+    from dataplane.control import ControlError
+    from dataplane.spec import SpecError
     try:
         return args.func(args)
+    except (ClusterError, ControlError, SpecError) as e:
+        print(f"podnet {args.cmd}: {e}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:                   # `podnet status | head`
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -1,3 +1,4 @@
+cimport cython
 # The burst loop: frames sit in preallocated slots; one nogil pass decides
 # where each goes and fills per-port transmit queues with slot indices.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
@@ -7,6 +8,7 @@ from fastpath.fdb cimport Fdb, fdb_t
 from fastpath.ports cimport Ports, ports_t
 from fastpath.gateway cimport Gateway, gw_t
 
+@cython.final
 cdef class Dataplane:
     cdef readonly uint32_t nslots
     cdef readonly uint32_t slot_size     # largest frame a slot holds

@@ -1,0 +1,238 @@
+"""Cluster lifecycle: `up` (plan, namespaces, agents), `down` (remove all of
+it, also after a crash), status. What `up` creates is recorded under the run
+directory before it is created, so `down` can always find it."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from dataplane import netns
+from dataplane.control import ControlError, request
+from dataplane.ipam import Ipam
+from dataplane.spec import load_spec
+
+AGENT_READY_TIMEOUT = 30.0
+STOP_TIMEOUT = 5.0
+
+
+class ClusterError(RuntimeError):
+    pass
+
+
+def run_dir():
+    return Path(os.environ.get("PODNET_RUN_DIR", "/run/podnet"))
+
+
+def state_dir():
+    return Path(os.environ.get("PODNET_STATE_DIR", "/var/lib/podnet"))
+
+
+def state_path():
+    return run_dir() / "state.json"
+
+
+def node_ns(cluster, node):
+    return f"{cluster}-node-{node}"
+
+
+def pod_ns(cluster, pod):
+    return f"{cluster}-pod-{pod}"
+
+
+def load_state():
+    try:
+        return json.loads(state_path().read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError as e:
+        raise ClusterError(f"{state_path()} is corrupt ({e}); remove it after checking `ip netns`") from None
+
+
+def _save_state(state):
+    run_dir().mkdir(parents=True, exist_ok=True)
+    tmp = state_path().with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    os.replace(tmp, state_path())
+
+
+def _pid_is_agent(pid, config):
+    """True if pid is still the agent we started (not a recycled PID)."""
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return config.encode() in cmd
+
+
+def up(spec_path=None, vnet=True, progress=print):
+    """Bring the cluster up; raises ClusterError (and leaves nothing) on failure."""
+    spec = load_spec(spec_path)                       # SpecError: nothing created
+    if load_state() is not None:
+        raise ClusterError(f"a cluster is already up (state in {state_path()}); "
+                           f"run `podnet down` first")
+    names = [node_ns(spec.name, n.name) for n in spec.nodes] + [pod_ns(spec.name, p.name) for p in spec.pods]
+    clash = [n for n in names if netns.exists(n)]
+    if clash:
+        raise ClusterError(f"network namespaces already exist: {', '.join(clash)}; "
+                           f"remove them (`ip netns del NAME`) or pick another cluster name")
+    plan = Ipam(state_dir() / "ipam.json").plan(spec)
+    state = {"cluster": spec.name, "source": spec.source, "spec": spec.to_dict(),
+             "plan": plan.to_dict(), "namespaces": names, "nodes": {}, "vnet": vnet,
+             "created": time.time()}
+    _save_state(state)                                # before anything exists
+    try:
+        for name in names:
+            netns.create(name)
+        progress(f"created {len(names)} namespaces")
+        for node in spec.nodes:
+            _start_agent(spec, plan, node.name, state, vnet)
+            _save_state(state)
+        for node in spec.nodes:
+            _wait_ready(state["nodes"][node.name])
+            progress(f"node {node.name}: agent pid {state['nodes'][node.name]['pid']} ready, "
+                     f"{len(spec.pods_on(node.name))} pods")
+    except BaseException:
+        down(quiet=True)
+        raise
+    return state
+
+
+def _start_agent(spec, plan, node, state, vnet):
+    np = plan.nodes[node]
+    rd = run_dir()
+    cfg = {
+        "cluster": spec.name, "node": node, "netns": node_ns(spec.name, node),
+        "socket": str(rd / f"{node}.sock"), "vnet": vnet,
+        "gateway": {"ip": str(np.gateway_ip), "mac": np.gateway_mac, "subnet": str(np.subnet)},
+        "pods": [{"name": p.name, "netns": pod_ns(spec.name, p.name), "ip": str(plan.pods[p.name].ip),
+                  "mac": plan.pods[p.name].mac, "prefixlen": plan.pods[p.name].prefixlen,
+                  "mtu": spec.pod_mtu} for p in spec.pods_on(node)],
+    }
+    cfg_path = rd / f"{node}.json"
+    cfg_path.write_text(json.dumps(cfg, indent=2))
+    log_path = rd / f"{node}.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "dataplane", "agent", str(cfg_path)],
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    state["nodes"][node] = {"pid": proc.pid, "config": str(cfg_path), "socket": cfg["socket"],
+                            "log": str(log_path), "netns": cfg["netns"]}
+
+
+def _wait_ready(node):
+    deadline = time.monotonic() + AGENT_READY_TIMEOUT
+    while time.monotonic() < deadline:
+        if not _pid_is_agent(node["pid"], node["config"]):
+            log = Path(node["log"]).read_text(errors="replace")[-2000:]
+            raise ClusterError(f"agent for {node['netns']} exited during start-up:\n{log}")
+        try:
+            request(node["socket"], "ping", timeout=1.0)
+            return
+        except ControlError:
+            time.sleep(0.05)
+    raise ClusterError(f"agent for {node['netns']} not ready after {AGENT_READY_TIMEOUT} s")
+
+
+def down(quiet=False, progress=print):
+    """Stop every agent and delete every namespace and file `up` made.
+    Works after agents were SIGKILLed and after a half-finished `up`."""
+    state = load_state()
+    if state is None:
+        if not quiet:
+            progress("no cluster is up")
+        return False
+    for node, n in state["nodes"].items():
+        pid = n["pid"]
+        if _pid_is_agent(pid, n["config"]):
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + STOP_TIMEOUT
+            while _pid_is_agent(pid, n["config"]) and time.monotonic() < deadline:
+                _reap(pid)
+                time.sleep(0.02)
+            if _pid_is_agent(pid, n["config"]):
+                os.kill(pid, signal.SIGKILL)
+        _reap(pid)
+    _stop_pod_processes(state)
+    removed = [name for name in reversed(state["namespaces"]) if netns.remove(name)]
+    for n in state["nodes"].values():
+        for f in (n["socket"], n["config"], n["log"]):
+            Path(f).unlink(missing_ok=True)
+    state_path().unlink(missing_ok=True)
+    if not quiet:
+        progress(f"cluster {state['cluster']} down: {len(state['nodes'])} agents stopped, "
+                 f"{len(removed)} namespaces removed")
+    return True
+
+
+def _stop_pod_processes(state):
+    """Processes left in the pods (servers started with `podnet exec`) go with
+    their pods, as containers do: SIGTERM, then SIGKILL."""
+    pods = [n for n in state["namespaces"] if n not in {v["netns"] for v in state["nodes"].values()}]
+    victims = {pid for name in pods for pid in netns.pids(name) if pid != os.getpid()}
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in victims:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while victims and time.monotonic() < deadline:
+            for pid in victims:
+                _reap(pid)
+            victims = {p for p in victims if os.path.exists(f"/proc/{p}")
+                       and not Path(f"/proc/{p}/stat").read_text().split()[2] == "Z"}
+            time.sleep(0.02)
+
+
+def _reap(pid):
+    try:
+        os.waitpid(pid, os.WNOHANG)           # our child when up and down share a process
+    except ChildProcessError:
+        pass
+
+
+def require_state():
+    state = load_state()
+    if state is None:
+        raise ClusterError("no cluster is up; run `podnet up`")
+    return state
+
+
+def node_socket(state, node):
+    try:
+        return state["nodes"][node]["socket"]
+    except KeyError:
+        raise ClusterError(f"no node {node!r}; nodes: {', '.join(state['nodes'])}") from None
+
+
+def status():
+    state = require_state()
+    nodes, pods = [], []
+    for node, n in state["nodes"].items():
+        alive = _pid_is_agent(n["pid"], n["config"])
+        entry = {"name": node, "netns": n["netns"], "agent_pid": n["pid"], "agent": "running" if alive else "dead",
+                 "socket": n["socket"], "subnet": state["plan"]["nodes"][node]["subnet"],
+                 "gateway_ip": state["plan"]["nodes"][node]["gateway_ip"],
+                 "gateway_mac": state["plan"]["nodes"][node]["gateway_mac"]}
+        if alive:
+            try:
+                st = request(n["socket"], "status", timeout=3.0)
+                entry.update(vnet_hdr=st["vnet_hdr"], offloads=st["offloads"])
+            except ControlError as e:
+                entry["agent"] = f"unreachable: {e}"
+        nodes.append(entry)
+    for name, p in state["plan"]["pods"].items():
+        pods.append({"name": name, "node": p["node"], "namespace": pod_ns(state["cluster"], name),
+                     "ip": p["ip"], "mac": p["mac"], "gateway": p["gateway_ip"]})
+    return {"cluster": state["cluster"], "source": state["source"], "nodes": nodes, "pods": pods,
+            "services": [{"name": n, "clusterIP": ip} for n, ip in state["plan"]["services"].items()]}
+
+
+def pod_namespace(pod):
+    state = require_state()
+    if pod not in state["plan"]["pods"]:
+        raise ClusterError(f"no pod {pod!r}; pods: {', '.join(state['plan']['pods'])}")
+    return pod_ns(state["cluster"], pod)

@@ -1,0 +1,198 @@
+"""IOLoop: TAP fds -> burst -> fast path -> TX queues -> TAP fds, all in C.
+
+    io = IOLoop(dp)
+    io.attach(port, fd)          # non-blocking TAP fd for a fast-path port
+    io.watch(ctl_fd)             # a Python-managed fd (control socket)
+    ready = io.poll(timeout_ms)  # runs bursts until a watched fd is ready or time is up
+"""
+import os
+
+from libc.errno cimport errno, EAGAIN, EINTR
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.string cimport memset
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+from posix.unistd cimport read, write, close
+
+from fastpath.defs cimport *
+
+cdef extern from "<sys/epoll.h>" nogil:
+    ctypedef union epoll_data_t:
+        void *ptr
+        int fd
+        uint32_t u32
+        uint64_t u64
+    cdef struct epoll_event:
+        uint32_t events
+        epoll_data_t data
+    int epoll_create1(int flags)
+    int epoll_ctl(int epfd, int op, int fd, epoll_event *event)
+    int epoll_wait(int epfd, epoll_event *events, int maxevents, int timeout)
+    enum:
+        EPOLLIN
+        EPOLL_CTL_ADD
+        EPOLL_CTL_DEL
+        EPOLL_CLOEXEC
+
+cdef enum:
+    WATCH_TAG = 0x10000       # event data >= this: a Python fd (data - WATCH_TAG)
+    MAX_EVENTS = 64
+
+
+cdef inline uint64_t mono_ms() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <uint64_t>ts.tv_sec * 1000 + <uint64_t>ts.tv_nsec // 1000000
+
+
+cdef class IOLoop:
+    def __cinit__(self, Dataplane dp):
+        self.dp = dp
+        self.epfd = epoll_create1(EPOLL_CLOEXEC)
+        if self.epfd < 0:
+            raise OSError(errno, os.strerror(errno))
+        for i in range(MAX_PORTS):
+            self.fd[i] = -1
+        memset(self.st, 0, sizeof(self.st))
+
+    def __dealloc__(self):
+        if self.epfd >= 0:
+            close(self.epfd)
+
+    def _ctl(self, int op, int fd, uint32_t tag):
+        cdef epoll_event ev
+        ev.events = EPOLLIN
+        ev.data.u64 = 0
+        ev.data.u32 = tag
+        if epoll_ctl(self.epfd, op, fd, &ev) != 0:
+            raise OSError(errno, f"epoll_ctl fd {fd}: {os.strerror(errno)}")
+
+    def attach(self, int port, int fd):
+        """Serve port from fd (a non-blocking TAP). The port must exist in the dataplane."""
+        if port not in self.dp.ports:
+            raise KeyError(f"no port {port} in the dataplane")
+        if self.fd[port] >= 0:
+            raise ValueError(f"port {port} already has fd {self.fd[port]}")
+        os.set_blocking(fd, False)
+        self._ctl(EPOLL_CTL_ADD, fd, port)
+        self.fd[port] = fd
+
+    def detach(self, int port):
+        if not 0 <= port < MAX_PORTS or self.fd[port] < 0:
+            raise KeyError(f"port {port} has no fd")
+        try:
+            self._ctl(EPOLL_CTL_DEL, self.fd[port], port)
+        except OSError:
+            pass                        # fd already closed: epoll forgot it
+        self.fd[port] = -1
+
+    def watch(self, int fd):
+        self._ctl(EPOLL_CTL_ADD, fd, WATCH_TAG + fd)
+
+    def unwatch(self, int fd):
+        self._ctl(EPOLL_CTL_DEL, fd, WATCH_TAG + fd)
+
+    cdef uint32_t round_burst(self, int *ready, uint32_t nready) noexcept nogil:
+        """Read the ready ports into slots, fairly: each gets an equal share of
+        the burst, and reads until EAGAIN or its share is used."""
+        cdef uint32_t n = 0, share, got, k, cap = self.dp.slot_size + self.dp.vnet_len
+        cdef int port, fd
+        cdef ssize_t r
+        cdef pkt_t *pk
+        share = self.dp.nslots // nready if nready else self.dp.nslots
+        if share == 0:
+            share = 1
+        for k in range(nready):
+            port = ready[k]
+            fd = self.fd[port]
+            if fd < 0:
+                continue
+            got = 0
+            while got < share and n < self.dp.nslots:
+                pk = &self.dp.pkts[n]
+                pk.data = self.dp.mem + <size_t>n * self.dp.stride + HEADROOM
+                r = read(fd, pk.data - self.dp.vnet_len, cap)
+                if r < 0:
+                    if errno != EAGAIN and errno != EINTR:
+                        self.st[port].rx_errors += 1
+                    break
+                if <uint32_t>r < self.dp.vnet_len:
+                    self.st[port].rx_errors += 1
+                    continue
+                if <uint32_t>r == cap:
+                    self.st[port].rx_truncated += 1    # may have been cut: drop it
+                    continue
+                pk.len = <uint32_t>r - self.dp.vnet_len
+                pk.in_port = <uint16_t>port
+                n += 1
+                got += 1
+        return n
+
+    cdef void flush(self) noexcept nogil:
+        cdef uint32_t k, q, port
+        cdef uint16_t idx
+        cdef int fd
+        cdef pkt_t *pk
+        for k in range(self.dp.n_active):
+            port = self.dp.tx_active[k]
+            fd = self.fd[port]
+            if fd < 0:
+                self.st[port].tx_no_fd += self.dp.txq_len[port]
+                continue
+            for q in range(self.dp.txq_len[port]):
+                idx = self.dp.txq[<size_t>port * self.dp.nslots + q]
+                pk = &self.dp.pkts[idx]
+                if write(fd, pk.data - self.dp.vnet_len, pk.len + self.dp.vnet_len) < 0:
+                    self.st[port].tx_errors += 1
+
+    def poll(self, int timeout_ms=100):
+        """Move frames until a watched fd is readable or timeout_ms passes.
+        Returns the readable watched fds (maybe empty)."""
+        cdef epoll_event ev[MAX_EVENTS]
+        cdef int ready[MAX_EVENTS]
+        cdef int nev, i, wait
+        cdef uint32_t nready, nwatched = 0, n
+        cdef int watched[MAX_EVENTS]
+        cdef uint64_t deadline = mono_ms() + <uint64_t>max(timeout_ms, 0), now
+        cdef bint interrupted = False
+        with nogil:
+            while True:
+                now = mono_ms()
+                wait = <int>(deadline - now) if deadline > now else 0
+                nev = epoll_wait(self.epfd, ev, MAX_EVENTS, wait)
+                if nev < 0:
+                    interrupted = errno == EINTR     # a signal: let Python run its handler
+                    break
+                if nev == 0:
+                    break
+                self.wakeups += 1
+                nready = 0
+                for i in range(nev):
+                    if ev[i].data.u32 >= WATCH_TAG:
+                        watched[nwatched] = <int>(ev[i].data.u32 - WATCH_TAG)
+                        nwatched += 1
+                    else:
+                        ready[nready] = <int>ev[i].data.u32
+                        nready += 1
+                if nready:
+                    n = self.round_burst(ready, nready)
+                    if n:
+                        self.dp.run(0, n, mono_ms())
+                        self.flush()
+                        self.bursts += 1
+                        self.frames += n
+                if nwatched:
+                    break
+        if nev < 0 and not interrupted:
+            raise OSError(errno, os.strerror(errno))
+        return [watched[i] for i in range(nwatched)]
+
+    def counters(self):
+        ports = {}
+        for p in range(MAX_PORTS):
+            if self.fd[p] >= 0 or self.st[p].tx_no_fd:
+                ports[p] = {"fd": self.fd[p], "rx_errors": self.st[p].rx_errors,
+                            "rx_truncated": self.st[p].rx_truncated,
+                            "tx_errors": self.st[p].tx_errors, "tx_no_fd": self.st[p].tx_no_fd}
+        return {"wakeups": self.wakeups, "bursts": self.bursts, "frames": self.frames,
+                "frames_per_burst": (self.frames / self.bursts) if self.bursts else 0.0,
+                "ports": ports}
