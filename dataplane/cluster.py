@@ -182,9 +182,15 @@ def _stop_pod_processes(state):
         while victims and time.monotonic() < deadline:
             for pid in victims:
                 _reap(pid)
-            victims = {p for p in victims if os.path.exists(f"/proc/{p}")
-                       and not Path(f"/proc/{p}/stat").read_text().split()[2] == "Z"}
+            victims = {p for p in victims if _alive(p)}
             time.sleep(0.02)
+
+
+def _alive(pid):
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _reap(pid):
