@@ -1,0 +1,64 @@
+"""Helpers for netns tests: an isolated run/state directory, a cluster up for
+the test and always taken down, and bounded commands inside pods."""
+import contextlib
+import os
+import subprocess
+import sys
+import textwrap
+
+from conftest import require_root
+
+
+@contextlib.contextmanager
+def cluster_env(tmp_path):
+    """PODNET_RUN_DIR/STATE_DIR in tmp_path so tests never touch a user's cluster."""
+    old = {k: os.environ.get(k) for k in ("PODNET_RUN_DIR", "PODNET_STATE_DIR")}
+    os.environ["PODNET_RUN_DIR"] = str(tmp_path / "run")
+    os.environ["PODNET_STATE_DIR"] = str(tmp_path / "state")
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextlib.contextmanager
+def running_cluster(tmp_path, spec_text, vnet=True):
+    require_root()
+    from dataplane import cluster
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(spec_text)
+    with cluster_env(tmp_path):
+        try:
+            yield cluster.up(str(spec), vnet=vnet, progress=lambda *_: None)
+        finally:
+            cluster.down(quiet=True)
+
+
+def in_pod(state, pod, *cmd, timeout=20, check=True, input=None):
+    ns = f"{state['cluster']}-pod-{pod}"
+    r = subprocess.run(["ip", "netns", "exec", ns, *cmd], capture_output=True, text=True,
+                       timeout=timeout, input=input)
+    if check and r.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} in {pod} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
+    return r
+
+
+def py_in_pod(state, pod, code, *args, timeout=20, check=True):
+    """Run a Python snippet (with podnet importable) inside a pod's namespace."""
+    return in_pod(state, pod, sys.executable, "-c", textwrap.dedent(code), *map(str, args),
+                  timeout=timeout, check=check)
+
+
+def spawn_in_pod(state, pod, code, *args):
+    ns = f"{state['cluster']}-pod-{pod}"
+    return subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", textwrap.dedent(code),
+                             *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def agent(state, node, op):
+    from dataplane.control import request
+    return request(state["nodes"][node]["socket"], op)
