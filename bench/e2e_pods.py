@@ -1,0 +1,247 @@
+"""End-to-end pod-to-pod throughput on one node, three paths in the same run:
+
+  kernel   veth pods on a Linux bridge (the bridge in its own namespace)
+  tapfwd   two TAP pods joined by the minimal C forwarder (bench/tapfwd.c),
+           vnet headers passed through, one frame per read/write
+  podnet   two pods of a podnet node (agent + Cython fast path), vnet headers
+
+iperf3 TCP with 1 and 4 streams, UDP with 64-byte payloads (receiver's
+frames/s). Writes bench/results/pods.json and pods.png. Needs root.
+
+    python bench/e2e_pods.py [--seconds 5]
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+RESULTS = HERE / "results"
+MTU = 1450
+A_IP, B_IP = "10.251.0.2", "10.251.0.3"
+
+
+def sh(*cmd, check=True, **kw):
+    return subprocess.run(cmd, check=check, capture_output=True, text=True, timeout=60, **kw)
+
+
+def ns_exec(ns, *cmd):
+    return ["ip", "netns", "exec", ns, *cmd]
+
+
+# ---- the three paths ----------------------------------------------------
+
+class Kernel:
+    name = "kernel"
+    label = "Linux bridge + veth"
+
+    def __init__(self):
+        self.ns = {"a": "pnbench-k-a", "b": "pnbench-k-b", "br": "pnbench-k-br"}
+
+    def __enter__(self):
+        for n in self.ns.values():
+            sh("ip", "netns", "add", n)
+        sh(*ns_exec(self.ns["br"], "ip", "link", "add", "br0", "type", "bridge"))
+        sh(*ns_exec(self.ns["br"], "ip", "link", "set", "br0", "up"))
+        for pod, ip in (("a", A_IP), ("b", B_IP)):
+            sh(*ns_exec(self.ns["br"], "ip", "link", "add", f"v{pod}", "mtu", str(MTU), "type", "veth",
+                        "peer", "name", "eth0", "netns", self.ns[pod]))
+            sh(*ns_exec(self.ns["br"], "ip", "link", "set", f"v{pod}", "master", "br0", "up"))
+            sh(*ns_exec(self.ns[pod], "ip", "link", "set", "eth0", "mtu", str(MTU), "up"))
+            sh(*ns_exec(self.ns[pod], "ip", "addr", "add", f"{ip}/24", "dev", "eth0"))
+            sh(*ns_exec(self.ns[pod], "ip", "link", "set", "lo", "up"))
+        return self
+
+    def pods(self):
+        return self.ns["a"], self.ns["b"], B_IP
+
+    def __exit__(self, *exc):
+        for n in self.ns.values():
+            sh("ip", "netns", "del", n, check=False)
+
+
+class TapFwd:
+    name = "tapfwd"
+    label = "minimal C TAP forwarder (vnet hdr)"
+
+    def __init__(self, seconds_budget):
+        self.ns = {"a": "pnbench-c-a", "b": "pnbench-c-b", "node": "pnbench-c-node"}
+        self.budget = seconds_budget
+        self.proc = None
+
+    def __enter__(self):
+        exe = HERE / "build" / "tapfwd"
+        exe.parent.mkdir(exist_ok=True)
+        sh("gcc", "-O2", "-o", str(exe), str(HERE / "tapfwd.c"))
+        for n in self.ns.values():
+            sh("ip", "netns", "add", n)
+        # A child enters the node namespace, makes both TAPs, places them in the
+        # pods and execs the forwarder with the fds.
+        self.proc = subprocess.Popen([sys.executable, __file__, "--tapfwd-child", str(exe),
+                                      str(self.budget)], stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if not line.startswith("ready"):
+            raise RuntimeError(f"tapfwd set-up failed: {line}")
+        return self
+
+    def pods(self):
+        return self.ns["a"], self.ns["b"], B_IP
+
+    def __exit__(self, *exc):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+        for n in self.ns.values():
+            sh("ip", "netns", "del", n, check=False)
+
+
+def tapfwd_child(exe, budget):
+    from dataplane import netns
+    from tap import Tap
+    netns.enter("pnbench-c-node")
+    taps = []
+    for pod, ip, mac in (("a", A_IP, "0a:58:0a:fb:00:02"), ("b", B_IP, "0a:58:0a:fb:00:03")):
+        t = Tap(f"tap{pod}")
+        t.place(f"pnbench-c-{pod}", mac=mac, ip=ip, prefixlen=24, mtu=MTU)
+        os.set_blocking(t.fileno(), True)
+        taps.append(t)
+    print("ready", flush=True)
+    fds = [t.fileno() for t in taps]
+    os.execv(exe, [exe, str(fds[0]), str(fds[1]), str(65536 + 512 + 12), budget])
+
+
+class Podnet:
+    name = "podnet"
+    label = "podnet agent (Cython fast path)"
+
+    def __enter__(self):
+        from dataplane import cluster
+        self.tmp = tempfile.mkdtemp(prefix="pnbench-")
+        os.environ["PODNET_RUN_DIR"] = f"{self.tmp}/run"
+        os.environ["PODNET_STATE_DIR"] = f"{self.tmp}/state"
+        spec = Path(self.tmp) / "spec.yaml"
+        spec.write_text("cluster: {name: pnbench, podCIDR: 10.252.0.0/16}\n"
+                        "nodes: [{name: n1}]\n"
+                        "pods: [{name: a, node: n1}, {name: b, node: n1}]\n")
+        self.state = cluster.up(str(spec), progress=lambda *_: None)
+        return self
+
+    def pods(self):
+        ip = self.state["plan"]["pods"]["b"]["ip"]
+        return "pnbench-pod-a", "pnbench-pod-b", ip
+
+    def counters(self):
+        from dataplane.control import request
+        return request(self.state["nodes"]["n1"]["socket"], "counters")
+
+    def __exit__(self, *exc):
+        from dataplane import cluster
+        cluster.down(quiet=True)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+# ---- iperf3 -------------------------------------------------------------
+
+def iperf(client_ns, server_ns, server_ip, seconds, streams=1, udp=False, port=5299):
+    srv = subprocess.Popen(ns_exec(server_ns, "iperf3", "-s", "-1", "-p", str(port)),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.4)
+        cmd = ["iperf3", "-c", server_ip, "-p", str(port), "-t", str(seconds), "-J", "-P", str(streams)]
+        if udp:
+            cmd += ["-u", "-b", "0", "-l", "64"]
+        r = subprocess.run(ns_exec(client_ns, *cmd), capture_output=True, text=True, timeout=seconds + 30)
+        data = json.loads(r.stdout)
+        if "error" in data:
+            raise RuntimeError(data["error"])
+        end = data["end"]
+        if udp:
+            s = end.get("sum_received") or end["sum"]
+            got = s["packets"] - s.get("lost_packets", 0) if "sum_received" not in end else s["packets"]
+            return {"rx_pps": got / s["seconds"], "lost_percent": end["sum"].get("lost_percent")}
+        return {"gbps": end["sum_received"]["bits_per_second"] / 1e9,
+                "retransmits": end["sum_sent"].get("retransmits")}
+    finally:
+        srv.wait(timeout=seconds + 30) if srv.poll() is None else None
+
+
+def measure(path, seconds):
+    a, b, ip = path.pods()
+    out = {"label": path.label}
+    out["tcp1"] = iperf(a, b, ip, seconds)
+    out["tcp4"] = iperf(a, b, ip, seconds, streams=4)
+    out["udp64"] = iperf(a, b, ip, seconds, udp=True)
+    if isinstance(path, Podnet):
+        c = path.counters()
+        out["agent"] = {"frames_per_burst": c["io"]["frames_per_burst"],
+                        "drops": {k: v for k, v in c["drops"].items() if v}}
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--tapfwd-child", nargs=2, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.tapfwd_child:
+        return tapfwd_child(*args.tapfwd_child)
+    if os.geteuid() != 0:
+        sys.exit("needs root (network namespaces, TAP devices)")
+    from report import machine
+    results = {}
+    budget = 3 * (args.seconds + 3) + 20
+    for path in (Kernel(), TapFwd(budget), Podnet()):
+        print(f"measuring {path.label} ...", flush=True)
+        with path:
+            results[path.name] = measure(path, args.seconds)
+        print(json.dumps(results[path.name]), flush=True)
+    k, c, p = results["kernel"], results["tapfwd"], results["podnet"]
+    ratios = {
+        "podnet_vs_kernel_tcp1": p["tcp1"]["gbps"] / k["tcp1"]["gbps"],
+        "podnet_vs_kernel_tcp4": p["tcp4"]["gbps"] / k["tcp4"]["gbps"],
+        "podnet_vs_tapfwd_tcp1": p["tcp1"]["gbps"] / c["tcp1"]["gbps"],
+        "podnet_vs_tapfwd_udp64_pps": p["udp64"]["rx_pps"] / c["udp64"]["rx_pps"],
+        "podnet_vs_kernel_udp64_pps": p["udp64"]["rx_pps"] / k["udp64"]["rx_pps"],
+    }
+    doc = {"bench": "pods", "seconds": args.seconds, "mtu": MTU, "machine": machine(),
+           "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "results": results, "ratios": ratios}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "pods.json").write_text(json.dumps(doc, indent=2) + "\n")
+    plot(results)
+    print(json.dumps(ratios, indent=2))
+
+
+def plot(results):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    names = list(results)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    w = 0.38
+    for i, key in enumerate(("tcp1", "tcp4")):
+        vals = [results[n][key]["gbps"] for n in names]
+        bars = ax1.bar([x + (i - 0.5) * w for x in range(len(names))], vals, w,
+                       label=f"TCP, {key[3:]} stream{'s' if key == 'tcp4' else ''}")
+        ax1.bar_label(bars, fmt="%.1f", fontsize=7)
+    ax1.set_xticks(range(len(names)), names)
+    ax1.set_ylabel("Gbit/s")
+    ax1.legend(fontsize=7)
+    ax1.set_title("pod to pod TCP (iperf3)")
+    vals = [results[n]["udp64"]["rx_pps"] / 1e3 for n in names]
+    bars = ax2.bar(names, vals, color="#888")
+    ax2.bar_label(bars, fmt="%.0f", fontsize=7)
+    ax2.set_ylabel("k frames/s received")
+    ax2.set_title("UDP, 64-byte payloads")
+    fig.tight_layout()
+    fig.savefig(RESULTS / "pods.png", dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
