@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -93,6 +94,11 @@ class TapFwd:
     def pods(self):
         return self.ns["a"], self.ns["b"], B_IP
 
+    def forwarded(self):
+        """Frames the forwarder has moved so far (it prints them on SIGUSR1)."""
+        self.proc.send_signal(signal.SIGUSR1)
+        return int(self.proc.stdout.readline().split()[0])
+
     def __exit__(self, *exc):
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
@@ -140,6 +146,9 @@ class Podnet:
         from dataplane.control import request
         return request(self.state["nodes"]["n1"]["socket"], "counters")
 
+    def forwarded(self):
+        return sum(p["tx_packets"] for p in self.counters()["ports"].values())
+
     def __exit__(self, *exc):
         from dataplane import cluster
         cluster.down(quiet=True)
@@ -162,9 +171,11 @@ def iperf(client_ns, server_ns, server_ip, seconds, streams=1, udp=False, port=5
             raise RuntimeError(data["error"])
         end = data["end"]
         if udp:
+            # iperf3 3.12: sum_received.packets is what was sent; lost is what never came
             s = end.get("sum_received") or end["sum"]
-            got = s["packets"] - s.get("lost_packets", 0) if "sum_received" not in end else s["packets"]
-            return {"rx_pps": got / s["seconds"], "lost_percent": end["sum"].get("lost_percent")}
+            got = s["packets"] - s.get("lost_packets", 0)
+            return {"rx_pps": got / s["seconds"], "tx_pps": end["sum_sent"]["packets"] / end["sum_sent"]["seconds"],
+                    "lost_percent": s.get("lost_percent")}
         return {"gbps": end["sum_received"]["bits_per_second"] / 1e9,
                 "retransmits": end["sum_sent"].get("retransmits")}
     finally:
@@ -176,7 +187,12 @@ def measure(path, seconds):
     out = {"label": path.label}
     out["tcp1"] = iperf(a, b, ip, seconds)
     out["tcp4"] = iperf(a, b, ip, seconds, streams=4)
+    fwd = getattr(path, "forwarded", None)
+    before, t0 = (fwd(), time.monotonic()) if fwd else (0, 0)
     out["udp64"] = iperf(a, b, ip, seconds, udp=True)
+    if fwd:
+        # what the forwarder itself moved (the receiver may drop some of it)
+        out["udp64"]["forwarded_pps"] = (fwd() - before) / (time.monotonic() - t0)
     if isinstance(path, Podnet):
         c = path.counters()
         out["agent"] = {"frames_per_burst": c["io"]["frames_per_burst"],
@@ -207,6 +223,7 @@ def main():
         "podnet_vs_kernel_tcp4": p["tcp4"]["gbps"] / k["tcp4"]["gbps"],
         "podnet_vs_tapfwd_tcp1": p["tcp1"]["gbps"] / c["tcp1"]["gbps"],
         "podnet_vs_tapfwd_udp64_pps": p["udp64"]["rx_pps"] / c["udp64"]["rx_pps"],
+        "podnet_vs_tapfwd_udp64_forwarded": p["udp64"]["forwarded_pps"] / c["udp64"]["forwarded_pps"],
         "podnet_vs_kernel_udp64_pps": p["udp64"]["rx_pps"] / k["udp64"]["rx_pps"],
     }
     doc = {"bench": "pods", "seconds": args.seconds, "mtu": MTU, "machine": machine(),

@@ -2,12 +2,17 @@
  * fds (inherited, already configured), one frame per read() and write(),
  * poll() per wakeup. With vnet headers on both TAPs the header is passed
  * through untouched, so TSO super-frames cross whole.
+ * SIGUSR1 prints "frames errors" so far.
  * usage: tapfwd FD_A FD_B BUFSIZE SECONDS */
 #include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
 #include <unistd.h>
+
+static volatile sig_atomic_t report;
+static void on_usr1(int sig) { (void)sig; report = 1; }
 
 int main(int argc, char **argv) {
     if (argc != 5) { fprintf(stderr, "usage: tapfwd FD_A FD_B BUFSIZE SECONDS\n"); return 2; }
@@ -17,7 +22,9 @@ int main(int argc, char **argv) {
     char *buf = malloc(cap);
     unsigned long frames = 0, errors = 0;
     struct pollfd p[2] = { { fd[0], POLLIN, 0 }, { fd[1], POLLIN, 0 } };
+    signal(SIGUSR1, on_usr1);
     while (time(NULL) < end) {
+        if (report) { report = 0; printf("%lu %lu\n", frames, errors); fflush(stdout); }
         if (poll(p, 2, 200) <= 0) continue;
         for (int i = 0; i < 2; i++) {
             if (!(p[i].revents & POLLIN)) continue;
