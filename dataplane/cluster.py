@@ -87,11 +87,12 @@ def up(spec_path=None, vnet=True, progress=print):
         for name in names:
             netns.create(name)
         progress(f"created {len(names)} namespaces")
+        procs = {}
         for node in spec.nodes:
-            _start_agent(spec, plan, node.name, state, vnet)
+            procs[node.name] = _start_agent(spec, plan, node.name, state, vnet)
             _save_state(state)
         for node in spec.nodes:
-            _wait_ready(state["nodes"][node.name])
+            _wait_ready(state["nodes"][node.name], procs[node.name])
             progress(f"node {node.name}: agent pid {state['nodes'][node.name]['pid']} ready, "
                      f"{len(spec.pods_on(node.name))} pods")
     except BaseException:
@@ -120,12 +121,13 @@ def _start_agent(spec, plan, node, state, vnet):
                                 start_new_session=True)
     state["nodes"][node] = {"pid": proc.pid, "config": str(cfg_path), "socket": cfg["socket"],
                             "log": str(log_path), "netns": cfg["netns"]}
+    return proc
 
 
-def _wait_ready(node):
+def _wait_ready(node, proc):
     deadline = time.monotonic() + AGENT_READY_TIMEOUT
     while time.monotonic() < deadline:
-        if not _pid_is_agent(node["pid"], node["config"]):
+        if proc.poll() is not None:
             log = Path(node["log"]).read_text(errors="replace")[-2000:]
             raise ClusterError(f"agent for {node['netns']} exited during start-up:\n{log}")
         try:

@@ -220,3 +220,36 @@ def test_invalid_spec_creates_nothing(tmp_path):
     assert "pods[3].node" in r.stderr and "n9" in r.stderr
     assert [n for n in netns.listing() if n.startswith("pnbad-")] == []
     assert not (tmp_path / "run" / "state.json").exists()
+
+
+PLAIN = """
+cluster: {name: pnplain, podCIDR: 10.249.0.0/16}
+nodes: [{name: n1}]
+pods: [{name: a, node: n1}, {name: b, node: n1}]
+"""
+
+
+def test_plain_mode_without_vnet_headers(tmp_path):
+    with running_cluster(tmp_path, PLAIN, vnet=False) as st:
+        assert "vnet_hdr off" in in_pod(st, "a", "ip", "-d", "link", "show", "eth0").stdout
+        assert agent(st, "n1", "status")["vnet_hdr"] == 0
+        srv = spawn_in_pod(st, "b", TCP_SERVER, 7003)
+        try:
+            r = py_in_pod(st, "a", TCP_CLIENT, st["plan"]["pods"]["b"]["ip"], 7003, 5_000_000, timeout=30)
+            sent, echoed = r.stdout.split()
+            assert sent == echoed
+        finally:
+            srv.kill()
+        ports = agent(st, "n1", "counters")["ports"]
+        # no offloads: nothing larger than an MTU-sized frame crosses
+        assert ports["0"]["rx_bytes"] / ports["0"]["rx_packets"] <= 1450 + 14
+
+
+def test_addresses_stable_across_down_and_up(tmp_path):
+    spec = PLAIN.replace("pnplain", "pnstable")
+    with running_cluster(tmp_path, spec) as st:
+        first = st["plan"]["pods"]
+    with running_cluster(tmp_path, spec.replace("{name: a, node: n1}, ", "")) as st:
+        assert st["plan"]["pods"]["b"] == first["b"]          # b keeps .3 though a is gone
+    with running_cluster(tmp_path, spec) as st:
+        assert st["plan"]["pods"]["b"] == first["b"] and st["plan"]["pods"]["a"]["ip"] == first["a"]["ip"]
