@@ -7,6 +7,7 @@ from fastpath.counters cimport stats_t
 from fastpath.fdb cimport Fdb, fdb_t
 from fastpath.ports cimport Ports, ports_t
 from fastpath.gateway cimport Gateway, gw_t
+from fastpath.vxlan cimport Overlay, overlay_t
 
 @cython.final
 cdef class Dataplane:
@@ -23,7 +24,10 @@ cdef class Dataplane:
     cdef readonly Fdb fdb
     cdef readonly Ports ports
     cdef readonly Gateway gateway
-    cdef readonly uint32_t vnet_len      # bytes of virtio-net header before each frame (0: none)
+    cdef readonly uint32_t vnet_len      # pods' virtio-net header bytes before each frame (0: none)
+    cdef uint8_t pvnet[MAX_PORTS]        # per port: the header size its TAP uses
+    cdef readonly Overlay overlay
+    cdef overlay_t *ov
     cdef fdb_t *ft                       # bound once: the loop touches no Python object
     cdef ports_t *pt
     cdef gw_t *gw
@@ -34,6 +38,8 @@ cdef class Dataplane:
     cdef inline void bridge(self, uint32_t i, pkt_t *pk, uint64_t now) noexcept nogil
     cdef inline void forward(self, uint32_t i, pkt_t *pk, uint16_t d, bint routed) noexcept nogil
     cdef inline void reply(self, uint32_t i, pkt_t *pk) noexcept nogil
+    cdef void encap(self, uint32_t i, pkt_t *pk, uint32_t cur_vnet) noexcept nogil
+    cdef void uplink_rx(self, uint32_t i, pkt_t *pk) noexcept nogil
     cdef inline void enqueue(self, uint16_t port, uint32_t i, uint32_t length) noexcept nogil
     cdef inline void drop(self, pkt_t *pk, uint16_t reason) noexcept nogil
     cdef uint64_t now_ms(self) except? 0

@@ -13,6 +13,8 @@ from fastpath.parse cimport parse_frame
 from fastpath.fdb cimport fdb_key, fdb_learn, fdb_lookup
 from fastpath.gateway cimport *
 from fastpath.gateway cimport Gateway
+from fastpath.vxlan cimport *
+from fastpath.vxlan cimport Overlay
 from fastpath.counters cimport port_stats_t
 from fastpath.counters import DROP_NAMES
 
@@ -48,7 +50,10 @@ cdef class Dataplane:
         self.ports = Ports()
         self.gateway = Gateway()
         self.gw = &self.gateway.g
+        self.overlay = Overlay()
+        self.ov = &self.overlay.ov
         self.vnet_len = 0
+        memset(self.pvnet, 0, sizeof(self.pvnet))
         self.ft = &self.fdb.t
         self.pt = &self.ports.p
         self.clock = clock if clock is not None else time.monotonic
@@ -81,8 +86,9 @@ cdef class Dataplane:
 
     cdef inline void reply(self, uint32_t i, pkt_t *pk) noexcept nogil:
         # A frame the gateway wrote: complete checksums, so no offload metadata.
-        if self.vnet_len:
-            memset(pk.data - self.vnet_len, 0, self.vnet_len)
+        cdef uint32_t n = self.pvnet[pk.in_port]
+        if n:
+            memset(pk.data - n, 0, n)
         pk.out = pk.in_port
         pk.reason = DROP_NONE
         self.enqueue(pk.in_port, i, pk.len)
@@ -140,6 +146,9 @@ cdef class Dataplane:
         if data[6] & 1:
             self.drop(pk, DROP_SRC_MCAST)
             return
+        if port == self.ov.uplink and self.ov.enabled:
+            self.uplink_rx(i, pk)
+            return
         d = pt.domain[port]
         pk.domain = d
         fdb_learn(self.ft, fdb_key(data + 6, d), port, now)
@@ -162,7 +171,75 @@ cdef class Dataplane:
             if a == GW_ROUTE:
                 self.forward(i, pk, d, True)
                 return
+            if a == GW_REMOTE:
+                self.encap(i, pk, self.pvnet[port])
+                return
         self.forward(i, pk, d, False)
+
+    cdef void encap(self, uint32_t i, pkt_t *pk, uint32_t cur_vnet) noexcept nogil:
+        """A routed frame for another node: VXLAN toward its VTEP, out of the uplink."""
+        cdef overlay_t *ov = self.ov
+        cdef int r
+        cdef uint8_t df
+        if not ov.enabled:
+            self.drop(pk, DROP_NO_ROUTE)
+            return
+        df = pk.data[pk.m.l3_off + 6] & 0x40
+        r = ov_encap(ov, pk, self.gw.mac, cur_vnet, self.pvnet[ov.uplink], self.now)
+        if r == 0:
+            pk.out = ov.uplink
+            pk.reason = DROP_NONE
+            self.enqueue(ov.uplink, i, pk.len)
+            return
+        if r == 1:                           # the frame became an ARP request for the VTEP
+            self.stats.drops[DROP_VTEP_UNRESOLVED] += 1
+            if self.pvnet[ov.uplink]:
+                memset(pk.data - self.pvnet[ov.uplink], 0, self.pvnet[ov.uplink])
+            pk.out = ov.uplink
+            pk.reason = DROP_VTEP_UNRESOLVED
+            self.enqueue(ov.uplink, i, pk.len)
+            return
+        if r == -DROP_TOO_BIG and df and cur_vnet == self.pvnet[pk.in_port] and pk.in_port != ov.uplink:
+            # Path MTU discovery (RFC 1191): tell the pod the inner MTU.
+            self.stats.drops[DROP_TOO_BIG] += 1
+            if gw_icmp_error(self.gw, pk, 3, 4, <uint16_t>(ov.mtu - VXLAN_OVERHEAD), DROP_TOO_BIG) == GW_REPLY:
+                self.reply(i, pk)
+                return
+        self.drop(pk, <uint16_t>(-r))
+
+    cdef void uplink_rx(self, uint32_t i, pkt_t *pk) noexcept nogil:
+        """From the fabric: the node's own ARP/ICMP, or VXLAN for a local pod."""
+        cdef int a
+        cdef uint16_t r
+        cdef uint32_t pod_vnet = self.vnet_len
+        a = ov_uplink(self.ov, pk, self.pvnet[pk.in_port], pod_vnet)
+        if a < 0:
+            self.drop(pk, <uint16_t>(-a))
+            return
+        if a == OV_REPLY:
+            self.reply(i, pk)
+            return
+        if a == OV_LOCAL:
+            pk.out = OUT_LOCAL
+            pk.reason = DROP_NONE
+            return
+        r = parse_frame(pk.data, pk.len, &pk.m)
+        if r != DROP_NONE:
+            self.drop(pk, DROP_VXLAN_INNER)
+            return
+        # flannel is L3: inner frames are addressed to this node's gateway.
+        if not self.gw.enabled or not gw_is_dst(self.gw, pk.data) or not (pk.m.flags & F_IP4):
+            self.drop(pk, DROP_VXLAN_NOT_ROUTED)
+            return
+        a = gw_ip4(self.gw, pk)
+        if a < 0:
+            self.drop(pk, <uint16_t>(-a))
+        elif a == GW_ROUTE:
+            self.forward(i, pk, self.gw.domain, True)
+        elif a == GW_REPLY:                  # to a remote pod: back over the overlay
+            self.encap(i, pk, pod_vnet)
+        else:                                # no transit between remote nodes
+            self.drop(pk, DROP_NO_ROUTE)
 
     cdef void run(self, uint32_t start, uint32_t n, uint64_t now) noexcept nogil:
         cdef uint32_t i, k
@@ -185,17 +262,18 @@ cdef class Dataplane:
         header (vnet_len bytes, zeros if None). Returns False (and counts a
         too_long drop) if it does not fit."""
         self._slot_check(i)
-        if vnet is not None and len(vnet) != self.vnet_len:
-            raise ValueError(f"vnet header must be {self.vnet_len} bytes, got {len(vnet)}")
+        cdef uint32_t hl = self.pvnet[in_port] if in_port < MAX_PORTS else 0
+        if vnet is not None and len(vnet) != hl:
+            raise ValueError(f"vnet header for port {in_port} must be {hl} bytes, got {len(vnet)}")
         cdef pkt_t *pk = &self.pkts[i]
         cdef uint32_t n = frame.shape[0]
         pk.data = self.mem + <size_t>i * self.stride + HEADROOM
         pk.in_port = in_port
-        if self.vnet_len:
-            memset(pk.data - self.vnet_len, 0, self.vnet_len)
+        if hl:
+            memset(pk.data - hl, 0, hl)
             if vnet is not None:
                 hdr = bytes(vnet)
-                memcpy(pk.data - self.vnet_len, <const char *>hdr, self.vnet_len)
+                memcpy(pk.data - hl, <const char *>hdr, hl)
         if n > self.slot_size:
             pk.len = 0
             self.drop(pk, DROP_TOO_LONG)
@@ -236,9 +314,12 @@ cdef class Dataplane:
         return (<char *>self.pkts[i].data)[:self.pkts[i].len]
 
     def vnet_hdr(self, uint32_t i):
-        """The virtio-net header in front of slot i's frame (b'' without one)."""
+        """The virtio-net header in front of slot i's frame, in the format of
+        the port it leaves by (or came in on, if it does not leave by one)."""
         self._slot_check(i)
-        return (<char *>(self.pkts[i].data - self.vnet_len))[:self.vnet_len]
+        cdef pkt_t *pk = &self.pkts[i]
+        cdef uint32_t n = self.pvnet[pk.out] if 0 <= pk.out < MAX_PORTS else self.pvnet[pk.in_port % MAX_PORTS]
+        return (<char *>(pk.data - n))[:n]
 
     def verdict(self, uint32_t i):
         """(egress, reason) of slot i after the last burst: egress is a port,
@@ -294,6 +375,7 @@ cdef class Dataplane:
 
     def add_port(self, int port, int domain=0):
         self.ports.add(port, domain)
+        self.pvnet[port] = self.vnet_len
 
     def remove_port(self, int port):
         """Remove a port and every FDB entry pointing at it, static included."""
@@ -301,10 +383,25 @@ cdef class Dataplane:
         self.fdb.flush(port=port, include_static=True)
 
     def set_vnet_len(self, uint32_t n):
-        """Bytes of virtio-net header that precede each frame in its slot (0, 10, 12 or 24)."""
+        """Bytes of virtio-net header in front of pods' frames (0, 10 or 12):
+        for every port, and ports added later (the uplink may differ)."""
+        if n not in (0, 10, 12):
+            raise ValueError(f"pod vnet header length must be 0, 10 or 12, got {n}")
+        self.vnet_len = n
+        for p in range(MAX_PORTS):
+            if self.pvnet[p] == 0 or p != self.ov.uplink or not self.ov.enabled:
+                self.pvnet[p] = n
+
+    def set_port_vnet(self, int port, uint32_t n):
+        """One port's header size (the uplink's is 24 with UDP-tunnel GSO)."""
+        if not 0 <= port < MAX_PORTS:
+            raise ValueError(f"port must be 0..{MAX_PORTS - 1}, got {port}")
         if n not in (0, 10, 12, 24):
             raise ValueError(f"vnet header length must be 0, 10, 12 or 24, got {n}")
-        self.vnet_len = n
+        self.pvnet[port] = n
+
+    def port_vnet(self, int port):
+        return self.pvnet[port]
 
     def age(self):
         """Sweep aged FDB entries now (the agent calls this periodically)."""
@@ -328,6 +425,7 @@ cdef class Dataplane:
             "bridge": {"forwarded": self.stats.forwarded, "flooded": self.stats.flooded},
             "fdb": self.fdb.counters(),
             "gateway": self.gateway.counters(),
+            "overlay": self.overlay.counters(),
             "ports": {p: self.port_counters(p) for p, _ in self.ports.list()},
         }
 

@@ -25,6 +25,15 @@ DROP_NAMES = (
     "no_neighbor",
     "no_route",
     "gateway_unsupported",
+    "too_big",
+    "vtep_unresolved",
+    "uplink_not_ours",
+    "uplink_unsupported",
+    "vxlan_fragment",
+    "vxlan_flags",
+    "vxlan_vni",
+    "vxlan_inner",
+    "vxlan_not_routed",
 )
 
 N_DROP_REASONS = N_DROP

@@ -47,6 +47,15 @@ cdef enum:
     DROP_NO_NEIGH        # routed to a local pod IP with no known MAC
     DROP_NO_ROUTE        # routed to an address no route covers
     DROP_GW_UNSUPPORTED  # sent to the gateway but nothing it answers (IPv6, non-echo to its IP)
+    DROP_TOO_BIG         # larger than the fabric MTU allows (ICMP frag needed sent when DF)
+    DROP_VTEP_UNRESOLVED # peer VTEP's MAC not known yet (an ARP request went out instead)
+    DROP_UPLINK_NOT_OURS # on the uplink, not addressed to this node's MAC/IP
+    DROP_UPLINK_UNSUPPORTED  # to this node's IP but not VXLAN on our port, ARP or ICMP echo
+    DROP_VXLAN_FRAG      # a fragmented VXLAN packet
+    DROP_VXLAN_FLAGS     # VXLAN I flag clear
+    DROP_VXLAN_VNI       # a VNI this node does not serve
+    DROP_VXLAN_INNER     # inner frame truncated or malformed
+    DROP_VXLAN_NOT_ROUTED  # inner frame not IPv4 to this node's gateway MAC
     N_DROP
 
 ctypedef struct meta_t:

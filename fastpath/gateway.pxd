@@ -14,6 +14,7 @@ cdef enum:
     GW_REPLY = 1       # rewritten into a reply: send back out of the ingress port
     GW_ROUTE = 2       # MACs rewritten, TTL decremented: forward to the new dst MAC
     GW_LOCAL = 3       # consumed
+    GW_REMOTE = 4      # TTL decremented, destination outside the node: the overlay's
 
 cdef enum:
     NEIGH_NONE = 0
@@ -39,7 +40,7 @@ ctypedef struct gw_t:
     uint64_t neigh_conflicts   # ARP claiming an IPAM address with another MAC
     uint64_t icmp_replies
     uint64_t routed
-    uint64_t ttl_exceeded_sent
+    uint64_t icmp_errors_sent   # time exceeded, fragmentation needed
 
 cdef inline bint gw_is_dst(const gw_t *g, const uint8_t *frame) noexcept nogil:
     return (load_be64(frame) & 0xFFFFFFFFFFFF0000ULL) == g.mac_key
@@ -86,9 +87,11 @@ cdef inline int gw_arp(gw_t *g, pkt_t *pk) noexcept nogil:
         return GW_LOCAL
     return GW_PASS
 
-cdef inline int gw_time_exceeded(gw_t *g, pkt_t *pk) noexcept nogil:
-    """Turn the frame into ICMP time exceeded (RFC 792) to its sender, quoting
-    its IP header + 8 bytes. Never answers an ICMP error."""
+cdef inline int gw_icmp_error(gw_t *g, pkt_t *pk, uint8_t type, uint8_t code,
+                              uint16_t mtu, uint16_t drop) noexcept nogil:
+    """Turn the frame into an ICMP error (RFC 792: time exceeded; RFC 1191:
+    fragmentation needed with the next-hop MTU) to its sender, quoting its IP
+    header + 8 bytes. Never answers an ICMP error: returns -drop instead."""
     cdef uint8_t quote[68]
     cdef uint8_t *ip = pk.data + pk.m.l3_off
     cdef uint8_t *icmp
@@ -97,7 +100,7 @@ cdef inline int gw_time_exceeded(gw_t *g, pkt_t *pk) noexcept nogil:
     if ip[9] == 1 and (pk.m.flags & F_L4):
         t = ip[ihl]
         if t != 0 and t != 8 and t != 13 and t != 15 and t != 17:
-            return -DROP_TTL             # an ICMP error: no error about an error
+            return -drop                 # an ICMP error: no error about an error
     qlen = ihl + 8 if ihl + 8 <= pk.m.l3_len else pk.m.l3_len
     memcpy(quote, ip, qlen)
     memcpy(pk.data, pk.data + 6, 6)
@@ -113,12 +116,19 @@ cdef inline int gw_time_exceeded(gw_t *g, pkt_t *pk) noexcept nogil:
     put32(ip + 12, g.ip)
     put16(ip + 10, csum(ip, 20))
     icmp = ip + 20
-    put32(icmp, 0x0b000000)              # type 11 code 0, checksum 0
-    put32(icmp + 4, 0)
+    icmp[0] = type
+    icmp[1] = code
+    put16(icmp + 2, 0)
+    put16(icmp + 4, 0)
+    put16(icmp + 6, mtu)
     memcpy(icmp + 8, quote, qlen)
     put16(icmp + 2, csum(icmp, 8 + qlen))
     pk.len = pk.m.l3_off + 28 + qlen
-    g.ttl_exceeded_sent += 1
+    pk.m.l3_len = 28 + qlen
+    pk.m.l4_off = pk.m.l3_off + 20
+    pk.m.l4_proto = 1
+    pk.m.flags = (pk.m.flags & ~F_FRAG) | F_IP4 | F_L4
+    g.icmp_errors_sent += 1
     return GW_REPLY
 
 cdef inline int gw_ip4(gw_t *g, pkt_t *pk) noexcept nogil:
@@ -145,19 +155,18 @@ cdef inline int gw_ip4(gw_t *g, pkt_t *pk) noexcept nogil:
         g.icmp_replies += 1
         return GW_REPLY
     if ip[8] <= 1:
-        return gw_time_exceeded(g, pk)
-    if not gw_in_subnet(g, dst):
-        return -DROP_NO_ROUTE
-    n = &g.neigh[dst & ~g.mask]
-    if n.state == NEIGH_NONE or dst == (g.net | ~g.mask):
-        return -DROP_NO_NEIGH
-    memcpy(pk.data, n.mac, 6)
+        return gw_icmp_error(g, pk, 11, 0, 0, DROP_TTL)
+    if gw_in_subnet(g, dst):
+        n = &g.neigh[dst & ~g.mask]
+        if n.state == NEIGH_NONE or dst == (g.net | ~g.mask):
+            return -DROP_NO_NEIGH
+        memcpy(pk.data, n.mac, 6)
     memcpy(pk.data + 6, g.mac, 6)
     old = get16(ip + 8)
     ip[8] -= 1
     csum_update16(ip + 10, old, get16(ip + 8))
     g.routed += 1
-    return GW_ROUTE
+    return GW_ROUTE if gw_in_subnet(g, dst) else GW_REMOTE
 
 cdef class Gateway:
     cdef gw_t g

@@ -84,4 +84,4 @@ cdef class Gateway:
     def counters(self):
         return {"arp_replies": self.g.arp_replies, "arp_learned": self.g.arp_learned,
                 "neigh_conflicts": self.g.neigh_conflicts, "icmp_replies": self.g.icmp_replies,
-                "routed": self.g.routed, "ttl_exceeded_sent": self.g.ttl_exceeded_sent}
+                "routed": self.g.routed, "icmp_errors_sent": self.g.icmp_errors_sent}

@@ -94,7 +94,7 @@ cdef class IOLoop:
     cdef uint32_t round_burst(self, int *ready, uint32_t nready) noexcept nogil:
         """Read the ready ports into slots, fairly: each gets an equal share of
         the burst, and reads until EAGAIN or its share is used."""
-        cdef uint32_t n = 0, share, got, k, cap = self.dp.slot_size + self.dp.vnet_len
+        cdef uint32_t n = 0, share, got, k, cap, hl
         cdef int port, fd
         cdef ssize_t r
         cdef pkt_t *pk
@@ -107,28 +107,30 @@ cdef class IOLoop:
             if fd < 0:
                 continue
             got = 0
+            hl = self.dp.pvnet[port]
+            cap = self.dp.slot_size + hl
             while got < share and n < self.dp.nslots:
                 pk = &self.dp.pkts[n]
                 pk.data = self.dp.mem + <size_t>n * self.dp.stride + HEADROOM
-                r = read(fd, pk.data - self.dp.vnet_len, cap)
+                r = read(fd, pk.data - hl, cap)
                 if r < 0:
                     if errno != EAGAIN and errno != EINTR:
                         self.st[port].rx_errors += 1
                     break
-                if <uint32_t>r < self.dp.vnet_len:
+                if <uint32_t>r < hl:
                     self.st[port].rx_errors += 1
                     continue
                 if <uint32_t>r == cap:
                     self.st[port].rx_truncated += 1    # may have been cut: drop it
                     continue
-                pk.len = <uint32_t>r - self.dp.vnet_len
+                pk.len = <uint32_t>r - hl
                 pk.in_port = <uint16_t>port
                 n += 1
                 got += 1
         return n
 
     cdef void flush(self) noexcept nogil:
-        cdef uint32_t k, q, port
+        cdef uint32_t k, q, port, hl
         cdef uint16_t idx
         cdef int fd
         cdef pkt_t *pk
@@ -138,10 +140,11 @@ cdef class IOLoop:
             if fd < 0:
                 self.st[port].tx_no_fd += self.dp.txq_len[port]
                 continue
+            hl = self.dp.pvnet[port]
             for q in range(self.dp.txq_len[port]):
                 idx = self.dp.txq[<size_t>port * self.dp.nslots + q]
                 pk = &self.dp.pkts[idx]
-                if write(fd, pk.data - self.dp.vnet_len, pk.len + self.dp.vnet_len) < 0:
+                if write(fd, pk.data - hl, pk.len + hl) < 0:
                     self.st[port].tx_errors += 1
 
     def poll(self, int timeout_ms=100):

@@ -118,7 +118,7 @@ def test_ttl_expiry_answered_with_time_exceeded(gw):
     assert _recomputed(e[IP]) == e[IP].chksum and l4_ok(e, ICMP)
     assert len(bytes(e[ICMP])) == 8 + 20 + 8
     c = gw.counters()
-    assert c["gateway"]["ttl_exceeded_sent"] == 1 and c["gateway"]["routed"] == 0
+    assert c["gateway"]["icmp_errors_sent"] == 1 and c["gateway"]["routed"] == 0
 
 
 def test_no_time_exceeded_about_an_icmp_error(gw):

@@ -1,0 +1,162 @@
+"""Control side of the overlay: the node's underlay address, routes to other
+nodes' pod CIDRs, peer VTEPs. Route sets are validated whole and swapped in:
+a bad request changes nothing."""
+import ipaddress
+
+from libc.string cimport memcpy, memset
+from fastpath.defs cimport MAX_PORTS
+from fastpath.fdb import mac_bytes, mac_str
+
+STATES = {VTEP_FREE: "free", VTEP_INCOMPLETE: "incomplete", VTEP_REACHABLE: "reachable",
+          VTEP_STATIC: "static"}
+
+
+def _mac(value, what):
+    try:
+        m = mac_bytes(value)
+    except ValueError as e:
+        raise ValueError(f"{what}: {e}") from None
+    if m[0] & 1 or m == bytes(6):
+        raise ValueError(f"{what}: {value} is not a unicast MAC")
+    return m
+
+
+cdef class Overlay:
+    def configure(self, int uplink, ip, mac, int vni=1, int port=4789, int mtu=1500,
+                  bint tunnel_gso=False):
+        if not 0 <= uplink < MAX_PORTS:
+            raise ValueError(f"uplink port must be 0..{MAX_PORTS - 1}, got {uplink}")
+        if not 1 <= vni < (1 << 24):
+            raise ValueError(f"VNI must be 1..16777215, got {vni}")
+        if not 1 <= port <= 65535:
+            raise ValueError(f"VXLAN UDP port must be 1..65535, got {port}")
+        if not 576 <= mtu <= 9216:
+            raise ValueError(f"fabric MTU must be 576..9216, got {mtu}")
+        addr = ipaddress.IPv4Address(str(ip))
+        m = _mac(mac, "underlay MAC")
+        self.ov.uplink = uplink
+        self.ov.ip = int(addr)
+        memcpy(self.ov.mac, <const char *>m, 6)
+        self.ov.mac_key = int.from_bytes(m + b"\0\0", "big")
+        self.ov.vni = vni
+        self.ov.port = port
+        self.ov.mtu = mtu
+        self.ov.tunnel_gso = tunnel_gso
+        self.ov.enabled = 1
+
+    @property
+    def enabled(self):
+        return bool(self.ov.enabled)
+
+    @property
+    def uplink(self):
+        return self.ov.uplink if self.ov.enabled else None
+
+    def _validate(self, routes, local=None):
+        """routes: [{"cidr", "vtep", "inner_mac", "vni"?, "vtep_mac"?, "name"?}] -> normalised list."""
+        out, nets = [], []
+        if local is not None:
+            local = ipaddress.IPv4Network(str(local))
+        if not isinstance(routes, (list, tuple)):
+            raise ValueError("routes must be a list")
+        if len(routes) > MAX_ROUTES:
+            raise ValueError(f"at most {MAX_ROUTES} routes, got {len(routes)}")
+        vteps = {}
+        for i, r in enumerate(routes):
+            if not isinstance(r, dict):
+                raise ValueError(f"route {i}: expected an object")
+            try:
+                net = ipaddress.IPv4Network(str(r["cidr"]), strict=True)
+                vtep = ipaddress.IPv4Address(str(r["vtep"]))
+            except KeyError as e:
+                raise ValueError(f"route {i}: missing {e.args[0]!r}") from None
+            except ValueError as e:
+                raise ValueError(f"route {i}: {e}") from None
+            if net.prefixlen == 0:
+                raise ValueError(f"route {i}: {net} would send everything to one node")
+            for other in nets:
+                if net.overlaps(other):
+                    raise ValueError(f"route {i}: {net} overlaps {other}")
+            if local is not None and net.overlaps(local):
+                raise ValueError(f"route {i}: {net} overlaps this node's pod subnet {local}")
+            if int(vtep) == self.ov.ip:
+                raise ValueError(f"route {i}: VTEP {vtep} is this node's own address")
+            inner = _mac(r.get("inner_mac", ""), f"route {i} inner_mac")
+            vni = int(r.get("vni", self.ov.vni))
+            if vni != self.ov.vni:
+                raise ValueError(f"route {i}: VNI {vni}, but this node serves VNI {self.ov.vni}")
+            static = _mac(r["vtep_mac"], f"route {i} vtep_mac") if r.get("vtep_mac") else None
+            if static is not None and vteps.get(int(vtep), static) != static:
+                raise ValueError(f"route {i}: VTEP {vtep} given two MACs")
+            vteps.setdefault(int(vtep), static)
+            nets.append(net)
+            out.append((net, int(vtep), inner, vni, static, r.get("name", "")))
+        if len(vteps) > MAX_VTEPS:
+            raise ValueError(f"at most {MAX_VTEPS} VTEPs, got {len(vteps)}")
+        return out, vteps
+
+    def set_routes(self, routes, local=None):
+        """Replace the whole route table (atomically: validated first)."""
+        if not self.ov.enabled:
+            raise ValueError("overlay not configured on this node")
+        norm, vteps = self._validate(routes, local)
+        cdef vtep_t old[MAX_VTEPS]
+        memcpy(old, self.ov.vteps, sizeof(old))
+        memset(self.ov.vteps, 0, sizeof(self.ov.vteps))
+        index = {}
+        for k, (ip, static) in enumerate(vteps.items()):
+            index[ip] = k
+            self.ov.vteps[k].ip = ip
+            for j in range(MAX_VTEPS):         # keep what ARP already taught us
+                if old[j].state >= VTEP_INCOMPLETE and old[j].ip == ip:
+                    self.ov.vteps[k] = old[j]
+                    break
+            self.ov.vteps[k].ip = ip
+            if static is not None:
+                memcpy(self.ov.vteps[k].mac, <const char *>static, 6)
+                self.ov.vteps[k].state = VTEP_STATIC
+            elif self.ov.vteps[k].state == VTEP_STATIC:
+                self.ov.vteps[k].state = VTEP_FREE   # static MAC withdrawn: ARP again
+            self.ov.vteps[k].refs = 0
+        norm.sort(key=lambda r: -r[0].prefixlen)
+        for k, (net, ip, inner, vni, _, _) in enumerate(norm):
+            self.ov.routes[k].net = int(net.network_address)
+            self.ov.routes[k].mask = int(net.netmask)
+            self.ov.routes[k].plen = net.prefixlen
+            memcpy(self.ov.routes[k].inner_mac, <const char *>inner, 6)
+            self.ov.routes[k].vni = vni
+            self.ov.routes[k].vtep = index[ip]
+            self.ov.vteps[index[ip]].refs += 1
+        self.ov.nroutes = len(norm)
+        self.names = {str(n[0]): n[5] for n in norm}
+
+    def routes(self):
+        cdef route_t *r
+        cdef vtep_t *v
+        out = []
+        names = self.names or {}
+        for k in range(self.ov.nroutes):
+            r = &self.ov.routes[k]
+            v = &self.ov.vteps[r.vtep]
+            cidr = f"{ipaddress.IPv4Address(r.net)}/{r.plen}"
+            out.append({"cidr": cidr, "name": names.get(cidr, ""),
+                        "vtep": str(ipaddress.IPv4Address(v.ip)),
+                        "vtep_mac": mac_str(int.from_bytes((<char *>v.mac)[:6] + b"\0\0", "big"))
+                        if v.state >= VTEP_REACHABLE else None,
+                        "vtep_state": STATES[v.state],
+                        "inner_mac": mac_str(int.from_bytes((<char *>r.inner_mac)[:6] + b"\0\0", "big")),
+                        "vni": r.vni})
+        return out
+
+    def info(self):
+        if not self.ov.enabled:
+            return None
+        return {"uplink_port": self.ov.uplink, "ip": str(ipaddress.IPv4Address(self.ov.ip)),
+                "mac": mac_str(self.ov.mac_key), "vni": self.ov.vni, "udp_port": self.ov.port,
+                "mtu": self.ov.mtu, "gso": "udp-tunnel-gso" if self.ov.tunnel_gso else "none"}
+
+    def counters(self):
+        return {"encapsulated": self.ov.encapsulated, "decapsulated": self.ov.decapsulated,
+                "gso_encapsulated": self.ov.gso_encapsulated, "arp_requests": self.ov.arp_requests,
+                "arp_replies": self.ov.arp_replies, "arp_learned": self.ov.arp_learned,
+                "icmp_replies": self.ov.icmp_replies}

@@ -1,0 +1,244 @@
+"""VXLAN encap/decap in the fast path, checked field by field against scapy's
+VXLAN layer (the shape of VPP's test_vxlan.py: build the expected frame, check
+every outer field, check the inner frame)."""
+import pytest
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.l2 import ARP, Ether
+from scapy.layers.vxlan import VXLAN
+
+from fastpath import Dataplane
+
+GW_IP, GW_MAC = "10.244.0.1", "0a:58:0a:f4:00:01"
+POD = ("10.244.0.2", "0a:58:0a:f4:00:02")
+REMOTE_GW_MAC = "0a:58:0a:f4:01:01"
+NODE_IP, NODE_MAC = "172.30.250.1", "0a:5a:ac:1e:fa:01"
+PEER_IP, PEER_MAC = "172.30.250.2", "0a:5a:ac:1e:fa:02"
+UPLINK = 2
+
+
+def make(clock, port=4789, static=True, vnet=0, tunnel_gso=False, mtu=1500):
+    dp = Dataplane(nslots=16, slot_size=66000, clock=clock)
+    dp.add_port(0)
+    dp.add_port(1)
+    dp.add_port(UPLINK, domain=4095)
+    dp.gateway.configure(GW_IP, GW_MAC, "10.244.0.0/24")
+    dp.gateway.add_neighbor(*POD)
+    dp.overlay.configure(UPLINK, NODE_IP, NODE_MAC, vni=1, port=port, mtu=mtu, tunnel_gso=tunnel_gso)
+    if vnet:
+        dp.set_vnet_len(12)
+        dp.set_port_vnet(UPLINK, 24 if tunnel_gso else 12)
+    dp.overlay.set_routes([{"cidr": "10.244.1.0/24", "vtep": PEER_IP, "inner_mac": REMOTE_GW_MAC,
+                            "vtep_mac": PEER_MAC if static else None, "name": "node-b"}],
+                          local="10.244.0.0/24")
+    # the pod is known to the bridge
+    dp.process(bytes(Ether(src=POD[1], dst="ff:ff:ff:ff:ff:ff") / ARP(psrc=POD[0], pdst="10.244.0.9")), 0)
+    return dp
+
+
+def from_pod(dst="10.244.1.2", l4=None, **ip):
+    return Ether(src=POD[1], dst=GW_MAC) / IP(src=POD[0], dst=dst, **ip) / (l4 or UDP(sport=1234, dport=53) / b"query")
+
+
+def recomputed(pkt, layer):
+    q = pkt.copy()
+    del q[layer].chksum
+    return q.__class__(bytes(q))[layer].chksum
+
+
+def check_encapsulation(out, inner_sent, vni=1, port=4789):
+    e = Ether(out)
+    assert (e.dst, e.src, e.type) == (PEER_MAC, NODE_MAC, 0x0800)
+    ip = e[IP]
+    assert (ip.src, ip.dst, ip.version, ip.ihl, ip.proto, ip.ttl) == (NODE_IP, PEER_IP, 4, 5, 17, 64)
+    assert ip.flags == "DF" and ip.frag == 0
+    assert ip.len == len(out) - 14
+    assert ip.chksum == recomputed(e, IP)
+    u = e[UDP]
+    assert u.dport == port and 49152 <= u.sport <= 65535 and u.chksum == 0 and u.len == len(out) - 34
+    vx = e[VXLAN]
+    assert vx.flags == 0x08 and vx.vni == vni
+    inner = Ether(bytes(vx.payload))
+    assert (inner.src, inner.dst) == (GW_MAC, REMOTE_GW_MAC)                 # routed: no flooding
+    assert inner[IP].ttl == inner_sent[IP].ttl - 1
+    assert inner[IP].chksum == recomputed(inner, IP)
+    assert bytes(inner[IP].payload) == bytes(inner_sent[IP].payload)        # the payload untouched
+    return e
+
+
+def test_encap_every_outer_field(clock):
+    dp = make(clock)
+    f = from_pod(ttl=64)
+    [(port, out)] = dp.process(bytes(f), 0)
+    assert port == UPLINK
+    check_encapsulation(out, f)
+    c = dp.counters()
+    assert c["overlay"]["encapsulated"] == 1 and c["ports"][UPLINK]["tx_packets"] == 1
+
+
+def test_source_port_follows_the_inner_flow(clock):
+    dp = make(clock)
+    sport = lambda sp: Ether(dp.process(bytes(from_pod(l4=UDP(sport=sp, dport=53))), 0)[0][1])[UDP].sport
+    assert sport(1000) == sport(1000)
+    assert len({sport(p) for p in range(1000, 1032)}) > 16
+
+
+def test_flannel_port_selectable(clock):
+    dp = make(clock, port=8472)
+    [(_, out)] = dp.process(bytes(from_pod()), 0)
+    check_encapsulation(out, from_pod(), port=8472)
+
+
+def vxlan_in(inner, dst_ip=NODE_IP, dst_mac=NODE_MAC, dport=4789, vni=1, flags=0x08, ipflags="DF"):
+    return bytes(Ether(src=PEER_MAC, dst=dst_mac) / IP(src=PEER_IP, dst=dst_ip, flags=ipflags)
+                 / UDP(sport=50000, dport=dport) / VXLAN(flags=flags, vni=vni) / inner)
+
+
+REMOTE_INNER = (Ether(src=REMOTE_GW_MAC, dst=GW_MAC) / IP(src="10.244.1.2", dst=POD[0], ttl=63)
+                / TCP(sport=80, dport=4000, flags="SA") / b"hello")
+
+
+def test_decap_delivers_to_the_pod(clock):
+    dp = make(clock)
+    [(port, out)] = dp.process(vxlan_in(REMOTE_INNER), UPLINK)
+    e = Ether(out)
+    assert port == 0
+    assert (e.src, e.dst) == (GW_MAC, POD[1])
+    assert (e[IP].src, e[IP].dst, e[IP].ttl) == ("10.244.1.2", POD[0], 62)
+    assert e[IP].chksum == recomputed(e, IP) and bytes(e[TCP].payload) == b"hello"
+    assert dp.counters()["overlay"]["decapsulated"] == 1
+    # the remote gateway's MAC is not learned by the pods' bridge
+    assert [d["mac"] for d in dp.fdb_dump()] == [POD[1]]
+
+
+@pytest.mark.parametrize("frame,reason", [
+    (vxlan_in(REMOTE_INNER, dst_ip="172.30.250.9"), "uplink_not_ours"),
+    (vxlan_in(REMOTE_INNER, dst_mac="0a:5a:00:00:00:09"), "uplink_not_ours"),
+    (vxlan_in(REMOTE_INNER, dport=4790), "uplink_unsupported"),
+    (vxlan_in(REMOTE_INNER, flags=0x00), "vxlan_flags"),
+    (vxlan_in(REMOTE_INNER, vni=2), "vxlan_vni"),
+    (vxlan_in(b"\x01\x02\x03"), "vxlan_inner"),
+    (vxlan_in(bytes(REMOTE_INNER)[:30]), "vxlan_inner"),
+    (vxlan_in(Ether(src=REMOTE_GW_MAC, dst="0a:58:00:00:00:99") / IP(dst=POD[0]) / UDP()), "vxlan_not_routed"),
+    (vxlan_in(REMOTE_INNER, ipflags="MF"), "vxlan_fragment"),
+    (vxlan_in(Ether(src=REMOTE_GW_MAC, dst=GW_MAC) / IP(src="10.244.1.2", dst="10.244.3.3") / UDP()), "no_route"),
+])
+def test_decap_failures_are_counted(clock, frame, reason):
+    dp = make(clock)
+    assert dp.process(frame, UPLINK) == []
+    drops = dp.counters()["drops"]
+    assert drops[reason] == 1 and sum(drops.values()) == 1
+
+
+def test_node_ip_answers_arp_and_ping(clock):
+    dp = make(clock)
+    req = Ether(src=PEER_MAC, dst="ff:ff:ff:ff:ff:ff") / ARP(hwsrc=PEER_MAC, psrc=PEER_IP, pdst=NODE_IP)
+    [(port, out)] = dp.process(bytes(req), UPLINK)
+    a = Ether(out)[ARP]
+    assert port == UPLINK and (a.op, a.hwsrc, a.psrc, a.pdst) == (2, NODE_MAC, NODE_IP, PEER_IP)
+    ping = Ether(src=PEER_MAC, dst=NODE_MAC) / IP(src=PEER_IP, dst=NODE_IP) / ICMP(id=5, seq=1) / b"x"
+    [(port, out)] = dp.process(bytes(ping), UPLINK)
+    e = Ether(out)
+    assert (e[IP].src, e[IP].dst, e[ICMP].type, e[ICMP].id) == (NODE_IP, PEER_IP, 0, 5)
+    assert e[ICMP].chksum == recomputed(e, ICMP)
+
+
+def test_vtep_resolved_by_arp(clock):
+    dp = make(clock, static=False)
+    [(port, out)] = dp.process(bytes(from_pod()), 0)          # the frame becomes a who-has
+    a = Ether(out)
+    assert port == UPLINK and a.dst == "ff:ff:ff:ff:ff:ff"
+    assert (a[ARP].op, a[ARP].hwsrc, a[ARP].psrc, a[ARP].pdst) == (1, NODE_MAC, NODE_IP, PEER_IP)
+    assert dp.process(bytes(from_pod()), 0) == []              # asked already: dropped, counted
+    assert dp.counters()["drops"]["vtep_unresolved"] == 2
+    assert dp.overlay.routes()[0]["vtep_state"] == "incomplete"
+    rep = Ether(src=PEER_MAC, dst=NODE_MAC) / ARP(op=2, hwsrc=PEER_MAC, psrc=PEER_IP, hwdst=NODE_MAC, pdst=NODE_IP)
+    assert dp.process(bytes(rep), UPLINK) == []
+    assert dp.overlay.routes()[0]["vtep_mac"] == PEER_MAC
+    [(port, out)] = dp.process(bytes(from_pod()), 0)
+    check_encapsulation(out, from_pod())
+
+
+def test_too_big_answers_fragmentation_needed(clock):
+    dp = make(clock)
+    big = from_pod(l4=UDP(sport=1, dport=2) / (b"x" * 1460), flags="DF")   # 1488-byte IP packet
+    [(port, out)] = dp.process(bytes(big), 0)
+    e = Ether(out)
+    assert port == 0 and (e[IP].src, e[IP].dst) == (GW_IP, POD[0])
+    assert (e[ICMP].type, e[ICMP].code, e[ICMP].nexthopmtu) == (3, 4, 1450)
+    assert e[ICMP].chksum == recomputed(e, ICMP)
+    nodf = from_pod(l4=UDP(sport=1, dport=2) / (b"x" * 1460))
+    assert dp.process(bytes(nodf), 0) == []
+    assert dp.counters()["drops"]["too_big"] == 2
+    ok = from_pod(l4=UDP(sport=1, dport=2) / (b"x" * (1450 - 28)), flags="DF")   # exactly the pod MTU
+    [(port, _)] = dp.process(bytes(ok), 0)
+    assert port == UPLINK
+
+
+def vnet12(flags, gso_type, hdr_len, gso_size, csum_start, csum_offset):
+    return (bytes([flags, gso_type]) + hdr_len.to_bytes(2, "little") + gso_size.to_bytes(2, "little")
+            + csum_start.to_bytes(2, "little") + csum_offset.to_bytes(2, "little") + b"\0\0")
+
+
+def test_gso_super_frame_gets_the_udp_tunnel_header(clock):
+    """TAP-OFFLOADS.md's table: what the uplink TAP needs to segment an
+    encapsulated TCP super-frame itself."""
+    dp = make(clock, vnet=12, tunnel_gso=True)
+    seg = from_pod(l4=TCP(sport=5000, dport=80, options=[("NOP", None)] * 12) / (b"d" * 20000))
+    hdr = vnet12(0x01, 0x01, 14 + 20 + 32, 1398, 34, 16)
+    dp.load(0, bytes(seg), 0, vnet=hdr)
+    dp.run_burst(0, 1)
+    assert dp.verdict(0) == (UPLINK, None)
+    h = dp.vnet_hdr(0)
+    assert len(h) == 24
+    le = lambda o: int.from_bytes(h[o:o + 2], "little")
+    assert h[0] == 0x01 and h[1] == 0x21                     # NEEDS_CSUM; TCPV4 | UDP_TUNNEL_IPV4
+    assert le(2) == 50 + 14 + 20 + 32                         # hdr_len
+    assert le(4) == 1398 and le(6) == 34 + 50 and le(8) == 16
+    assert h[10:20] == bytes(10) and le(20) == 34 and le(22) == 64
+    e = Ether(dp.frame(0))
+    assert e[IP].len == len(dp.frame(0)) - 14 and e[VXLAN].vni == 1
+    assert dp.counters()["overlay"]["gso_encapsulated"] == 1
+
+
+def test_decap_turns_the_tunnel_header_back_into_the_pods_header(clock):
+    dp = make(clock, vnet=12, tunnel_gso=True)
+    inner = (Ether(src=REMOTE_GW_MAC, dst=GW_MAC) / IP(src="10.244.1.2", dst=POD[0])
+             / TCP(options=[("NOP", None)] * 12) / (b"d" * 10000))
+    h24 = vnet12(0x01, 0x21, 50 + 66, 1398, 34 + 50, 16)[:10] + bytes(10) + (34).to_bytes(2, "little") \
+        + (64).to_bytes(2, "little")
+    dp.load(0, vxlan_in(inner), UPLINK, vnet=h24)
+    dp.run_burst(0, 1)
+    assert dp.verdict(0) == (0, None)
+    assert dp.vnet_hdr(0) == vnet12(0x01, 0x01, 66, 1398, 34, 16)
+    assert len(dp.frame(0)) == len(inner)
+
+
+def test_gso_without_tunnel_offload_is_refused(clock):
+    dp = make(clock, vnet=12, tunnel_gso=False)
+    seg = from_pod(l4=TCP() / (b"d" * 5000))
+    dp.load(0, bytes(seg), 0, vnet=vnet12(0x01, 0x01, 54, 1398, 34, 16))
+    dp.run_burst(0, 1)
+    assert dp.verdict(0) == ("drop", "too_big")
+
+
+def test_route_updates_are_atomic(clock):
+    dp = make(clock)
+    before = dp.overlay.routes()
+    good = {"cidr": "10.244.2.0/24", "vtep": "172.30.250.3", "inner_mac": "0a:58:0a:f4:02:01"}
+    for bad, msg in [
+        ([good, dict(good, cidr="10.244.2.128/25")], "overlaps"),
+        ([dict(good, cidr="10.244.0.0/24")], "this node's pod subnet"),
+        ([dict(good, cidr="10.244.2.1/24")], "host bits"),
+        ([dict(good, vtep="300.1.1.1")], "route 0"),
+        ([dict(good, inner_mac="01:00:5e:00:00:01")], "unicast"),
+        ([dict(good, vni=7)], "VNI"),
+        ([dict(good, vtep=NODE_IP)], "own address"),
+        ([{"cidr": "10.244.2.0/24"}], "missing 'vtep'"),
+    ]:
+        with pytest.raises(ValueError, match=msg):
+            dp.overlay.set_routes(bad, local="10.244.0.0/24")
+        assert dp.overlay.routes() == before
+    dp.overlay.set_routes([good], local="10.244.0.0/24")
+    assert [r["cidr"] for r in dp.overlay.routes()] == ["10.244.2.0/24"]
+    assert dp.process(bytes(from_pod("10.244.1.2")), 0) == []      # old route gone
+    assert dp.counters()["drops"]["no_route"] == 1
