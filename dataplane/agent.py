@@ -6,6 +6,7 @@ control socket between bursts.
     python -m dataplane agent CONFIG.json      (started by `podnet up`)
 """
 import json
+import os
 import signal
 import sys
 import time
@@ -14,9 +15,12 @@ from dataplane import netns
 from dataplane.control import ControlServer
 from fastpath import Dataplane
 from fastpath.ioloop import IOLoop
-from tap import Tap
+from tap import POD_OFFLOADS, TUN_F_UDP_TUNNEL_GSO, UPLINK_OFFLOADS, UPLINK_VNET_HDR_LEN, Tap
+from tap.device import TUN_F_CSUM
 
 AGE_EVERY = 1.0            # seconds between FDB aging sweeps
+UPLINK_PORT = 255          # the fabric port: outside the pods' bridge domain
+UPLINK_DOMAIN = 4095
 GSO_SLOT = 65536 + 512     # a 64 KB TCP super-frame plus Ethernet/VLAN headers
 PLAIN_SLOT = 9216          # one jumbo frame
 
@@ -42,8 +46,9 @@ class Agent:
         self.dp.gateway.configure(gw["ip"], gw["mac"], gw["subnet"])
         if self.vnet:
             self.dp.set_vnet_len(12)
+        pod_offloads = self.setup_uplink() if self.cfg.get("uplink") else POD_OFFLOADS
         for port, pod in enumerate(self.cfg["pods"]):
-            tap = Tap(f"tap{port}", vnet_hdr=self.vnet)
+            tap = Tap(f"tap{port}", vnet_hdr=self.vnet, offloads=pod_offloads)
             self.taps[port] = tap
             tap.place(pod["netns"], mac=pod["mac"], ip=pod["ip"], prefixlen=pod["prefixlen"],
                       mtu=pod["mtu"], gateway=gw["ip"])
@@ -51,9 +56,48 @@ class Agent:
             self.dp.gateway.add_neighbor(pod["ip"], pod["mac"])
             self.io.attach(port, tap.fileno())
             self.pods[port] = pod
+        if self.cfg.get("uplink"):
+            self.dp.overlay.set_routes(self.cfg.get("routes", []), local=gw["subnet"])
+            self.solicit()
         self.server = ControlServer(self.cfg["socket"], self.handle)
         for fd in self.server.fds():
             self.io.watch(fd)
+
+    def setup_uplink(self):
+        """The node's port on the fabric: a TAP enslaved to the fabric bridge.
+        Returns the offloads pods may use: TSO only if encapsulated super-frames
+        can leave whole (UDP-tunnel GSO on this TAP); otherwise checksum
+        offload alone, so pods send MTU-sized frames (the fallback)."""
+        up = self.cfg["uplink"]
+        if self.vnet:
+            # Named as it will be in the fabric namespace: agents move their
+            # uplinks there concurrently, so a common temporary name would clash.
+            tap = Tap(up["ifname"], vnet_hdr=True, offloads=UPLINK_OFFLOADS, vnet_len=UPLINK_VNET_HDR_LEN)
+            tunnel_gso = bool(tap.offloads & TUN_F_UDP_TUNNEL_GSO)
+            if not tunnel_gso:               # kernel without UDP-tunnel GSO: 12-byte headers, CSUM only
+                tap.close()
+                tap = Tap(up["ifname"], vnet_hdr=True, offloads=TUN_F_CSUM)
+        else:
+            tap = Tap(up["ifname"], vnet_hdr=False)
+            tunnel_gso = False
+        self.uplink_tap = tap
+        tap.place(up["fabric_netns"], ifname=up["ifname"], mtu=up["mtu"], master=up["bridge"])
+        self.dp.add_port(UPLINK_PORT, domain=UPLINK_DOMAIN)
+        self.dp.set_port_vnet(UPLINK_PORT, tap.vnet_len)
+        self.dp.overlay.configure(UPLINK_PORT, up["ip"], up["mac"], vni=up["vni"], port=up["port"],
+                                  mtu=up["mtu"], tunnel_gso=tunnel_gso)
+        self.io.attach(UPLINK_PORT, tap.fileno())
+        self.gso_path = "udp-tunnel-gso" if tunnel_gso else ("mtu-frames" if self.vnet else "plain")
+        return POD_OFFLOADS if tunnel_gso else TUN_F_CSUM
+
+    def solicit(self):
+        """ARP for unresolved peer VTEPs now rather than on the first packet."""
+        hdr = bytes(self.dp.port_vnet(UPLINK_PORT))
+        for frame in self.dp.overlay.solicit():
+            try:
+                os.write(self.uplink_tap.fileno(), hdr + frame)
+            except OSError:
+                pass                         # the fast path asks again on traffic
 
     # ---- control requests ------------------------------------------------
 
@@ -68,14 +112,48 @@ class Agent:
             return self.dp.fdb_dump()
         if op == "neighbors":
             return self.dp.gateway.neighbors()
-        raise ValueError(f"unknown operation; expected one of ping, status, counters, fdb, neighbors")
+        if op == "routes":
+            return self.dp.overlay.routes() if self.dp.overlay.enabled else []
+        if op == "route_add":
+            return self.route_add(args)
+        if op == "route_remove":
+            return self.route_remove(args)
+        raise ValueError("unknown operation; expected one of ping, status, counters, fdb, neighbors, "
+                         "routes, route_add, route_remove")
+
+    def _route_list(self):
+        return [{"cidr": r["cidr"], "vtep": r["vtep"], "inner_mac": r["inner_mac"], "vni": r["vni"],
+                 "name": r["name"], **({"vtep_mac": r["vtep_mac"]} if r["vtep_state"] == "static" else {})}
+                for r in self.dp.overlay.routes()]
+
+    def route_add(self, args):
+        """Add (or replace, by name) the route to one node; atomic."""
+        if not self.dp.overlay.enabled:
+            raise ValueError("this node has no overlay")
+        name = args.get("name")
+        if not isinstance(name, str) or not name:
+            raise ValueError("route_add needs a node name")
+        routes = [r for r in self._route_list() if r["name"] != name] + [dict(args)]
+        self.dp.overlay.set_routes(routes, local=self.cfg["gateway"]["subnet"])
+        self.solicit()
+        return self.dp.overlay.routes()
+
+    def route_remove(self, args):
+        name = args.get("name")
+        routes = self._route_list()
+        keep = [r for r in routes if r["name"] != name]
+        if len(keep) == len(routes):
+            raise KeyError(f"no route to a node named {name!r}")
+        self.dp.overlay.set_routes(keep, local=self.cfg["gateway"]["subnet"])
+        return self.dp.overlay.routes()
 
     def status(self):
         t = next(iter(self.taps.values()), None)
         return {
-            "node": self.node, "netns": self.cfg["netns"], "pid": __import__("os").getpid(),
+            "node": self.node, "netns": self.cfg["netns"], "pid": os.getpid(),
             "uptime": round(time.time() - self.started, 1),
             "gateway": self.dp.gateway.info(),
+            "overlay": self.dp.overlay.info(), "gso_path": getattr(self, "gso_path", None),
             "vnet_hdr": self.dp.vnet_len, "offloads": t.offloads if t else 0,
             "ports": [{"port": p, "pod": pod["name"], "netns": pod["netns"], "ip": pod["ip"],
                        "mac": pod["mac"], "tap": f"tap{p}"} for p, pod in self.pods.items()],
@@ -94,6 +172,8 @@ class Agent:
             now = time.monotonic()
             if now >= next_age:
                 self.dp.age()
+                if self.dp.overlay.enabled:
+                    self.solicit()
                 next_age = now + AGE_EVERY
 
     def close(self):
@@ -101,6 +181,8 @@ class Agent:
             self.server.close()
         for tap in self.taps.values():
             tap.close()
+        if getattr(self, "uplink_tap", None):
+            self.uplink_tap.close()
 
 
 def main(config_path):

@@ -73,6 +73,24 @@ def cmd_stats(args):
     return 0
 
 
+def cmd_routes(args):
+    _out(args, _agent_request(args.node, "routes"),
+         [("node", "name"), ("pod cidr", "cidr"), ("vtep", "vtep"), ("vtep state", "vtep_state"),
+          ("underlay mac", "vtep_mac"), ("inner mac", "inner_mac"), ("vni", "vni")])
+    return 0
+
+
+def cmd_node(args):
+    from dataplane import cluster
+    if args.action == "add":
+        r = cluster.node_add(args.name, args.pod_cidr, args.vtep, args.vtep_mac)
+        print(f"node {args.name}: {r['cidr']} via VTEP {r['vtep']} (inner MAC {r['inner_mac']}) on every agent")
+    else:
+        cluster.node_remove(args.name)
+        print(f"node {args.name} removed from every agent")
+    return 0
+
+
 def cmd_agent(args):
     from dataplane import agent
     return agent.main(args.config)
@@ -112,6 +130,17 @@ def build_parser():
     s.add_argument("node")
     s = add("stats", cmd_stats, "a node's per-port and per-drop-reason counters", output=True)
     s.add_argument("node")
+    s = add("routes", cmd_routes, "a node's overlay routes (flannel-style: pod CIDR -> VTEP)", output=True)
+    s.add_argument("node")
+    s = add("node", cmd_node, "register/remove an external node (e.g. Linux's own vxlan) with every agent")
+    nsub = s.add_subparsers(dest="action", required=True, metavar="add|remove")
+    a = nsub.add_parser("add", help="podnet node add NAME --pod-cidr CIDR --vtep IP [--vtep-mac MAC]")
+    a.add_argument("name")
+    a.add_argument("--pod-cidr", required=True)
+    a.add_argument("--vtep", required=True, help="the node's underlay IP")
+    a.add_argument("--vtep-mac", help="its VXLAN device MAC (inner destination); default: podnet's gateway MAC convention")
+    r = nsub.add_parser("remove", help="podnet node remove NAME")
+    r.add_argument("name")
     add("demo", cmd_demo, "bring up the default cluster, check it, show it")
     add("bridge-demo", cmd_bridge_demo, "scapy-driven learning-bridge tour (no root needed)")
     s = sub.add_parser("agent", help=argparse.SUPPRESS)

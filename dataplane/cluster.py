@@ -42,6 +42,38 @@ def pod_ns(cluster, pod):
     return f"{cluster}-pod-{pod}"
 
 
+def fabric_ns(cluster):
+    return f"{cluster}-fabric"
+
+
+FABRIC_BRIDGE = "br-fabric"
+
+
+def underlay(spec, index):
+    """Node index -> (underlay IP, underlay MAC) on the fabric."""
+    ip = spec.fabric_cidr.network_address + 1 + index
+    return ip, "0a:5a:" + ":".join(f"{b:02x}" for b in ip.packed)
+
+
+def _make_fabric(spec):
+    """The simulated datacenter network: a Linux bridge in its own namespace."""
+    from pyroute2 import NetNS
+    ns = fabric_ns(spec.name)
+    with NetNS(ns) as ipr:
+        ipr.link("add", ifname=FABRIC_BRIDGE, kind="bridge")
+        [br] = ipr.link_lookup(ifname=FABRIC_BRIDGE)
+        ipr.link("set", index=br, mtu=spec.mtu, state="up")
+    # br_netfilter is built in here and on by default in new namespaces: keep
+    # iptables out of the fabric.
+    # No IPv6 on fabric ports either: their link-local chatter would reach every agent.
+    for key in ("bridge.bridge-nf-call-iptables", "bridge.bridge-nf-call-ip6tables",
+                "bridge.bridge-nf-call-arptables", "ipv6.conf.all.disable_ipv6",
+                "ipv6.conf.default.disable_ipv6"):
+        value = "1" if "ipv6" in key else "0"
+        subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw", f"net.{key}={value}"],
+                       capture_output=True, timeout=10)
+
+
 def load_state():
     try:
         return json.loads(state_path().read_text())
@@ -73,7 +105,8 @@ def up(spec_path=None, vnet=True, progress=print):
     if load_state() is not None:
         raise ClusterError(f"a cluster is already up (state in {state_path()}); "
                            f"run `podnet down` first")
-    names = [node_ns(spec.name, n.name) for n in spec.nodes] + [pod_ns(spec.name, p.name) for p in spec.pods]
+    names = ([fabric_ns(spec.name)] + [node_ns(spec.name, n.name) for n in spec.nodes]
+             + [pod_ns(spec.name, p.name) for p in spec.pods])
     clash = [n for n in names if netns.exists(n)]
     if clash:
         raise ClusterError(f"network namespaces already exist: {', '.join(clash)}; "
@@ -81,12 +114,15 @@ def up(spec_path=None, vnet=True, progress=print):
     plan = Ipam(state_dir() / "ipam.json").plan(spec)
     state = {"cluster": spec.name, "source": spec.source, "spec": spec.to_dict(),
              "plan": plan.to_dict(), "namespaces": names, "nodes": {}, "vnet": vnet,
-             "created": time.time()}
+             "fabric": {"namespace": fabric_ns(spec.name), "bridge": FABRIC_BRIDGE,
+                        "subnet": str(spec.fabric_cidr), "mtu": spec.mtu},
+             "vni": spec.vni, "vxlan_port": spec.vxlan_port, "external": {}, "created": time.time()}
     _save_state(state)                                # before anything exists
     try:
         for name in names:
             netns.create(name)
-        progress(f"created {len(names)} namespaces")
+        _make_fabric(spec)
+        progress(f"created {len(names)} namespaces and the fabric bridge")
         procs = {}
         for node in spec.nodes:
             procs[node.name] = _start_agent(spec, plan, node.name, state, vnet)
@@ -101,9 +137,27 @@ def up(spec_path=None, vnet=True, progress=print):
     return state
 
 
+def _routes_for(spec, plan, node):
+    """flannel's view from node: every other node's pod CIDR behind its VTEP,
+    inner frames addressed to that node's gateway MAC."""
+    out = []
+    for other in spec.nodes:
+        if other.name == node:
+            continue
+        op = plan.nodes[other.name]
+        out.append({"name": other.name, "cidr": str(op.subnet), "vtep": str(op_ip(spec, op)),
+                    "inner_mac": op.gateway_mac, "vni": spec.vni})
+    return out
+
+
+def op_ip(spec, nodeplan):
+    return underlay(spec, nodeplan.index)[0]
+
+
 def _start_agent(spec, plan, node, state, vnet):
     np = plan.nodes[node]
     rd = run_dir()
+    uip, umac = underlay(spec, np.index)
     cfg = {
         "cluster": spec.name, "node": node, "netns": node_ns(spec.name, node),
         "socket": str(rd / f"{node}.sock"), "vnet": vnet,
@@ -111,6 +165,10 @@ def _start_agent(spec, plan, node, state, vnet):
         "pods": [{"name": p.name, "netns": pod_ns(spec.name, p.name), "ip": str(plan.pods[p.name].ip),
                   "mac": plan.pods[p.name].mac, "prefixlen": plan.pods[p.name].prefixlen,
                   "mtu": spec.pod_mtu} for p in spec.pods_on(node)],
+        "uplink": {"ip": str(uip), "mac": umac, "prefixlen": spec.fabric_cidr.prefixlen,
+                   "fabric_netns": fabric_ns(spec.name), "bridge": FABRIC_BRIDGE,
+                   "ifname": f"up{np.index}", "mtu": spec.mtu, "vni": spec.vni, "port": spec.vxlan_port},
+        "routes": _routes_for(spec, plan, node),
     }
     cfg_path = rd / f"{node}.json"
     cfg_path.write_text(json.dumps(cfg, indent=2))
@@ -120,7 +178,8 @@ def _start_agent(spec, plan, node, state, vnet):
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     state["nodes"][node] = {"pid": proc.pid, "config": str(cfg_path), "socket": cfg["socket"],
-                            "log": str(log_path), "netns": cfg["netns"]}
+                            "log": str(log_path), "netns": cfg["netns"],
+                            "underlay_ip": str(uip), "underlay_mac": umac}
     return proc
 
 
@@ -224,18 +283,21 @@ def status():
         entry = {"name": node, "netns": n["netns"], "agent_pid": n["pid"], "agent": "running" if alive else "dead",
                  "socket": n["socket"], "subnet": state["plan"]["nodes"][node]["subnet"],
                  "gateway_ip": state["plan"]["nodes"][node]["gateway_ip"],
-                 "gateway_mac": state["plan"]["nodes"][node]["gateway_mac"]}
+                 "gateway_mac": state["plan"]["nodes"][node]["gateway_mac"],
+                 "underlay_ip": n.get("underlay_ip"), "underlay_mac": n.get("underlay_mac")}
         if alive:
             try:
                 st = request(n["socket"], "status", timeout=3.0)
-                entry.update(vnet_hdr=st["vnet_hdr"], offloads=st["offloads"])
+                entry.update(vnet_hdr=st["vnet_hdr"], offloads=st["offloads"], gso_path=st.get("gso_path"))
             except ControlError as e:
                 entry["agent"] = f"unreachable: {e}"
         nodes.append(entry)
     for name, p in state["plan"]["pods"].items():
         pods.append({"name": name, "node": p["node"], "namespace": pod_ns(state["cluster"], name),
                      "ip": p["ip"], "mac": p["mac"], "gateway": p["gateway_ip"]})
-    return {"cluster": state["cluster"], "source": state["source"], "nodes": nodes, "pods": pods,
+    return {"cluster": state["cluster"], "source": state["source"], "fabric": state.get("fabric"),
+            "vni": state.get("vni"), "vxlan_port": state.get("vxlan_port"),
+            "external_nodes": list(state.get("external", {}).values()), "nodes": nodes, "pods": pods,
             "services": [{"name": n, "clusterIP": ip} for n, ip in state["plan"]["services"].items()]}
 
 
@@ -244,3 +306,60 @@ def pod_namespace(pod):
     if pod not in state["plan"]["pods"]:
         raise ClusterError(f"no pod {pod!r}; pods: {', '.join(state['plan']['pods'])}")
     return pod_ns(state["cluster"], pod)
+
+
+def _agents(state):
+    return {node: n["socket"] for node, n in state["nodes"].items()}
+
+
+def node_add(name, pod_cidr, vtep, vtep_mac=None):
+    """Register an external node (Linux's own vxlan, say) with every agent:
+    its pod CIDR is reached through VXLAN to vtep, inner frames addressed to
+    vtep_mac (flannel's VtepMAC: the remote vxlan device's MAC; by default
+    podnet's gateway-MAC convention for that CIDR). All agents or none."""
+    import ipaddress
+    from dataplane.ipam import mac_for
+    state = require_state()
+    try:
+        net = ipaddress.IPv4Network(pod_cidr)
+        ip = ipaddress.IPv4Address(vtep)
+    except ValueError as e:
+        raise ClusterError(f"node add: {e}") from None
+    if name in state["nodes"]:
+        raise ClusterError(f"node add: {name!r} is a podnet node of this cluster")
+    fabric = ipaddress.IPv4Network(state["fabric"]["subnet"])
+    if ip not in fabric:
+        raise ClusterError(f"node add: VTEP {ip} is not on the fabric {fabric}")
+    route = {"name": name, "cidr": str(net), "vtep": str(ip), "vni": state["vni"],
+             "inner_mac": vtep_mac or mac_for(net.network_address + 1)}
+    done = []
+    try:
+        for node, sock in _agents(state).items():
+            request(sock, "route_add", **route)
+            done.append(sock)
+    except ControlError as e:
+        for sock in done:                    # all or nothing
+            try:
+                request(sock, "route_remove", name=name)
+            except ControlError:
+                pass
+        raise ClusterError(f"node add {name}: {e}") from None
+    state.setdefault("external", {})[name] = {"name": name, "pod_cidr": str(net), "vtep": str(ip),
+                                               "vtep_mac": route["inner_mac"]}
+    _save_state(state)
+    return route
+
+
+def node_remove(name):
+    state = require_state()
+    if name not in state.get("external", {}):
+        raise ClusterError(f"node remove: no external node {name!r}; "
+                           f"external nodes: {', '.join(state.get('external', {})) or 'none'}")
+    for node, sock in _agents(state).items():
+        try:
+            request(sock, "route_remove", name=name)
+        except ControlError as e:
+            if "no route" not in str(e):
+                raise ClusterError(f"node remove {name}: {e}") from None
+    del state["external"][name]
+    _save_state(state)

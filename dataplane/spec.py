@@ -54,7 +54,7 @@ DEFAULT_AFFINITY_TIMEOUT = 10800  # kube-proxy's default: 3 hours
 _LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _KEYS = {
     "(document)": ("cluster", "nodes", "pods", "services"),
-    "cluster": ("name", "podCIDR", "serviceCIDR", "mtu", "podMTU", "vni", "vxlanPort"),
+    "cluster": ("name", "podCIDR", "serviceCIDR", "fabricCIDR", "mtu", "podMTU", "vni", "vxlanPort"),
     "node": ("name", "podCIDR"),
     "pod": ("name", "node", "labels"),
     "service": ("name", "clusterIP", "selector", "sessionAffinity", "sessionAffinityTimeout", "ports"),
@@ -112,6 +112,7 @@ class ClusterSpec:
     name: str
     pod_cidr: IPv4Network
     service_cidr: IPv4Network
+    fabric_cidr: IPv4Network
     mtu: int
     pod_mtu: int
     vni: int
@@ -134,7 +135,8 @@ class ClusterSpec:
         """The spec as a document in the YAML format, defaults filled in: parse_spec reads it back."""
         return {
             "cluster": {"name": self.name, "podCIDR": str(self.pod_cidr),
-                        "serviceCIDR": str(self.service_cidr), "mtu": self.mtu,
+                        "serviceCIDR": str(self.service_cidr), "fabricCIDR": str(self.fabric_cidr),
+                        "mtu": self.mtu,
                         "podMTU": self.pod_mtu, "vni": self.vni, "vxlanPort": self.vxlan_port},
             "nodes": [{"name": n.name, "podCIDR": str(n.pod_cidr) if n.pod_cidr else "auto"}
                       for n in self.nodes],
@@ -332,7 +334,17 @@ class _Parser:
         if svc_cidr and pod_cidr and svc_cidr.overlaps(pod_cidr):
             self.error("cluster.serviceCIDR", f"{svc_cidr} overlaps podCIDR {pod_cidr}",
                        "a CIDR disjoint from podCIDR")
-        c.update(pod_cidr=pod_cidr, service_cidr=svc_cidr)
+        # The simulated datacenter network: node underlay IPs are .1, .2, ... of it.
+        fab = self.cidr("cluster.fabricCIDR", _get(m, "fabricCIDR", "172.30.250.0/24"),
+                        "an IPv4 CIDR such as 172.30.250.0/24")
+        if fab and fab.prefixlen > 25:
+            self.error("cluster.fabricCIDR", f"{fab} leaves too few addresses for nodes",
+                       "a prefix of /25 or shorter (room for 64 nodes)")
+            fab = None
+        for other, key in ((pod_cidr, "podCIDR"), (svc_cidr, "serviceCIDR")):
+            if fab and other and fab.overlaps(other):
+                self.error("cluster.fabricCIDR", f"{fab} overlaps {key} {other}", f"a CIDR disjoint from {key}")
+        c.update(pod_cidr=pod_cidr, service_cidr=svc_cidr, fabric_cidr=fab)
         c["mtu"] = mtu = self.integer("cluster.mtu", _get(m, "mtu", 1500), MIN_MTU, MAX_MTU)
         if mtu is not None:
             # Pods may use less than the fabric allows, down to 576 (unless mtu - 50 is already lower).

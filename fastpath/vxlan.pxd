@@ -260,7 +260,14 @@ cdef inline int ov_uplink(overlay_t *ov, pkt_t *pk, uint32_t up_vnet, uint32_t p
     h.flags &= ~VNET_F_UDP_TUNNEL_CSUM
     h.gso_type &= ~(VNET_GSO_UDP_TUNNEL_IPV4 | VNET_GSO_UDP_TUNNEL_IPV6)
     if h.flags & VNET_F_NEEDS_CSUM:
-        h.csum_start = h.csum_start - start if h.csum_start > start else 0
+        if h.csum_start >= start:
+            h.csum_start -= start
+        else:
+            # The partial checksum was the outer UDP one (a kernel VTEP with
+            # udpcsum): then the inner checksums are complete.
+            h.flags = (h.flags & ~VNET_F_NEEDS_CSUM) | VNET_F_DATA_VALID
+            h.csum_start = 0
+            h.csum_offset = 0
     h.hdr_len = h.hdr_len - start if h.hdr_len > start else 0
     h.outer_th_offset = 0
     h.inner_nh_offset = 0

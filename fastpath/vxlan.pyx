@@ -115,8 +115,10 @@ cdef class Overlay:
             if static is not None:
                 memcpy(self.ov.vteps[k].mac, <const char *>static, 6)
                 self.ov.vteps[k].state = VTEP_STATIC
-            elif self.ov.vteps[k].state == VTEP_STATIC:
-                self.ov.vteps[k].state = VTEP_FREE   # static MAC withdrawn: ARP again
+            elif self.ov.vteps[k].state in (VTEP_STATIC, VTEP_FREE):
+                # to be resolved: an ARP reply for it is now learned
+                self.ov.vteps[k].state = VTEP_INCOMPLETE
+                self.ov.vteps[k].asked = 0
             self.ov.vteps[k].refs = 0
         norm.sort(key=lambda r: -r[0].prefixlen)
         for k, (net, ip, inner, vni, _, _) in enumerate(norm):
@@ -147,6 +149,20 @@ cdef class Overlay:
                         "inner_mac": mac_str(int.from_bytes((<char *>r.inner_mac)[:6] + b"\0\0", "big")),
                         "vni": r.vni})
         return out
+
+    def solicit(self):
+        """ARP who-has frames (60 bytes) for every VTEP not yet resolved, for
+        the agent to send at start-up and after route changes, so the first
+        packets to a node are not lost to resolution."""
+        frames = []
+        for k in range(MAX_VTEPS):
+            if self.ov.vteps[k].state == VTEP_INCOMPLETE:
+                target = ipaddress.IPv4Address(self.ov.vteps[k].ip).packed
+                mac = bytes((<char *>self.ov.mac)[:6])
+                ip = ipaddress.IPv4Address(self.ov.ip).packed
+                frames.append(b"\xff" * 6 + mac + b"\x08\x06" + b"\x00\x01\x08\x00\x06\x04\x00\x01"
+                              + mac + ip + bytes(6) + target + bytes(18))
+        return frames
 
     def info(self):
         if not self.ov.enabled:

@@ -26,6 +26,10 @@ TUN_F_UDP_TUNNEL_GSO_CSUM = 0x100
 
 VNET_HDR_LEN = 12          # struct virtio_net_hdr_mrg_rxbuf (num_buffers included)
 POD_OFFLOADS = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6
+# The uplink also takes VXLAN-encapsulated super-frames; the tunnel bits are
+# refused unless CSUM and a TSO bit come in the same call.
+UPLINK_OFFLOADS = POD_OFFLOADS | TUN_F_UDP_TUNNEL_GSO | TUN_F_UDP_TUNNEL_GSO_CSUM
+UPLINK_VNET_HDR_LEN = 24   # struct virtio_net_hdr_v1_hash_tunnel
 TXQUEUELEN = 10000         # the default 1000 overflowed under load (TAP-OFFLOADS.md)
 
 
@@ -79,9 +83,10 @@ class Tap:
         return self.dev.fileno()
 
     def place(self, netns, ifname="eth0", mac=None, ip=None, prefixlen=24, mtu=1500,
-              gateway=None, txqueuelen=TXQUEUELEN):
+              gateway=None, txqueuelen=TXQUEUELEN, master=None):
         """Move the interface into netns (the fd stays ours), rename it, give it
-        its MAC, address, MTU and default route, and bring it and lo up."""
+        its MAC, address, MTU and default route, enslave it to a bridge
+        (master), and bring it and lo up."""
         with IPRoute() as ipr:
             [idx] = ipr.link_lookup(ifname=self.name) or [None]
             if idx is None:
@@ -93,6 +98,11 @@ class Tap:
             if mac:
                 attrs["address"] = mac
             ns.link("set", index=idx, **attrs)
+            if master:
+                [br] = ns.link_lookup(ifname=master) or [None]
+                if br is None:
+                    raise TapError(f"no bridge {master} in {netns}")
+                ns.link("set", index=idx, master=br)
             if ip:
                 ns.addr("add", index=idx, address=str(ip), prefixlen=prefixlen)
             ns.link("set", index=idx, state="up")

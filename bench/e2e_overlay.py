@@ -1,0 +1,130 @@
+"""Cross-node pod-to-pod throughput over a VXLAN overlay, one path per run:
+
+  kernel   two flannel-style nodes built from Linux's own devices
+           (veth pods on cni0, flannel.1 vxlan, veth uplinks into a fabric
+           bridge in its own namespace; tests/kernel_node.py)
+
+A path is an object with `name`, `label`, __enter__/__exit__ and
+pods() -> (client netns, server netns, server IP); add podnet's two-node
+overlay as another class in PATHS. iperf3 from a pod on node 1 to a pod on
+node 2: TCP with 1 and 4 streams, UDP with 64-byte payloads (the receiver's
+packets/s). Prints JSON. Needs root.
+
+    python bench/e2e_overlay.py [--seconds 5] [--path kernel] [--out FILE]
+"""
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+from e2e_pods import iperf  # noqa: E402
+from kernel_node import Fabric, KernelNode  # noqa: E402
+
+FABRIC_MTU = 1500
+
+
+class KernelOverlay:
+    """Two KernelNodes (one pod each) on a fabric bridge, peered both ways."""
+    name = "kernel"
+    label = "Linux vxlan (flannel.1) + cni0 bridge + veth"
+
+    def __init__(self, prefix="pnbk", fabric_ns="pnbench-kfab", underlay="172.30.252",
+                 pod_cidrs=("10.247.1.0/24", "10.247.2.0/24"), vni=1, port=4789):
+        self.fabric = Fabric(fabric_ns, "br-fabric", mtu=FABRIC_MTU)
+        self.nodes = [KernelNode(f"n{i + 1}", fabric_ns=fabric_ns, fabric_bridge="br-fabric",
+                                 underlay_ip=f"{underlay}.{i + 1}", underlay_prefixlen=24,
+                                 pod_cidr=cidr, vni=vni, port=port, fabric_mtu=FABRIC_MTU,
+                                 pods=1, prefix=prefix)
+                      for i, cidr in enumerate(pod_cidrs)]
+
+    def __enter__(self):
+        made = []
+        try:
+            for part in (self.fabric, *self.nodes):
+                part.__enter__()
+                made.append(part)
+            a, b = self.nodes
+            a.peer_with(b)
+            b.peer_with(a)
+            # the first packet would otherwise wait on ARP for the peer VTEP
+            a.exec(0, "ping", "-c", "1", "-W", "2", b.pods[0]["ip"], timeout=10)
+        except BaseException:
+            for part in reversed(made):
+                part.__exit__(None, None, None)
+            raise
+        return self
+
+    def pods(self):
+        a, b = self.nodes
+        return a.pods[0]["netns"], b.pods[0]["netns"], b.pods[0]["ip"]
+
+    def describe(self):
+        """flannel.1 as built (MTU, outer UDP checksum, DF, GSO size), to read beside the numbers."""
+        a = self.nodes[0]
+        info = a.vxlan_info()
+        return {"pod_mtu": a.mtu, "fabric_mtu": a.fabric_mtu, "vni": info["id"], "port": info["port"],
+                "udp_csum": info.get("udp_csum"), "df": info.get("df"),
+                "gso_max_size": info.get("gso_max_size")}
+
+    def __exit__(self, *exc):
+        for part in reversed((self.fabric, *self.nodes)):
+            part.__exit__(None, None, None)
+        return False
+
+
+PATHS = {"kernel": KernelOverlay}
+
+
+def measure(path, seconds):
+    a, b, ip = path.pods()
+    out = {"label": path.label}
+    out["tcp1"] = iperf(a, b, ip, seconds)
+    out["tcp4"] = iperf(a, b, ip, seconds, streams=4)
+    out["udp64"] = iperf(a, b, ip, seconds, udp=True)
+    describe = getattr(path, "describe", None)
+    if describe:
+        out["setup"] = describe()
+    return out
+
+
+def kernel_two_nodes(seconds):
+    """Kernel baseline: {"tcp1": {"gbps", "retransmits"}, "tcp4": {...},
+    "udp64": {"rx_pps", "tx_pps", "lost_percent"}} (plus "label", "setup")."""
+    with KernelOverlay() as path:
+        return measure(path, seconds)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--path", action="append", choices=sorted(PATHS),
+                    help="paths to measure (repeatable; default: all)")
+    ap.add_argument("--out", help="also write the JSON document here")
+    args = ap.parse_args(argv)
+    if os.geteuid() != 0:
+        sys.exit("needs root (network namespaces)")
+    results = {}
+    for name in args.path or list(PATHS):
+        path = PATHS[name]()
+        print(f"measuring {path.label} ...", file=sys.stderr, flush=True)
+        t0 = time.monotonic()
+        with path:
+            results[name] = measure(path, args.seconds)
+        results[name]["wall_seconds"] = round(time.monotonic() - t0, 1)
+    doc = {"bench": "overlay", "seconds": args.seconds, "fabric_mtu": FABRIC_MTU,
+           "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "results": results}
+    text = json.dumps(doc, indent=2)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    print(text)
+    return doc
+
+
+if __name__ == "__main__":
+    main()
