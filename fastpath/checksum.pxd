@@ -22,12 +22,20 @@ cdef inline uint16_t csum(const uint8_t *p, uint32_t n) noexcept nogil:
     """The value to store in a checksum field covering p[0:n] (field zeroed first)."""
     return <uint16_t>(~csum_fold(csum_partial(p, n, 0)) & 0xffff)
 
-cdef inline void put16(uint8_t *p, uint16_t v) noexcept nogil:
-    p[0] = v >> 8
-    p[1] = v & 0xff
-
-cdef inline uint16_t get16(const uint8_t *p) noexcept nogil:
-    return (<uint16_t>p[0] << 8) | p[1]
+cdef extern from *:
+    """
+    #include <string.h>
+    /* Big-endian fields at any alignment: one load/store and a byte swap,
+       instead of assembling bytes one by one. */
+    static inline uint16_t pn_get16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return __builtin_bswap16(v); }
+    static inline uint32_t pn_get32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return __builtin_bswap32(v); }
+    static inline void pn_put16(uint8_t *p, uint16_t x) { x = __builtin_bswap16(x); memcpy(p, &x, 2); }
+    static inline void pn_put32(uint8_t *p, uint32_t x) { x = __builtin_bswap32(x); memcpy(p, &x, 4); }
+    """
+    uint16_t get16 "pn_get16"(const uint8_t *p) noexcept nogil
+    uint32_t get32 "pn_get32"(const uint8_t *p) noexcept nogil
+    void put16 "pn_put16"(uint8_t *p, uint16_t v) noexcept nogil
+    void put32 "pn_put32"(uint8_t *p, uint32_t v) noexcept nogil
 
 cdef inline void csum_update16(uint8_t *field, uint16_t old, uint16_t new) noexcept nogil:
     """RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m') for one 16-bit word changed."""
@@ -40,11 +48,3 @@ cdef inline void csum_update32(uint8_t *field, uint32_t old, uint32_t new) noexc
     s += (~(old >> 16) & 0xffff) + (~old & 0xffff) + (new >> 16) + (new & 0xffff)
     put16(field, <uint16_t>(~csum_fold(s) & 0xffff))
 
-cdef inline uint32_t get32(const uint8_t *p) noexcept nogil:
-    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
-
-cdef inline void put32(uint8_t *p, uint32_t v) noexcept nogil:
-    p[0] = v >> 24
-    p[1] = (v >> 16) & 0xff
-    p[2] = (v >> 8) & 0xff
-    p[3] = v & 0xff

@@ -4,8 +4,7 @@
 from libc.stdint cimport uint8_t, uint16_t, uint32_t
 from fastpath.defs cimport *
 
-cdef inline uint16_t be16(const uint8_t *p) noexcept nogil:
-    return (<uint16_t>p[0] << 8) | p[1]
+from fastpath.checksum cimport get16 as be16
 
 cdef inline uint16_t parse_l4(const uint8_t *p, meta_t *m) noexcept nogil:
     # p is the frame; m.l4_off/l4_len are set. Non-first fragments never get here.

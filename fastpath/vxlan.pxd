@@ -29,6 +29,8 @@ ctypedef struct vtep_t:
     uint8_t state
     uint64_t asked               # clock (ms) of the last ARP request
     uint32_t refs                # routes using it
+    uint8_t hdr[50]              # the outer headers toward it, built once its MAC is known
+    uint64_t hsum                # sum of that IPv4 header with length, id and checksum zero
 
 ctypedef struct route_t:
     uint32_t net
@@ -61,6 +63,25 @@ ctypedef struct overlay_t:
     uint64_t arp_learned
     uint64_t icmp_replies
 
+
+cdef inline void ov_vtep_template(overlay_t *ov, vtep_t *v) noexcept nogil:
+    """Outer Ethernet/IPv4/UDP/VXLAN toward v: encap copies it and patches
+    the lengths, id, source port and checksum (from hsum, incrementally)."""
+    cdef uint8_t *o = v.hdr
+    memset(o, 0, 50)
+    memcpy(o, v.mac, 6)
+    memcpy(o + 6, ov.mac, 6)
+    put16(o + 12, 0x0800)
+    o[14] = 0x45                     # IPv4, no options
+    put16(o + 20, 0x4000)            # DF
+    o[22] = 64
+    o[23] = 17
+    put32(o + 26, ov.ip)
+    put32(o + 30, v.ip)
+    put16(o + 36, ov.port)           # UDP checksum stays 0 (allowed for IPv4, RFC 7348 sec. 5)
+    put32(o + 42, 0x08000000)        # VXLAN I flag
+    put32(o + 46, ov.vni << 8)
+    v.hsum = csum_partial(o + 14, 20, 0)
 
 cdef inline route_t *ov_route(overlay_t *ov, uint32_t dst) noexcept nogil:
     cdef uint32_t k
@@ -133,32 +154,15 @@ cdef inline int ov_encap(overlay_t *ov, pkt_t *pk, const uint8_t *gw_mac, uint32
     memcpy(pk.data, r.inner_mac, 6)
     memcpy(pk.data + 6, gw_mac, 6)
     o = pk.data - VXLAN_OVERHEAD
-    # outer Ethernet
-    memcpy(o, v.mac, 6)
-    memcpy(o + 6, ov.mac, 6)
-    put16(o + 12, 0x0800)
-    # outer IPv4: DF, TTL 64; the kernel rewrites length, id and checksum per
-    # segment when it splits a GSO super-frame.
-    o[14] = 0x45
-    o[15] = 0
-    put16(o + 16, <uint16_t>(inner_len + 36))
+    memcpy(o, v.hdr, VXLAN_OVERHEAD)
+    # The kernel rewrites length, id and checksum per segment when it splits
+    # a GSO super-frame; for a plain frame these are final.
     ov.ip_id += 1
+    put16(o + 16, <uint16_t>(inner_len + 36))
     put16(o + 18, ov.ip_id)
-    put16(o + 20, 0x4000)
-    o[22] = 64
-    o[23] = 17
-    put16(o + 24, 0)
-    put32(o + 26, ov.ip)
-    put32(o + 30, v.ip)
-    put16(o + 24, csum(o + 14, 20))
-    # UDP, checksum 0 (allowed for IPv4, RFC 7348 sec. 5)
+    put16(o + 24, <uint16_t>(~csum_fold(v.hsum + ((inner_len + 36) & 0xffff) + ov.ip_id) & 0xffff))
     put16(o + 34, ov_src_port(pk))
-    put16(o + 36, ov.port)
     put16(o + 38, <uint16_t>(inner_len + 16))
-    put16(o + 40, 0)
-    # VXLAN: I flag, 24-bit VNI
-    put32(o + 42, 0x08000000)
-    put32(o + 46, r.vni << 8)
     # offload metadata, moved by the outer header length
     if h.flags & VNET_F_NEEDS_CSUM:
         h.csum_start += VXLAN_OVERHEAD
@@ -188,6 +192,7 @@ cdef inline void ov_learn(overlay_t *ov, uint32_t ip, const uint8_t *mac) noexce
                     ov.arp_learned += 1
                 memcpy(ov.vteps[k].mac, mac, 6)
                 ov.vteps[k].state = VTEP_REACHABLE
+                ov_vtep_template(ov, &ov.vteps[k])
             return
 
 cdef inline int ov_uplink(overlay_t *ov, pkt_t *pk, uint32_t up_vnet, uint32_t pod_vnet) noexcept nogil:

@@ -120,6 +120,9 @@ cdef class Overlay:
                 self.ov.vteps[k].state = VTEP_INCOMPLETE
                 self.ov.vteps[k].asked = 0
             self.ov.vteps[k].refs = 0
+        for k in range(len(vteps)):
+            if self.ov.vteps[k].state >= VTEP_REACHABLE:
+                ov_vtep_template(&self.ov, &self.ov.vteps[k])
         norm.sort(key=lambda r: -r[0].prefixlen)
         for k, (net, ip, inner, vni, _, _) in enumerate(norm):
             self.ov.routes[k].net = int(net.network_address)
