@@ -37,7 +37,8 @@ demo: setup
 bench: setup
 	$(PY) -m pytest -q bench --benchmark-json=bench/results/raw-pytest-benchmark.json
 	$(PY) bench/report.py
-	@if [ "$$(id -u)" = 0 ]; then $(PY) bench/e2e_pods.py; else echo "bench/e2e_pods.py skipped: needs root"; fi
+	@if [ "$$(id -u)" = 0 ]; then $(PY) bench/e2e_pods.py && $(PY) bench/e2e_overlay.py >/dev/null; \
+	  else echo "end-to-end benchmarks skipped: they need root"; fi
 
 # HTML view of where Python leaks into the fast path (yellow lines).
 annotate: $(STAMP)

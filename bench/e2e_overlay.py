@@ -78,7 +78,47 @@ class KernelOverlay:
         return False
 
 
-PATHS = {"kernel": KernelOverlay}
+class PodnetOverlay:
+    """Two podnet nodes (one pod each) on podnet's own fabric: agents, TAPs
+    with vnet headers, encap/decap in the Cython fast path."""
+    name = "podnet"
+    label = "podnet agents (Cython VXLAN, UDP-tunnel GSO)"
+
+    def __enter__(self):
+        import shutil
+        import tempfile
+        from dataplane import cluster
+        self.tmp = tempfile.mkdtemp(prefix="pnbench-")
+        self._shutil = shutil
+        os.environ["PODNET_RUN_DIR"] = f"{self.tmp}/run"
+        os.environ["PODNET_STATE_DIR"] = f"{self.tmp}/state"
+        spec = Path(self.tmp) / "spec.yaml"
+        spec.write_text("cluster: {name: pnbo, podCIDR: 10.245.0.0/16, fabricCIDR: 172.30.253.0/24}\n"
+                        "nodes: [{name: n1}, {name: n2}]\n"
+                        "pods: [{name: a, node: n1}, {name: b, node: n2}]\n")
+        self.state = cluster.up(str(spec), progress=lambda *_: None)
+        return self
+
+    def pods(self):
+        return "pnbo-pod-a", "pnbo-pod-b", self.state["plan"]["pods"]["b"]["ip"]
+
+    def describe(self):
+        from dataplane.control import request
+        st = request(self.state["nodes"]["n1"]["socket"], "status")
+        c = request(self.state["nodes"]["n1"]["socket"], "counters")
+        return {"gso_path": st["gso_path"], "overlay": c["overlay"],
+                "frames_per_burst": c["io"]["frames_per_burst"],
+                "drops": {k: v for k, v in c["drops"].items() if v}}
+
+    def __exit__(self, *exc):
+        from dataplane import cluster
+        cluster.down(quiet=True)
+        self._shutil.rmtree(self.tmp, ignore_errors=True)
+        return False
+
+
+PATHS = {"kernel": KernelOverlay, "podnet": PodnetOverlay}
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def measure(path, seconds):
@@ -119,11 +159,45 @@ def main(argv=None):
         results[name]["wall_seconds"] = round(time.monotonic() - t0, 1)
     doc = {"bench": "overlay", "seconds": args.seconds, "fabric_mtu": FABRIC_MTU,
            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "results": results}
+    if "kernel" in results and "podnet" in results:
+        k, p = results["kernel"], results["podnet"]
+        doc["ratios"] = {"podnet_vs_kernel_tcp1": p["tcp1"]["gbps"] / k["tcp1"]["gbps"],
+                         "podnet_vs_kernel_tcp4": p["tcp4"]["gbps"] / k["tcp4"]["gbps"],
+                         "podnet_vs_kernel_udp64_pps": p["udp64"]["rx_pps"] / k["udp64"]["rx_pps"]}
+        from report import machine
+        doc["machine"] = machine()
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "overlay.json").write_text(json.dumps(doc, indent=2) + "\n")
+        plot(results)
     text = json.dumps(doc, indent=2)
     if args.out:
         Path(args.out).write_text(text + "\n")
     print(text)
     return doc
+
+
+def plot(results):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    names = list(results)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    w = 0.38
+    for i, key in enumerate(("tcp1", "tcp4")):
+        bars = ax1.bar([x + (i - 0.5) * w for x in range(len(names))], [results[n][key]["gbps"] for n in names],
+                       w, label=f"TCP, {key[3:]} stream{'s' if key == 'tcp4' else ''}")
+        ax1.bar_label(bars, fmt="%.1f", fontsize=7)
+    ax1.set_xticks(range(len(names)), names)
+    ax1.set_ylabel("Gbit/s")
+    ax1.legend(fontsize=7)
+    ax1.set_title("pod to pod across nodes (VXLAN), TCP")
+    bars = ax2.bar(names, [results[n]["udp64"]["rx_pps"] / 1e3 for n in names], color="#888")
+    ax2.bar_label(bars, fmt="%.0f", fontsize=7)
+    ax2.set_ylabel("k frames/s received")
+    ax2.set_title("UDP, 64-byte payloads")
+    fig.tight_layout()
+    fig.savefig(RESULTS / "overlay.png", dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

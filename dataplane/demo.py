@@ -69,6 +69,15 @@ def main(out=print):
     out("\n== pods ==")
     out(render(st["pods"], [("pod", "name"), ("node", "node"), ("namespace", "namespace"),
                             ("ip", "ip"), ("mac", "mac")]))
+    out(f"\n== fabric: bridge {st['fabric']['bridge']} in namespace {st['fabric']['namespace']}, "
+        f"{st['fabric']['subnet']}, MTU {st['fabric']['mtu']}, VNI {st['vni']}, UDP {st['vxlan_port']} ==")
+    out(render(st["nodes"], [("node", "name"), ("underlay ip", "underlay_ip"), ("underlay mac", "underlay_mac"),
+                             ("gso path", "gso_path")]))
+    first = next(iter(state["nodes"]))
+    out(f"\n== routes on {first} (flannel-style: pod CIDR -> VTEP) ==")
+    out(render(request(state["nodes"][first]["socket"], "routes"),
+               [("node", "name"), ("pod cidr", "cidr"), ("vtep", "vtep"), ("vtep state", "vtep_state"),
+                ("inner mac", "inner_mac")]))
     out("\n== services (from the spec; wired into the fast path by a later issue) ==")
     out(render(st["services"], [("service", "name"), ("cluster ip", "clusterIP")]))
 
@@ -87,8 +96,9 @@ def main(out=print):
         results.append((f"{names[0]} -> gateway {gw} ping", *ping(state, names[0], gw)))
     nodes = list(by_node)
     if len(nodes) >= 2:
-        results.append((f"{by_node[nodes[0]][0]} -> {by_node[nodes[1]][0]} (across nodes)", None,
-                        "not yet: the VXLAN overlay comes with the next issue"))
+        a, b = by_node[nodes[0]][-1], by_node[nodes[1]][0]
+        results.append((f"{a} -> {b} ping (across nodes, VXLAN)", *ping(state, a, pods[b]["ip"])))
+        results.append((f"{a} -> {b} TCP (across nodes, VXLAN)", *tcp(state, a, b, pods[b]["ip"])))
     for what, ok, detail in results:
         mark = "PASS" if ok else ("----" if ok is None else "FAIL")
         out(f"  [{mark}] {what:44s} {detail}")
@@ -102,6 +112,7 @@ def main(out=print):
                      "forwarded": c["bridge"]["forwarded"], "flooded": c["bridge"]["flooded"],
                      "fdb": c["fdb"]["entries"], "arp replies": c["gateway"]["arp_replies"],
                      "icmp replies": c["gateway"]["icmp_replies"], "routed": c["gateway"]["routed"],
+                     "encap": c["overlay"]["encapsulated"], "decap": c["overlay"]["decapsulated"],
                      "drops": sum(c["drops"].values()), "frames/burst": round(c["io"]["frames_per_burst"], 1)})
     cols = list(rows[0]) if rows else []
     out(render(rows, [(c, c) for c in cols]))
@@ -111,6 +122,7 @@ def main(out=print):
                (f"podnet exec {a} -- ping -c 3 {pods[a]['gateway_ip']}", "anything, inside a pod"),
                (f"podnet fdb {n0}", "what the bridge learned"),
                (f"podnet stats {n0}", "per-port and per-drop-reason counters"),
+               (f"podnet routes {n0}", "the overlay routes to other nodes"),
                ("podnet down", "remove every namespace, TAP, socket and agent")]
     out("\n== explore (podnet is .venv/bin/podnet) ==")
     for cmd, why in explore:
