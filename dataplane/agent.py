@@ -172,6 +172,7 @@ class Agent:
             now = time.monotonic()
             if now >= next_age:
                 self.dp.age()
+                self.dp.conntrack_gc()
                 if self.dp.overlay.enabled:
                     self.solicit()
                 next_age = now + AGE_EVERY

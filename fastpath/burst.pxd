@@ -8,6 +8,8 @@ from fastpath.fdb cimport Fdb, fdb_t
 from fastpath.ports cimport Ports, ports_t
 from fastpath.gateway cimport Gateway, gw_t
 from fastpath.vxlan cimport Overlay, overlay_t
+from fastpath.services cimport Services, svcmap_t
+from fastpath.conntrack cimport Conntrack, ct_t
 
 @cython.final
 cdef class Dataplane:
@@ -28,6 +30,10 @@ cdef class Dataplane:
     cdef uint8_t pvnet[MAX_PORTS]        # per port: the header size its TAP uses
     cdef readonly Overlay overlay
     cdef overlay_t *ov
+    cdef readonly Services services
+    cdef svcmap_t *sm
+    cdef readonly Conntrack conntrack
+    cdef ct_t *ct
     cdef fdb_t *ft                       # bound once: the loop touches no Python object
     cdef ports_t *pt
     cdef gw_t *gw
@@ -40,6 +46,10 @@ cdef class Dataplane:
     cdef inline void reply(self, uint32_t i, pkt_t *pk) noexcept nogil
     cdef void encap(self, uint32_t i, pkt_t *pk, uint32_t cur_vnet) noexcept nogil
     cdef void uplink_rx(self, uint32_t i, pkt_t *pk) noexcept nogil
+    cdef void route(self, uint32_t i, pkt_t *pk, uint32_t cur_vnet) noexcept nogil
+    cdef void service(self, uint32_t i, pkt_t *pk, uint32_t cur_vnet) noexcept nogil
+    cdef void unnat(self, pkt_t *pk, uint32_t cur_vnet) noexcept nogil
+    cdef void reject(self, uint32_t i, pkt_t *pk) noexcept nogil
     cdef inline void enqueue(self, uint16_t port, uint32_t i, uint32_t length) noexcept nogil
     cdef inline void drop(self, pkt_t *pk, uint16_t reason) noexcept nogil
     cdef uint64_t now_ms(self) except? 0

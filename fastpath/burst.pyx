@@ -15,13 +15,21 @@ from fastpath.gateway cimport *
 from fastpath.gateway cimport Gateway
 from fastpath.vxlan cimport *
 from fastpath.vxlan cimport Overlay
+from fastpath.services cimport *
+from fastpath.services cimport Services
+from fastpath.conntrack cimport *
+from fastpath.conntrack cimport Conntrack
+from fastpath.nat cimport *
+from fastpath.vnet cimport VNET_F_NEEDS_CSUM
 from fastpath.counters cimport port_stats_t
 from fastpath.counters import DROP_NAMES
 
 
 cdef class Dataplane:
     def __cinit__(self, uint32_t nslots=256, uint32_t slot_size=2048,
-                  uint64_t fdb_capacity=65536, double aging=300.0, clock=None):
+                  uint64_t fdb_capacity=65536, double aging=300.0, clock=None,
+                  uint64_t service_capacity=131072, uint32_t conntrack_capacity=262144,
+                  service_cidr="10.96.0.0/12"):
         cdef void *mem = NULL
         if not 1 <= nslots <= 65536:
             raise ValueError(f"nslots must be 1..65536, got {nslots}")
@@ -52,6 +60,10 @@ cdef class Dataplane:
         self.gw = &self.gateway.g
         self.overlay = Overlay()
         self.ov = &self.overlay.ov
+        self.services = Services(service_capacity, service_cidr)
+        self.sm = &self.services.m
+        self.conntrack = Conntrack(conntrack_capacity)
+        self.ct = &self.conntrack.t
         self.vnet_len = 0
         memset(self.pvnet, 0, sizeof(self.pvnet))
         self.ft = &self.fdb.t
@@ -157,7 +169,14 @@ cdef class Dataplane:
             if pk.m.flags & F_ARP:
                 a = gw_arp(gw, pk)
             elif gw_is_dst(gw, data):
-                a = gw_ip4(gw, pk) if pk.m.flags & F_IP4 else -DROP_GW_UNSUPPORTED
+                if not (pk.m.flags & F_IP4):
+                    self.drop(pk, DROP_GW_UNSUPPORTED)
+                    return
+                if svc_is_vip(self.sm, get32(data + pk.m.l3_off + 16)):
+                    self.service(i, pk, self.pvnet[port])
+                    return
+                self.unnat(pk, self.pvnet[port])     # e.g. a hairpin reply to the gateway
+                a = gw_ip4(gw, pk)
             if a < 0:
                 self.drop(pk, <uint16_t>(-a))
                 return
@@ -174,7 +193,169 @@ cdef class Dataplane:
             if a == GW_REMOTE:
                 self.encap(i, pk, self.pvnet[port])
                 return
+        if self.ct.count and (pk.m.flags & F_IP4):
+            self.unnat(pk, self.pvnet[port])         # a local backend answering a local client
         self.forward(i, pk, d, False)
+
+    cdef void route(self, uint32_t i, pkt_t *pk, uint32_t cur_vnet) noexcept nogil:
+        """Route an IPv4 frame through the gateway: local pod, or the overlay."""
+        cdef int a = gw_ip4(self.gw, pk)
+        if a < 0:
+            self.drop(pk, <uint16_t>(-a))
+        elif a == GW_ROUTE:
+            self.forward(i, pk, self.gw.domain, True)
+        elif a == GW_REMOTE:
+            self.encap(i, pk, cur_vnet)
+        elif a == GW_REPLY:
+            if pk.in_port == self.ov.uplink and self.ov.enabled:
+                self.encap(i, pk, cur_vnet)
+            else:
+                self.reply(i, pk)
+        else:
+            self.drop(pk, DROP_NO_ROUTE)
+
+    cdef void reject(self, uint32_t i, pkt_t *pk) noexcept nogil:
+        """What kube-proxy does for a service without endpoints: TCP RST,
+        UDP ICMP port unreachable, from the service address."""
+        self.stats.drops[DROP_SVC_REJECTED] += 1
+        if pk.in_port < MAX_PORTS:
+            self.stats.port[pk.in_port].rx_dropped += 1
+        if pk.m.l4_proto == 6:
+            if tcp_reset(pk, self.gw.mac) == 0:
+                self.reply(i, pk)
+                pk.reason = DROP_SVC_REJECTED
+                return
+        elif gw_icmp_error(self.gw, pk, 3, 3, 0, DROP_SVC_REJECTED) == GW_REPLY:
+            # the error must come from the ClusterIP the client used
+            put32(pk.data + pk.m.l3_off + 12, get32(pk.data + pk.m.l3_off + 20 + 8 + 16))
+            put16(pk.data + pk.m.l3_off + 10, 0)
+            put16(pk.data + pk.m.l3_off + 10, csum(pk.data + pk.m.l3_off, 20))
+            self.reply(i, pk)
+            pk.reason = DROP_SVC_REJECTED
+            return
+        pk.out = OUT_DROP
+        pk.reason = DROP_SVC_REJECTED
+
+    cdef void service(self, uint32_t i, pkt_t *pk, uint32_t cur_vnet) noexcept nogil:
+        """A frame to a ClusterIP: conntrack, or a new flow (pick a backend),
+        then DNAT (and SNAT for hairpin) and route to the backend."""
+        cdef ct_t *ct = self.ct
+        cdef uint8_t *ip = pk.data + pk.m.l3_off
+        cdef uint8_t *l4 = pk.data + pk.m.l4_off
+        cdef uint8_t proto = pk.m.l4_proto, flags = 0
+        cdef uint32_t cip = get32(ip + 12), vip = get32(ip + 16), bip
+        cdef uint16_t cport, vport, bport
+        cdef tuple_t *t
+        cdef conn_t *k = NULL
+        cdef conn_t nc
+        cdef svc_t *s
+        cdef int c
+        cdef bint partial = cur_vnet > 0 and ((pk.data - cur_vnet)[0] & VNET_F_NEEDS_CSUM)
+        if (proto != 6 and proto != 17) or not (pk.m.flags & F_L4) or (pk.m.flags & F_FRAG):
+            self.drop(pk, DROP_SVC_UNSUPPORTED)
+            return
+        cport = get16(l4)
+        vport = get16(l4 + 2)
+        if proto == 6:
+            flags = l4[13]
+        t = ct_find(ct, tuple_a(cip, vip), tuple_b(cport, vport, proto))
+        if t != NULL and t.dir == CT_ORIG:
+            k = &ct.conns[t.conn]
+            if k.expires <= self.now:
+                ct_delete(ct, t.conn)
+                ct.expired += 1
+                k = NULL
+        if k != NULL and (k.flags & CT_DEAD):
+            # its backend is gone: end the connection (kube-proxy's stale-flow RST)
+            ct_delete(ct, <uint32_t>(k - ct.conns))
+            self.reject(i, pk)
+            return
+        if k == NULL:
+            s = svc_find(self.sm, svc_key(vip, vport, proto))
+            if s == NULL:
+                self.sm.no_service += 1
+                self.reject(i, pk)
+                return
+            if proto == 6 and (flags & 0x17) != 0x02:     # not a bare SYN
+                ct.invalid += 1
+                self.drop(pk, DROP_CT_INVALID)
+                return
+            if svc_pick(self.sm, s, cip, mix64(tuple_a(cip, vip) ^ (<uint64_t>cport << 16) ^ proto),
+                        self.now, &bip, &bport) < 0:
+                self.sm.no_endpoints += 1
+                self.reject(i, pk)
+                return
+            nc.cip = cip
+            nc.vip = vip
+            nc.bip = bip
+            nc.sip = self.gw.ip if bip == cip else cip     # hairpin: SNAT to the gateway
+            nc.cport = cport
+            nc.vport = vport
+            nc.bport = bport
+            nc.proto = proto
+            nc.state = CT_NEW
+            nc.flags = CT_SNAT if bip == cip else 0
+            nc.packets = 0
+            nc.expires = self.now + (ct.timeout_ms[0] if proto == 6 else ct.timeout_ms[4])
+            c = ct_insert(ct, &nc, self.now)
+            if c < 0:
+                self.drop(pk, DROP_CT_FULL)
+                return
+            k = &ct.conns[c]
+        elif proto == 6:
+            if flags & 0x04:
+                k.state = CT_CLOSED
+            elif flags & 0x01:
+                k.state = CT_FIN
+            k.expires = self.now + ct.timeout_ms[k.state]
+        else:
+            k.expires = self.now + (ct.udp_stream_ms if k.state == CT_ESTABLISHED else ct.timeout_ms[4])
+        k.packets += 1
+        nat_ip(pk, 16, k.bip, partial)
+        nat_port(pk, 2, k.bport, partial)
+        if k.flags & CT_SNAT:
+            nat_ip(pk, 12, k.sip, partial)
+        self.route(i, pk, cur_vnet)
+
+    cdef void unnat(self, pkt_t *pk, uint32_t cur_vnet) noexcept nogil:
+        """A reply of a NATed connection: back to ClusterIP:port as the source
+        (and to the client as destination, after hairpin SNAT)."""
+        cdef ct_t *ct = self.ct
+        cdef uint8_t *ip
+        cdef uint8_t *l4
+        cdef tuple_t *t
+        cdef conn_t *k
+        cdef uint8_t proto = pk.m.l4_proto
+        cdef bint partial
+        if ct.count == 0 or (proto != 6 and proto != 17) or not (pk.m.flags & F_L4) or (pk.m.flags & F_FRAG):
+            return
+        ip = pk.data + pk.m.l3_off
+        l4 = pk.data + pk.m.l4_off
+        t = ct_find(ct, tuple_a(get32(ip + 12), get32(ip + 16)), tuple_b(get16(l4), get16(l4 + 2), proto))
+        if t == NULL or t.dir != CT_REPLY:
+            return
+        k = &ct.conns[t.conn]
+        if k.expires <= self.now:
+            ct_delete(ct, t.conn)
+            ct.expired += 1
+            return
+        partial = cur_vnet > 0 and ((pk.data - cur_vnet)[0] & VNET_F_NEEDS_CSUM)
+        if proto == 6:
+            if l4[13] & 0x04:
+                k.state = CT_CLOSED
+            elif l4[13] & 0x01:
+                k.state = CT_FIN
+            elif k.state == CT_NEW:
+                k.state = CT_ESTABLISHED
+            k.expires = self.now + ct.timeout_ms[k.state]
+        else:
+            k.state = CT_ESTABLISHED
+            k.expires = self.now + ct.udp_stream_ms
+        k.packets += 1
+        nat_ip(pk, 12, k.vip, partial)
+        nat_port(pk, 0, k.vport, partial)
+        if k.flags & CT_SNAT:
+            nat_ip(pk, 16, k.cip, partial)
 
     cdef void encap(self, uint32_t i, pkt_t *pk, uint32_t cur_vnet) noexcept nogil:
         """A routed frame for another node: VXLAN toward its VTEP, out of the uplink."""
@@ -231,15 +412,12 @@ cdef class Dataplane:
         if not self.gw.enabled or not gw_is_dst(self.gw, pk.data) or not (pk.m.flags & F_IP4):
             self.drop(pk, DROP_VXLAN_NOT_ROUTED)
             return
-        a = gw_ip4(self.gw, pk)
-        if a < 0:
-            self.drop(pk, <uint16_t>(-a))
-        elif a == GW_ROUTE:
-            self.forward(i, pk, self.gw.domain, True)
-        elif a == GW_REPLY:                  # to a remote pod: back over the overlay
-            self.encap(i, pk, pod_vnet)
-        else:                                # no transit between remote nodes
-            self.drop(pk, DROP_NO_ROUTE)
+        self.unnat(pk, pod_vnet)             # a remote backend's reply to a local client
+        if not gw_in_subnet(self.gw, get32(pk.data + pk.m.l3_off + 16)) and \
+                get32(pk.data + pk.m.l3_off + 16) != self.gw.ip:
+            self.drop(pk, DROP_NO_ROUTE)     # no transit between remote nodes
+            return
+        self.route(i, pk, pod_vnet)
 
     cdef void run(self, uint32_t start, uint32_t n, uint64_t now) noexcept nogil:
         cdef uint32_t i, k
@@ -440,6 +618,13 @@ cdef class Dataplane:
         """Sweep aged FDB entries now (the agent calls this periodically)."""
         return self.fdb.age(self.now_ms())
 
+    def conntrack_gc(self):
+        """Sweep expired connections now (the agent calls this periodically)."""
+        return self.conntrack.gc(self.now_ms())
+
+    def conntrack_dump(self):
+        return self.conntrack.dump(self.now_ms())
+
     def fdb_dump(self):
         return self.fdb.dump(self.now_ms())
 
@@ -459,6 +644,8 @@ cdef class Dataplane:
             "fdb": self.fdb.counters(),
             "gateway": self.gateway.counters(),
             "overlay": self.overlay.counters(),
+            "services": self.services.counters(),
+            "conntrack": self.conntrack.counters(),
             "ports": {p: self.port_counters(p) for p, _ in self.ports.list()},
         }
 

@@ -34,6 +34,10 @@ DROP_NAMES = (
     "vxlan_vni",
     "vxlan_inner",
     "vxlan_not_routed",
+    "service_unsupported",
+    "service_rejected",
+    "conntrack_invalid",
+    "conntrack_full",
 )
 
 N_DROP_REASONS = N_DROP

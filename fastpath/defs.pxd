@@ -56,6 +56,10 @@ cdef enum:
     DROP_VXLAN_VNI       # a VNI this node does not serve
     DROP_VXLAN_INNER     # inner frame truncated or malformed
     DROP_VXLAN_NOT_ROUTED  # inner frame not IPv4 to this node's gateway MAC
+    DROP_SVC_UNSUPPORTED # to a ClusterIP but not TCP/UDP, or a fragment
+    DROP_SVC_REJECTED    # no such service port or no endpoints: answered with RST / port unreachable
+    DROP_CT_INVALID      # TCP segment other than SYN for a connection conntrack does not know
+    DROP_CT_FULL         # conntrack table full: new flow refused
     N_DROP
 
 ctypedef struct meta_t:

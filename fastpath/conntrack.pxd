@@ -1,0 +1,82 @@
+# Connection tracking for service NAT: each connection is found by its
+# original tuple (client -> VIP) and its reply tuple (backend -> client, or
+# -> the gateway when hairpin SNAT applies). Bounded table, per-state
+# timeouts, lazy expiry on lookup plus a periodic sweep.
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+
+cdef enum:
+    CT_ORIG = 0
+    CT_REPLY = 1
+    # states
+    CT_NEW = 0               # TCP SYN seen / first UDP datagram
+    CT_ESTABLISHED = 1       # a reply came back
+    CT_FIN = 2               # FIN seen
+    CT_CLOSED = 3            # RST seen
+    # flags
+    CT_SNAT = 1              # hairpin: source rewritten to the gateway
+    CT_DEAD = 2              # backend removed: next packet gets a RST
+
+ctypedef struct conn_t:
+    uint32_t cip             # client
+    uint32_t vip
+    uint32_t bip             # backend
+    uint32_t sip             # source the backend sees (cip, or the gateway with SNAT)
+    uint16_t cport
+    uint16_t vport
+    uint16_t bport
+    uint8_t proto
+    uint8_t state
+    uint8_t flags
+    uint8_t used
+    uint64_t expires
+    uint64_t packets
+
+ctypedef struct tuple_t:     # hash entry: a tuple -> (connection, direction)
+    uint64_t a               # src ip << 32 | dst ip
+    uint64_t b               # src port << 32 | dst port << 16 | proto << 8 | 1; 0: empty
+    uint32_t conn
+    uint8_t dir
+
+ctypedef struct ct_t:
+    conn_t *conns
+    uint32_t *free_list
+    uint32_t nfree
+    uint32_t capacity
+    tuple_t *slots
+    uint64_t mask
+    uint32_t shift
+    uint64_t count
+    uint64_t timeout_ms[5]   # NEW(tcp), ESTABLISHED(tcp), FIN, CLOSED, UDP
+    uint64_t udp_stream_ms   # UDP once a reply was seen
+    # counters
+    uint64_t inserts
+    uint64_t insert_failed
+    uint64_t expired
+    uint64_t deleted
+    uint64_t invalid
+
+cdef inline uint64_t ct_hash(const ct_t *t, uint64_t a, uint64_t b) noexcept nogil:
+    return ((a ^ (b * 0xC2B2AE3D27D4EB4FULL)) * 0x9E3779B97F4A7C15ULL) >> t.shift
+
+cdef inline tuple_t *ct_find(ct_t *t, uint64_t a, uint64_t b) noexcept nogil:
+    cdef uint64_t i = ct_hash(t, a, b)
+    while True:
+        if t.slots[i].b == b and t.slots[i].a == a:
+            return &t.slots[i]
+        if t.slots[i].b == 0:
+            return NULL
+        i = (i + 1) & t.mask
+
+cdef inline uint64_t tuple_b(uint16_t sport, uint16_t dport, uint8_t proto) noexcept nogil:
+    return (<uint64_t>sport << 32) | (<uint64_t>dport << 16) | (<uint64_t>proto << 8) | 1
+
+cdef inline uint64_t tuple_a(uint32_t src, uint32_t dst) noexcept nogil:
+    return (<uint64_t>src << 32) | dst
+
+cdef void ct_put(ct_t *t, uint64_t a, uint64_t b, uint32_t conn, uint8_t dir) noexcept nogil
+cdef void ct_remove_tuple(ct_t *t, uint64_t a, uint64_t b) noexcept nogil
+cdef void ct_delete(ct_t *t, uint32_t c) noexcept nogil
+cdef int ct_insert(ct_t *t, conn_t *proto_conn, uint64_t now) noexcept nogil
+
+cdef class Conntrack:
+    cdef ct_t t

@@ -1,0 +1,190 @@
+"""Control side of conntrack: allocation, insert/delete (used inline by the
+burst loop through conntrack.pxd), the expiry sweep, flushes on backend
+removal, dumps and counters."""
+import ipaddress
+
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdlib cimport calloc, free
+
+STATES = ("new", "established", "fin_wait", "closed")
+PROTOS = {6: "TCP", 17: "UDP"}
+# netfilter-like defaults (seconds): SYN_SENT 120, ESTABLISHED 86400 (kube-proxy's
+# setting), FIN/TIME_WAIT 120, CLOSE 10; UDP 30, and 120 once replies flow.
+DEFAULT_TIMEOUTS = {"tcp_new": 120, "tcp_established": 86400, "tcp_fin": 120, "tcp_closed": 10,
+                    "udp": 30, "udp_stream": 120}
+
+
+cdef void ct_put(ct_t *t, uint64_t a, uint64_t b, uint32_t conn, uint8_t dir) noexcept nogil:
+    cdef uint64_t i = ct_hash(t, a, b)
+    while t.slots[i].b != 0:
+        i = (i + 1) & t.mask
+    t.slots[i].a = a
+    t.slots[i].b = b
+    t.slots[i].conn = conn
+    t.slots[i].dir = dir
+
+
+cdef void ct_remove_tuple(ct_t *t, uint64_t a, uint64_t b) noexcept nogil:
+    cdef uint64_t i = ct_hash(t, a, b), j, home
+    while True:
+        if t.slots[i].b == 0:
+            return
+        if t.slots[i].a == a and t.slots[i].b == b:
+            break
+        i = (i + 1) & t.mask
+    t.slots[i].b = 0
+    j = i
+    while True:                          # backward shift, as in the FDB
+        j = (j + 1) & t.mask
+        if t.slots[j].b == 0:
+            return
+        home = ct_hash(t, t.slots[j].a, t.slots[j].b)
+        if (j > i and (home <= i or home > j)) or (j < i and (home <= i and home > j)):
+            t.slots[i] = t.slots[j]
+            t.slots[j].b = 0
+            i = j
+
+
+cdef void ct_delete(ct_t *t, uint32_t c) noexcept nogil:
+    cdef conn_t *k = &t.conns[c]
+    if not k.used:
+        return
+    ct_remove_tuple(t, tuple_a(k.cip, k.vip), tuple_b(k.cport, k.vport, k.proto))
+    ct_remove_tuple(t, tuple_a(k.bip, k.sip), tuple_b(k.bport, k.cport, k.proto))
+    k.used = 0
+    t.free_list[t.nfree] = c
+    t.nfree += 1
+    t.count -= 1
+
+
+cdef int ct_insert(ct_t *t, conn_t *proto_conn, uint64_t now) noexcept nogil:
+    """Add a connection (both tuples); returns its index or -1 when full."""
+    cdef uint32_t c
+    if t.nfree == 0:
+        t.insert_failed += 1
+        return -1
+    t.nfree -= 1
+    c = t.free_list[t.nfree]
+    t.conns[c] = proto_conn[0]
+    t.conns[c].used = 1
+    ct_put(t, tuple_a(proto_conn.cip, proto_conn.vip), tuple_b(proto_conn.cport, proto_conn.vport, proto_conn.proto), c, CT_ORIG)
+    ct_put(t, tuple_a(proto_conn.bip, proto_conn.sip), tuple_b(proto_conn.bport, proto_conn.cport, proto_conn.proto), c, CT_REPLY)
+    t.count += 1
+    t.inserts += 1
+    return <int>c
+
+
+def _ip(uint32_t v):
+    return str(ipaddress.IPv4Address(v))
+
+
+cdef class Conntrack:
+    def __cinit__(self, uint32_t capacity=262144):
+        cdef uint64_t slots = 16
+        cdef uint32_t bits = 4
+        if not 16 <= capacity <= (1 << 24):
+            raise ValueError(f"conntrack capacity must be 16..{1 << 24}, got {capacity}")
+        while slots < 4 * capacity:          # two tuples per connection, half full at most
+            slots <<= 1
+            bits += 1
+        self.t.conns = <conn_t *>calloc(capacity, sizeof(conn_t))
+        self.t.free_list = <uint32_t *>calloc(capacity, sizeof(uint32_t))
+        self.t.slots = <tuple_t *>calloc(slots, sizeof(tuple_t))
+        if self.t.conns == NULL or self.t.free_list == NULL or self.t.slots == NULL:
+            raise MemoryError("conntrack")
+        self.t.capacity = capacity
+        for i in range(capacity):
+            self.t.free_list[i] = capacity - 1 - i
+        self.t.nfree = capacity
+        self.t.mask = slots - 1
+        self.t.shift = 64 - bits
+        self.set_timeouts(DEFAULT_TIMEOUTS)
+
+    def __dealloc__(self):
+        free(self.t.conns)
+        free(self.t.free_list)
+        free(self.t.slots)
+
+    def set_timeouts(self, timeouts):
+        t = dict(DEFAULT_TIMEOUTS, **{k: v for k, v in self.timeouts().items()} if self.t.timeout_ms[0] else {})
+        for k, v in timeouts.items():
+            if k not in DEFAULT_TIMEOUTS:
+                raise ValueError(f"unknown conntrack timeout {k!r}; expected one of {', '.join(DEFAULT_TIMEOUTS)}")
+            if not (isinstance(v, (int, float)) and 0 < v <= 10 * 86400):
+                raise ValueError(f"conntrack timeout {k} must be 0 < seconds <= 864000, got {v!r}")
+            t[k] = v
+        for idx, k in enumerate(("tcp_new", "tcp_established", "tcp_fin", "tcp_closed", "udp")):
+            self.t.timeout_ms[idx] = <uint64_t>(t[k] * 1000)
+        self.t.udp_stream_ms = <uint64_t>(t["udp_stream"] * 1000)
+
+    def timeouts(self):
+        names = ("tcp_new", "tcp_established", "tcp_fin", "tcp_closed", "udp")
+        out = {k: self.t.timeout_ms[i] / 1000 for i, k in enumerate(names)}
+        out["udp_stream"] = self.t.udp_stream_ms / 1000
+        return out
+
+    def __len__(self):
+        return self.t.count
+
+    @property
+    def capacity(self):
+        return self.t.capacity
+
+    def gc(self, uint64_t now):
+        """Remove expired connections; returns how many."""
+        cdef uint32_t c, n = 0
+        for c in range(self.t.capacity):
+            if self.t.conns[c].used and self.t.conns[c].expires <= now:
+                ct_delete(&self.t, c)
+                n += 1
+        self.t.expired += n
+        return n
+
+    def flush(self, vip=None, int vport=-1, int proto=-1, backend=None, int bport=-1, bint udp_only=False,
+              bint mark_tcp_dead=False):
+        """Delete (or, for TCP with mark_tcp_dead, mark for RST) connections
+        matching the given service and/or backend. Returns (deleted, marked)."""
+        cdef uint32_t c, v = int(ipaddress.IPv4Address(vip)) if vip is not None else 0
+        cdef uint32_t b = int(ipaddress.IPv4Address(backend)) if backend is not None else 0
+        cdef conn_t *k
+        deleted = marked = 0
+        for c in range(self.t.capacity):
+            k = &self.t.conns[c]
+            if not k.used:
+                continue
+            if (vip is not None and k.vip != v) or (vport >= 0 and k.vport != vport) \
+                    or (proto >= 0 and k.proto != proto) or (backend is not None and k.bip != b) \
+                    or (bport >= 0 and k.bport != bport):
+                continue
+            if k.proto == 6 and mark_tcp_dead:
+                k.flags |= CT_DEAD
+                marked += 1
+            elif not (udp_only and k.proto != 17):
+                ct_delete(&self.t, c)
+                deleted += 1
+        self.t.deleted += deleted
+        return deleted, marked
+
+    def dump(self, uint64_t now=0, int limit=100000):
+        out = []
+        cdef uint32_t c
+        cdef conn_t *k
+        for c in range(self.t.capacity):
+            k = &self.t.conns[c]
+            if not k.used:
+                continue
+            out.append({"proto": PROTOS.get(k.proto, str(k.proto)), "state": STATES[k.state] if k.proto == 6 else
+                        ("replied" if k.state == CT_ESTABLISHED else "unreplied"),
+                        "client": f"{_ip(k.cip)}:{k.cport}", "service": f"{_ip(k.vip)}:{k.vport}",
+                        "backend": f"{_ip(k.bip)}:{k.bport}",
+                        "snat": _ip(k.sip) if k.flags & CT_SNAT else None,
+                        "dead": bool(k.flags & CT_DEAD), "packets": k.packets,
+                        "expires_in": max(0, <long long>(k.expires - now)) / 1000.0})
+            if len(out) >= limit:
+                break
+        return out
+
+    def counters(self):
+        return {"entries": self.t.count, "capacity": self.t.capacity, "inserts": self.t.inserts,
+                "insert_failed": self.t.insert_failed, "expired": self.t.expired,
+                "deleted": self.t.deleted, "invalid": self.t.invalid}

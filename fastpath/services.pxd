@@ -1,0 +1,116 @@
+# ClusterIP services (what kube-proxy's IPVS/nftables modes do): an
+# open-addressing map (VIP, port, protocol) -> backends, O(1) whatever the
+# number of services; backend choice random or Maglev; ClientIP affinity.
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+
+cdef enum:
+    LB_RANDOM = 0
+    LB_MAGLEV = 1
+
+ctypedef struct backend_t:
+    uint32_t ip
+    uint16_t port
+
+ctypedef struct svc_t:
+    uint64_t key             # vip<<32 | port<<16 | proto<<8 | 1; 0: empty slot
+    uint32_t nb
+    backend_t *b             # malloc'd, owned by the slot
+    uint16_t *maglev         # Maglev lookup table (backend indices), NULL for random
+    uint32_t msize
+    uint32_t affinity_ms     # ClientIP affinity timeout; 0: none
+    uint8_t lb
+
+ctypedef struct aff_t:       # ClientIP affinity: (client, service) -> backend
+    uint64_t key             # client<<32 | low 32 bits of the service key's hash; 0: empty
+    uint64_t svc
+    uint32_t ip
+    uint16_t port
+    uint64_t expires
+
+ctypedef struct svcmap_t:
+    svc_t *slots
+    uint64_t mask
+    uint32_t shift
+    uint64_t count
+    uint64_t capacity
+    uint32_t net             # the service CIDR: only these destinations are looked up
+    uint32_t netmask
+    aff_t *aff
+    uint64_t aff_mask
+    uint64_t rng             # xorshift state for random choice
+    # counters
+    uint64_t lookups
+    uint64_t no_service
+    uint64_t no_endpoints
+    uint64_t affinity_hits
+
+cdef inline uint64_t svc_key(uint32_t vip, uint16_t port, uint8_t proto) noexcept nogil:
+    return (<uint64_t>vip << 32) | (<uint64_t>port << 16) | (<uint64_t>proto << 8) | 1
+
+cdef inline uint64_t mix64(uint64_t x) noexcept nogil:
+    x ^= x >> 33
+    x *= 0xff51afd7ed558ccdULL
+    x ^= x >> 33
+    x *= 0xc4ceb9fe1a85ec53ULL
+    x ^= x >> 33
+    return x
+
+cdef inline svc_t *svc_find(svcmap_t *m, uint64_t key) noexcept nogil:
+    cdef uint64_t i = (key * 0x9E3779B97F4A7C15ULL) >> m.shift
+    while True:
+        if m.slots[i].key == key:
+            return &m.slots[i]
+        if m.slots[i].key == 0:
+            return NULL
+        i = (i + 1) & m.mask
+
+cdef inline bint svc_is_vip(const svcmap_t *m, uint32_t ip) noexcept nogil:
+    return m.slots != NULL and (ip & m.netmask) == m.net
+
+cdef inline int svc_pick(svcmap_t *m, svc_t *s, uint32_t cip, uint64_t flow, uint64_t now,
+                         uint32_t *bip, uint16_t *bport) noexcept nogil:
+    """Choose a backend for a new flow; returns 0, or -1 without backends."""
+    cdef uint64_t k, i
+    cdef uint32_t j
+    cdef aff_t *a = NULL
+    if s.nb == 0:
+        return -1
+    if s.affinity_ms and m.aff != NULL:
+        k = (<uint64_t>cip << 32) | (mix64(s.key) & 0xffffffffULL) | 1
+        i = mix64(k) & m.aff_mask
+        for j in range(8):                       # a short probe; a miss just skips affinity
+            a = &m.aff[(i + j) & m.aff_mask]
+            if a.key == k and a.svc == s.key:
+                if a.expires > now:
+                    for i in range(s.nb):        # the backend must still be there
+                        if s.b[i].ip == a.ip and s.b[i].port == a.port:
+                            bip[0] = a.ip
+                            bport[0] = a.port
+                            a.expires = now + s.affinity_ms
+                            m.affinity_hits += 1
+                            return 0
+                break
+            if a.key == 0 or a.expires <= now:
+                break
+            a = NULL
+    if s.lb == LB_MAGLEV and s.maglev != NULL:
+        j = s.maglev[mix64(flow) % s.msize]
+    else:
+        m.rng ^= m.rng << 13
+        m.rng ^= m.rng >> 7
+        m.rng ^= m.rng << 17
+        j = <uint32_t>((m.rng >> 11) % s.nb)
+    bip[0] = s.b[j].ip
+    bport[0] = s.b[j].port
+    if a != NULL:
+        a.key = (<uint64_t>cip << 32) | (mix64(s.key) & 0xffffffffULL) | 1
+        a.svc = s.key
+        a.ip = bip[0]
+        a.port = bport[0]
+        a.expires = now + s.affinity_ms
+    return 0
+
+cdef class Services:
+    cdef svcmap_t m
+    cdef void _free_slot(self, svc_t *s) noexcept nogil
+    cdef dict _describe(self, svc_t *s)

@@ -1,0 +1,210 @@
+"""Control side of the service map: add/replace/remove one service port at a
+time (validated first, swapped in whole), Maglev tables, listing, counters."""
+import hashlib
+import ipaddress
+
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdlib cimport calloc, free
+from libc.string cimport memset
+
+PROTO = {"TCP": 6, "UDP": 17}
+PROTO_NAME = {6: "TCP", 17: "UDP"}
+MAGLEV_SIZES = (251, 4099, 16381, 65537)    # primes; Maglev wants M >> backends
+MAX_BACKENDS = 4096
+
+
+def _u64(data):
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
+
+
+def maglev_table(backends, uint32_t m):
+    """Maglev's population (Eisenbud et al., NSDI 2016, sec. 3.4): each
+    backend walks its own permutation of the M slots, taking turns, so each
+    gets ~M/N slots and removing one moves only ~1/N of them."""
+    n = len(backends)
+    offs = [_u64(f"{ip}:{port}/o".encode()) % m for ip, port in backends]
+    skips = [_u64(f"{ip}:{port}/s".encode()) % (m - 1) + 1 for ip, port in backends]
+    nxt = [0] * n
+    table = [-1] * m
+    filled = 0
+    while filled < m:
+        for i in range(n):
+            c = (offs[i] + nxt[i] * skips[i]) % m
+            while table[c] >= 0:
+                nxt[i] += 1
+                c = (offs[i] + nxt[i] * skips[i]) % m
+            table[c] = i
+            nxt[i] += 1
+            filled += 1
+            if filled == m:
+                break
+    return table
+
+
+cdef class Services:
+    def __cinit__(self, uint64_t capacity=131072, service_cidr="10.96.0.0/12", uint64_t affinity_capacity=65536):
+        cdef uint64_t slots = 16, aslots = 16
+        cdef uint32_t bits = 4
+        if not 1 <= capacity <= (1 << 22):
+            raise ValueError(f"service capacity must be 1..{1 << 22}, got {capacity}")
+        while slots < 2 * capacity:
+            slots <<= 1
+            bits += 1
+        while aslots < affinity_capacity:
+            aslots <<= 1
+        self.m.slots = <svc_t *>calloc(slots, sizeof(svc_t))
+        self.m.aff = <aff_t *>calloc(aslots, sizeof(aff_t))
+        if self.m.slots == NULL or self.m.aff == NULL:
+            raise MemoryError("service map")
+        self.m.mask = slots - 1
+        self.m.shift = 64 - bits
+        self.m.capacity = capacity
+        self.m.aff_mask = aslots - 1
+        self.m.rng = 0x9E3779B97F4A7C15ULL
+        self.set_cidr(service_cidr)
+
+    def __dealloc__(self):
+        if self.m.slots != NULL:
+            for i in range(self.m.mask + 1):
+                self._free_slot(&self.m.slots[i])
+        free(self.m.slots)
+        free(self.m.aff)
+
+    cdef void _free_slot(self, svc_t *s) noexcept nogil:
+        free(s.b)
+        free(s.maglev)
+        s.b = NULL
+        s.maglev = NULL
+
+    def set_cidr(self, cidr):
+        net = ipaddress.IPv4Network(str(cidr))
+        self.m.net = int(net.network_address)
+        self.m.netmask = int(net.netmask)
+
+    def seed(self, uint64_t seed):
+        self.m.rng = seed or 1
+
+    def _key(self, vip, port, proto):
+        try:
+            v = ipaddress.IPv4Address(str(vip))
+        except ValueError as e:
+            raise ValueError(f"service VIP: {e}") from None
+        if (int(v) & self.m.netmask) != self.m.net:
+            raise ValueError(f"service VIP {v} is outside the service CIDR")
+        if not isinstance(port, int) or not 1 <= port <= 65535:
+            raise ValueError(f"service port must be 1..65535, got {port!r}")
+        if proto not in PROTO:
+            raise ValueError(f"protocol must be TCP or UDP, got {proto!r}")
+        return svc_key(int(v), port, PROTO[proto])
+
+    def set(self, vip, int port, proto="TCP", backends=(), lb="random", affinity_timeout=0,
+            uint32_t maglev_size=16381):
+        """Add or replace one service port. backends: [(ip, port), ...]."""
+        cdef uint64_t key = self._key(vip, port, proto)
+        if lb not in ("random", "maglev"):
+            raise ValueError(f"load balancing must be random or maglev, got {lb!r}")
+        if lb == "maglev" and maglev_size not in MAGLEV_SIZES:
+            raise ValueError(f"Maglev table size must be one of {MAGLEV_SIZES}, got {maglev_size}")
+        if not 0 <= affinity_timeout <= 86400:
+            raise ValueError(f"affinity timeout must be 0..86400 seconds, got {affinity_timeout}")
+        bl = []
+        for b in backends:
+            try:
+                ip, bp = b
+                ipn = int(ipaddress.IPv4Address(str(ip)))
+            except (TypeError, ValueError):
+                raise ValueError(f"backend {b!r}: expected (IPv4 address, port)") from None
+            if not isinstance(bp, int) or not 1 <= bp <= 65535:
+                raise ValueError(f"backend {ip}: port must be 1..65535, got {bp!r}")
+            bl.append((ipn, bp))
+        bl = sorted(set(bl))
+        if len(bl) > MAX_BACKENDS:
+            raise ValueError(f"at most {MAX_BACKENDS} backends per service, got {len(bl)}")
+        cdef svc_t *s = svc_find(&self.m, key)
+        if s == NULL and self.m.count >= self.m.capacity:
+            raise OverflowError(f"service map full ({self.m.capacity} service ports)")
+        # Build everything first, then swap it in: a failure leaves the old service.
+        cdef backend_t *arr = <backend_t *>calloc(max(1, len(bl)), sizeof(backend_t))
+        cdef uint16_t *mg = NULL
+        if arr == NULL:
+            raise MemoryError()
+        for i, (ipn, bp) in enumerate(bl):
+            arr[i].ip = ipn
+            arr[i].port = bp
+        if lb == "maglev" and bl:
+            table = maglev_table([(str(ipaddress.IPv4Address(a)), p) for a, p in bl], maglev_size)
+            mg = <uint16_t *>calloc(maglev_size, sizeof(uint16_t))
+            if mg == NULL:
+                free(arr)
+                raise MemoryError()
+            for i, v in enumerate(table):
+                mg[i] = v
+        cdef uint64_t idx
+        if s == NULL:
+            idx = (key * 0x9E3779B97F4A7C15ULL) >> self.m.shift
+            while self.m.slots[idx].key != 0:
+                idx = (idx + 1) & self.m.mask
+            s = &self.m.slots[idx]
+            s.key = key
+            self.m.count += 1
+        else:
+            self._free_slot(s)
+        s.b = arr
+        s.nb = len(bl)
+        s.maglev = mg
+        s.msize = maglev_size if mg != NULL else 0
+        s.lb = LB_MAGLEV if lb == "maglev" else LB_RANDOM
+        s.affinity_ms = <uint32_t>(affinity_timeout * 1000)
+
+    def remove(self, vip, int port, proto="TCP"):
+        cdef uint64_t key = self._key(vip, port, proto)
+        cdef svc_t *s = svc_find(&self.m, key)
+        if s == NULL:
+            raise KeyError(f"no service {vip}:{port}/{proto}")
+        self._free_slot(s)
+        cdef uint64_t i = s - self.m.slots, j, home
+        s.key = 0
+        j = i
+        while True:                      # backward shift
+            j = (j + 1) & self.m.mask
+            if self.m.slots[j].key == 0:
+                break
+            home = (self.m.slots[j].key * 0x9E3779B97F4A7C15ULL) >> self.m.shift
+            if (j > i and (home <= i or home > j)) or (j < i and (home <= i and home > j)):
+                self.m.slots[i] = self.m.slots[j]
+                self.m.slots[j].key = 0
+                self.m.slots[j].b = NULL
+                self.m.slots[j].maglev = NULL
+                i = j
+        self.m.count -= 1
+
+    def get(self, vip, int port, proto="TCP"):
+        cdef svc_t *s = svc_find(&self.m, self._key(vip, port, proto))
+        if s == NULL:
+            return None
+        return self._describe(s)
+
+    cdef dict _describe(self, svc_t *s):
+        return {"vip": str(ipaddress.IPv4Address(s.key >> 32)), "port": (s.key >> 16) & 0xffff,
+                "protocol": PROTO_NAME.get((s.key >> 8) & 0xff), "lb": "maglev" if s.lb == LB_MAGLEV else "random",
+                "affinity_timeout": s.affinity_ms // 1000,
+                "backends": [(str(ipaddress.IPv4Address(s.b[i].ip)), s.b[i].port) for i in range(s.nb)]}
+
+    def list(self):
+        return sorted((self._describe(&self.m.slots[i]) for i in range(self.m.mask + 1) if self.m.slots[i].key),
+                      key=lambda d: (d["vip"], d["port"], d["protocol"]))
+
+    def __len__(self):
+        return self.m.count
+
+    def maglev_choice(self, vip, int port, proto, uint64_t flow):
+        """Which backend a flow hash maps to (for tests of Maglev's stability)."""
+        cdef svc_t *s = svc_find(&self.m, self._key(vip, port, proto))
+        if s == NULL or s.maglev == NULL:
+            raise KeyError("no Maglev service there")
+        j = s.maglev[mix64(flow) % s.msize]
+        return (str(ipaddress.IPv4Address(s.b[j].ip)), s.b[j].port)
+
+    def counters(self):
+        return {"service_ports": self.m.count, "capacity": self.m.capacity, "no_service": self.m.no_service,
+                "no_endpoints": self.m.no_endpoints, "affinity_hits": self.m.affinity_hits}
