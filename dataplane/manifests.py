@@ -53,7 +53,7 @@ class ManifestError(ValueError):
 
 @dataclass(frozen=True)
 class ServicePort:
-    name: str  # "" for the one port of a single-port service, as in Kubernetes
+    name: str  # "" when unnamed, which only the one port of a service may be
     port: int
     target_port: int | str  # a string names a port of the service's EndpointSlices
     protocol: str = "TCP"
@@ -86,7 +86,8 @@ class Service(_Object):
     session_affinity: str = "None"
     affinity_timeout: int = DEFAULT_AFFINITY_TIMEOUT
     load_balancing: str = "random"
-    origin: str = field(default="", compare=False, repr=False)  # "{source}: document {i} ({kind}/{name})"
+    # where it was read, "{source}: document {i} ({kind}/{name})", to begin error messages
+    origin: str = field(default="", compare=False, repr=False)
 
     def __post_init__(self):  # a read-only view keeps the frozen object frozen
         object.__setattr__(self, "selector", MappingProxyType(dict(self.selector)))
@@ -214,7 +215,8 @@ class _Checker(_Parser):
             return False
         for key in value:
             if key not in keys:
-                self.error(f"{path}.{key}" if path else str(key), "unknown field", "one of " + ", ".join(keys))
+                self.error(f"{path}.{key}" if path else str(key), "unknown field",
+                           "one of " + ", ".join(keys))
         return True
 
     def section(self, path, value, kind):
@@ -271,12 +273,14 @@ class _Checker(_Parser):
         ip = None if ip in ("", "None") else self.address("spec.clusterIP", ip, expected)
         selector = self.labels("spec.selector", _get(spec, "selector", {})) or {}
         ports = self.service_ports(spec.get("ports"))
-        affinity = self.choice("spec.sessionAffinity", _get(spec, "sessionAffinity", "None"), ("None", "ClientIP"))
+        affinity = self.choice("spec.sessionAffinity", _get(spec, "sessionAffinity", "None"),
+                               ("None", "ClientIP"))
         path = "spec.sessionAffinityConfig"
         config = self.section(path, _get(spec, "sessionAffinityConfig", {}), "sessionAffinityConfig")
         client = self.section(f"{path}.clientIP", _get(config, "clientIP", {}), "clientIP")
         timeout = self.integer(f"{path}.clientIP.timeoutSeconds",
-                               _get(client, "timeoutSeconds", DEFAULT_AFFINITY_TIMEOUT), 1, MAX_AFFINITY_TIMEOUT)
+                               _get(client, "timeoutSeconds", DEFAULT_AFFINITY_TIMEOUT),
+                               1, MAX_AFFINITY_TIMEOUT)
         balancing = self.choice(f"metadata.annotations[{LOAD_BALANCING!r}]",
                                 annotations.get(LOAD_BALANCING, "random"), ("random", "maglev"))
         if not self.errors:
@@ -324,7 +328,8 @@ class _Checker(_Parser):
                 self.name(f"{path}.name", port_name, LABEL_MAX)
             self.unique(names, port_name, f"{path}.name", f"port name {port_name!r}",
                         "port names unique within the slice")
-            ports.append(EndpointPort(port_name, self.port(f"{path}.port", m.get("port")), self.protocol(path, m)))
+            ports.append(EndpointPort(port_name, self.port(f"{path}.port", m.get("port")),
+                                      self.protocol(path, m)))
         endpoints = []
         for path, m in self.items("endpoints", _get(doc, "endpoints", []), "endpoints"):
             if not self.fields(path, m, "endpoint"):
@@ -400,7 +405,8 @@ class ServiceStore:
         if ip not in net:
             return [svc.error("spec.clusterIP", f"{ip} is outside the service CIDR {net}", expected)]
         if ip in (net.network_address, net.broadcast_address):
-            return [svc.error("spec.clusterIP", f"{ip} is the network or broadcast address of {net}", expected)]
+            return [svc.error("spec.clusterIP", f"{ip} is the network or broadcast address of {net}",
+                              expected)]
         if holders.get(ip, svc.ref) != svc.ref:
             return [svc.error("spec.clusterIP", f"{ip} is already used by {holders[ip]}", expected)]
         holders[ip] = svc.ref

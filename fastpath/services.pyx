@@ -97,16 +97,17 @@ cdef class Services:
             raise ValueError(f"protocol must be TCP or UDP, got {proto!r}")
         return svc_key(int(v), port, PROTO[proto])
 
-    def set(self, vip, int port, proto="TCP", backends=(), lb="random", affinity_timeout=0,
-            uint32_t maglev_size=16381):
-        """Add or replace one service port. backends: [(ip, port), ...]."""
-        cdef uint64_t key = self._key(vip, port, proto)
+    def check(self, vip, port, proto="TCP", backends=(), lb="random", affinity_timeout=0,
+              maglev_size=16381):
+        """Validate one service port without changing anything; returns the
+        normalised (key, sorted backends)."""
+        key = self._key(vip, port, proto)
         if lb not in ("random", "maglev"):
             raise ValueError(f"load balancing must be random or maglev, got {lb!r}")
         if lb == "maglev" and maglev_size not in MAGLEV_SIZES:
             raise ValueError(f"Maglev table size must be one of {MAGLEV_SIZES}, got {maglev_size}")
-        if not 0 <= affinity_timeout <= 86400:
-            raise ValueError(f"affinity timeout must be 0..86400 seconds, got {affinity_timeout}")
+        if not isinstance(affinity_timeout, int) or not 0 <= affinity_timeout <= 86400:
+            raise ValueError(f"affinity timeout must be 0..86400 seconds, got {affinity_timeout!r}")
         bl = []
         for b in backends:
             try:
@@ -120,6 +121,13 @@ cdef class Services:
         bl = sorted(set(bl))
         if len(bl) > MAX_BACKENDS:
             raise ValueError(f"at most {MAX_BACKENDS} backends per service, got {len(bl)}")
+        return key, bl
+
+    def set(self, vip, int port, proto="TCP", backends=(), lb="random", affinity_timeout=0,
+            uint32_t maglev_size=16381):
+        """Add or replace one service port. backends: [(ip, port), ...]."""
+        pykey, bl = self.check(vip, port, proto, backends, lb, affinity_timeout, maglev_size)
+        cdef uint64_t key = pykey
         cdef svc_t *s = svc_find(&self.m, key)
         if s == NULL and self.m.count >= self.m.capacity:
             raise OverflowError(f"service map full ({self.m.capacity} service ports)")
