@@ -33,7 +33,8 @@ class Agent:
         self.dp = Dataplane(nslots=int(cfg.get("burst", 256)),
                             slot_size=GSO_SLOT if self.vnet else PLAIN_SLOT,
                             fdb_capacity=int(cfg.get("fdb_capacity", 65536)),
-                            aging=float(cfg.get("aging", 300.0)))
+                            aging=float(cfg.get("aging", 300.0)),
+                            service_cidr=cfg.get("service_cidr", "10.96.0.0/12"))
         self.io = IOLoop(self.dp)
         self.taps = {}             # port -> Tap
         self.pods = {}             # port -> pod config
@@ -112,6 +113,12 @@ class Agent:
             return self.dp.fdb_dump()
         if op == "neighbors":
             return self.dp.gateway.neighbors()
+        if op == "services":
+            return self.dp.services.list()
+        if op == "services_apply":
+            return self.services_apply(args.get("upsert", []), args.get("delete", []))
+        if op == "conntrack":
+            return self.dp.conntrack_dump()
         if op == "routes":
             return self.dp.overlay.routes() if self.dp.overlay.enabled else []
         if op == "route_add":
@@ -119,7 +126,48 @@ class Agent:
         if op == "route_remove":
             return self.route_remove(args)
         raise ValueError("unknown operation; expected one of ping, status, counters, fdb, neighbors, "
-                         "routes, route_add, route_remove")
+                         "routes, route_add, route_remove, services, services_apply, conntrack")
+
+    def services_apply(self, upsert, delete):
+        """Add/replace and remove service ports, all or none: every entry is
+        checked before the first is applied. Connections to a backend that
+        left are ended: UDP ones deleted (kubernetes#19029), TCP ones marked so
+        their next packet is answered with a RST."""
+        svcs = self.dp.services
+        if not isinstance(upsert, list) or not isinstance(delete, list):
+            raise ValueError("upsert and delete must be lists")
+        for e in upsert:
+            if not isinstance(e, dict):
+                raise ValueError("each upsert entry must be an object")
+            svcs.check(e.get("vip"), e.get("port"), e.get("protocol", "TCP"),
+                       [tuple(b) if isinstance(b, list) else b for b in e.get("backends", [])],
+                       e.get("load_balancing", "random"), e.get("affinity_timeout", 0))
+        for d in delete:
+            if not isinstance(d, dict):
+                raise ValueError("each delete entry must be an object with vip, port, protocol")
+            svcs.check(d.get("vip"), d.get("port"), d.get("protocol", "TCP"))
+        flushed = [0, 0]
+        for e in upsert:
+            proto = e.get("protocol", "TCP")
+            old = svcs.get(e["vip"], e["port"], proto)
+            new = {tuple(b) for b in e.get("backends", [])}
+            svcs.set(e["vip"], e["port"], proto, [tuple(b) for b in e.get("backends", [])],
+                     e.get("load_balancing", "random"), e.get("affinity_timeout", 0))
+            for ip, port in (old or {}).get("backends", []):
+                if (ip, port) not in new:
+                    self._flush(e["vip"], e["port"], proto, ip, port, flushed)
+        for d in delete:
+            proto = d.get("protocol", "TCP")
+            if svcs.get(d["vip"], d["port"], proto) is not None:
+                svcs.remove(d["vip"], d["port"], proto)
+                self._flush(d["vip"], d["port"], proto, None, -1, flushed)
+        return {"service_ports": len(svcs), "conntrack_deleted": flushed[0], "conntrack_reset": flushed[1]}
+
+    def _flush(self, vip, port, proto, ip, bport, flushed):
+        d, m = self.dp.conntrack.flush(vip=vip, vport=port, proto=6 if proto == "TCP" else 17,
+                                       backend=ip, bport=bport, mark_tcp_dead=True)
+        flushed[0] += d
+        flushed[1] += m
 
     def _route_list(self):
         return [{"cidr": r["cidr"], "vtep": r["vtep"], "inner_mac": r["inner_mac"], "vni": r["vni"],

@@ -91,6 +91,39 @@ def cmd_node(args):
     return 0
 
 
+def cmd_apply(args, delete=False):
+    from dataplane import cluster
+    result, changed, removed = cluster.apply_file(args.file, delete=delete)
+    lines = result if delete else [ln for v in result.values() for ln in v]
+    for ln in lines:
+        print(ln)
+    print(f"({changed} service ports loaded, {removed} removed on every agent)", file=sys.stderr)
+    return 0
+
+
+def cmd_delete(args):
+    return cmd_apply(args, delete=True)
+
+
+def cmd_services(args):
+    from dataplane import cluster
+    rows = [dict(e, backends=" ".join(f"{ip}:{p}" for ip, p in e["backends"]) or "<none>",
+                 port=f"{e['port']}/{e['protocol']}") for e in cluster.services()]
+    if args.output == "json":
+        print(json.dumps(cluster.services(), indent=2))
+        return 0
+    print(render(rows, [("service", "key"), ("cluster ip", "vip"), ("port", "port"),
+                        ("lb", "load_balancing"), ("affinity s", "affinity_timeout"), ("backends", "backends")]))
+    return 0
+
+
+def cmd_conntrack(args):
+    _out(args, _agent_request(args.node, "conntrack"),
+         [("proto", "proto"), ("state", "state"), ("client", "client"), ("service", "service"),
+          ("backend", "backend"), ("snat", "snat"), ("packets", "packets"), ("expires s", "expires_in")])
+    return 0
+
+
 def cmd_agent(args):
     from dataplane import agent
     return agent.main(args.config)
@@ -130,6 +163,13 @@ def build_parser():
     s.add_argument("node")
     s = add("stats", cmd_stats, "a node's per-port and per-drop-reason counters", output=True)
     s.add_argument("node")
+    s = add("apply", cmd_apply, "apply Service / EndpointSlice manifests (multi-document YAML)")
+    s.add_argument("-f", "--file", required=True)
+    s = add("delete", cmd_delete, "delete the Services / EndpointSlices named in a file")
+    s.add_argument("-f", "--file", required=True)
+    add("services", cmd_services, "service ports, cluster IPs and backends", output=True)
+    s = add("conntrack", cmd_conntrack, "a node's connection tracking table", output=True)
+    s.add_argument("node")
     s = add("routes", cmd_routes, "a node's overlay routes (flannel-style: pod CIDR -> VTEP)", output=True)
     s.add_argument("node")
     s = add("node", cmd_node, "register/remove an external node (e.g. Linux's own vxlan) with every agent")
@@ -157,10 +197,11 @@ def main(argv=None):
         return 2
     from dataplane.cluster import ClusterError
     from dataplane.control import ControlError
+    from dataplane.manifests import ManifestError
     from dataplane.spec import SpecError
     try:
         return args.func(args)
-    except (ClusterError, ControlError, SpecError) as e:
+    except (ClusterError, ControlError, SpecError, ManifestError) as e:
         print(f"podnet {args.cmd}: {e}", file=sys.stderr)
         return 1
     except BrokenPipeError:                   # `podnet status | head`

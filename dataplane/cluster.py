@@ -113,6 +113,7 @@ def up(spec_path=None, vnet=True, progress=print):
                            f"remove them (`ip netns del NAME`) or pick another cluster name")
     plan = Ipam(state_dir() / "ipam.json").plan(spec)
     state = {"cluster": spec.name, "source": spec.source, "spec": spec.to_dict(),
+             "pod_labels": {p.name: dict(p.labels) for p in spec.pods},
              "plan": plan.to_dict(), "namespaces": names, "nodes": {}, "vnet": vnet,
              "fabric": {"namespace": fabric_ns(spec.name), "bridge": FABRIC_BRIDGE,
                         "subnet": str(spec.fabric_cidr), "mtu": spec.mtu},
@@ -131,6 +132,9 @@ def up(spec_path=None, vnet=True, progress=print):
             _wait_ready(state["nodes"][node.name], procs[node.name])
             progress(f"node {node.name}: agent pid {state['nodes'][node.name]['pid']} ready, "
                      f"{len(spec.pods_on(node.name))} pods")
+        if spec.services:
+            _apply_objects(state, _spec_services(spec, plan), delete=False)
+            progress(f"loaded {len(spec.services)} services from the spec")
     except BaseException:
         down(quiet=True)
         raise
@@ -169,6 +173,7 @@ def _start_agent(spec, plan, node, state, vnet):
                    "fabric_netns": fabric_ns(spec.name), "bridge": FABRIC_BRIDGE,
                    "ifname": f"up{np.index}", "mtu": spec.mtu, "vni": spec.vni, "port": spec.vxlan_port},
         "routes": _routes_for(spec, plan, node),
+        "service_cidr": str(spec.service_cidr),
     }
     cfg_path = rd / f"{node}.json"
     cfg_path.write_text(json.dumps(cfg, indent=2))
@@ -363,3 +368,78 @@ def node_remove(name):
                 raise ClusterError(f"node remove {name}: {e}") from None
     del state["external"][name]
     _save_state(state)
+
+
+# ---- services ---------------------------------------------------------------
+
+def _spec_services(spec, plan):
+    """The spec's services as Kubernetes Service manifests (endpoints by selector)."""
+    from dataplane.manifests import parse_manifests
+    docs = [{"apiVersion": "v1", "kind": "Service",
+             "metadata": {"name": s.name, "namespace": "default"},
+             "spec": {"clusterIP": str(plan.services[s.name]), "selector": dict(s.selector),
+                      "sessionAffinity": s.session_affinity,
+                      **({"sessionAffinityConfig": {"clientIP": {"timeoutSeconds": s.affinity_timeout}}}
+                         if s.session_affinity == "ClientIP" else {}),
+                      "ports": [{**({"name": p.name} if p.name else {}), "port": p.port,
+                                 "targetPort": p.target_port, "protocol": p.protocol} for p in s.ports]}}
+            for s in spec.services]
+    return parse_manifests(json.dumps({"apiVersion": "v1", "kind": "List", "items": docs}), spec.source)
+
+
+def _store(state):
+    from dataplane.manifests import ServiceStore
+    pods = {name: (p["ip"], state["pod_labels"].get(name, {})) for name, p in state["plan"]["pods"].items()}
+    store = ServiceStore(pods=pods, service_cidr=state["spec"]["cluster"]["serviceCIDR"])
+    if state.get("service_store"):
+        store.restore(state["service_store"])
+    return store
+
+
+def _fp_key(e):
+    return (e["vip"], e["port"], e["protocol"])
+
+
+def _apply_objects(state, objects, delete):
+    """Apply (or delete) manifest objects: validate in the store, diff what the
+    fast path holds, push the change to every agent (all or none), save."""
+    store = _store(state)
+    before = {_fp_key(e): e for e in state.get("service_entries", [])}
+    result = store.delete(objects) if delete else store.apply(objects)
+    after = {_fp_key(e): e for e in store.resolve()}
+    upsert = [e for k, e in after.items() if before.get(k) != e]
+    gone = [{"vip": k[0], "port": k[1], "protocol": k[2]} for k in before if k not in after]
+    undo_upsert = [before[k] for k in list(before) if k in after and before[k] != after[k]] + \
+                  [before[k] for k in before if k not in after]
+    undo_delete = [{"vip": k[0], "port": k[1], "protocol": k[2]} for k in after if k not in before]
+    done = []
+    if upsert or gone:
+        try:
+            for node, sock in _agents(state).items():
+                request(sock, "services_apply", timeout=60.0, upsert=upsert, delete=gone)
+                done.append(sock)
+        except ControlError as e:
+            for sock in done:
+                try:
+                    request(sock, "services_apply", timeout=60.0, upsert=undo_upsert, delete=undo_delete)
+                except ControlError:
+                    pass
+            raise ClusterError(f"services not changed: {e}") from None
+    state["service_store"] = store.snapshot()
+    state["service_entries"] = list(after.values())
+    _save_state(state)
+    return result, len(upsert), len(gone)
+
+
+def apply_file(path, delete=False):
+    from dataplane.manifests import load_manifests
+    state = require_state()
+    objects = load_manifests(path)
+    if not objects:
+        raise ClusterError(f"{path}: no objects")
+    return _apply_objects(state, objects, delete)
+
+
+def services():
+    state = require_state()
+    return state.get("service_entries", [])
