@@ -34,14 +34,16 @@ def main(raw=RESULTS / "raw-pytest-benchmark.json"):
             continue
         st = b["stats"]
         # pedantic(): stats are per call; a call runs `iters` bursts (default 1).
-        per_call = st["median"]
+        per_call = info.get("inner_median_s", st["median"])     # a loop's own timing when set-up is excluded
         frames = info["burst"] * info.get("iters", 1)
         row = {
             "impl": info["impl"], "burst": info["burst"], "frame_bytes": info.get("frame_bytes"),
             "ns_per_call": per_call * 1e9 / info.get("iters", 1), "ns_per_packet": per_call * 1e9 / frames,
-            "mpps": frames / per_call / 1e6, "mpps_best": frames / st["min"] / 1e6,
+            "mpps": frames / per_call / 1e6, "mpps_best": frames / info.get("inner_min_s", st["min"]) / 1e6,
             "rounds": st["rounds"],
         }
+        if "services" in info:
+            row["services"] = info["services"]
         if "restore_s" in info:      # header restore between bursts, timed alone in the same run
             row["mpps_net_of_restore"] = frames / (per_call - info["restore_s"]) / 1e6
         stages.setdefault(info["stage"], []).append(row)
@@ -57,7 +59,8 @@ def main(raw=RESULTS / "raw-pytest-benchmark.json"):
         for r in rows:
             ratio = "".join(f"  {k[6:]}: {v:,.0f}x" for k, v in r.items() if k.startswith("ratio_vs_"))
             net = f", {r['mpps_net_of_restore']:.2f} net of restore" if "mpps_net_of_restore" in r else ""
-            print(f"  {r['impl']:9s} burst {r['burst']:4d} {r['frame_bytes']:5d} B: {r['mpps']:8.2f} Mpps "
+            svc = f" {r['services']:6d} svc" if "services" in r else ""
+            print(f"  {r['impl']:9s} burst {r['burst']:4d} {r['frame_bytes']:5d} B{svc}: {r['mpps']:8.2f} Mpps "
                   f"({r['ns_per_call']:9.1f} ns/burst{net}){ratio}")
 
 
@@ -69,7 +72,8 @@ def plot(stage, rows):
     except ImportError:
         print("matplotlib missing: no plot", file=sys.stderr)
         return
-    labels = [f"{r['impl']}\nburst {r['burst']}\n{r['frame_bytes']} B" for r in rows]
+    labels = [f"{r['services']} services" if "services" in r else f"{r['impl']}\nburst {r['burst']}\n{r['frame_bytes']} B"
+              for r in rows]
     vals = [r["mpps"] for r in rows]
     fig, ax = plt.subplots(figsize=(7, 3.5))
     bars = ax.bar(labels, vals, color=["#3b7dd8" if r["impl"] == "fastpath" else "#999" for r in rows])
