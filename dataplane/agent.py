@@ -149,12 +149,11 @@ class Agent:
         flushed = [0, 0]
         for e in upsert:
             proto = e.get("protocol", "TCP")
-            old = svcs.get(e["vip"], e["port"], proto)
-            new = {tuple(b) for b in e.get("backends", [])}
-            svcs.set(e["vip"], e["port"], proto, [tuple(b) for b in e.get("backends", [])],
-                     e.get("load_balancing", "random"), e.get("affinity_timeout", 0))
-            for ip, port in (old or {}).get("backends", []):
-                if (ip, port) not in new:
+            old = svcs.get(e["vip"], e["port"], proto) if len(svcs) else None
+            new = [tuple(b) for b in e.get("backends", [])]
+            svcs.set(e["vip"], e["port"], proto, new, e.get("load_balancing", "random"), e.get("affinity_timeout", 0))
+            if old:
+                for ip, port in set(old["backends"]) - set(new):
                     self._flush(e["vip"], e["port"], proto, ip, port, flushed)
         for d in delete:
             proto = d.get("protocol", "TCP")

@@ -5,7 +5,7 @@ import json
 import os
 import socket
 
-MAX_REQUEST = 1 << 20          # bytes; a longer line is refused, not buffered forever
+MAX_REQUEST = 64 << 20         # bytes (10k services x 10 endpoints is ~3 MB); longer is refused
 
 
 class ControlError(RuntimeError):

@@ -2,6 +2,7 @@
 time (validated first, swapped in whole), Maglev tables, listing, counters."""
 import hashlib
 import ipaddress
+import socket
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
@@ -112,8 +113,8 @@ cdef class Services:
         for b in backends:
             try:
                 ip, bp = b
-                ipn = int(ipaddress.IPv4Address(str(ip)))
-            except (TypeError, ValueError):
+                ipn = int.from_bytes(socket.inet_pton(socket.AF_INET, ip), "big")   # strict dotted quad, fast
+            except (TypeError, ValueError, OSError):
                 raise ValueError(f"backend {b!r}: expected (IPv4 address, port)") from None
             if not isinstance(bp, int) or not 1 <= bp <= 65535:
                 raise ValueError(f"backend {ip}: port must be 1..65535, got {bp!r}")

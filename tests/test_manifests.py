@@ -327,9 +327,10 @@ def test_invalid_manifests(text, path, phrase):
 
 
 def test_malformed_yaml_names_line_and_column():
-    assert errors_of(SVC + "---\n" + SVC.replace("spec:", "spec: [")) == [
-        "bad.yaml: document 2 (?/?): line 12, column 1: while parsing a flow sequence, expected ',' or ']', "
-        "but got '<stream end>'; expected valid YAML"]
+    [err] = errors_of(SVC + "---\n" + SVC.replace("spec:", "spec: ["))
+    # libyaml and the pure-Python loader word the rest differently
+    assert err.startswith("bad.yaml: document 2 (?/?): line 12, column 1: while parsing a flow sequence")
+    assert err.endswith("; expected valid YAML")
     assert errors_of("a: b: c\n") == [
         "bad.yaml: document 1 (?/?): line 1, column 5: mapping values are not allowed here; expected valid YAML"]
 

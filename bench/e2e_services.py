@@ -1,0 +1,159 @@
+"""Services end to end, needs root:
+
+  control  applying 10,000 services x 10 endpoints to a running agent (target
+           < 1 s) and one service update (target < 10 ms), through the control
+           socket; and the same 10k through `podnet apply -f` (manifest parse,
+           store, diff, push)
+  data     iperf3 TCP pod -> ClusterIP through podnet, beside the kernel's
+           iptables DNAT on the same path (client netns -> router netns with a
+           PREROUTING DNAT rule -> server netns), in the same run
+
+Writes bench/results/services_e2e.json.
+
+    python bench/e2e_services.py [--seconds 5]
+"""
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+from e2e_pods import iperf, ns_exec, sh  # noqa: E402
+
+RESULTS = HERE / "results"
+SPEC = """cluster: {name: pnbs, podCIDR: 10.242.0.0/16, serviceCIDR: 10.93.0.0/16, fabricCIDR: 172.30.254.0/24}
+nodes: [{name: n1}]
+pods: [{name: client, node: n1}, {name: server, node: n1, labels: {app: perf}}]
+services: [{name: perf, selector: {app: perf}, ports: [{port: 5201, targetPort: 5201}]}]
+"""
+
+
+def entries(n, per):
+    return [{"vip": f"10.93.{1 + k // 250}.{k % 250 + 1}", "port": 80, "protocol": "TCP",
+             "backends": [[f"10.242.0.{2 + (k + j) % 200}", 8080] for j in range(per)],
+             "affinity_timeout": 0, "load_balancing": "random"} for k in range(n)]
+
+
+def manifest(n, per):
+    items = []
+    for k in range(n):
+        items.append({"apiVersion": "v1", "kind": "Service", "metadata": {"name": f"s{k}"},
+                      "spec": {"clusterIP": f"10.93.{101 + k // 250}.{k % 250 + 1}",
+                               "ports": [{"port": 80, "targetPort": 8080}]}})
+        items.append({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                      "metadata": {"name": f"s{k}-1", "labels": {"kubernetes.io/service-name": f"s{k}"}},
+                      "addressType": "IPv4",
+                      "endpoints": [{"addresses": [f"10.242.0.{2 + (k + j) % 200}"]} for j in range(per)]})
+    return {"apiVersion": "v1", "kind": "List", "items": items}
+
+
+def control(state, tmp):
+    from dataplane.control import request
+    sock = state["nodes"]["n1"]["socket"]
+    big = entries(10000, 10)
+    t = time.perf_counter()
+    r = request(sock, "services_apply", timeout=120, upsert=big)
+    t_bulk = time.perf_counter() - t
+    assert r["service_ports"] >= 10000
+    one = []
+    for i in range(30):
+        e = dict(big[i], backends=big[i]["backends"][:9] if i % 2 else big[i]["backends"])
+        t = time.perf_counter()
+        request(sock, "services_apply", upsert=[e])
+        one.append(time.perf_counter() - t)
+    path = Path(tmp) / "10k.json"
+    path.write_text(json.dumps(manifest(10000, 10)))
+    t = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "dataplane", "apply", "-f", str(path)],
+                       capture_output=True, text=True, timeout=600, env=os.environ)
+    t_cli = time.perf_counter() - t
+    assert r.returncode == 0, r.stderr
+    return {"apply_10k_x10_socket_s": t_bulk, "one_update_ms_median": statistics.median(one) * 1e3,
+            "one_update_ms_max": max(one) * 1e3, "podnet_apply_10k_x10_manifest_s": t_cli}
+
+
+class KernelDNAT:
+    """client -- router (iptables DNAT VIP:5201 -> server:5201) -- server."""
+    label = "kernel: veth + iptables DNAT in a router namespace"
+    ns = {"c": "pnbench-ipt-c", "r": "pnbench-ipt-r", "s": "pnbench-ipt-s"}
+
+    def __enter__(self):
+        for n in self.ns.values():
+            sh("ip", "netns", "add", n)
+        try:
+            r = self.ns["r"]
+            for side, net in (("c", "10.241.1"), ("s", "10.241.2")):
+                sh(*ns_exec(r, "ip", "link", "add", f"to{side}", "mtu", "1450", "type", "veth", "peer", "name",
+                            "eth0", "netns", self.ns[side]))
+                sh(*ns_exec(r, "ip", "addr", "add", f"{net}.1/24", "dev", f"to{side}"))
+                sh(*ns_exec(r, "ip", "link", "set", f"to{side}", "up"))
+                sh(*ns_exec(self.ns[side], "ip", "addr", "add", f"{net}.2/24", "dev", "eth0"))
+                sh(*ns_exec(self.ns[side], "ip", "link", "set", "eth0", "mtu", "1450", "up"))
+                sh(*ns_exec(self.ns[side], "ip", "link", "set", "lo", "up"))
+                sh(*ns_exec(self.ns[side], "ip", "route", "add", "default", "via", f"{net}.1"))
+            sh(*ns_exec(r, "sysctl", "-qw", "net.ipv4.ip_forward=1"))
+            sh(*ns_exec(r, "iptables", "-t", "nat", "-A", "PREROUTING", "-d", "10.93.250.1", "-p", "tcp",
+                        "--dport", "5201", "-j", "DNAT", "--to-destination", "10.241.2.2:5201"))
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def target(self):
+        return self.ns["c"], self.ns["s"], "10.93.250.1"
+
+    def __exit__(self, *exc):
+        for n in self.ns.values():
+            sh("ip", "netns", "del", n, check=False)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=int, default=5)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("needs root (network namespaces)")
+    from dataplane import cluster
+    from report import machine
+    doc = {"bench": "services_e2e", "machine": machine(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    tmp = tempfile.mkdtemp(prefix="pnbench-")
+    os.environ["PODNET_RUN_DIR"] = f"{tmp}/run"
+    os.environ["PODNET_STATE_DIR"] = f"{tmp}/state"
+    spec = Path(tmp) / "spec.yaml"
+    spec.write_text(SPEC)
+    try:
+        state = cluster.up(str(spec), progress=lambda *_: None)
+        try:
+            vip = state["plan"]["services"]["perf"]
+            print("podnet pod -> ClusterIP ...", file=sys.stderr)
+            doc["podnet"] = {"tcp1": iperf("pnbs-pod-client", "pnbs-pod-server", vip, args.seconds, port=5201),
+                             "tcp4": iperf("pnbs-pod-client", "pnbs-pod-server", vip, args.seconds, streams=4, port=5201)}
+            print("control plane ...", file=sys.stderr)
+            doc["control"] = control(state, tmp)
+        finally:
+            cluster.down(quiet=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if shutil.which("iptables"):
+        print("kernel iptables DNAT ...", file=sys.stderr)
+        with KernelDNAT() as k:
+            c, s, vip = k.target()
+            doc["kernel_iptables"] = {"label": k.label, "tcp1": iperf(c, s, vip, args.seconds, port=5201),
+                                      "tcp4": iperf(c, s, vip, args.seconds, streams=4, port=5201)}
+        doc["ratios"] = {f"podnet_vs_iptables_{t}": doc["podnet"][t]["gbps"] / doc["kernel_iptables"][t]["gbps"]
+                         for t in ("tcp1", "tcp4")}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "services_e2e.json").write_text(json.dumps(doc, indent=2) + "\n")
+    print(json.dumps(doc, indent=2))
+
+
+if __name__ == "__main__":
+    main()
