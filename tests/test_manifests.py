@@ -331,8 +331,8 @@ def test_malformed_yaml_names_line_and_column():
     # libyaml and the pure-Python loader word the rest differently
     assert err.startswith("bad.yaml: document 2 (?/?): line 12, column 1: while parsing a flow sequence")
     assert err.endswith("; expected valid YAML")
-    assert errors_of("a: b: c\n") == [
-        "bad.yaml: document 1 (?/?): line 1, column 5: mapping values are not allowed here; expected valid YAML"]
+    [err] = errors_of("a: b: c\n")
+    assert err.startswith("bad.yaml: document 1 (?/?): line 1, column 5: mapping values are not allowed")
 
 
 def test_every_error_of_a_file_is_reported_with_its_document():
