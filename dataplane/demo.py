@@ -55,6 +55,50 @@ def tcp(state, src, dst, dst_ip, nbytes=8 << 20):
         srv.wait()
 
 
+WHOAMI = """
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[2]))); s.listen(64); s.settimeout(30)
+print("listening", flush=True)
+while True:
+    c, _ = s.accept(); c.sendall(sys.argv[1].encode()); c.close()
+"""
+
+SPREAD = """
+import collections, json, socket, sys
+seen = collections.Counter()
+for _ in range(int(sys.argv[3])):
+    try:
+        c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
+        seen[c.recv(64).decode() + " via " + c.getpeername()[0]] += 1; c.close()
+    except OSError as e:
+        seen[type(e).__name__] += 1
+print(json.dumps(seen))
+"""
+
+
+def clusterip(state, client, entry, n=30):
+    """Connections from client to a ClusterIP: which backends answered, and from which address."""
+    import json
+    servers = []
+    try:
+        for ip, port in entry["backends"]:
+            pod = next(p for p, v in state["plan"]["pods"].items() if v["ip"] == ip)
+            srv = subprocess.Popen(["ip", "netns", "exec", _ns(state, pod), sys.executable, "-c", WHOAMI,
+                                    f"{pod}", str(port)], stdout=subprocess.PIPE, text=True)
+            servers.append(srv)
+            srv.stdout.readline()
+        r = subprocess.run(["ip", "netns", "exec", _ns(state, client), sys.executable, "-c", SPREAD,
+                            entry["vip"], str(entry["port"]), str(n)], capture_output=True, text=True, timeout=60)
+        seen = json.loads(r.stdout or "{}")
+    finally:
+        for srv in servers:
+            srv.kill()
+            srv.wait()
+    ok = len(seen) == len(entry["backends"]) and all(k.endswith(entry["vip"]) for k in seen)
+    return ok, f"{n} connections: " + ", ".join(f"{k} x{v}" for k, v in sorted(seen.items()))
+
+
 def main(out=print):
     state = cluster.load_state()
     if state is None:
@@ -78,8 +122,11 @@ def main(out=print):
     out(render(request(state["nodes"][first]["socket"], "routes"),
                [("node", "name"), ("pod cidr", "cidr"), ("vtep", "vtep"), ("vtep state", "vtep_state"),
                 ("inner mac", "inner_mac")]))
-    out("\n== services (from the spec; wired into the fast path by a later issue) ==")
-    out(render(st["services"], [("service", "name"), ("cluster ip", "clusterIP")]))
+    out("\n== services (kube-proxy's job, in the fast path) ==")
+    entries = cluster.services()
+    out(render([dict(e, port=f"{e['port']}/{e['protocol']}",
+                     backends=" ".join(f"{ip}:{p}" for ip, p in e["backends"]) or "<none>") for e in entries],
+               [("service", "key"), ("cluster ip", "vip"), ("port", "port"), ("backends", "backends")]))
 
     pods = state["plan"]["pods"]
     by_node = {}
@@ -99,9 +146,14 @@ def main(out=print):
         a, b = by_node[nodes[0]][-1], by_node[nodes[1]][0]
         results.append((f"{a} -> {b} ping (across nodes, VXLAN)", *ping(state, a, pods[b]["ip"])))
         results.append((f"{a} -> {b} TCP (across nodes, VXLAN)", *tcp(state, a, b, pods[b]["ip"])))
+    backend_ips = {ip for e in entries for ip, _ in e["backends"]}
+    client = next((p for p, v in pods.items() if v["ip"] not in backend_ips), None)
+    for e in entries:
+        if e["protocol"] == "TCP" and e["backends"] and client:
+            results.append((f"{client} -> {e['key']} ClusterIP {e['vip']}:{e['port']}", *clusterip(state, client, e)))
     for what, ok, detail in results:
         mark = "PASS" if ok else ("----" if ok is None else "FAIL")
-        out(f"  [{mark}] {what:44s} {detail}")
+        out(f"  [{mark}] {what:52s} {detail}")
 
     out("\n== fast-path counters ==")
     rows = []
@@ -113,6 +165,7 @@ def main(out=print):
                      "fdb": c["fdb"]["entries"], "arp replies": c["gateway"]["arp_replies"],
                      "icmp replies": c["gateway"]["icmp_replies"], "routed": c["gateway"]["routed"],
                      "encap": c["overlay"]["encapsulated"], "decap": c["overlay"]["decapsulated"],
+                     "conns": c["conntrack"]["inserts"],
                      "drops": sum(c["drops"].values()), "frames/burst": round(c["io"]["frames_per_burst"], 1)})
     cols = list(rows[0]) if rows else []
     out(render(rows, [(c, c) for c in cols]))
@@ -123,6 +176,9 @@ def main(out=print):
                (f"podnet fdb {n0}", "what the bridge learned"),
                (f"podnet stats {n0}", "per-port and per-drop-reason counters"),
                (f"podnet routes {n0}", "the overlay routes to other nodes"),
+               ("podnet services", "ClusterIPs and their backends"),
+               (f"podnet conntrack {n0}", "connections through ClusterIPs"),
+               ("podnet apply -f my-service.yaml", "Service / EndpointSlice manifests, live"),
                ("podnet down", "remove every namespace, TAP, socket and agent")]
     out("\n== explore (podnet is .venv/bin/podnet) ==")
     for cmd, why in explore:
