@@ -8,6 +8,7 @@ spec.py (whose checkers this reuses), a key given as null counts as absent.
 """
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network
@@ -161,6 +162,12 @@ def load_manifests(path):
 def parse_manifests(text, source="<manifest>"):
     """The Services and EndpointSlices of a multi-document YAML text, in order."""
     docs = []
+    if text.lstrip()[:1] == "{":
+        # JSON (kubectl -o json) is YAML too, but json parses it ~50x faster
+        try:
+            return _parse_documents([json.loads(text)], source)
+        except ValueError:
+            pass                                   # not JSON after all: YAML reports the error
     try:
         # libyaml's loader when present: the pure-Python one takes seconds on 10k objects
         docs.extend(yaml.load_all(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)))
