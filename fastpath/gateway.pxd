@@ -42,6 +42,23 @@ ctypedef struct gw_t:
     uint64_t routed
     uint64_t icmp_errors_sent   # time exceeded, fragmentation needed
 
+cdef inline void icmp_echo_reply(pkt_t *pk, const uint8_t *mac, uint32_t addr) noexcept nogil:
+    """Turn an ICMP echo request into its reply in place, from (mac, addr).
+    Swapping the addresses leaves the IP sum as is; TTL and type are patched
+    incrementally (RFC 1624)."""
+    cdef uint8_t *ip = pk.data + pk.m.l3_off
+    cdef uint8_t *icmp = pk.data + pk.m.l4_off
+    cdef uint16_t old
+    memcpy(pk.data, pk.data + 6, 6)
+    memcpy(pk.data + 6, mac, 6)
+    put32(ip + 16, get32(ip + 12))
+    put32(ip + 12, addr)
+    old = get16(ip + 8)
+    ip[8] = 64
+    csum_update16(ip + 10, old, get16(ip + 8))
+    icmp[0] = 0
+    csum_update16(icmp + 2, 0x0800, 0x0000)
+
 cdef inline bint gw_is_dst(const gw_t *g, const uint8_t *frame) noexcept nogil:
     return (load_be64(frame) & 0xFFFFFFFFFFFF0000ULL) == g.mac_key
 
@@ -143,15 +160,7 @@ cdef inline int gw_ip4(gw_t *g, pkt_t *pk) noexcept nogil:
         if (ip[9] != 1 or not (pk.m.flags & F_L4) or (pk.m.flags & F_FRAG)
                 or icmp[0] != 8 or icmp[1] != 0):
             return -DROP_GW_UNSUPPORTED
-        memcpy(pk.data, pk.data + 6, 6)  # echo reply, in place
-        memcpy(pk.data + 6, g.mac, 6)
-        put32(ip + 16, get32(ip + 12))
-        put32(ip + 12, g.ip)             # swapping addresses leaves the sum as is
-        old = get16(ip + 8)
-        ip[8] = 64
-        csum_update16(ip + 10, old, get16(ip + 8))
-        icmp[0] = 0
-        csum_update16(icmp + 2, 0x0800, 0x0000)
+        icmp_echo_reply(pk, g.mac, g.ip)
         g.icmp_replies += 1
         return GW_REPLY
     if ip[8] <= 1:

@@ -9,6 +9,7 @@ from fastpath.defs cimport *
 from fastpath.checksum cimport *
 from fastpath.vnet cimport *
 from fastpath.fdb cimport load_be64
+from fastpath.gateway cimport icmp_echo_reply
 
 cdef enum:
     MAX_ROUTES = 256
@@ -205,7 +206,6 @@ cdef inline int ov_uplink(overlay_t *ov, pkt_t *pk, uint32_t up_vnet, uint32_t p
     cdef uint8_t *u
     cdef uint8_t *icmp
     cdef uint32_t spa, start, end
-    cdef uint16_t old
     cdef vnet_t h
     if pk.m.flags & F_ARP:
         a = p + pk.m.l3_off
@@ -234,15 +234,7 @@ cdef inline int ov_uplink(overlay_t *ov, pkt_t *pk, uint32_t up_vnet, uint32_t p
         icmp = p + pk.m.l4_off
         if icmp[0] != 8 or icmp[1] != 0:
             return -DROP_UPLINK_UNSUPPORTED
-        memcpy(p, p + 6, 6)
-        memcpy(p + 6, ov.mac, 6)
-        put32(ip + 16, get32(ip + 12))
-        put32(ip + 12, ov.ip)
-        old = get16(ip + 8)
-        ip[8] = 64
-        csum_update16(ip + 10, old, get16(ip + 8))
-        icmp[0] = 0
-        csum_update16(icmp + 2, 0x0800, 0x0000)
+        icmp_echo_reply(pk, ov.mac, ov.ip)
         ov.icmp_replies += 1
         return OV_REPLY
     if ip[9] != 17:

@@ -62,3 +62,12 @@ def spawn_in_pod(state, pod, code, *args):
 def agent(state, node, op):
     from dataplane.control import request
     return request(state["nodes"][node]["socket"], op)
+
+
+def podnet(*args, check=True):
+    """Run the CLI as a user would (in this test's PODNET_RUN_DIR)."""
+    r = subprocess.run([sys.executable, "-m", "dataplane", *args], capture_output=True, text=True,
+                       timeout=60, env=os.environ)
+    if check:
+        assert r.returncode == 0, r.stderr
+    return r

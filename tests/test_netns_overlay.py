@@ -3,7 +3,6 @@ of Linux's own vxlan device on one fabric bridge. Ping, TCP and UDP across
 nodes, interop with the kernel node both ways, a fabric capture that
 dissects as VXLAN, and live route changes (node add/remove)."""
 import json
-import os
 import subprocess
 import sys
 import time
@@ -11,7 +10,7 @@ import time
 import pytest
 
 from kernel_node import KernelNode
-from netns_helpers import agent, in_pod, py_in_pod, running_cluster, spawn_in_pod
+from netns_helpers import agent, in_pod, podnet, py_in_pod, running_cluster, spawn_in_pod
 from test_netns_node import TCP_CLIENT, TCP_SERVER, UDP_CLIENT, UDP_SERVER
 
 SPEC = """
@@ -34,12 +33,6 @@ def ov(tmp_path_factory):
             yield st, k
 
 
-def podnet(*args, check=True):
-    r = subprocess.run([sys.executable, "-m", "dataplane", *args], capture_output=True, text=True,
-                       timeout=30, env=os.environ)
-    if check:
-        assert r.returncode == 0, r.stderr
-    return r
 
 
 def ip_of(st, pod):

@@ -4,15 +4,13 @@ spreads over backends on both nodes and hears back from the ClusterIP;
 session affinity pins a backend; endpoints change live; UDP keeps flowing
 when its backend is replaced; hairpin; a service without endpoints rejects."""
 import json
-import os
-import subprocess
 import sys
 import textwrap
 import time
 
 import pytest
 
-from netns_helpers import agent, py_in_pod, running_cluster, spawn_in_pod
+from netns_helpers import agent, podnet, py_in_pod, running_cluster, spawn_in_pod
 
 SPEC = """
 cluster: {name: pnsvc, podCIDR: 10.243.0.0/16, serviceCIDR: 10.94.0.0/16, fabricCIDR: 172.30.241.0/24}
@@ -101,12 +99,6 @@ def tcp_calls(st, pod, name, n):
     return json.loads(py_in_pod(st, pod, TCP_CLIENT, vip(st, name), 80, n, timeout=60).stdout)
 
 
-def podnet(*args, check=True):
-    r = subprocess.run([sys.executable, "-m", "dataplane", *args], capture_output=True, text=True,
-                       timeout=60, env=os.environ)
-    if check:
-        assert r.returncode == 0, r.stderr
-    return r
 
 
 def slice_manifest(tmp, name, service, addresses, ports=(("http", 8080, "TCP"), ("dns", 5353, "UDP"))):
