@@ -25,6 +25,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 from e2e_pods import iperf  # noqa: E402
 from kernel_node import Fabric, KernelNode  # noqa: E402
+from podnet_cluster import PodnetCluster  # noqa: E402
 
 FABRIC_MTU = 1500
 
@@ -78,43 +79,25 @@ class KernelOverlay:
         return False
 
 
-class PodnetOverlay:
+class PodnetOverlay(PodnetCluster):
     """Two podnet nodes (one pod each) on podnet's own fabric: agents, TAPs
     with vnet headers, encap/decap in the Cython fast path."""
     name = "podnet"
     label = "podnet agents (Cython VXLAN, UDP-tunnel GSO)"
 
-    def __enter__(self):
-        import shutil
-        import tempfile
-        from dataplane import cluster
-        self.tmp = tempfile.mkdtemp(prefix="pnbench-")
-        self._shutil = shutil
-        os.environ["PODNET_RUN_DIR"] = f"{self.tmp}/run"
-        os.environ["PODNET_STATE_DIR"] = f"{self.tmp}/state"
-        spec = Path(self.tmp) / "spec.yaml"
-        spec.write_text("cluster: {name: pnbo, podCIDR: 10.245.0.0/16, fabricCIDR: 172.30.253.0/24}\n"
-                        "nodes: [{name: n1}, {name: n2}]\n"
-                        "pods: [{name: a, node: n1}, {name: b, node: n2}]\n")
-        self.state = cluster.up(str(spec), progress=lambda *_: None)
-        return self
+    def __init__(self):
+        super().__init__("cluster: {name: pnbo, podCIDR: 10.245.0.0/16, fabricCIDR: 172.30.253.0/24}\n"
+                         "nodes: [{name: n1}, {name: n2}]\n"
+                         "pods: [{name: a, node: n1}, {name: b, node: n2}]\n")
 
     def pods(self):
-        return "pnbo-pod-a", "pnbo-pod-b", self.state["plan"]["pods"]["b"]["ip"]
+        return self.pod_ns("a"), self.pod_ns("b"), self.state["plan"]["pods"]["b"]["ip"]
 
     def describe(self):
-        from dataplane.control import request
-        st = request(self.state["nodes"]["n1"]["socket"], "status")
-        c = request(self.state["nodes"]["n1"]["socket"], "counters")
+        st, c = self.request("n1", "status"), self.request("n1", "counters")
         return {"gso_path": st["gso_path"], "overlay": c["overlay"],
                 "frames_per_burst": c["io"]["frames_per_burst"],
                 "drops": {k: v for k, v in c["drops"].items() if v}}
-
-    def __exit__(self, *exc):
-        from dataplane import cluster
-        cluster.down(quiet=True)
-        self._shutil.rmtree(self.tmp, ignore_errors=True)
-        return False
 
 
 PATHS = {"kernel": KernelOverlay, "podnet": PodnetOverlay}

@@ -13,13 +13,13 @@ frames/s). Writes bench/results/pods.json and pods.png. Needs root.
 import argparse
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from podnet_cluster import PodnetCluster
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -122,37 +122,23 @@ def tapfwd_child(exe, budget):
     os.execv(exe, [exe, str(fds[0]), str(fds[1]), str(65536 + 512 + 12), budget])
 
 
-class Podnet:
+class Podnet(PodnetCluster):
     name = "podnet"
     label = "podnet agent (Cython fast path)"
 
-    def __enter__(self):
-        from dataplane import cluster
-        self.tmp = tempfile.mkdtemp(prefix="pnbench-")
-        os.environ["PODNET_RUN_DIR"] = f"{self.tmp}/run"
-        os.environ["PODNET_STATE_DIR"] = f"{self.tmp}/state"
-        spec = Path(self.tmp) / "spec.yaml"
-        spec.write_text("cluster: {name: pnbench, podCIDR: 10.252.0.0/16}\n"
-                        "nodes: [{name: n1}]\n"
-                        "pods: [{name: a, node: n1}, {name: b, node: n1}]\n")
-        self.state = cluster.up(str(spec), progress=lambda *_: None)
-        return self
+    def __init__(self):
+        super().__init__("cluster: {name: pnbench, podCIDR: 10.252.0.0/16}\n"
+                         "nodes: [{name: n1}]\n"
+                         "pods: [{name: a, node: n1}, {name: b, node: n1}]\n")
 
     def pods(self):
-        ip = self.state["plan"]["pods"]["b"]["ip"]
-        return "pnbench-pod-a", "pnbench-pod-b", ip
+        return self.pod_ns("a"), self.pod_ns("b"), self.state["plan"]["pods"]["b"]["ip"]
 
     def counters(self):
-        from dataplane.control import request
-        return request(self.state["nodes"]["n1"]["socket"], "counters")
+        return self.request("n1", "counters")
 
     def forwarded(self):
         return sum(p["tx_packets"] for p in self.counters()["ports"].values())
-
-    def __exit__(self, *exc):
-        from dataplane import cluster
-        cluster.down(quiet=True)
-        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 # ---- iperf3 -------------------------------------------------------------

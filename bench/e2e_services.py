@@ -19,7 +19,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 from e2e_pods import iperf, ns_exec, sh  # noqa: E402
+from podnet_cluster import PodnetCluster  # noqa: E402
 
 RESULTS = HERE / "results"
 SPEC = """cluster: {name: pnbs, podCIDR: 10.242.0.0/16, serviceCIDR: 10.93.0.0/16, fabricCIDR: 172.30.254.0/24}
@@ -121,27 +121,16 @@ def main():
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("needs root (network namespaces)")
-    from dataplane import cluster
     from report import machine
     doc = {"bench": "services_e2e", "machine": machine(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    tmp = tempfile.mkdtemp(prefix="pnbench-")
-    os.environ["PODNET_RUN_DIR"] = f"{tmp}/run"
-    os.environ["PODNET_STATE_DIR"] = f"{tmp}/state"
-    spec = Path(tmp) / "spec.yaml"
-    spec.write_text(SPEC)
-    try:
-        state = cluster.up(str(spec), progress=lambda *_: None)
-        try:
-            vip = state["plan"]["services"]["perf"]
-            print("podnet pod -> ClusterIP ...", file=sys.stderr)
-            doc["podnet"] = {"tcp1": iperf("pnbs-pod-client", "pnbs-pod-server", vip, args.seconds, port=5201),
-                             "tcp4": iperf("pnbs-pod-client", "pnbs-pod-server", vip, args.seconds, streams=4, port=5201)}
-            print("control plane ...", file=sys.stderr)
-            doc["control"] = control(state, tmp)
-        finally:
-            cluster.down(quiet=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with PodnetCluster(SPEC) as pc:
+        vip = pc.state["plan"]["services"]["perf"]
+        client, server = pc.pod_ns("client"), pc.pod_ns("server")
+        print("podnet pod -> ClusterIP ...", file=sys.stderr)
+        doc["podnet"] = {"tcp1": iperf(client, server, vip, args.seconds, port=5201),
+                         "tcp4": iperf(client, server, vip, args.seconds, streams=4, port=5201)}
+        print("control plane ...", file=sys.stderr)
+        doc["control"] = control(pc.state, pc.tmp)
     if shutil.which("iptables"):
         print("kernel iptables DNAT ...", file=sys.stderr)
         with KernelDNAT() as k:
