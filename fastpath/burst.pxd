@@ -43,6 +43,7 @@ cdef class Dataplane:
     cdef void run(self, uint32_t start, uint32_t n, uint64_t now) noexcept nogil
     cdef inline void bridge(self, uint32_t i, pkt_t *pk, uint64_t now) noexcept nogil
     cdef inline void forward(self, uint32_t i, pkt_t *pk, uint16_t d, bint routed) noexcept nogil
+    cdef void flood(self, uint32_t i, pkt_t *pk, uint16_t d) noexcept nogil
     cdef inline void reply(self, uint32_t i, pkt_t *pk) noexcept nogil
     cdef void encap(self, uint32_t i, pkt_t *pk, uint32_t cur_vnet) noexcept nogil
     cdef void uplink_rx(self, uint32_t i, pkt_t *pk) noexcept nogil

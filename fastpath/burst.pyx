@@ -107,7 +107,7 @@ cdef class Dataplane:
 
     cdef inline void forward(self, uint32_t i, pkt_t *pk, uint16_t d, bint routed) noexcept nogil:
         cdef ports_t *pt = self.pt
-        cdef uint16_t port = pk.in_port, s, k, c
+        cdef uint16_t port = pk.in_port
         cdef int out
         if not (pk.m.flags & F_BCAST):
             out = fdb_lookup(self.ft, fdb_key(pk.data, d), self.now)
@@ -122,7 +122,13 @@ cdef class Dataplane:
                 self.enqueue(<uint16_t>out, i, pk.len)
                 self.stats.forwarded += 1
                 return
-        # Broadcast, multicast or unknown unicast: every other port of the domain.
+        self.flood(i, pk, d)
+
+    cdef void flood(self, uint32_t i, pkt_t *pk, uint16_t d) noexcept nogil:
+        """Broadcast, multicast or unknown unicast: every other port of the domain.
+        Out of line: keeps the known-unicast path small."""
+        cdef ports_t *pt = self.pt
+        cdef uint16_t port = pk.in_port, s, k, c
         s = pt.dom_start[d]
         c = pt.dom_count[d]
         if c <= 1:
