@@ -23,7 +23,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from e2e_pods import iperf  # noqa: E402
+from e2e_pods import iperf, plot  # noqa: E402
 from kernel_node import Fabric, KernelNode  # noqa: E402
 from podnet_cluster import PodnetCluster  # noqa: E402
 
@@ -151,36 +151,12 @@ def main(argv=None):
         doc["machine"] = machine()
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / "overlay.json").write_text(json.dumps(doc, indent=2) + "\n")
-        plot(results)
+        plot(results, RESULTS / "overlay.png", "pod to pod across nodes (VXLAN), TCP")
     text = json.dumps(doc, indent=2)
     if args.out:
         Path(args.out).write_text(text + "\n")
     print(text)
     return doc
-
-
-def plot(results):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    names = list(results)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
-    w = 0.38
-    for i, key in enumerate(("tcp1", "tcp4")):
-        bars = ax1.bar([x + (i - 0.5) * w for x in range(len(names))], [results[n][key]["gbps"] for n in names],
-                       w, label=f"TCP, {key[3:]} stream{'s' if key == 'tcp4' else ''}")
-        ax1.bar_label(bars, fmt="%.1f", fontsize=7)
-    ax1.set_xticks(range(len(names)), names)
-    ax1.set_ylabel("Gbit/s")
-    ax1.legend(fontsize=7)
-    ax1.set_title("pod to pod across nodes (VXLAN), TCP")
-    bars = ax2.bar(names, [results[n]["udp64"]["rx_pps"] / 1e3 for n in names], color="#888")
-    ax2.bar_label(bars, fmt="%.0f", fontsize=7)
-    ax2.set_ylabel("k frames/s received")
-    ax2.set_title("UDP, 64-byte payloads")
-    fig.tight_layout()
-    fig.savefig(RESULTS / "overlay.png", dpi=110)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

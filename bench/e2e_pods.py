@@ -220,7 +220,9 @@ def main():
     print(json.dumps(ratios, indent=2))
 
 
-def plot(results):
+def plot(results, path=RESULTS / "pods.png", title="pod to pod TCP (iperf3)"):
+    """TCP 1/4 streams and UDP 64-byte frames/s per path, side by side
+    (also used by e2e_overlay.py)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -235,14 +237,14 @@ def plot(results):
     ax1.set_xticks(range(len(names)), names)
     ax1.set_ylabel("Gbit/s")
     ax1.legend(fontsize=7)
-    ax1.set_title("pod to pod TCP (iperf3)")
+    ax1.set_title(title)
     vals = [results[n]["udp64"]["rx_pps"] / 1e3 for n in names]
     bars = ax2.bar(names, vals, color="#888")
     ax2.bar_label(bars, fmt="%.0f", fontsize=7)
     ax2.set_ylabel("k frames/s received")
     ax2.set_title("UDP, 64-byte payloads")
     fig.tight_layout()
-    fig.savefig(RESULTS / "pods.png", dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
