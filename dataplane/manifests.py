@@ -18,7 +18,7 @@ from typing import Mapping
 import yaml
 
 from .ipam import SERVICE_OFFSET
-from .spec import DEFAULT_AFFINITY_TIMEOUT, LABEL_MAX, _describe, _get, _Parser
+from .spec import DEFAULT_AFFINITY_TIMEOUT, LABEL_MAX, _describe, _get, _Parser, read_text
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 LOAD_BALANCING = "podnet.io/load-balancing"
@@ -149,14 +149,7 @@ class EndpointSlice(_Object):
 
 
 def load_manifests(path):
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise ManifestError([f"{path}: (file): cannot read it ({why}); "
-                             "expected a readable YAML file"]) from None
-    return parse_manifests(text, str(path))
+    return parse_manifests(read_text(path, ManifestError, "(file): cannot read it"), str(path))
 
 
 def parse_manifests(text, source="<manifest>"):

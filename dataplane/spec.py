@@ -157,14 +157,17 @@ def load_spec(path=None):
     """The spec in the file at path, or the built-in DEFAULT_SPEC when path is None."""
     if path is None:
         return parse_spec(DEFAULT_SPEC, "<default spec>")
+    return parse_spec(read_text(path, SpecError, "(document): cannot read the spec"), str(path))
+
+
+def read_text(path, error, what):
+    """A UTF-8 file's text, or error([f"{path}: {what} (why); expected ..."])."""
     try:
         with open(path, encoding="utf-8") as f:
-            text = f.read()
+            return f.read()
     except (OSError, UnicodeDecodeError) as exc:
         why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise SpecError([f"{path}: (document): cannot read the spec ({why}); "
-                         "expected a readable YAML file"]) from None
-    return parse_spec(text, str(path))
+        raise error([f"{path}: {what} ({why}); expected a readable YAML file"]) from None
 
 
 def parse_spec(text, source="<spec>"):
