@@ -271,6 +271,12 @@ cdef class Dataplane:
                 ct_delete(ct, t.conn)
                 ct.expired += 1
                 k = NULL
+            elif proto == 6 and (flags & 0x17) == 0x02 and (k.state >= CT_FIN or (k.flags & CT_DEAD)):
+                # A new SYN on the tuple of a closing or dead connection (the
+                # client reused its port): a new connection, as netfilter does.
+                ct_delete(ct, t.conn)
+                ct.deleted += 1
+                k = NULL
         if k != NULL and (k.flags & CT_DEAD):
             # its backend is gone: end the connection (kube-proxy's stale-flow RST)
             ct_delete(ct, <uint32_t>(k - ct.conns))

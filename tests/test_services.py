@@ -171,6 +171,19 @@ def test_no_endpoints_rejects(dp):
     assert Ether(dp.process(syn(dport=81), A[2])[0][1])[TCP].flags == "RA"
 
 
+def test_syn_reusing_a_closed_tuple_is_a_new_connection(dp):
+    dp.services.set(VIP, 80, "TCP", [(B[0], 8080)])
+    dp.process(syn(), A[2])
+    dp.process(syn(flags="FA"), A[2])                      # the client closes
+    assert dp.conntrack_dump()[0]["state"] == "fin_wait"
+    dp.services.set(VIP, 80, "TCP", [(C[0], 8080)])         # B goes
+    dp.conntrack.flush(backend=B[0], mark_tcp_dead=True)
+    [(port, out)] = dp.process(syn(), A[2])                 # same client port again
+    assert port == C[2] and Ether(out)[TCP].flags == "S"    # not a RST: a new flow to C
+    [conn] = dp.conntrack_dump()
+    assert (conn["state"], conn["backend"]) == ("new", f"{C[0]}:8080")
+
+
 def test_mid_stream_segment_without_connection_is_invalid(dp):
     dp.services.set(VIP, 80, "TCP", [(B[0], 8080)])
     assert dp.process(syn(flags="A", payload=b"x"), A[2]) == []
