@@ -9,7 +9,8 @@ from fastpath.ports cimport Ports, ports_t
 from fastpath.gateway cimport Gateway, gw_t
 from fastpath.vxlan cimport Overlay, overlay_t
 from fastpath.services cimport Services, svcmap_t
-from fastpath.conntrack cimport Conntrack, ct_t
+from fastpath.conntrack cimport Conntrack, ct_t, conn_t
+from fastpath.trace cimport trace_t
 
 @cython.final
 cdef class Dataplane:
@@ -39,6 +40,7 @@ cdef class Dataplane:
     cdef gw_t *gw
     cdef object clock
     cdef uint64_t now                    # clock of the burst being run (ms)
+    cdef trace_t *tr                     # NULL, or notes every decision (trace())
 
     cdef void run(self, uint32_t start, uint32_t n, uint64_t now) noexcept nogil
     cdef inline void bridge(self, uint32_t i, pkt_t *pk, uint64_t now) noexcept nogil
@@ -50,6 +52,7 @@ cdef class Dataplane:
     cdef void route(self, uint32_t i, pkt_t *pk, uint32_t cur_vnet) noexcept nogil
     cdef void service(self, uint32_t i, pkt_t *pk, uint32_t cur_vnet) noexcept nogil
     cdef void unnat(self, pkt_t *pk, uint32_t cur_vnet) noexcept nogil
+    cdef inline void ct_update(self, conn_t *k, uint8_t proto, uint8_t flags) noexcept nogil
     cdef void reject(self, uint32_t i, pkt_t *pk) noexcept nogil
     cdef inline void enqueue(self, uint16_t port, uint32_t i, uint32_t length) noexcept nogil
     cdef inline void drop(self, pkt_t *pk, uint16_t reason) noexcept nogil

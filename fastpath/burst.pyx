@@ -23,6 +23,8 @@ from fastpath.nat cimport *
 from fastpath.vnet cimport VNET_F_NEEDS_CSUM
 from fastpath.counters cimport port_stats_t
 from fastpath.counters import DROP_NAMES
+from fastpath.trace cimport *
+from fastpath.trace import EVENT_NAMES, CT_KINDS
 
 
 cdef class Dataplane:
@@ -69,6 +71,7 @@ cdef class Dataplane:
         self.ft = &self.fdb.t
         self.pt = &self.ports.p
         self.clock = clock if clock is not None else time.monotonic
+        self.tr = NULL
 
     def __dealloc__(self):
         free(self.mem)
@@ -84,6 +87,8 @@ cdef class Dataplane:
         pk.out = OUT_DROP
         pk.reason = reason
         self.stats.drops[reason] += 1
+        if self.tr != NULL:
+            tr_note(self.tr, EV_DROP, reason, 0, 0)
         if pk.in_port < MAX_PORTS:
             self.stats.port[pk.in_port].rx_dropped += 1
 
@@ -95,6 +100,8 @@ cdef class Dataplane:
         self.txq_len[port] += 1
         self.stats.port[port].tx_packets += 1
         self.stats.port[port].tx_bytes += length
+        if self.tr != NULL:
+            tr_note(self.tr, EV_TX, port, length, 0)
 
     cdef inline void reply(self, uint32_t i, pkt_t *pk) noexcept nogil:
         # A frame the gateway wrote: complete checksums, so no offload metadata.
@@ -103,6 +110,8 @@ cdef class Dataplane:
             memset(pk.data - n, 0, n)
         pk.out = pk.in_port
         pk.reason = DROP_NONE
+        if self.tr != NULL:
+            tr_note(self.tr, EV_REPLY, pk.in_port, 0, 0)
         self.enqueue(pk.in_port, i, pk.len)
 
     cdef inline void forward(self, uint32_t i, pkt_t *pk, uint16_t d, bint routed) noexcept nogil:
@@ -111,6 +120,8 @@ cdef class Dataplane:
         cdef int out
         if not (pk.m.flags & F_BCAST):
             out = fdb_lookup(self.ft, fdb_key(pk.data, d), self.now)
+            if self.tr != NULL:
+                tr_note(self.tr, EV_FDB, <uint32_t>out, d, 0)
             # A routed frame may leave by the port it came in on (two pods
             # behind one port); a bridged one may not.
             if out == port and not routed:
@@ -137,6 +148,8 @@ cdef class Dataplane:
         pk.out = OUT_FLOOD
         pk.reason = DROP_NONE
         self.stats.flooded += 1
+        if self.tr != NULL:
+            tr_note(self.tr, EV_FLOOD, d, c - 1, 0)
         for k in range(s, s + c):
             if pt.flood[k] != port:
                 self.enqueue(pt.flood[k], i, pk.len)
@@ -157,10 +170,15 @@ cdef class Dataplane:
         ps = &self.stats.port[port]
         ps.rx_packets += 1
         ps.rx_bytes += length
+        if self.tr != NULL:
+            tr_note(self.tr, EV_RX, port, length, (data - self.pvnet[port])[0] | ((data - self.pvnet[port])[1] << 8)
+                    if self.pvnet[port] else 0)
         r = parse_frame(data, length, &pk.m)
         if r != DROP_NONE:
             self.drop(pk, r)
             return
+        if self.tr != NULL:
+            tr_note(self.tr, EV_PARSE, pk.m.ethertype, pk.m.l4_proto, pk.m.flags)
         if data[6] & 1:
             self.drop(pk, DROP_SRC_MCAST)
             return
@@ -170,10 +188,14 @@ cdef class Dataplane:
         d = pt.domain[port]
         pk.domain = d
         fdb_learn(self.ft, fdb_key(data + 6, d), port, now)
+        if self.tr != NULL:
+            tr_note(self.tr, EV_LEARN, d, port, 0)
         if gw.enabled and d == gw.domain:
             a = GW_PASS
             if pk.m.flags & F_ARP:
                 a = gw_arp(gw, pk)
+                if self.tr != NULL:
+                    tr_note(self.tr, EV_ARP, <uint32_t>a, 0, 0)
             elif gw_is_dst(gw, data):
                 if not (pk.m.flags & F_IP4):
                     self.drop(pk, DROP_GW_UNSUPPORTED)
@@ -183,6 +205,8 @@ cdef class Dataplane:
                     return
                 self.unnat(pk, self.pvnet[port])     # e.g. a hairpin reply to the gateway
                 a = gw_ip4(gw, pk)
+                if self.tr != NULL:
+                    tr_note(self.tr, EV_GW, <uint32_t>a, get32(data + pk.m.l3_off + 16), 0)
             if a < 0:
                 self.drop(pk, <uint16_t>(-a))
                 return
@@ -192,6 +216,8 @@ cdef class Dataplane:
             if a == GW_LOCAL:
                 pk.out = OUT_LOCAL
                 pk.reason = DROP_NONE
+                if self.tr != NULL:
+                    tr_note(self.tr, EV_LOCAL, 0, 0, 0)
                 return
             if a == GW_ROUTE:
                 self.forward(i, pk, d, True)
@@ -206,6 +232,8 @@ cdef class Dataplane:
     cdef void route(self, uint32_t i, pkt_t *pk, uint32_t cur_vnet) noexcept nogil:
         """Route an IPv4 frame through the gateway: local pod, or the overlay."""
         cdef int a = gw_ip4(self.gw, pk)
+        if self.tr != NULL:
+            tr_note(self.tr, EV_GW, <uint32_t>a, get32(pk.data + pk.m.l3_off + 16), 0)
         if a < 0:
             self.drop(pk, <uint16_t>(-a))
         elif a == GW_ROUTE:
@@ -224,6 +252,8 @@ cdef class Dataplane:
         """What kube-proxy does for a service without endpoints: TCP RST,
         UDP ICMP port unreachable, from the service address."""
         self.stats.drops[DROP_SVC_REJECTED] += 1
+        if self.tr != NULL:
+            tr_note(self.tr, EV_REJECT, pk.m.l4_proto, 0, 0)
         if pk.in_port < MAX_PORTS:
             self.stats.port[pk.in_port].rx_dropped += 1
         if pk.m.l4_proto == 6:
@@ -257,6 +287,8 @@ cdef class Dataplane:
         cdef svc_t *s
         cdef int c
         cdef bint partial = cur_vnet > 0 and ((pk.data - cur_vnet)[0] & VNET_F_NEEDS_CSUM)
+        if self.tr != NULL:
+            tr_note(self.tr, EV_SERVICE, vip, get16(l4 + 2) if pk.m.flags & F_L4 else 0, proto)
         if (proto != 6 and proto != 17) or not (pk.m.flags & F_L4) or (pk.m.flags & F_FRAG):
             self.drop(pk, DROP_SVC_UNSUPPORTED)
             return
@@ -268,16 +300,22 @@ cdef class Dataplane:
         if t != NULL and t.dir == CT_ORIG:
             k = &ct.conns[t.conn]
             if k.expires <= self.now:
+                if self.tr != NULL:
+                    tr_note(self.tr, EV_CT, CT_EV_EXPIRED, t.conn, k.state)
                 ct_delete(ct, t.conn)
                 ct.expired += 1
                 k = NULL
             elif proto == 6 and (flags & 0x17) == 0x02 and (k.state >= CT_FIN or (k.flags & CT_DEAD)):
                 # A new SYN on the tuple of a closing or dead connection (the
                 # client reused its port): a new connection, as netfilter does.
+                if self.tr != NULL:
+                    tr_note(self.tr, EV_CT, CT_EV_REUSED, t.conn, k.state)
                 ct_delete(ct, t.conn)
                 ct.deleted += 1
                 k = NULL
         if k != NULL and (k.flags & CT_DEAD):
+            if self.tr != NULL:
+                tr_note(self.tr, EV_CT, CT_EV_DEAD, t.conn, k.state)
             # its backend is gone: end the connection (kube-proxy's stale-flow RST)
             ct_delete(ct, <uint32_t>(k - ct.conns))
             self.reject(i, pk)
@@ -292,11 +330,15 @@ cdef class Dataplane:
                 ct.invalid += 1
                 self.drop(pk, DROP_CT_INVALID)
                 return
+            c = <int>self.sm.affinity_hits
             if svc_pick(self.sm, s, cip, mix64(tuple_a(cip, vip) ^ (<uint64_t>cport << 16) ^ proto),
                         self.now, &bip, &bport) < 0:
                 self.sm.no_endpoints += 1
                 self.reject(i, pk)
                 return
+            if self.tr != NULL:
+                tr_note(self.tr, EV_PICK, bip, bport,
+                        s.nb | (<uint32_t>s.lb << 16) | (<uint32_t>(c != <int>self.sm.affinity_hits) << 24))
             nc.cip = cip
             nc.vip = vip
             nc.bip = bip
@@ -314,7 +356,27 @@ cdef class Dataplane:
                 self.drop(pk, DROP_CT_FULL)
                 return
             k = &ct.conns[c]
-        elif proto == 6:
+            if self.tr != NULL:
+                tr_note(self.tr, EV_CT, CT_EV_NEW, c, k.state)
+        else:
+            if self.tr != NULL:
+                tr_note(self.tr, EV_CT, CT_EV_HIT, <uint32_t>(k - ct.conns), k.state)
+            self.ct_update(k, proto, flags)
+        k.packets += 1
+        if self.tr != NULL:
+            tr_note(self.tr, EV_DNAT, k.bip, k.bport, 0)
+            if k.flags & CT_SNAT:
+                tr_note(self.tr, EV_SNAT, k.sip, 0, 0)
+        nat_ip(pk, 16, k.bip, partial)
+        nat_port(pk, 2, k.bport, partial)
+        if k.flags & CT_SNAT:
+            nat_ip(pk, 12, k.sip, partial)
+        self.route(i, pk, cur_vnet)
+
+    cdef inline void ct_update(self, conn_t *k, uint8_t proto, uint8_t flags) noexcept nogil:
+        # original direction of a known connection: state and timeout
+        cdef ct_t *ct = self.ct
+        if proto == 6:
             if flags & 0x04:
                 k.state = CT_CLOSED
             elif flags & 0x01:
@@ -322,12 +384,6 @@ cdef class Dataplane:
             k.expires = self.now + ct.timeout_ms[k.state]
         else:
             k.expires = self.now + (ct.udp_stream_ms if k.state == CT_ESTABLISHED else ct.timeout_ms[4])
-        k.packets += 1
-        nat_ip(pk, 16, k.bip, partial)
-        nat_port(pk, 2, k.bport, partial)
-        if k.flags & CT_SNAT:
-            nat_ip(pk, 12, k.sip, partial)
-        self.route(i, pk, cur_vnet)
 
     cdef void unnat(self, pkt_t *pk, uint32_t cur_vnet) noexcept nogil:
         """A reply of a NATed connection: back to ClusterIP:port as the source
@@ -364,6 +420,8 @@ cdef class Dataplane:
             k.state = CT_ESTABLISHED
             k.expires = self.now + ct.udp_stream_ms
         k.packets += 1
+        if self.tr != NULL:
+            tr_note(self.tr, EV_UNNAT, k.vip, k.vport, k.cip if k.flags & CT_SNAT else 0)
         nat_ip(pk, 12, k.vip, partial)
         nat_port(pk, 0, k.vport, partial)
         if k.flags & CT_SNAT:
@@ -382,10 +440,14 @@ cdef class Dataplane:
         if r == 0:
             pk.out = ov.uplink
             pk.reason = DROP_NONE
+            if self.tr != NULL:
+                tr_note(self.tr, EV_ENCAP, ov.uplink, 0, 0)
             self.enqueue(ov.uplink, i, pk.len)
             return
         if r == 1:                           # the frame became an ARP request for the VTEP
             self.stats.drops[DROP_VTEP_UNRESOLVED] += 1
+            if self.tr != NULL:
+                tr_note(self.tr, EV_VTEP_ARP, 0, 0, 0)
             if self.pvnet[ov.uplink]:
                 memset(pk.data - self.pvnet[ov.uplink], 0, self.pvnet[ov.uplink])
             pk.out = ov.uplink
@@ -415,11 +477,17 @@ cdef class Dataplane:
         if a == OV_LOCAL:
             pk.out = OUT_LOCAL
             pk.reason = DROP_NONE
+            if self.tr != NULL:
+                tr_note(self.tr, EV_LOCAL, 0, 0, 0)
             return
+        if self.tr != NULL:
+            tr_note(self.tr, EV_DECAP, get32(pk.data - 4) >> 8, 0, 0)
         r = parse_frame(pk.data, pk.len, &pk.m)
         if r != DROP_NONE:
             self.drop(pk, DROP_VXLAN_INNER)
             return
+        if self.tr != NULL:
+            tr_note(self.tr, EV_PARSE, pk.m.ethertype, pk.m.l4_proto, pk.m.flags)
         # flannel is L3: inner frames are addressed to this node's gateway.
         if not self.gw.enabled or not gw_is_dst(self.gw, pk.data) or not (pk.m.flags & F_IP4):
             self.drop(pk, DROP_VXLAN_NOT_ROUTED)
@@ -523,6 +591,77 @@ cdef class Dataplane:
         if pk.out == OUT_LOCAL:
             return "local", None
         return pk.out, None
+
+    def trace(self, frame, int in_port, vnet=None, bint commit=False):
+        """Run one frame through the fast path noting every decision, and
+        return {"events": [(name, a, b, c), ...], "verdict", "outputs":
+        [(port, frame, vnet_hdr), ...]}. Nothing is transmitted. Unless
+        commit, it runs in a forked copy of this process, so FDB learning,
+        conntrack, affinity and counters of the live tables stay untouched
+        while the code that runs is exactly the live code."""
+        import os
+        import pickle
+        if not 0 <= in_port < MAX_PORTS:
+            raise ValueError(f"port must be 0..{MAX_PORTS - 1}, got {in_port}")
+        frame = bytes(frame)
+        if commit:
+            return self._trace_one(frame, in_port, vnet)
+        rfd, wfd = os.pipe()
+        pid = os.fork()
+        if pid == 0:                                  # the copy: run, report, vanish
+            code = 0
+            try:
+                os.close(rfd)
+                try:
+                    out = pickle.dumps(("ok", self._trace_one(frame, in_port, vnet)))
+                except Exception as e:                # bad arguments: report them
+                    out = pickle.dumps(("error", f"{type(e).__name__}: {e}"))
+                view = memoryview(out)
+                while view:
+                    view = view[os.write(wfd, view):]
+            except BaseException:
+                code = 1
+            finally:
+                os._exit(code)
+        os.close(wfd)
+        chunks = []
+        try:
+            while True:
+                b = os.read(rfd, 1 << 16)
+                if not b:
+                    break
+                chunks.append(b)
+        finally:
+            os.close(rfd)
+            os.waitpid(pid, 0)
+        if not chunks:
+            raise RuntimeError("trace: the traced copy of the fast path died")
+        kind, result = pickle.loads(b"".join(chunks))
+        if kind == "error":
+            raise ValueError(result)
+        return result
+
+    def _trace_one(self, bytes frame, int in_port, vnet):
+        cdef trace_t tr
+        cdef uint32_t k, n
+        tr.n = 0
+        if not self.load(0, frame, <uint16_t>in_port, vnet):
+            return {"events": [("drop", DROP_TOO_LONG, 0, 0)], "verdict": ("drop", "too_long"),
+                    "outputs": [], "lost_events": 0}
+        self.tr = &tr
+        try:
+            self.run_burst(0, 1)
+        finally:
+            self.tr = NULL
+        events = [(EVENT_NAMES[tr.ev[k].ev], tr.ev[k].a, tr.ev[k].b, tr.ev[k].c)
+                  for k in range(min(tr.n, TRACE_MAX))]
+        outputs = []
+        for port in self.tx_ports():
+            if 0 in self.tx_queue(port):
+                n = self.pvnet[port]
+                outputs.append((port, self.frame(0), (<char *>(self.pkts[0].data - n))[:n]))
+        return {"events": events, "verdict": self.verdict(0), "outputs": outputs,
+                "lost_events": max(0, <int>tr.n - TRACE_MAX)}
 
     def process(self, frames, int in_port):
         """Run frames received on in_port through the fast path, in bursts of

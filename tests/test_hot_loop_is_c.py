@@ -18,6 +18,7 @@ HOT = [
     "__pyx_f_8fastpath_5burst_9Dataplane_route",
     "__pyx_f_8fastpath_5burst_9Dataplane_service",
     "__pyx_f_8fastpath_5burst_9Dataplane_unnat",
+    "__pyx_f_8fastpath_5burst_9Dataplane_ct_update",
     "__pyx_f_8fastpath_5burst_9Dataplane_reject",
     "__pyx_f_8fastpath_7gateway_gw_ip4",
     "__pyx_f_8fastpath_7gateway_gw_arp",

@@ -1,0 +1,7 @@
+"""Names of the trace events the burst loop notes (see trace.pxd)."""
+
+EVENT_NAMES = ["rx", "parse", "drop", "learn", "arp", "gateway", "service", "conntrack", "pick",
+               "dnat", "snat", "unnat", "reject", "fdb", "flood", "encap", "vtep_arp", "decap",
+               "reply", "local", "tx"]
+CT_KINDS = ["hit", "new", "expired", "reused", "dead"]
+N_EVENTS = N_EV      # a test checks it matches EVENT_NAMES
