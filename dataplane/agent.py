@@ -13,6 +13,7 @@ import time
 
 from dataplane import netns
 from dataplane.control import ControlServer
+from dataplane.metrics import MetricsServer, exposition
 from fastpath import Dataplane
 from fastpath.ioloop import IOLoop
 from tap import POD_OFFLOADS, TUN_F_UDP_TUNNEL_GSO, UPLINK_OFFLOADS, UPLINK_VNET_HDR_LEN, Tap
@@ -23,11 +24,14 @@ UPLINK_PORT = 255          # the fabric port: outside the pods' bridge domain
 UPLINK_DOMAIN = 4095
 GSO_SLOT = 65536 + 512     # a 64 KB TCP super-frame plus Ethernet/VLAN headers
 PLAIN_SLOT = 9216          # one jumbo frame
+CAPTURE_IDLE = 5.0         # seconds: a capture nobody reads is stopped
 
 
 class Agent:
-    def __init__(self, cfg):
+    def __init__(self, cfg, metrics_tcp=None):
         self.cfg = cfg
+        self.metrics_tcp = metrics_tcp     # a socket bound in the root namespace, or None
+        self.metrics = None
         self.node = cfg["node"]
         self.vnet = bool(cfg.get("vnet", True))
         self.dp = Dataplane(nslots=int(cfg.get("burst", 256)),
@@ -41,6 +45,7 @@ class Agent:
         self.server = None
         self.stop = False
         self.started = time.time()
+        self.capture_seen = 0.0
 
     def setup(self):
         gw = self.cfg["gateway"]
@@ -63,6 +68,11 @@ class Agent:
         self.server = ControlServer(self.cfg["socket"], self.handle)
         for fd in self.server.fds():
             self.io.watch(fd)
+        m = self.cfg.get("metrics")
+        if m:
+            self.metrics = MetricsServer(self.metrics_text, unix_path=m.get("socket"), tcp_sock=self.metrics_tcp)
+            for fd in self.metrics.fds():
+                self.io.watch(fd)
 
     def setup_uplink(self):
         """The node's port on the fabric: a TAP enslaved to the fabric bridge.
@@ -108,7 +118,9 @@ class Agent:
         if op == "status":
             return self.status()
         if op == "counters":
-            return {**self.dp.counters(), "io": self.io.counters()}
+            return self.counters()
+        if op == "metrics":
+            return self.metrics_text()
         if op == "fdb":
             return self.dp.fdb_dump()
         if op == "neighbors":
@@ -125,8 +137,17 @@ class Agent:
             return self.route_add(args)
         if op == "route_remove":
             return self.route_remove(args)
+        if op == "trace":
+            return self.trace(args)
+        if op == "capture_start":
+            return self.capture_start(args)
+        if op == "capture_read":
+            return self.capture_read()
+        if op == "capture_stop":
+            return self.capture_stop()
         raise ValueError("unknown operation; expected one of ping, status, counters, fdb, neighbors, "
-                         "routes, route_add, route_remove, services, services_apply, conntrack")
+                         "routes, route_add, route_remove, services, services_apply, conntrack, trace, "
+                         "capture_start, capture_read, capture_stop")
 
     def services_apply(self, upsert, delete):
         """Add/replace and remove service ports, all or none: every entry is
@@ -194,6 +215,59 @@ class Agent:
         self.dp.overlay.set_routes(keep, local=self.cfg["gateway"]["subnet"])
         return self.dp.overlay.routes()
 
+    def trace(self, args):
+        """Run one frame through the fast path noting each decision; nothing is
+        sent, and unless commit the live tables are left as they were."""
+        port = args.get("port")
+        ports = [p for p, _ in self.dp.ports.list()]
+        if not isinstance(port, int) or port not in ports:
+            raise ValueError(f"trace: port must be one of this node's ports {ports}, got {port!r}")
+        try:
+            frame = bytes.fromhex(args.get("frame", ""))
+            vnet = bytes.fromhex(args["vnet"]) if args.get("vnet") is not None else None
+        except (TypeError, ValueError):
+            raise ValueError("trace: frame and vnet must be hex strings") from None
+        r = self.dp.trace(frame, port, vnet=vnet, commit=bool(args.get("commit", False)))
+        r["outputs"] = [{"port": p, "frame": f.hex(), "vnet": v.hex()} for p, f, v in r["outputs"]]
+        return r
+
+    def counters(self):
+        return {**self.dp.counters(), "io": self.io.counters(), "capture": self.io.capture_info()}
+
+    def metrics_text(self):
+        return exposition(self.node, self.counters(), {p: pod["name"] for p, pod in self.pods.items()})
+
+    def capture_start(self, args):
+        """Start copying the frames that cross one port (both directions). One
+        capture per node; it stops by itself if nobody reads it for
+        CAPTURE_IDLE seconds (a reader that went away)."""
+        port = args.get("port")
+        attached = sorted(self.taps) + ([UPLINK_PORT] if getattr(self, "uplink_tap", None) else [])
+        if not isinstance(port, int) or port not in attached:
+            raise ValueError(f"capture: port must be one of {attached}, got {port!r}")
+        if self.io.capture_info()["running"]:
+            raise ValueError(f"a capture is already running on node {self.node} "
+                             f"(ports {self.io.capture_info()['ports']})")
+        self.io.capture_start([port], bufsize=int(args.get("buffer", 4 << 20)),
+                              snaplen=int(args.get("snaplen", 65535)))
+        self.capture_seen = time.monotonic()
+        return self.io.capture_info()
+
+    def capture_read(self):
+        info = self.io.capture_info()
+        if not info["running"]:
+            raise ValueError(f"no capture is running on node {self.node}")
+        self.capture_seen = time.monotonic()
+        frames = [{"ts_ns": t, "port": p, "dir": "rx" if d == 0 else "tx", "len": n, "data": b.hex()}
+                  for t, p, d, n, b in self.io.capture_read()]
+        return {"frames": frames, "lost": info["lost"]}
+
+    def capture_stop(self):
+        info = self.io.capture_info()
+        self.io.capture_stop()
+        self.capture_seen = 0.0
+        return info
+
     def status(self):
         t = next(iter(self.taps.values()), None)
         return {
@@ -212,11 +286,15 @@ class Agent:
         next_age = time.monotonic() + AGE_EVERY
         while not self.stop:
             for fd in self.io.poll(200):
-                added, removed = self.server.ready(fd)
+                m = self.metrics
+                srv = m if m and (fd in m.listeners or fd in m.clients) else self.server
+                added, removed = srv.ready(fd)
                 for a in added:
                     self.io.watch(a)
                 # closed fds left epoll by themselves
             now = time.monotonic()
+            if self.capture_seen and now - self.capture_seen > CAPTURE_IDLE:
+                self.capture_stop()
             if now >= next_age:
                 self.dp.age()
                 self.dp.conntrack_gc()
@@ -227,6 +305,8 @@ class Agent:
     def close(self):
         if self.server:
             self.server.close()
+        if self.metrics:
+            self.metrics.close()
         for tap in self.taps.values():
             tap.close()
         if getattr(self, "uplink_tap", None):
@@ -236,8 +316,15 @@ class Agent:
 def main(config_path):
     with open(config_path) as f:
         cfg = json.load(f)
+    tcp = None
+    port = (cfg.get("metrics") or {}).get("port")
+    if port:                                  # bound before leaving the root namespace: 127.0.0.1 there
+        import socket
+        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        tcp.bind(("127.0.0.1", int(port)))
     netns.enter(cfg["netns"])
-    agent = Agent(cfg)
+    agent = Agent(cfg, metrics_tcp=tcp)
 
     def on_signal(signum, frame):
         agent.stop = True

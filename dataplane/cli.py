@@ -13,7 +13,7 @@ def _out(args, rows, columns):
 
 def cmd_up(args):
     from dataplane import cluster
-    cluster.up(args.file, vnet=not args.plain)
+    cluster.up(args.file, vnet=not args.plain, metrics=args.metrics, metrics_port=args.metrics_port)
     return cmd_status(argparse.Namespace(output="table"))
 
 
@@ -64,12 +64,20 @@ def cmd_stats(args):
     if args.output == "json":
         print(json.dumps(c, indent=2))
         return 0
-    c["ports"] = {int(k): v for k, v in c["ports"].items()}
+    pods = {p["port"]: p["pod"] for p in _agent_request(args.node, "status")["ports"]}
+    c["ports"] = {int(k): dict(v, pod=pods.get(int(k), "uplink" if int(k) == 255 else ""))
+                  for k, v in c["ports"].items()}
     print(render(port_rows(c), PORT_COLUMNS))
     print()
-    rows = counters_rows(c) + [{"counter": f"gateway.{k}", "value": v} for k, v in c["gateway"].items()]
-    rows += [{"counter": f"io.{k}", "value": v} for k, v in c["io"].items() if k != "ports"]
+    rows = counters_rows(c)
+    rows += [{"counter": f"io.{k}", "value": round(v, 2) if isinstance(v, float) else v}
+             for k, v in c["io"].items() if k != "ports"]
     print(render(rows, [("counter", "counter"), ("value", "value")]))
+    return 0
+
+
+def cmd_metrics(args):
+    print(_agent_request(args.node, "metrics"), end="")
     return 0
 
 
@@ -124,6 +132,40 @@ def cmd_conntrack(args):
     return 0
 
 
+def cmd_trace(args):
+    from dataplane import cluster, trace
+    if args.pcap:
+        frame = trace.pcap_frame(args.pcap, args.index)
+    elif args.dest:
+        frame = trace.build_frame(cluster.require_state(), args.pod, args.dest, args.proto, args.sport,
+                                  args.flags)
+    else:
+        raise trace.TraceError("give a destination (IP:PORT) or --pcap FILE")
+    hops = trace.run(args.pod, frame, commit=args.commit)
+    if args.output == "json":
+        for hop in hops:
+            hop["text"] = [t for _, t in trace.describe(hop)]
+        print(json.dumps(hops, indent=2))
+    else:
+        print(trace.render(hops))
+        if not args.commit:
+            print("\n(traced in a copy of each agent: no live table or counter changed; --commit to apply)")
+    return 0
+
+
+def cmd_capture(args):
+    from dataplane import capture
+    tty = sys.stderr.isatty()
+    show = (lambda n: print(f"\r{n} frames", end="", file=sys.stderr, flush=True)) if tty else None
+    print(f"capturing on {args.node} port {args.port} to {args.write}"
+          + (f" ({args.count} frames)" if args.count else " (Ctrl-C to stop)"), file=sys.stderr)
+    n, lost = capture.run(args.node, args.port, args.write, count=args.count, timeout=args.timeout,
+                          snaplen=args.snaplen, progress=show)
+    print(f"{chr(13) if tty else ''}{n} frames written to {args.write}"
+          + (f"; {lost} lost to a full capture buffer" if lost else ""), file=sys.stderr)
+    return 0
+
+
 def cmd_agent(args):
     from dataplane import agent
     return agent.main(args.config)
@@ -154,6 +196,10 @@ def build_parser():
     s = add("up", cmd_up, "create the cluster (embedded default spec unless -f)")
     s.add_argument("-f", "--file", help="cluster spec (YAML)")
     s.add_argument("--plain", action="store_true", help="TAPs without vnet headers/offloads (comparison mode)")
+    s.add_argument("--metrics", action="store_true",
+                   help="serve Prometheus metrics on RUN_DIR/NODE.metrics.sock (HTTP)")
+    s.add_argument("--metrics-port", type=int, metavar="PORT",
+                   help="also on 127.0.0.1:PORT+i for the i-th node (implies --metrics)")
     add("down", cmd_down, "remove every namespace, TAP, socket and agent `up` created")
     add("status", cmd_status, "nodes, agents, pods and addresses", output=True)
     s = add("exec", cmd_exec, "run a command in a pod's namespace: podnet exec POD -- CMD ...")
@@ -162,6 +208,8 @@ def build_parser():
     s = add("fdb", cmd_fdb, "a node's bridge forwarding database", output=True)
     s.add_argument("node")
     s = add("stats", cmd_stats, "a node's per-port and per-drop-reason counters", output=True)
+    s.add_argument("node")
+    s = add("metrics", cmd_metrics, "a node's counters in Prometheus text format")
     s.add_argument("node")
     s = add("apply", cmd_apply, "apply Service / EndpointSlice manifests (multi-document YAML)")
     s.add_argument("-f", "--file", required=True)
@@ -181,6 +229,22 @@ def build_parser():
     a.add_argument("--vtep-mac", help="its VXLAN device MAC (inner destination); default: podnet's gateway MAC convention")
     r = nsub.add_parser("remove", help="podnet node remove NAME")
     r.add_argument("name")
+    s = add("trace", cmd_trace, "show every fast-path decision for one packet from a pod", output=True)
+    s.add_argument("pod", help="the pod that sends the packet")
+    s.add_argument("dest", nargs="?", help="destination IP:PORT (IP for icmp)")
+    s.add_argument("-p", "--proto", default="tcp", help="tcp (default), udp or icmp")
+    s.add_argument("--sport", type=int, default=40000, help="source port (ICMP: echo id)")
+    s.add_argument("--flags", default="S", help="TCP flags (default S: a new connection)")
+    s.add_argument("--pcap", help="trace a frame from this pcap instead, as if the pod sent it")
+    s.add_argument("--index", type=int, default=0, help="which frame of the pcap (0-based)")
+    s.add_argument("--commit", action="store_true", help="run on the live tables (learning, conntrack)")
+    s = add("capture", cmd_capture, "write the frames crossing a port to a pcap (tcpdump/Wireshark)")
+    s.add_argument("node")
+    s.add_argument("port", help="a pod name, a port number, or uplink")
+    s.add_argument("-w", "--write", required=True, metavar="FILE.pcap")
+    s.add_argument("-c", "--count", type=int, help="stop after this many frames")
+    s.add_argument("--timeout", type=float, help="stop after this many seconds")
+    s.add_argument("--snaplen", type=int, default=65535, help="bytes kept per frame (default 65535)")
     add("demo", cmd_demo, "bring up the default cluster, check it, show it")
     add("bridge-demo", cmd_bridge_demo, "scapy-driven learning-bridge tour (no root needed)")
     s = sub.add_parser("agent", help=argparse.SUPPRESS)
@@ -199,9 +263,11 @@ def main(argv=None):
     from dataplane.control import ControlError
     from dataplane.manifests import ManifestError
     from dataplane.spec import SpecError
+    from dataplane.trace import TraceError
+    from dataplane.capture import CaptureError
     try:
         return args.func(args)
-    except (ClusterError, ControlError, SpecError, ManifestError) as e:
+    except (ClusterError, ControlError, SpecError, ManifestError, TraceError, CaptureError) as e:
         print(f"podnet {args.cmd}: {e}", file=sys.stderr)
         return 1
     except BrokenPipeError:                   # `podnet status | head`

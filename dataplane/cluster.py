@@ -12,7 +12,7 @@ from pathlib import Path
 from dataplane import netns
 from dataplane.control import ControlError, request
 from dataplane.ipam import Ipam
-from dataplane.spec import load_spec
+from dataplane.spec import MAX_NODES, load_spec
 
 AGENT_READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 5.0
@@ -99,8 +99,12 @@ def _pid_is_agent(pid, config):
     return config.encode() in cmd
 
 
-def up(spec_path=None, vnet=True, progress=print):
-    """Bring the cluster up; raises ClusterError (and leaves nothing) on failure."""
+def up(spec_path=None, vnet=True, progress=print, metrics=False, metrics_port=None):
+    """Bring the cluster up; raises ClusterError (and leaves nothing) on failure.
+    metrics: each agent serves Prometheus text on {run_dir}/{node}.metrics.sock,
+    and on 127.0.0.1:metrics_port+index if metrics_port is given."""
+    if metrics_port is not None and not 1024 <= metrics_port <= 65535 - MAX_NODES:
+        raise ClusterError(f"metrics port must be 1024..{65535 - MAX_NODES}, got {metrics_port}")
     spec = load_spec(spec_path)                       # SpecError: nothing created
     if load_state() is not None:
         raise ClusterError(f"a cluster is already up (state in {state_path()}); "
@@ -126,7 +130,8 @@ def up(spec_path=None, vnet=True, progress=print):
         progress(f"created {len(names)} namespaces and the fabric bridge")
         procs = {}
         for node in spec.nodes:
-            procs[node.name] = _start_agent(spec, plan, node.name, state, vnet)
+            procs[node.name] = _start_agent(spec, plan, node.name, state, vnet,
+                                            metrics or metrics_port is not None, metrics_port)
             _save_state(state)
         for node in spec.nodes:
             _wait_ready(state["nodes"][node.name], procs[node.name])
@@ -158,7 +163,7 @@ def op_ip(spec, nodeplan):
     return underlay(spec, nodeplan.index)[0]
 
 
-def _start_agent(spec, plan, node, state, vnet):
+def _start_agent(spec, plan, node, state, vnet, metrics=False, metrics_port=None):
     np = plan.nodes[node]
     rd = run_dir()
     uip, umac = underlay(spec, np.index)
@@ -175,6 +180,9 @@ def _start_agent(spec, plan, node, state, vnet):
         "routes": _routes_for(spec, plan, node),
         "service_cidr": str(spec.service_cidr),
     }
+    if metrics:
+        cfg["metrics"] = {"socket": str(rd / f"{node}.metrics.sock"),
+                          "port": metrics_port + np.index if metrics_port is not None else None}
     cfg_path = rd / f"{node}.json"
     cfg_path.write_text(json.dumps(cfg, indent=2))
     log_path = rd / f"{node}.log"
@@ -184,7 +192,7 @@ def _start_agent(spec, plan, node, state, vnet):
                                 start_new_session=True)
     state["nodes"][node] = {"pid": proc.pid, "config": str(cfg_path), "socket": cfg["socket"],
                             "log": str(log_path), "netns": cfg["netns"],
-                            "underlay_ip": str(uip), "underlay_mac": umac}
+                            "underlay_ip": str(uip), "underlay_mac": umac, "metrics": cfg.get("metrics")}
     return proc
 
 
@@ -224,8 +232,9 @@ def down(quiet=False, progress=print):
     _stop_pod_processes(state)
     removed = [name for name in reversed(state["namespaces"]) if netns.remove(name)]
     for n in state["nodes"].values():
-        for f in (n["socket"], n["config"], n["log"]):
-            Path(f).unlink(missing_ok=True)
+        for f in (n["socket"], n["config"], n["log"], (n.get("metrics") or {}).get("socket")):
+            if f:
+                Path(f).unlink(missing_ok=True)
     state_path().unlink(missing_ok=True)
     if not quiet:
         progress(f"cluster {state['cluster']} down: {len(state['nodes'])} agents stopped, "

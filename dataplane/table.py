@@ -14,8 +14,9 @@ def render(rows, columns, fmt="table"):
 
 def counters_rows(counters):
     """Flatten Dataplane.counters() into (counter, value) rows, zero drops left out."""
-    rows = [{"counter": f"bridge.{k}", "value": v} for k, v in counters["bridge"].items()]
-    rows += [{"counter": f"fdb.{k}", "value": v} for k, v in counters["fdb"].items()]
+    rows = [{"counter": f"{section}.{k}", "value": v}
+            for section in ("bridge", "fdb", "gateway", "overlay", "services", "conntrack")
+            for k, v in counters.get(section, {}).items()]
     rows += [{"counter": f"drop.{k}", "value": v} for k, v in counters["drops"].items() if v]
     return rows
 
@@ -24,7 +25,7 @@ def port_rows(counters):
     return [dict(port=p, **c) for p, c in sorted(counters["ports"].items())]
 
 
-PORT_COLUMNS = [("port", "port"), ("rx pkts", "rx_packets"), ("rx bytes", "rx_bytes"),
+PORT_COLUMNS = [("port", "port"), ("pod", "pod"), ("rx pkts", "rx_packets"), ("rx bytes", "rx_bytes"),
                 ("tx pkts", "tx_packets"), ("tx bytes", "tx_bytes"), ("rx dropped", "rx_dropped")]
 FDB_COLUMNS = [("mac", "mac"), ("domain", "domain"), ("port", "port"), ("static", "static"),
                ("age s", "age")]

@@ -466,7 +466,9 @@ cdef class Dataplane:
         """From the fabric: the node's own ARP/ICMP, or VXLAN for a local pod."""
         cdef int a
         cdef uint16_t r
-        cdef uint32_t pod_vnet = self.vnet_len
+        cdef uint32_t pod_vnet = self.vnet_len, vni = 0
+        if self.tr != NULL and pk.m.l4_proto == 17 and (pk.m.flags & F_L4) and pk.m.l4_len >= 16:
+            vni = get32(pk.data + pk.m.l4_off + 12) >> 8      # the decap reuses these bytes
         a = ov_uplink(self.ov, pk, self.pvnet[pk.in_port], pod_vnet)
         if a < 0:
             self.drop(pk, <uint16_t>(-a))
@@ -481,7 +483,7 @@ cdef class Dataplane:
                 tr_note(self.tr, EV_LOCAL, 0, 0, 0)
             return
         if self.tr != NULL:
-            tr_note(self.tr, EV_DECAP, get32(pk.data - 4) >> 8, 0, 0)
+            tr_note(self.tr, EV_DECAP, vni, 0, 0)
         r = parse_frame(pk.data, pk.len, &pk.m)
         if r != DROP_NONE:
             self.drop(pk, DROP_VXLAN_INNER)

@@ -1,7 +1,7 @@
 # The agent's I/O loop in C: epoll over the ports' TAP fds, read each ready
 # port until EAGAIN (a burst), run the fast path, flush the TX queues with
 # write(). Python only sees control-socket events and timeouts.
-from libc.stdint cimport uint16_t, uint32_t, uint64_t, int32_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t
 from fastpath.defs cimport MAX_PORTS
 from fastpath.burst cimport Dataplane
 
@@ -11,6 +11,13 @@ ctypedef struct io_stats_t:
     uint64_t tx_errors        # write() failed
     uint64_t tx_no_fd         # queued for a port with no fd attached
 
+ctypedef struct cap_rec_t:      # one captured frame in the capture buffer, data follows
+    uint64_t ts_ns            # CLOCK_REALTIME, for pcap
+    uint32_t len              # the frame's length on the wire
+    uint32_t caplen           # bytes kept (<= snaplen)
+    uint16_t port
+    uint16_t dir              # 0 received from the port, 1 sent to it
+
 cdef class IOLoop:
     cdef Dataplane dp
     cdef int epfd
@@ -19,5 +26,16 @@ cdef class IOLoop:
     cdef uint64_t wakeups
     cdef uint64_t bursts
     cdef uint64_t frames
+    # capture: frames crossing the chosen ports are copied into one bounded
+    # buffer that the agent drains between polls (podnet capture)
+    cdef uint8_t cap_on[MAX_PORTS]
+    cdef uint8_t *cap_buf
+    cdef size_t cap_size
+    cdef size_t cap_used
+    cdef uint32_t snaplen
+    cdef uint64_t cap_frames
+    cdef uint64_t cap_lost     # did not fit: the reader was too slow
+    cdef bint capturing
+    cdef void capture(self, uint16_t port, uint16_t dir, const uint8_t *data, uint32_t length) noexcept nogil
     cdef uint32_t round_burst(self, int *ready, uint32_t nready) noexcept nogil
     cdef void flush(self) noexcept nogil

@@ -9,8 +9,9 @@ import os
 
 from libc.errno cimport errno, EAGAIN, EINTR
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
-from libc.string cimport memset
-from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+from libc.stdlib cimport malloc, free
+from libc.string cimport memcpy, memset
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC, CLOCK_REALTIME
 from posix.unistd cimport read, write, close
 
 from fastpath.defs cimport *
@@ -57,6 +58,80 @@ cdef class IOLoop:
     def __dealloc__(self):
         if self.epfd >= 0:
             close(self.epfd)
+        free(self.cap_buf)
+
+    # ---- capture -----------------------------------------------------------
+
+    cdef void capture(self, uint16_t port, uint16_t dir, const uint8_t *data, uint32_t length) noexcept nogil:
+        cdef timespec ts
+        cdef uint32_t keep = length if length < self.snaplen else self.snaplen
+        cdef size_t need = (sizeof(cap_rec_t) + keep + 7) & ~(<size_t>7)
+        cdef cap_rec_t *rec
+        if self.cap_used + need > self.cap_size:
+            self.cap_lost += 1
+            return
+        rec = <cap_rec_t *>(self.cap_buf + self.cap_used)
+        clock_gettime(CLOCK_REALTIME, &ts)
+        rec.ts_ns = <uint64_t>ts.tv_sec * 1000000000 + <uint64_t>ts.tv_nsec
+        rec.len = length
+        rec.caplen = keep
+        rec.port = port
+        rec.dir = dir
+        memcpy(<uint8_t *>rec + sizeof(cap_rec_t), data, keep)
+        self.cap_used += need
+        self.cap_frames += 1
+
+    def capture_start(self, ports, size_t bufsize=4 << 20, uint32_t snaplen=65535):
+        """Copy frames received from and sent to these ports into a buffer of
+        bufsize bytes (frames cut to snaplen), until capture_stop()."""
+        if self.capturing:
+            raise RuntimeError("a capture is already running")
+        ports = list(ports)
+        for p in ports:
+            if not 0 <= p < MAX_PORTS or self.fd[p] < 0:
+                raise ValueError(f"port {p} is not attached")
+        if not 64 <= snaplen <= 262144:
+            raise ValueError(f"snaplen must be 64..262144, got {snaplen}")
+        if not 65536 <= bufsize <= 256 << 20:
+            raise ValueError(f"capture buffer must be 64 KB..256 MB, got {bufsize}")
+        self.cap_buf = <uint8_t *>malloc(bufsize)
+        if self.cap_buf == NULL:
+            raise MemoryError("capture buffer")
+        self.cap_size = bufsize
+        self.cap_used = 0
+        self.snaplen = snaplen
+        self.cap_frames = 0
+        self.cap_lost = 0
+        memset(self.cap_on, 0, sizeof(self.cap_on))
+        for p in ports:
+            self.cap_on[p] = 1
+        self.capturing = True
+
+    def capture_read(self):
+        """Frames captured since the last read: [(ts_ns, port, dir, wire_len, bytes)]."""
+        cdef size_t off = 0
+        cdef cap_rec_t *rec
+        out = []
+        if not self.capturing:
+            return out
+        while off < self.cap_used:
+            rec = <cap_rec_t *>(self.cap_buf + off)
+            out.append((rec.ts_ns, rec.port, rec.dir, rec.len,
+                        (<char *>rec + sizeof(cap_rec_t))[:rec.caplen]))
+            off += (sizeof(cap_rec_t) + rec.caplen + 7) & ~(<size_t>7)
+        self.cap_used = 0
+        return out
+
+    def capture_stop(self):
+        memset(self.cap_on, 0, sizeof(self.cap_on))
+        self.capturing = False
+        free(self.cap_buf)
+        self.cap_buf = NULL
+        self.cap_size = self.cap_used = 0
+
+    def capture_info(self):
+        return {"running": bool(self.capturing), "ports": [p for p in range(MAX_PORTS) if self.cap_on[p]],
+                "frames": self.cap_frames, "lost": self.cap_lost, "buffered_bytes": self.cap_used}
 
     def _ctl(self, int op, int fd, uint32_t tag):
         cdef epoll_event ev
@@ -125,6 +200,8 @@ cdef class IOLoop:
                     continue
                 pk.len = <uint32_t>r - hl
                 pk.in_port = <uint16_t>port
+                if self.cap_on[port]:
+                    self.capture(<uint16_t>port, 0, pk.data, pk.len)
                 n += 1
                 got += 1
         return n
@@ -144,6 +221,8 @@ cdef class IOLoop:
             for q in range(self.dp.txq_len[port]):
                 idx = self.dp.txq[<size_t>port * self.dp.nslots + q]
                 pk = &self.dp.pkts[idx]
+                if self.cap_on[port]:
+                    self.capture(<uint16_t>port, 1, pk.data, pk.len)
                 if write(fd, pk.data - hl, pk.len + hl) < 0:
                     self.st[port].tx_errors += 1
 

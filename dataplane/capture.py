@@ -1,0 +1,68 @@
+"""`podnet capture NODE PORT -w FILE.pcap [-c N]`: the frames crossing one
+port of a node, both directions, written as a standard pcap (dpkt's writer)
+that tcpdump and Wireshark read. The agent copies them in its C loop into a
+bounded buffer; this side drains it every POLL seconds."""
+import time
+
+from dataplane import cluster
+from dataplane.control import ControlError, request
+
+POLL = 0.1
+UPLINK_PORT = 255
+
+
+class CaptureError(ValueError):
+    pass
+
+
+def resolve_port(state, node, port):
+    """A port number, a pod name on node, or "uplink"."""
+    st = request(cluster.node_socket(state, node), "status")
+    by_pod = {p["pod"]: p["port"] for p in st["ports"]}
+    if port == "uplink":
+        return UPLINK_PORT
+    if port in by_pod:
+        return by_pod[port]
+    if port.isdigit() and (int(port) in by_pod.values() or int(port) == UPLINK_PORT):
+        return int(port)
+    raise CaptureError(f"node {node} has no port {port!r}; ports: "
+                       + ", ".join([f"{p} ({n})" for n, p in by_pod.items()] + ["uplink"]))
+
+
+def run(node, port, path, count=None, timeout=None, snaplen=65535, progress=None):
+    """Capture until count frames, timeout seconds or Ctrl-C; returns (frames, lost)."""
+    import dpkt
+    if count is not None and count < 1:
+        raise CaptureError(f"count must be at least 1, got {count}")
+    state = cluster.require_state()
+    sock = cluster.node_socket(state, node)
+    pnum = resolve_port(state, node, port)
+    request(sock, "capture_start", port=pnum, snaplen=snaplen)
+    written = lost = 0
+    deadline = time.monotonic() + timeout if timeout else None
+    try:
+        with open(path, "wb") as f:
+            w = dpkt.pcap.Writer(f, snaplen=snaplen, linktype=dpkt.pcap.DLT_EN10MB, nano=True)
+            try:
+                while count is None or written < count:
+                    r = request(sock, "capture_read")
+                    lost = r["lost"]
+                    for fr in r["frames"]:
+                        if count is not None and written >= count:
+                            break
+                        w.writepkt(bytes.fromhex(fr["data"]), ts=fr["ts_ns"] / 1e9)
+                        written += 1
+                    f.flush()
+                    if progress and r["frames"]:
+                        progress(written)
+                    if deadline and time.monotonic() >= deadline:
+                        break
+                    time.sleep(POLL)
+            except KeyboardInterrupt:
+                pass
+    finally:
+        try:
+            lost = request(sock, "capture_stop")["lost"]
+        except ControlError:
+            pass                         # the agent went away; its capture went with it
+    return written, lost

@@ -1,0 +1,128 @@
+"""Prometheus text exposition (format 0.0.4) of an agent's counters, and the
+opt-in endpoint that serves it: HTTP/1.0 on a Unix socket in the run
+directory, and on 127.0.0.1:PORT when asked. Driven by the agent's loop like
+the control socket, so a slow scraper never blocks forwarding."""
+import os
+import socket
+
+GAUGES = {"entries", "capacity", "service_ports", "frames_per_burst", "fd"}
+SECTIONS = ("bridge", "fdb", "gateway", "overlay", "services", "conntrack")
+MAX_HEADER = 8192
+
+
+def _labels(**kv):
+    return "{" + ",".join(f'{k}="{str(v).replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
+                          for k, v in kv.items()) + "}"
+
+
+def exposition(node, counters, pods=None):
+    """counters: the agent's "counters" result; pods: port -> pod name."""
+    pods = pods or {}
+    out = []
+
+    def family(name, kind, help, samples):
+        out.append(f"# HELP {name} {help}")
+        out.append(f"# TYPE {name} {kind}")
+        out.extend(f"{name}{_labels(**lab)} {val}" for lab, val in samples)
+
+    for key in ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "rx_dropped"):
+        family(f"podnet_port_{key}_total", "counter", f"Per-port {key.replace('_', ' ')}.",
+               [({"node": node, "port": p, "pod": pods.get(int(p), "uplink" if int(p) == 255 else "")}, c[key])
+                for p, c in sorted(counters["ports"].items(), key=lambda kv: int(kv[0]))])
+    family("podnet_drops_total", "counter", "Frames dropped by the fast path, by reason.",
+           [({"node": node, "reason": r}, v) for r, v in counters["drops"].items()])
+    for section in SECTIONS:
+        for key, v in counters.get(section, {}).items():
+            gauge = key in GAUGES
+            family(f"podnet_{section}_{key}{'' if gauge else '_total'}", "gauge" if gauge else "counter",
+                   f"{section} {key.replace('_', ' ')}.", [({"node": node}, v)])
+    io = counters.get("io", {})
+    for key in ("wakeups", "bursts", "frames"):
+        if key in io:
+            family(f"podnet_io_{key}_total", "counter", f"I/O loop {key}.", [({"node": node}, io[key])])
+    for key in ("rx_errors", "rx_truncated", "tx_errors", "tx_no_fd"):
+        family(f"podnet_io_{key}_total", "counter", f"Per-port I/O {key.replace('_', ' ')}.",
+               [({"node": node, "port": p}, c[key]) for p, c in sorted(io.get("ports", {}).items(),
+                                                                      key=lambda kv: int(kv[0]))])
+    return "\n".join(out) + "\n"
+
+
+class MetricsServer:
+    """fds() to watch, ready(fd) when one is readable; render() gives the body."""
+
+    def __init__(self, render, unix_path=None, tcp_sock=None):
+        self.render = render
+        self.listeners = {}
+        self.clients = {}                     # fd -> (socket, request bytes so far)
+        self.path = unix_path
+        if unix_path:
+            if os.path.exists(unix_path):
+                os.unlink(unix_path)
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            old = os.umask(0o177)
+            try:
+                s.bind(unix_path)
+            finally:
+                os.umask(old)
+            s.listen(8)
+            self.listeners[s.fileno()] = s
+        if tcp_sock is not None:              # bound by the caller (in the root namespace)
+            tcp_sock.listen(8)
+            self.listeners[tcp_sock.fileno()] = tcp_sock
+        for s in self.listeners.values():
+            s.setblocking(False)
+
+    def fds(self):
+        return list(self.listeners)
+
+    def ready(self, fd):
+        if fd in self.listeners:
+            try:
+                c, _ = self.listeners[fd].accept()
+            except BlockingIOError:
+                return [], []
+            c.setblocking(False)
+            self.clients[c.fileno()] = (c, b"")
+            return [c.fileno()], []
+        c, buf = self.clients[fd]
+        try:
+            data = c.recv(4096)
+        except BlockingIOError:
+            return [], []
+        except OSError:
+            data = b""
+        buf += data
+        if data and b"\r\n\r\n" not in buf and b"\n\n" not in buf and len(buf) < MAX_HEADER:
+            self.clients[fd] = (c, buf)
+            return [], []
+        if data:
+            self._answer(c, buf)
+        self.clients.pop(fd)
+        c.close()
+        return [], [fd]
+
+    def _answer(self, c, buf):
+        line = buf.split(b"\r\n", 1)[0].split(b"\n", 1)[0].split()
+        if len(line) >= 2 and line[0] == b"GET" and line[1].split(b"?")[0] in (b"/metrics", b"/"):
+            body = self.render().encode()
+            head = b"HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
+        else:
+            body = b"podnet serves GET /metrics\n"
+            head = b"HTTP/1.0 404 Not Found\r\nContent-Type: text/plain\r\n"
+        c.setblocking(True)
+        c.settimeout(2.0)
+        try:
+            c.sendall(head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        except OSError:
+            pass
+
+    def close(self):
+        for c, _ in self.clients.values():
+            c.close()
+        for s in self.listeners.values():
+            s.close()
+        if self.path:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
