@@ -59,6 +59,8 @@ class Agent:
             tap.place(pod["netns"], mac=pod["mac"], ip=pod["ip"], prefixlen=pod["prefixlen"],
                       mtu=pod["mtu"], gateway=gw["ip"])
             self.dp.add_port(port)
+            # anti-spoofing: the pod sends only from its own MAC and IP
+            self.dp.set_port_guard(port, pod["mac"], pod["ip"])
             self.dp.gateway.add_neighbor(pod["ip"], pod["mac"])
             self.io.attach(port, tap.fileno())
             self.pods[port] = pod
@@ -277,7 +279,8 @@ class Agent:
             "overlay": self.dp.overlay.info(), "gso_path": getattr(self, "gso_path", None),
             "vnet_hdr": self.dp.vnet_len, "offloads": t.offloads if t else 0,
             "ports": [{"port": p, "pod": pod["name"], "netns": pod["netns"], "ip": pod["ip"],
-                       "mac": pod["mac"], "tap": f"tap{p}"} for p, pod in self.pods.items()],
+                       "mac": pod["mac"], "tap": f"tap{p}", "guarded": self.dp.guard.get(p) is not None}
+                      for p, pod in self.pods.items()],
         }
 
     # ---- the loop ------------------------------------------------------

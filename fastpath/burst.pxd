@@ -11,6 +11,7 @@ from fastpath.vxlan cimport Overlay, overlay_t
 from fastpath.services cimport Services, svcmap_t
 from fastpath.conntrack cimport Conntrack, ct_t, conn_t
 from fastpath.trace cimport trace_t
+from fastpath.guard cimport PortGuard, guard_t
 
 @cython.final
 cdef class Dataplane:
@@ -41,6 +42,8 @@ cdef class Dataplane:
     cdef object clock
     cdef uint64_t now                    # clock of the burst being run (ms)
     cdef trace_t *tr                     # NULL, or notes every decision (trace())
+    cdef readonly PortGuard guard        # per-port anti-spoofing (off until set)
+    cdef guard_t *pg
 
     cdef void run(self, uint32_t start, uint32_t n, uint64_t now) noexcept nogil
     cdef inline void bridge(self, uint32_t i, pkt_t *pk, uint64_t now) noexcept nogil

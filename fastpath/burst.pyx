@@ -25,6 +25,7 @@ from fastpath.counters cimport port_stats_t
 from fastpath.counters import DROP_NAMES
 from fastpath.trace cimport *
 from fastpath.trace import EVENT_NAMES, CT_KINDS
+from fastpath.guard cimport guard_check, PortGuard
 
 
 cdef class Dataplane:
@@ -66,6 +67,8 @@ cdef class Dataplane:
         self.sm = &self.services.m
         self.conntrack = Conntrack(conntrack_capacity)
         self.ct = &self.conntrack.t
+        self.guard = PortGuard()
+        self.pg = &self.guard.g
         self.vnet_len = 0
         memset(self.pvnet, 0, sizeof(self.pvnet))
         self.ft = &self.fdb.t
@@ -182,6 +185,11 @@ cdef class Dataplane:
         if data[6] & 1:
             self.drop(pk, DROP_SRC_MCAST)
             return
+        if self.pg.on[port]:
+            r = guard_check(self.pg, port, data, &pk.m)
+            if r != DROP_NONE:
+                self.drop(pk, r)
+                return
         if port == self.ov.uplink and self.ov.enabled:
             self.uplink_rx(i, pk)
             return
@@ -749,6 +757,15 @@ cdef class Dataplane:
         """Remove a port and every FDB entry pointing at it, static included."""
         self.ports.remove(port)
         self.fdb.flush(port=port, include_static=True)
+        self.guard.clear(port)
+
+    def set_port_guard(self, int port, mac, ip):
+        """Anti-spoofing: frames from port must come from mac and, for IPv4
+        and ARP, from ip; others are dropped as spoof_mac / spoof_ip."""
+        self.guard.set(port, mac, ip)
+
+    def clear_port_guard(self, int port):
+        self.guard.clear(port)
 
     def set_vnet_len(self, uint32_t n):
         """Bytes of virtio-net header in front of pods' frames (0, 10 or 12):

@@ -38,6 +38,8 @@ DROP_NAMES = (
     "service_rejected",
     "conntrack_invalid",
     "conntrack_full",
+    "spoof_mac",
+    "spoof_ip",
 )
 
 N_DROP_REASONS = N_DROP

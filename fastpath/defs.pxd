@@ -60,6 +60,8 @@ cdef enum:
     DROP_SVC_REJECTED    # no such service port or no endpoints: answered with RST / port unreachable
     DROP_CT_INVALID      # TCP segment other than SYN for a connection conntrack does not know
     DROP_CT_FULL         # conntrack table full: new flow refused
+    DROP_SPOOF_MAC       # guarded pod port: source MAC (or ARP sender MAC) not the pod's
+    DROP_SPOOF_IP        # guarded pod port: IPv4 source (or ARP sender IP) not the pod's
     N_DROP
 
 ctypedef struct meta_t:

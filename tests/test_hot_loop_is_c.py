@@ -26,6 +26,7 @@ HOT = [
     "__pyx_f_8fastpath_5vxlan_ov_uplink",
     "__pyx_f_8fastpath_8services_svc_pick",
     "__pyx_f_8fastpath_9conntrack_ct_find",
+    "__pyx_f_8fastpath_5guard_guard_check",
     "__pyx_f_8fastpath_3fdb_fdb_learn",
     "__pyx_f_8fastpath_3fdb_fdb_lookup",
     "__pyx_f_8fastpath_5parse_parse_frame",
