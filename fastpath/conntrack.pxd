@@ -1,10 +1,13 @@
 # Connection tracking for service NAT: each connection is found by its
 # original tuple (client -> VIP) and its reply tuple (backend -> client, or
 # -> the gateway when hairpin SNAT applies). Bounded table, per-state
-# timeouts, lazy expiry on lookup plus a periodic sweep.
+# timeouts, lazy expiry on lookup plus a periodic sweep. A full table makes
+# room like netfilter's early_drop (ct_evict): never at an established
+# connection's expense.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 
 cdef enum:
+    CT_EVICT_SCAN = 8        # entries a full-table insert examines for a victim (netfilter: 8)
     CT_ORIG = 0
     CT_REPLY = 1
     # states
@@ -48,12 +51,14 @@ ctypedef struct ct_t:
     uint64_t count
     uint64_t timeout_ms[5]   # NEW(tcp), ESTABLISHED(tcp), FIN, CLOSED, UDP
     uint64_t udp_stream_ms   # UDP once a reply was seen
+    uint32_t hand            # where the next eviction scan starts (rotates over conns)
     # counters
     uint64_t inserts
     uint64_t insert_failed
     uint64_t expired
     uint64_t deleted
     uint64_t invalid
+    uint64_t evictions       # connections dropped early to make room for a new one
 
 cdef inline uint64_t ct_hash(const ct_t *t, uint64_t a, uint64_t b) noexcept nogil:
     return ((a ^ (b * 0xC2B2AE3D27D4EB4FULL)) * 0x9E3779B97F4A7C15ULL) >> t.shift
@@ -76,6 +81,7 @@ cdef inline uint64_t tuple_a(uint32_t src, uint32_t dst) noexcept nogil:
 cdef void ct_put(ct_t *t, uint64_t a, uint64_t b, uint32_t conn, uint8_t dir) noexcept nogil
 cdef void ct_remove_tuple(ct_t *t, uint64_t a, uint64_t b) noexcept nogil
 cdef void ct_delete(ct_t *t, uint32_t c) noexcept nogil
+cdef bint ct_evict(ct_t *t, uint64_t now) noexcept nogil
 cdef int ct_insert(ct_t *t, conn_t *proto_conn, uint64_t now) noexcept nogil
 
 cdef class Conntrack:

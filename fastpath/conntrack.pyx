@@ -58,10 +58,46 @@ cdef void ct_delete(ct_t *t, uint32_t c) noexcept nogil:
     t.count -= 1
 
 
+cdef bint ct_evict(ct_t *t, uint64_t now) noexcept nogil:
+    """Make room in a full table, as netfilter's early_drop does: examine
+    CT_EVICT_SCAN entries from a rotating hand and delete, of those that may
+    go, the one closest to expiry. May go: expired; not established (a TCP
+    SYN never answered, UDP never replied to); closing (FIN or RST seen).
+    Never an established connection (nor one marked dead: its next segment
+    is owed a RST). The hand moves on every call, so a flood's own entries
+    are what it finds and a scan never costs more than CT_EVICT_SCAN reads.
+    Returns whether a connection was removed (counted as evicted, or as
+    expired if it was)."""
+    cdef uint32_t n, c = t.hand, victim = 0
+    cdef uint64_t best = 0xFFFFFFFFFFFFFFFFULL
+    cdef conn_t *k
+    cdef bint found = False
+    for n in range(CT_EVICT_SCAN):
+        k = &t.conns[c]
+        if k.used and (k.expires <= now or
+                       (k.state != CT_ESTABLISHED and not (k.flags & CT_DEAD))) and k.expires < best:
+            best = k.expires
+            victim = c
+            found = True
+        c += 1
+        if c == t.capacity:
+            c = 0
+    t.hand = c
+    if not found:
+        return False
+    ct_delete(t, victim)
+    if best <= now:
+        t.expired += 1                   # the sweep would have taken it anyway
+    else:
+        t.evictions += 1
+    return True
+
+
 cdef int ct_insert(ct_t *t, conn_t *proto_conn, uint64_t now) noexcept nogil:
-    """Add a connection (both tuples); returns its index or -1 when full."""
+    """Add a connection (both tuples); returns its index, or -1 when the
+    table is full and nothing could be evicted."""
     cdef uint32_t c
-    if t.nfree == 0:
+    if t.nfree == 0 and not ct_evict(t, now):
         t.insert_failed += 1
         return -1
     t.nfree -= 1
@@ -198,4 +234,4 @@ cdef class Conntrack:
     def counters(self):
         return {"entries": self.t.count, "capacity": self.t.capacity, "inserts": self.t.inserts,
                 "insert_failed": self.t.insert_failed, "expired": self.t.expired,
-                "deleted": self.t.deleted, "invalid": self.t.invalid}
+                "deleted": self.t.deleted, "invalid": self.t.invalid, "evictions": self.t.evictions}
