@@ -27,6 +27,19 @@ PLAIN_SLOT = 9216          # one jumbo frame
 CAPTURE_IDLE = 5.0         # seconds: a capture nobody reads is stopped
 
 
+UPSERT_KEYS = ("vip", "port", "protocol", "backends", "load_balancing", "affinity_timeout",
+               "key", "service")          # the last two: labels podnet apply sends along
+DELETE_KEYS = ("vip", "port", "protocol")
+ROUTE_KEYS = ("name", "cidr", "vtep", "inner_mac", "vni", "vtep_mac")
+
+
+def _known_keys(what, obj, known):
+    """A misspelt key must not be ignored (it would silently mean its default)."""
+    unknown = sorted(set(obj) - set(known))
+    if unknown:
+        raise ValueError(f"{what}: unknown key {unknown[0]!r}; expected {', '.join(known)}")
+
+
 class Agent:
     def __init__(self, cfg, metrics_tcp=None):
         self.cfg = cfg
@@ -38,6 +51,8 @@ class Agent:
                             slot_size=GSO_SLOT if self.vnet else PLAIN_SLOT,
                             fdb_capacity=int(cfg.get("fdb_capacity", 65536)),
                             aging=float(cfg.get("aging", 300.0)),
+                            service_capacity=int(cfg.get("service_capacity", 131072)),
+                            conntrack_capacity=int(cfg.get("conntrack_capacity", 262144)),
                             service_cidr=cfg.get("service_cidr", "10.96.0.0/12"))
         self.io = IOLoop(self.dp)
         self.taps = {}             # port -> Tap
@@ -159,16 +174,26 @@ class Agent:
         svcs = self.dp.services
         if not isinstance(upsert, list) or not isinstance(delete, list):
             raise ValueError("upsert and delete must be lists")
-        for e in upsert:
+        added = set()
+        for i, e in enumerate(upsert):
             if not isinstance(e, dict):
                 raise ValueError("each upsert entry must be an object")
-            svcs.check(e.get("vip"), e.get("port"), e.get("protocol", "TCP"),
-                       [tuple(b) if isinstance(b, list) else b for b in e.get("backends", [])],
-                       e.get("load_balancing", "random"), e.get("affinity_timeout", 0))
-        for d in delete:
+            _known_keys(f"upsert[{i}]", e, UPSERT_KEYS)
+            if not isinstance(e.get("backends", []), list):
+                raise ValueError(f"upsert[{i}].backends must be a list of [IPv4 address, port]")
+            key, _ = svcs.check(e.get("vip"), e.get("port"), e.get("protocol", "TCP"),
+                                [tuple(b) if isinstance(b, list) else b for b in e.get("backends", [])],
+                                e.get("load_balancing", "random"), e.get("affinity_timeout", 0))
+            if not svcs.has_key(key):
+                added.add(key)
+        for i, d in enumerate(delete):
             if not isinstance(d, dict):
                 raise ValueError("each delete entry must be an object with vip, port, protocol")
+            _known_keys(f"delete[{i}]", d, DELETE_KEYS)
             svcs.check(d.get("vip"), d.get("port"), d.get("protocol", "TCP"))
+        if len(svcs) + len(added) > svcs.capacity:   # upserts go in before deletes
+            raise ValueError(f"{len(added)} new service ports would overflow the service map "
+                             f"({len(svcs)} of {svcs.capacity} used); nothing changed")
         flushed = [0, 0]
         for e in upsert:
             proto = e.get("protocol", "TCP")
@@ -203,8 +228,12 @@ class Agent:
         name = args.get("name")
         if not isinstance(name, str) or not name:
             raise ValueError("route_add needs a node name")
+        _known_keys("route", args, ROUTE_KEYS)
         routes = [r for r in self._route_list() if r["name"] != name] + [dict(args)]
-        self.dp.overlay.set_routes(routes, local=self.cfg["gateway"]["subnet"])
+        try:
+            self.dp.overlay.set_routes(routes, local=self.cfg["gateway"]["subnet"])
+        except ValueError as e:              # "route 3: ..." means the one being added
+            raise ValueError(str(e).replace(f"route {len(routes) - 1}", f"route to {name!r}", 1)) from None
         self.solicit()
         return self.dp.overlay.routes()
 
@@ -250,8 +279,8 @@ class Agent:
         if self.io.capture_info()["running"]:
             raise ValueError(f"a capture is already running on node {self.node} "
                              f"(ports {self.io.capture_info()['ports']})")
-        self.io.capture_start([port], bufsize=int(args.get("buffer", 4 << 20)),
-                              snaplen=int(args.get("snaplen", 65535)))
+        self.io.capture_start([port], bufsize=args.get("buffer", 4 << 20),
+                              snaplen=args.get("snaplen", 65535))
         self.capture_seen = time.monotonic()
         return self.io.capture_info()
 

@@ -4,6 +4,9 @@ object per line each way. Request {"op": NAME, ...args}; reply
 import json
 import os
 import socket
+import sys
+
+from dataplane.textload import json_loads
 
 MAX_REQUEST = 64 << 20         # bytes (10k services x 10 endpoints is ~3 MB); longer is refused
 
@@ -21,8 +24,11 @@ def request(path, op, timeout=10.0, **args):
             s.connect(str(path))
         except (FileNotFoundError, ConnectionRefusedError) as e:
             raise ControlError(f"agent not reachable at {path}: {e.strerror}") from None
+        except PermissionError as e:
+            raise ControlError(f"agent not reachable at {path}: {e.strerror} (the control socket "
+                               "is root's alone)") from None
         s.sendall(json.dumps({"op": op, **args}).encode() + b"\n")
-        buf = b""
+        buf = bytearray()
         while not buf.endswith(b"\n"):
             chunk = s.recv(65536)
             if not chunk:
@@ -70,7 +76,7 @@ class ControlServer:
             except BlockingIOError:
                 return [], []
             c.setblocking(False)
-            self.clients[c.fileno()] = (c, b"")
+            self.clients[c.fileno()] = (c, bytearray())
             return [c.fileno()], []
         c, buf = self.clients[fd]
         try:
@@ -81,10 +87,12 @@ class ControlServer:
             data = b""
         if not data:
             return [], [self._drop(fd)]
-        buf += data
-        while b"\n" in buf:
-            line, buf = buf.split(b"\n", 1)
-            self._reply(c, self._handle(line))
+        buf += data                            # in place: a large request costs O(n), not O(n^2)
+        if b"\n" in data:                      # only the new bytes can hold the end of a request
+            *lines, rest = buf.split(b"\n")
+            buf = bytearray(rest)
+            for line in lines:
+                self._reply(c, self._handle(line))
         if len(buf) > MAX_REQUEST:
             self._reply(c, {"ok": False, "error": f"request longer than {MAX_REQUEST} bytes"})
             return [], [self._drop(fd)]
@@ -93,8 +101,8 @@ class ControlServer:
 
     def _handle(self, line):
         try:
-            req = json.loads(line)
-        except (ValueError, UnicodeDecodeError) as e:
+            req = json_loads(line)
+        except ValueError as e:
             return {"ok": False, "error": f"malformed JSON request: {e}"}
         if not isinstance(req, dict) or not isinstance(req.get("op"), str):
             return {"ok": False, "error": 'request must be a JSON object with a string "op"'}
@@ -104,6 +112,9 @@ class ControlServer:
         except (ValueError, KeyError, TypeError, OverflowError) as e:
             msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
             return {"ok": False, "error": f"{op}: {msg}"}
+        except Exception as e:                 # a bug, not bad input: answer, log, keep serving
+            print(f"control: {op} failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+            return {"ok": False, "error": f"{op}: internal error ({type(e).__name__}: {e})"}
 
     def _reply(self, c, obj):
         data = json.dumps(obj, default=str).encode() + b"\n"

@@ -8,7 +8,6 @@ spec.py (whose checkers this reuses), a key given as null counts as absent.
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network
@@ -18,6 +17,7 @@ from typing import Mapping
 import yaml
 
 from .ipam import SERVICE_OFFSET
+from .textload import FastStrictSafeLoader, check_depth, json_loads, problem
 from .spec import DEFAULT_AFFINITY_TIMEOUT, LABEL_MAX, _describe, _get, _Parser, read_text
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
@@ -158,12 +158,17 @@ def parse_manifests(text, source="<manifest>"):
     if text.lstrip()[:1] == "{":
         # JSON (kubectl -o json) is YAML too, but json parses it ~50x faster
         try:
-            return _parse_documents([json.loads(text)], source)
+            doc = json_loads(text)
         except ValueError:
             pass                                   # not JSON after all: YAML reports the error
+        else:
+            return _parse_documents([doc], source)
     try:
-        # libyaml's loader when present: the pure-Python one takes seconds on 10k objects
-        docs.extend(yaml.load_all(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)))
+        check_depth(text, FastStrictSafeLoader)
+        docs.extend(yaml.load_all(text, Loader=FastStrictSafeLoader))
+    except (ValueError, RecursionError) as exc:     # not YAMLErrors: huge numbers, deep nesting
+        raise ManifestError([f"{source}: document {len(docs) + 1} (?/?): (document): {problem(exc)}; "
+                             "expected valid YAML"]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(document)"
@@ -316,6 +321,21 @@ class _Checker(_Parser):
             ports.append(ServicePort(name, port, target, protocol))
         return tuple(ports)
 
+    def endpoint_address(self, path, value):
+        """An endpoint's IPv4 address; like Kubernetes' ValidateEndpointIP,
+        none that no pod can have (traffic DNATed there would go nowhere)."""
+        expected = "a unicast IPv4 address a pod can have"
+        addr = self.address(path, value, expected)
+        if addr is None:
+            return None
+        for bad, why in ((addr.is_unspecified, "is unspecified"), (addr.is_loopback, "is loopback (127.0.0.0/8)"),
+                         (addr.is_link_local, "is link-local (169.254.0.0/16)"),
+                         (addr.is_multicast, "is multicast (224.0.0.0/4)"),
+                         (addr == IPv4Address("255.255.255.255"), "is the broadcast address")):
+            if bad:
+                return self.error(path, f"{value!r} {why}", expected)
+        return addr
+
     def endpoint_slice(self, namespace, name, labels, doc):
         service = labels.get(SERVICE_NAME_LABEL)
         self.name(f"metadata.labels[{SERVICE_NAME_LABEL!r}]", service, LABEL_MAX, " (the slice's Service)")
@@ -336,7 +356,7 @@ class _Checker(_Parser):
             if not self.fields(path, m, "endpoint"):
                 continue
             # Kubernetes allows up to 100 fungible addresses per endpoint; kube-proxy uses the first.
-            addresses = [self.address(p, a, "an IPv4 address")
+            addresses = [self.endpoint_address(p, a)
                          for p, a in self.items(f"{path}.addresses", m.get("addresses"), "addresses", 1, 100)]
             conditions = self.section(f"{path}.conditions", _get(m, "conditions", {}), "conditions")
             ready = self.boolean(f"{path}.conditions.ready", conditions.get("ready"), True)

@@ -18,6 +18,8 @@ from typing import Mapping
 
 import yaml
 
+from .textload import StrictSafeLoader, problem
+
 DEFAULT_SPEC = """\
 # podnet default cluster: two nodes with a web and a client pod each, and a
 # ClusterIP service "web" whose backends are the two web pods, one per node.
@@ -160,19 +162,28 @@ def load_spec(path=None):
     return parse_spec(read_text(path, SpecError, "(document): cannot read the spec"), str(path))
 
 
+MAX_FILE = 64 << 20          # bytes; 10k services x 10 endpoints as manifests is ~10 MB
+
+
 def read_text(path, error, what):
-    """A UTF-8 file's text, or error([f"{path}: {what} (why); expected ..."])."""
+    """A UTF-8 file's text, or error([f"{path}: {what} (why); expected ..."]).
+    Reads at most MAX_FILE bytes, so /dev/zero or a stray image is refused."""
     try:
         with open(path, encoding="utf-8") as f:
-            return f.read()
+            text = f.read(MAX_FILE + 1)
     except (OSError, UnicodeDecodeError) as exc:
         why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
         raise error([f"{path}: {what} ({why}); expected a readable YAML file"]) from None
+    if len(text) > MAX_FILE:
+        raise error([f"{path}: {what} (larger than {MAX_FILE >> 20} MiB); expected a readable YAML file"])
+    return text
 
 
 def parse_spec(text, source="<spec>"):
     try:
-        doc = yaml.safe_load(text)
+        doc = yaml.load(text, Loader=StrictSafeLoader)
+    except (ValueError, RecursionError) as exc:     # not YAMLErrors: huge numbers, deep nesting
+        raise SpecError([f"{source}: (document): {problem(exc)}; expected valid YAML"]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(document)"

@@ -81,9 +81,12 @@ cdef class IOLoop:
         self.cap_used += need
         self.cap_frames += 1
 
-    def capture_start(self, ports, size_t bufsize=4 << 20, uint32_t snaplen=65535):
+    def capture_start(self, ports, bufsize=4 << 20, snaplen=65535):
         """Copy frames received from and sent to these ports into a buffer of
         bufsize bytes (frames cut to snaplen), until capture_stop()."""
+        for what, v in (("capture buffer", bufsize), ("snaplen", snaplen)):
+            if not isinstance(v, int) or isinstance(v, bool):    # checked before C conversion
+                raise ValueError(f"{what} must be an integer number of bytes, got {v!r}")
         if self.capturing:
             raise RuntimeError("a capture is already running")
         ports = list(ports)

@@ -42,6 +42,10 @@ def maglev_table(backends, uint32_t m):
     return table
 
 
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)     # JSON true is not port 1
+
+
 cdef class Services:
     def __cinit__(self, uint64_t capacity=131072, service_cidr="10.96.0.0/12", uint64_t affinity_capacity=65536):
         cdef uint64_t slots = 16, aslots = 16
@@ -86,13 +90,15 @@ cdef class Services:
         self.m.rng = seed or 1
 
     def _key(self, vip, port, proto):
+        if not isinstance(vip, str):
+            raise ValueError(f"service VIP must be an IPv4 address string, got {vip!r}")
         try:
-            v = ipaddress.IPv4Address(str(vip))
+            v = ipaddress.IPv4Address(vip)
         except ValueError as e:
             raise ValueError(f"service VIP: {e}") from None
         if (int(v) & self.m.netmask) != self.m.net:
             raise ValueError(f"service VIP {v} is outside the service CIDR")
-        if not isinstance(port, int) or not 1 <= port <= 65535:
+        if not _is_int(port) or not 1 <= port <= 65535:
             raise ValueError(f"service port must be 1..65535, got {port!r}")
         if proto not in PROTO:
             raise ValueError(f"protocol must be TCP or UDP, got {proto!r}")
@@ -107,7 +113,7 @@ cdef class Services:
             raise ValueError(f"load balancing must be random or maglev, got {lb!r}")
         if lb == "maglev" and maglev_size not in MAGLEV_SIZES:
             raise ValueError(f"Maglev table size must be one of {MAGLEV_SIZES}, got {maglev_size}")
-        if not isinstance(affinity_timeout, int) or not 0 <= affinity_timeout <= 86400:
+        if not _is_int(affinity_timeout) or not 0 <= affinity_timeout <= 86400:
             raise ValueError(f"affinity timeout must be 0..86400 seconds, got {affinity_timeout!r}")
         bl = []
         for b in backends:
@@ -116,8 +122,12 @@ cdef class Services:
                 ipn = int.from_bytes(socket.inet_pton(socket.AF_INET, ip), "big")   # strict dotted quad, fast
             except (TypeError, ValueError, OSError):
                 raise ValueError(f"backend {b!r}: expected (IPv4 address, port)") from None
-            if not isinstance(bp, int) or not 1 <= bp <= 65535:
+            if not _is_int(bp) or not 1 <= bp <= 65535:
                 raise ValueError(f"backend {ip}: port must be 1..65535, got {bp!r}")
+            if ipn == 0 or ipn >> 24 == 127 or ipn >> 28 == 0xE or ipn == 0xFFFFFFFF or ipn >> 16 == 0xA9FE:
+                # traffic DNATed there would go nowhere (as Kubernetes' endpoint validation)
+                raise ValueError(f"backend {ip}: not a unicast address a pod can have "
+                                 "(unspecified, loopback, link-local, multicast or broadcast)")
             bl.append((ipn, bp))
         bl = sorted(set(bl))
         if len(bl) > MAX_BACKENDS:
@@ -186,6 +196,14 @@ cdef class Services:
                 self.m.slots[j].maglev = NULL
                 i = j
         self.m.count -= 1
+
+    @property
+    def capacity(self):
+        return self.m.capacity
+
+    def has_key(self, uint64_t key):
+        """Whether the key check() returned is in the map (no dict built, unlike get)."""
+        return svc_find(&self.m, key) != NULL
 
     def get(self, vip, int port, proto="TCP"):
         cdef svc_t *s = svc_find(&self.m, self._key(vip, port, proto))

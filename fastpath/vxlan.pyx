@@ -65,11 +65,14 @@ cdef class Overlay:
         for i, r in enumerate(routes):
             if not isinstance(r, dict):
                 raise ValueError(f"route {i}: expected an object")
+            for key, example in (("cidr", "10.244.1.0/24"), ("vtep", "172.30.250.2")):
+                if key not in r:
+                    raise ValueError(f"route {i}: missing {key!r}")
+                if not isinstance(r[key], str):
+                    raise ValueError(f"route {i}: {key} must be a string such as {example}, got {r[key]!r}")
             try:
-                net = ipaddress.IPv4Network(str(r["cidr"]), strict=True)
-                vtep = ipaddress.IPv4Address(str(r["vtep"]))
-            except KeyError as e:
-                raise ValueError(f"route {i}: missing {e.args[0]!r}") from None
+                net = ipaddress.IPv4Network(r["cidr"], strict=True)
+                vtep = ipaddress.IPv4Address(r["vtep"])
             except ValueError as e:
                 raise ValueError(f"route {i}: {e}") from None
             if net.prefixlen == 0:
@@ -82,7 +85,9 @@ cdef class Overlay:
             if int(vtep) == self.ov.ip:
                 raise ValueError(f"route {i}: VTEP {vtep} is this node's own address")
             inner = _mac(r.get("inner_mac", ""), f"route {i} inner_mac")
-            vni = int(r.get("vni", self.ov.vni))
+            vni = r.get("vni", self.ov.vni)
+            if not isinstance(vni, int) or isinstance(vni, bool):
+                raise ValueError(f"route {i}: vni must be an integer, got {vni!r}")
             if vni != self.ov.vni:
                 raise ValueError(f"route {i}: VNI {vni}, but this node serves VNI {self.ov.vni}")
             static = _mac(r["vtep_mac"], f"route {i} vtep_mac") if r.get("vtep_mac") else None
