@@ -164,7 +164,7 @@ def parse_manifests(text, source="<manifest>"):
         else:
             return _parse_documents([doc], source)
     try:
-        check_depth(text, FastStrictSafeLoader)
+        check_depth(text)
         docs.extend(yaml.load_all(text, Loader=FastStrictSafeLoader))
     except (ValueError, RecursionError) as exc:     # not YAMLErrors: huge numbers, deep nesting
         raise ManifestError([f"{source}: document {len(docs) + 1} (?/?): (document): {problem(exc)}; "

@@ -18,7 +18,7 @@ from typing import Mapping
 
 import yaml
 
-from .textload import StrictSafeLoader, problem
+from .textload import StrictSafeLoader, check_depth, problem
 
 DEFAULT_SPEC = """\
 # podnet default cluster: two nodes with a web and a client pod each, and a
@@ -181,6 +181,7 @@ def read_text(path, error, what):
 
 def parse_spec(text, source="<spec>"):
     try:
+        check_depth(text)
         doc = yaml.load(text, Loader=StrictSafeLoader)
     except (ValueError, RecursionError) as exc:     # not YAMLErrors: huge numbers, deep nesting
         raise SpecError([f"{source}: (document): {problem(exc)}; expected valid YAML"]) from None

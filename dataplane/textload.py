@@ -40,11 +40,12 @@ StrictSafeLoader = _strict(yaml.SafeLoader)
 FastStrictSafeLoader = _strict(getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
+_EventLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 MAX_DEPTH = 1000                 # no spec or manifest nests a tenth of this
 _RUN = re.compile(r"(?:[-?][ \t]+){2,}")          # "- - - x": block nesting on one line
 
 
-def check_depth(text, loader):
+def check_depth(text):
     """Raise ValueError if text nests more than MAX_DEPTH levels. libyaml's
     composer recurses in C, so a few hundred kilobytes of "[" would overflow
     the C stack (a segfault, not a RecursionError). Nesting costs at least a
@@ -55,7 +56,7 @@ def check_depth(text, loader):
     if text.count("[") + text.count("{") + runs <= MAX_DEPTH:
         return
     depth = 0
-    for ev in yaml.parse(text, Loader=loader):      # events: no recursion
+    for ev in yaml.parse(text, Loader=_EventLoader):   # events: no recursion, and in C
         c = ev.__class__
         if c is yaml.MappingStartEvent or c is yaml.SequenceStartEvent:
             depth += 1
