@@ -53,7 +53,10 @@ class Agent:
         if self.vnet:
             self.dp.set_vnet_len(12)
         pod_offloads = self.setup_uplink() if self.cfg.get("uplink") else POD_OFFLOADS
+        npods = len(self.cfg["pods"])
         for port, pod in enumerate(self.cfg["pods"]):
+            if port and port % 16 == 0:          # `podnet up` follows these lines in the log
+                print(f"placed {port}/{npods} pods", flush=True)
             tap = Tap(f"tap{port}", vnet_hdr=self.vnet, offloads=pod_offloads)
             self.taps[port] = tap
             tap.place(pod["netns"], mac=pod["mac"], ip=pod["ip"], prefixlen=pod["prefixlen"],

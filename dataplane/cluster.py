@@ -134,7 +134,8 @@ def up(spec_path=None, vnet=True, progress=print, metrics=False, metrics_port=No
                                             metrics or metrics_port is not None, metrics_port)
             _save_state(state)
         for node in spec.nodes:
-            _wait_ready(state["nodes"][node.name], procs[node.name])
+            _wait_ready(state["nodes"][node.name], procs[node.name],
+                        progress if len(spec.pods_on(node.name)) > 16 else None)
             progress(f"node {node.name}: agent pid {state['nodes'][node.name]['pid']} ready, "
                      f"{len(spec.pods_on(node.name))} pods")
         if spec.services:
@@ -196,9 +197,16 @@ def _start_agent(spec, plan, node, state, vnet, metrics=False, metrics_port=None
     return proc
 
 
-def _wait_ready(node, proc):
+def _wait_ready(node, proc, progress=None):
     deadline = time.monotonic() + AGENT_READY_TIMEOUT
+    shown = ""
     while time.monotonic() < deadline:
+        if progress:                          # the agent logs "placed K/N pods" as it goes
+            lines = [ln for ln in Path(node["log"]).read_text(errors="replace").splitlines()
+                     if ln.startswith("placed ")]
+            if lines and lines[-1] != shown:
+                shown = lines[-1]
+                progress(f"{node['netns']}: {shown}")
         if proc.poll() is not None:
             log = Path(node["log"]).read_text(errors="replace")[-2000:]
             raise ClusterError(f"agent for {node['netns']} exited during start-up:\n{log}")
@@ -409,9 +417,10 @@ def _fp_key(e):
     return (e["vip"], e["port"], e["protocol"])
 
 
-def _apply_objects(state, objects, delete):
+def _apply_objects(state, objects, delete, progress=None):
     """Apply (or delete) manifest objects: validate in the store, diff what the
     fast path holds, push the change to every agent (all or none), save."""
+    say = progress or (lambda *_: None)
     store = _store(state)
     before = {_fp_key(e): e for e in state.get("service_entries", [])}
     result = store.delete(objects) if delete else store.apply(objects)
@@ -421,12 +430,15 @@ def _apply_objects(state, objects, delete):
     undo_upsert = [before[k] for k in list(before) if k in after and before[k] != after[k]] + \
                   [before[k] for k in before if k not in after]
     undo_delete = [{"vip": k[0], "port": k[1], "protocol": k[2]} for k in after if k not in before]
+    say(f"validated {len(objects)} objects: {len(upsert)} service ports to load, {len(gone)} to remove")
     done = []
     if upsert or gone:
         try:
             for node, sock in _agents(state).items():
+                t0 = time.monotonic()
                 request(sock, "services_apply", timeout=60.0, upsert=upsert, delete=gone)
                 done.append(sock)
+                say(f"node {node}: loaded in {time.monotonic() - t0:.2f} s")
         except ControlError as e:
             for sock in done:
                 try:
@@ -440,13 +452,16 @@ def _apply_objects(state, objects, delete):
     return result, len(upsert), len(gone)
 
 
-def apply_file(path, delete=False):
+def apply_file(path, delete=False, progress=None):
     from dataplane.manifests import load_manifests
     state = require_state()
+    t0 = time.monotonic()
     objects = load_manifests(path)
     if not objects:
         raise ClusterError(f"{path}: no objects")
-    return _apply_objects(state, objects, delete)
+    if progress:
+        progress(f"read {len(objects)} objects from {path} in {time.monotonic() - t0:.1f} s")
+    return _apply_objects(state, objects, delete, progress)
 
 
 def services():

@@ -159,3 +159,17 @@ def test_stats_table_has_every_stage(cluster):
     for section in ("bridge.forwarded", "fdb.entries", "gateway.routed", "overlay.encapsulated",
                     "services.service_ports", "conntrack.entries", "io.bursts"):
         assert section in out
+
+
+def test_applying_thousands_of_services_shows_progress(cluster, tmp_path):
+    items = [{"apiVersion": "v1", "kind": "Service", "metadata": {"name": f"bulk-{i}"},
+              "spec": {"clusterIP": f"10.91.{100 + i // 250}.{1 + i % 250}", "selector": {"app": "web"},
+                       "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}} for i in range(1500)]
+    path = tmp_path / "bulk.json"
+    path.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": items}, indent=2))
+    r = podnet("apply", "-f", str(path))
+    assert "read 1500 objects" in r.stderr and "validated 1500 objects: 1500 service ports to load" in r.stderr
+    assert "node n1: loaded in" in r.stderr and "node n2: loaded in" in r.stderr
+    assert len(agent(cluster, "n2", "services")) == 1501
+    podnet("delete", "-f", str(path))
+    assert len(agent(cluster, "n2", "services")) == 1
