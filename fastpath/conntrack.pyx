@@ -6,6 +6,7 @@ import ipaddress
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset
+from fastpath.hugemem cimport huge_calloc, huge_free
 
 STATES = ("new", "established", "fin_wait", "closed")
 PROTOS = {6: "TCP", 17: "UDP"}
@@ -88,9 +89,11 @@ cdef class Conntrack:
         while slots < 4 * capacity:          # two tuples per connection, half full at most
             slots <<= 1
             bits += 1
-        self.t.conns = <conn_t *>calloc(capacity, sizeof(conn_t))
+        self.t.capacity = capacity            # set first: __dealloc__ sizes the unmaps from them
+        self.t.mask = slots - 1
+        self.t.conns = <conn_t *>huge_calloc(capacity, sizeof(conn_t))
         self.t.free_list = <uint32_t *>calloc(capacity, sizeof(uint32_t))
-        self.t.slots = <tuple_t *>calloc(slots, sizeof(tuple_t))
+        self.t.slots = <tuple_t *>huge_calloc(slots, sizeof(tuple_t))
         if self.t.conns == NULL or self.t.free_list == NULL or self.t.slots == NULL:
             raise MemoryError("conntrack")
         self.t.capacity = capacity
@@ -102,9 +105,9 @@ cdef class Conntrack:
         self.set_timeouts(DEFAULT_TIMEOUTS)
 
     def __dealloc__(self):
-        free(self.t.conns)
+        huge_free(self.t.conns, self.t.capacity, sizeof(conn_t))
         free(self.t.free_list)
-        free(self.t.slots)
+        huge_free(self.t.slots, self.t.mask + 1, sizeof(tuple_t))
 
     def set_timeouts(self, timeouts):
         t = dict(DEFAULT_TIMEOUTS, **{k: v for k, v in self.timeouts().items()} if self.t.timeout_ms[0] else {})
