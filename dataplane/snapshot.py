@@ -1,0 +1,215 @@
+"""Agent snapshots: what a node's fast path learned or was told at run time,
+kept in the run directory so an agent restarted after a crash (SIGKILL
+included) resumes where it was instead of starting empty.
+
+Saved: the FDB, conntrack (tuples, NAT fields, state, flags, expiry),
+services, overlay routes (those added at run time by `podnet node add`
+included), peer VTEP MACs and ARP-learned neighbours. Not saved: ClientIP
+affinity entries (a new connection after a restart may pick another
+backend) and counters.
+
+The agent calls tick() from its loop; every EVERY seconds it writes the file
+(JSON, written to a temporary file and renamed over the old one, so a crash
+mid-write leaves the previous snapshot whole), and only if something changed:
+times are stored absolute on the fast path's clock, so an idle table encodes
+to the same bytes. save() on clean shutdown. A connection opened less than
+EVERY seconds before a SIGKILL can be missing from the snapshot: its next
+packet after the restart is then a mid-stream packet of an unknown flow.
+
+Timers are restored as remaining time less the time the agent was down
+(wall clock): a connection that would have expired meanwhile is not restored.
+"""
+import base64
+import json
+import os
+import time
+from pathlib import Path
+
+from fastpath.conntrack import RECORD_SIZE as CT_RECORD
+from fastpath.fdb import RECORD_SIZE as FDB_RECORD
+
+VERSION = 1
+EVERY = 1.0                # seconds between snapshots
+
+
+def boot_id():
+    """Clock times in a snapshot mean nothing after a reboot."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _b64(data):
+    return base64.b64encode(data).decode("ascii")
+
+
+def _routes(dp):
+    """The overlay's routes in set_routes() form (static VTEP MACs kept)."""
+    if not dp.overlay.enabled:
+        return []
+    return [{"name": r["name"], "cidr": r["cidr"], "vtep": r["vtep"], "inner_mac": r["inner_mac"],
+             "vni": r["vni"], **({"vtep_mac": r["vtep_mac"]} if r["vtep_state"] == "static" else {})}
+            for r in dp.overlay.routes()]
+
+
+def _services(dp):
+    return [{"vip": s["vip"], "port": s["port"], "protocol": s["protocol"], "lb": s["lb"],
+             "affinity_timeout": s["affinity_timeout"], "backends": s["backends"]}
+            for s in dp.services.list()]
+
+
+class Snapshotter:
+    """Saves dp's state to path and restores it. meta (cluster, node) is
+    written into the file and checked on restore, with the boot id.
+    clock: the Dataplane's clock (seconds), for its absolute times; wall:
+    seconds that keep counting while no agent runs, for the time spent down."""
+
+    def __init__(self, dp, path, meta, clock=time.monotonic, every=EVERY, log=None, wall=time.time):
+        self.dp = dp
+        self.path = Path(path)
+        self.meta = dict(meta, version=VERSION, boot_id=boot_id())
+        self.clock = clock
+        self.wall = wall
+        self.every = every
+        self.log = log or (lambda msg: None)
+        self.armed = False         # restore() done: saving cannot clobber an unread snapshot
+        self.next = 0.0
+        self.last_body = None
+        self._svc = (None, "[]")   # (services generation, encoded): 10k services are not re-encoded each second
+        self._routes_gen = None
+        self.writes = 0
+
+    # ---- saving ------------------------------------------------------------
+
+    def body(self):
+        """Everything but the save time, as JSON text (without braces)."""
+        dp = self.dp
+        gen = dp.services.generation
+        if self._svc[0] != gen:
+            self._svc = (gen, json.dumps(_services(dp), separators=(",", ":")))
+        parts = {**self.meta,
+                 "fdb": {"record": FDB_RECORD, "data": _b64(dp.fdb.export())},
+                 "conntrack": {"record": CT_RECORD, "data": _b64(dp.conntrack.export())},
+                 "routes": _routes(dp),
+                 "vteps": dp.overlay.learned_vteps() if dp.overlay.enabled else [],
+                 "neighbors": [[n["ip"], n["mac"]] for n in dp.gateway.neighbors() if n["state"] == "learned"]}
+        return json.dumps(parts, separators=(",", ":"))[1:-1] + ',"services":' + self._svc[1]
+
+    def save(self, force=False):
+        """Write the snapshot if it changed (or force). Returns True if written."""
+        if not self.armed:
+            return False
+        body = self.body()
+        if body == self.last_body and not force:
+            return False
+        head = json.dumps({"saved_wall": self.wall(), "saved_clock_ms": int(self.clock() * 1000)})
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(head[:-1] + "," + body + "}")
+        os.replace(tmp, self.path)
+        self.last_body = body
+        self.writes += 1
+        return True
+
+    def tick(self):
+        """Called from the agent's loop: save every `every` seconds, and at
+        once when services or routes changed (control requests)."""
+        now = time.monotonic()
+        if now < self.next and self._svc[0] == self.dp.services.generation \
+                and self._routes_gen == self.dp.overlay.generation:
+            return False
+        self.next = now + self.every
+        self._routes_gen = self.dp.overlay.generation
+        try:
+            return self.save()
+        except OSError as e:                      # a full disk must not stop forwarding
+            self.log(f"snapshot not written: {e}")
+            return False
+
+    # ---- restoring -----------------------------------------------------------
+
+    def read(self):
+        """The snapshot on disk if it is this node's, from this boot; else None."""
+        try:
+            snap = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            self.log(f"snapshot {self.path} unreadable, ignored: {e}")
+            return None
+        if not isinstance(snap, dict):
+            self.log(f"snapshot {self.path} is not an object, ignored")
+            return None
+        for k in ("version", "cluster", "node", "boot_id"):
+            if snap.get(k) != self.meta.get(k):
+                self.log(f"snapshot {self.path} ignored: {k} is {snap.get(k)!r}, expected {self.meta.get(k)!r}")
+                return None
+        return snap
+
+    def restore(self, local_subnet=None):
+        """Load the snapshot into the fast path (before it serves traffic),
+        then allow saving. Each part is restored on its own: a bad part is
+        logged and skipped. Returns {part: entries restored} ({} if none)."""
+        snap = self.read()
+        try:
+            return restore(self.dp, snap, self.clock, local_subnet, self.log, self.wall) if snap else {}
+        finally:
+            self.armed = True
+            self.next = time.monotonic() + self.every
+            self._routes_gen = self.dp.overlay.generation
+
+
+def restore(dp, snap, clock=time.monotonic, local_subnet=None, log=print, wall=time.time):
+    """Put a snapshot (as read from the file) into dp, whose ports, gateway
+    and overlay are configured already. Timers: remaining time at the save,
+    less the wall-clock time since. FDB entries for ports dp lacks are dropped."""
+    out = {}
+    now = int(clock() * 1000)
+    down_ms = max(0, int((wall() - float(snap.get("saved_wall", 0))) * 1000))
+    offset = now - int(snap.get("saved_clock_ms", now)) - down_ms
+    out["down_s"] = round(down_ms / 1000, 3)
+
+    def part(name, fn):
+        try:
+            out[name] = fn()
+        except (ValueError, TypeError, KeyError, OverflowError) as e:
+            log(f"snapshot: {name} not restored: {e}")
+
+    def routes():
+        if not dp.overlay.enabled or not snap.get("routes"):
+            return 0
+        dp.overlay.set_routes(snap["routes"], local=local_subnet)
+        return len(snap["routes"])
+
+    def services():
+        n = 0
+        for s in snap.get("services", []):
+            try:
+                dp.services.set(s["vip"], s["port"], s["protocol"], [tuple(b) for b in s["backends"]],
+                                s["lb"], s["affinity_timeout"])
+                n += 1
+            except (ValueError, TypeError, KeyError, OverflowError) as e:
+                log(f"snapshot: service {s!r} not restored: {e}")
+        return n
+
+    def table(name, record, obj, *extra):
+        sec = snap.get(name) or {}
+        if sec.get("record") != record:
+            raise ValueError(f"record size {sec.get('record')}, this build uses {record}")
+        restored, skipped = obj.restore(base64.b64decode(sec["data"], validate=True), offset, now, *extra)
+        return restored
+
+    part("routes", routes)
+    part("vteps", lambda: dp.overlay.restore_vteps(snap.get("vteps", [])) if dp.overlay.enabled else 0)
+    part("neighbors", lambda: sum(bool(_learn(dp, ip, mac)) for ip, mac in snap.get("neighbors", [])))
+    part("services", services)
+    part("fdb", lambda: table("fdb", FDB_RECORD, dp.fdb, [p for p, _ in dp.ports.list()]))
+    part("conntrack", lambda: table("conntrack", CT_RECORD, dp.conntrack))
+    return out
+
+
+def _learn(dp, ip, mac):
+    try:
+        return dp.gateway.learn_neighbor(ip, mac)
+    except (ValueError, RuntimeError):
+        return False
