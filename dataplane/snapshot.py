@@ -165,9 +165,10 @@ def restore(dp, snap, clock=time.monotonic, local_subnet=None, log=print, wall=t
     less the wall-clock time since. FDB entries for ports dp lacks are dropped."""
     out = {}
     now = int(clock() * 1000)
-    down_ms = max(0, int((wall() - float(snap.get("saved_wall", 0))) * 1000))
-    offset = now - int(snap.get("saved_clock_ms", now)) - down_ms
-    out["down_s"] = round(down_ms / 1000, 3)
+    # expiry (absolute) - saved_clock_ms = remaining at the save; less the time since
+    age_ms = max(0, int((wall() - float(snap.get("saved_wall", 0))) * 1000))
+    offset = now - int(snap.get("saved_clock_ms", now)) - age_ms
+    out["snapshot_age_s"] = round(age_ms / 1000, 3)
 
     def part(name, fn):
         try:
