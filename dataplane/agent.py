@@ -20,7 +20,7 @@ from dataplane.control import ControlServer
 from dataplane.snapshot import Snapshotter
 from fastpath import Dataplane
 from fastpath.ioloop import IOLoop
-from tap import POD_OFFLOADS, TUN_F_UDP_TUNNEL_GSO, UPLINK_OFFLOADS, UPLINK_VNET_HDR_LEN, Tap
+from tap import POD_OFFLOADS, TUN_F_UDP_TUNNEL_GSO, UPLINK_OFFLOADS, UPLINK_VNET_HDR_LEN
 from tap.device import TUN_F_CSUM, VNET_HDR_LEN, open_tap
 
 AGE_EVERY = 1.0            # seconds between FDB aging sweeps

@@ -233,7 +233,7 @@ cdef class Conntrack:
             r[n].expires = k.expires
             r[n].packets = k.packets
             n += 1
-        return bytes(out)
+        return out
 
     def restore(self, const unsigned char[:] records, long long offset, uint64_t now):
         """Insert connections from export() records, each expiry moved by

@@ -201,7 +201,7 @@ cdef class Fdb:
             r[n].flags = self.t.slots[i].flags
             r[n].pad = 0
             n += 1
-        return bytes(out)
+        return out
 
     def restore(self, const unsigned char[:] records, long long offset, uint64_t now, ports=None):
         """Insert entries from export() records, `seen` moved by offset ms.

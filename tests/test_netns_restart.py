@@ -4,7 +4,6 @@ TAPs and restores its snapshot, so ping works again and a TCP connection
 through a ClusterIP (backend on the other node, DNAT state on the client's)
 carries on where it was. `podnet up` with every agent alive still refuses.
 `podnet down` after a crash, or racing a restart, leaves nothing behind."""
-import base64
 import json
 import os
 import re
@@ -18,7 +17,7 @@ import time
 
 import pytest
 
-from dataplane.snapshot import CT_RECORD
+from dataplane.snapshot import CT_RECORD, read
 from netns_helpers import agent, in_pod, podnet, running_cluster, spawn_in_pod
 
 SPEC = """
@@ -94,10 +93,9 @@ def read_json(proc, timeout=90):
 def snapshot_conns(path):
     """(client port, state) of each connection in a node's snapshot file."""
     try:
-        snap = json.loads(path.read_text())
+        data = read(path)[1]["conntrack"]
     except (OSError, ValueError):
         return []
-    data = base64.b64decode(snap["conntrack"]["data"])
     fmt = "=IIIIHHHBBBxQQ"
     assert struct.calcsize(fmt) == CT_RECORD
     return [(r[4], r[8]) for r in struct.iter_unpack(fmt, data)]
