@@ -302,7 +302,7 @@ def _resync(state, node):
             done.append(f"route to {r['name']} removed")
     have = {r["name"]: (r["cidr"], r["vtep"], r["inner_mac"]) for r in routes}
     for name, e in want.items():
-        if have.get(name) != (e["pod_cidr"], e["vtep"], e["vtep_mac"]):
+        if have.get(name) != (e["pod_cidr"], e["vtep"], e["vtep_mac"].lower()):
             request(sock, "route_add", name=name, cidr=e["pod_cidr"], vtep=e["vtep"], vni=state["vni"],
                     inner_mac=e["vtep_mac"])
             done.append(f"route to {name} added")
