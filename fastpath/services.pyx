@@ -164,6 +164,7 @@ cdef class Services:
         s.msize = maglev_size if mg != NULL else 0
         s.lb = LB_MAGLEV if lb == "maglev" else LB_RANDOM
         s.affinity_ms = <uint32_t>(affinity_timeout * 1000)
+        self.generation += 1
 
     def remove(self, vip, int port, proto="TCP"):
         cdef uint64_t key = self._key(vip, port, proto)
@@ -186,6 +187,7 @@ cdef class Services:
                 self.m.slots[j].maglev = NULL
                 i = j
         self.m.count -= 1
+        self.generation += 1
 
     def get(self, vip, int port, proto="TCP"):
         cdef svc_t *s = svc_find(&self.m, self._key(vip, port, proto))
