@@ -38,7 +38,7 @@ bench: setup
 	$(PY) -m pytest -q bench --benchmark-json=bench/results/raw-pytest-benchmark.json
 	$(PY) bench/report.py
 	@if [ "$$(id -u)" = 0 ]; then $(PY) bench/e2e_pods.py && $(PY) bench/e2e_overlay.py >/dev/null \
-	  && $(PY) bench/e2e_services.py >/dev/null; \
+	  && $(PY) bench/e2e_services.py >/dev/null && $(PY) bench/e2e_connect.py >/dev/null; \
 	  else echo "end-to-end benchmarks skipped: they need root"; fi
 
 # HTML view of where Python leaks into the fast path (yellow lines).

@@ -3,6 +3,10 @@ a TAP per pod and places it in the pod's namespace as eth0, loads the fast
 path (ports, gateway, neighbours), then runs the C I/O loop and serves the
 control socket between bursts.
 
+TAPs are persistent and the fast path's state is snapshotted every second
+(dataplane/snapshot.py): an agent started again after a crash re-attaches to
+the pods' eth0 and restores its tables before it reads the first frame.
+
     python -m dataplane agent CONFIG.json      (started by `podnet up`)
 """
 import json
@@ -14,10 +18,11 @@ import time
 from dataplane import netns
 from dataplane.control import ControlServer
 from dataplane.metrics import MetricsServer, exposition
+from dataplane.snapshot import Snapshotter
 from fastpath import Dataplane
 from fastpath.ioloop import IOLoop
-from tap import POD_OFFLOADS, TUN_F_UDP_TUNNEL_GSO, UPLINK_OFFLOADS, UPLINK_VNET_HDR_LEN, Tap
-from tap.device import TUN_F_CSUM
+from tap import POD_OFFLOADS, TUN_F_UDP_TUNNEL_GSO, UPLINK_OFFLOADS, UPLINK_VNET_HDR_LEN
+from tap.device import TUN_F_CSUM, VNET_HDR_LEN, open_tap
 
 AGE_EVERY = 1.0            # seconds between FDB aging sweeps
 UPLINK_PORT = 255          # the fabric port: outside the pods' bridge domain
@@ -61,6 +66,11 @@ class Agent:
         self.stop = False
         self.started = time.time()
         self.capture_seen = 0.0
+        snap = cfg.get("snapshot") or os.path.splitext(cfg["socket"])[0] + ".snapshot"
+        self.snapshots = Snapshotter(self.dp, snap, {"cluster": cfg.get("cluster"), "node": self.node},
+                                     log=lambda msg: print(f"agent {self.node}: {msg}", flush=True))
+        self.restored = {}         # what the last snapshot gave back at start-up
+        self.reattached = 0        # TAPs found in place (a restart after a crash)
 
     def setup(self):
         gw = self.cfg["gateway"]
@@ -68,11 +78,15 @@ class Agent:
         if self.vnet:
             self.dp.set_vnet_len(12)
         pod_offloads = self.setup_uplink() if self.cfg.get("uplink") else POD_OFFLOADS
+        npods = len(self.cfg["pods"])
         for port, pod in enumerate(self.cfg["pods"]):
-            tap = Tap(f"tap{port}", vnet_hdr=self.vnet, offloads=pod_offloads)
+            if port and port % 16 == 0:          # `podnet up` follows these lines in the log
+                print(f"placed {port}/{npods} pods", flush=True)
+            tap, again = open_tap(pod["netns"], "eth0", f"tap{port}", vnet_hdr=self.vnet, offloads=pod_offloads,
+                                  mac=pod["mac"], ip=pod["ip"], prefixlen=pod["prefixlen"],
+                                  mtu=pod["mtu"], gateway=gw["ip"])
+            self.reattached += again
             self.taps[port] = tap
-            tap.place(pod["netns"], mac=pod["mac"], ip=pod["ip"], prefixlen=pod["prefixlen"],
-                      mtu=pod["mtu"], gateway=gw["ip"])
             self.dp.add_port(port)
             # anti-spoofing: the pod sends only from its own MAC and IP
             self.dp.set_port_guard(port, pod["mac"], pod["ip"])
@@ -81,6 +95,10 @@ class Agent:
             self.pods[port] = pod
         if self.cfg.get("uplink"):
             self.dp.overlay.set_routes(self.cfg.get("routes", []), local=gw["subnet"])
+        self.restored = self.snapshots.restore(local_subnet=gw["subnet"])
+        if self.restored:
+            print(f"agent {self.node}: restored from snapshot {self.restored}", flush=True)
+        if self.cfg.get("uplink"):
             self.solicit()
         self.server = ControlServer(self.cfg["socket"], self.handle)
         for fd in self.server.fds():
@@ -97,19 +115,16 @@ class Agent:
         can leave whole (UDP-tunnel GSO on this TAP); otherwise checksum
         offload alone, so pods send MTU-sized frames (the fallback)."""
         up = self.cfg["uplink"]
-        if self.vnet:
-            # Named as it will be in the fabric namespace: agents move their
-            # uplinks there concurrently, so a common temporary name would clash.
-            tap = Tap(up["ifname"], vnet_hdr=True, offloads=UPLINK_OFFLOADS, vnet_len=UPLINK_VNET_HDR_LEN)
-            tunnel_gso = bool(tap.offloads & TUN_F_UDP_TUNNEL_GSO)
-            if not tunnel_gso:               # kernel without UDP-tunnel GSO: 12-byte headers, CSUM only
-                tap.close()
-                tap = Tap(up["ifname"], vnet_hdr=True, offloads=TUN_F_CSUM)
-        else:
-            tap = Tap(up["ifname"], vnet_hdr=False)
-            tunnel_gso = False
+        # Named as it will be in the fabric namespace: agents move their
+        # uplinks there concurrently, so a common temporary name would clash.
+        tap, again = open_tap(up["fabric_netns"], up["ifname"], up["ifname"], vnet_hdr=self.vnet,
+                              offloads=UPLINK_OFFLOADS, vnet_len=UPLINK_VNET_HDR_LEN,
+                              mtu=up["mtu"], master=up["bridge"])
+        self.reattached += again
+        tunnel_gso = self.vnet and bool(tap.offloads & TUN_F_UDP_TUNNEL_GSO)
+        if self.vnet and not tunnel_gso:      # kernel without UDP-tunnel GSO: 12-byte headers, CSUM only
+            tap.configure(VNET_HDR_LEN, TUN_F_CSUM)
         self.uplink_tap = tap
-        tap.place(up["fabric_netns"], ifname=up["ifname"], mtu=up["mtu"], master=up["bridge"])
         self.dp.add_port(UPLINK_PORT, domain=UPLINK_DOMAIN)
         self.dp.set_port_vnet(UPLINK_PORT, tap.vnet_len)
         self.dp.overlay.configure(UPLINK_PORT, up["ip"], up["mac"], vni=up["vni"], port=up["port"],
@@ -307,6 +322,7 @@ class Agent:
             "gateway": self.dp.gateway.info(),
             "overlay": self.dp.overlay.info(), "gso_path": getattr(self, "gso_path", None),
             "vnet_hdr": self.dp.vnet_len, "offloads": t.offloads if t else 0,
+            "restored": self.restored, "reattached": self.reattached,
             "ports": [{"port": p, "pod": pod["name"], "netns": pod["netns"], "ip": pod["ip"],
                        "mac": pod["mac"], "tap": f"tap{p}", "guarded": self.dp.guard.get(p) is not None}
                       for p, pod in self.pods.items()],
@@ -333,8 +349,13 @@ class Agent:
                 if self.dp.overlay.enabled:
                     self.solicit()
                 next_age = now + AGE_EVERY
+            self.snapshots.tick()
 
     def close(self):
+        try:
+            self.snapshots.save(force=True)          # only once restore() ran: never clobbers an unread one
+        except OSError as e:
+            print(f"agent {self.node}: snapshot not written: {e}", flush=True)
         if self.server:
             self.server.close()
         if self.metrics:

@@ -101,7 +101,9 @@ def cmd_node(args):
 
 def cmd_apply(args, delete=False):
     from dataplane import cluster
-    result, changed, removed = cluster.apply_file(args.file, delete=delete)
+    big = os.path.getsize(args.file) > (256 << 10) if os.path.exists(args.file) else False
+    say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if big else None   # thousands of objects
+    result, changed, removed = cluster.apply_file(args.file, delete=delete, progress=say)
     lines = result if delete else [ln for v in result.values() for ln in v]
     for ln in lines:
         print(ln)

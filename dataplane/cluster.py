@@ -1,6 +1,10 @@
 """Cluster lifecycle: `up` (plan, namespaces, agents), `down` (remove all of
 it, also after a crash), status. What `up` creates is recorded under the run
-directory before it is created, so `down` can always find it."""
+directory before it is created, so `down` can always find it. `up` on a
+cluster that is up restarts the agents that died (restart()); they resume
+from their snapshots. One `up` or `down` runs at a time (a lock file)."""
+import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -99,16 +103,53 @@ def _pid_is_agent(pid, config):
     return config.encode() in cmd
 
 
+_lock_depth = 0
+
+
+@contextlib.contextmanager
+def _exclusive():
+    """Hold the run directory's lock (re-entrant within this process): a
+    `down` during a restart waits, then sees the new agents' PIDs."""
+    global _lock_depth
+    if _lock_depth:
+        _lock_depth += 1
+        try:
+            yield
+        finally:
+            _lock_depth -= 1
+        return
+    run_dir().mkdir(parents=True, exist_ok=True)
+    lock = run_dir() / "lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        _lock_depth = 1
+        try:
+            yield
+        finally:
+            _lock_depth = 0
+            if not state_path().exists():             # no cluster (down, failed up): no file left
+                lock.unlink(missing_ok=True)
+    finally:
+        os.close(fd)
+
+
 def up(spec_path=None, vnet=True, progress=print, metrics=False, metrics_port=None):
     """Bring the cluster up; raises ClusterError (and leaves nothing) on failure.
+    If it is up already, restart the agents that died (restart()).
     metrics: each agent serves Prometheus text on {run_dir}/{node}.metrics.sock,
     and on 127.0.0.1:metrics_port+index if metrics_port is given."""
     if metrics_port is not None and not 1024 <= metrics_port <= 65535 - MAX_NODES:
         raise ClusterError(f"metrics port must be 1024..{65535 - MAX_NODES}, got {metrics_port}")
+    with _exclusive():
+        state = load_state()
+        if state is not None:
+            return restart(state, spec_path, progress)
+        return _up(spec_path, vnet, progress, metrics or metrics_port is not None, metrics_port)
+
+
+def _up(spec_path, vnet, progress, metrics=False, metrics_port=None):
     spec = load_spec(spec_path)                       # SpecError: nothing created
-    if load_state() is not None:
-        raise ClusterError(f"a cluster is already up (state in {state_path()}); "
-                           f"run `podnet down` first")
     names = ([fabric_ns(spec.name)] + [node_ns(spec.name, n.name) for n in spec.nodes]
              + [pod_ns(spec.name, p.name) for p in spec.pods])
     clash = [n for n in names if netns.exists(n)]
@@ -134,7 +175,8 @@ def up(spec_path=None, vnet=True, progress=print, metrics=False, metrics_port=No
                                             metrics or metrics_port is not None, metrics_port)
             _save_state(state)
         for node in spec.nodes:
-            _wait_ready(state["nodes"][node.name], procs[node.name])
+            _wait_ready(state["nodes"][node.name], procs[node.name],
+                        progress if len(spec.pods_on(node.name)) > 16 else None)
             progress(f"node {node.name}: agent pid {state['nodes'][node.name]['pid']} ready, "
                      f"{len(spec.pods_on(node.name))} pods")
         if spec.services:
@@ -183,22 +225,119 @@ def _start_agent(spec, plan, node, state, vnet, metrics=False, metrics_port=None
     if metrics:
         cfg["metrics"] = {"socket": str(rd / f"{node}.metrics.sock"),
                           "port": metrics_port + np.index if metrics_port is not None else None}
+    cfg["snapshot"] = str(rd / f"{node}.snapshot")
+    _remove_snapshot(cfg["snapshot"])                 # a new cluster starts empty
     cfg_path = rd / f"{node}.json"
     cfg_path.write_text(json.dumps(cfg, indent=2))
     log_path = rd / f"{node}.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "dataplane", "agent", str(cfg_path)],
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+    proc = _spawn(cfg_path, log_path)
     state["nodes"][node] = {"pid": proc.pid, "config": str(cfg_path), "socket": cfg["socket"],
-                            "log": str(log_path), "netns": cfg["netns"],
+                            "log": str(log_path), "netns": cfg["netns"], "snapshot": cfg["snapshot"],
                             "underlay_ip": str(uip), "underlay_mac": umac, "metrics": cfg.get("metrics")}
     return proc
 
 
-def _wait_ready(node, proc):
+def _spawn(cfg_path, log_path, append=False):
+    with open(log_path, "ab" if append else "wb") as log:
+        return subprocess.Popen([sys.executable, "-m", "dataplane", "agent", str(cfg_path)],
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def _remove_snapshot(path):
+    for f in (Path(path), Path(str(path) + ".tmp")):
+        f.unlink(missing_ok=True)
+
+
+def restart(state, spec_path=None, progress=print):
+    """Start again the agents of a running cluster whose process died
+    (SIGKILL, crash); leave the live ones alone. A restarted agent re-attaches
+    to its pods' TAPs and restores its snapshot, then gets the services and
+    external nodes changed since that snapshot. Refuses if every agent runs
+    ("already up"), if spec_path names another spec, or if what the agents
+    need is gone (a namespace, a half-finished `up`): `podnet down` then."""
+    if spec_path is not None and load_spec(spec_path).to_dict() != state["spec"]:
+        raise ClusterError(f"cluster {state['cluster']} is up with another spec ({state['source']}); "
+                           f"run `podnet down` first")
+    dead = [node for node, n in state["nodes"].items() if not _pid_is_agent(n["pid"], n["config"])]
+    if not dead:
+        raise ClusterError(f"a cluster is already up (state in {state_path()}) and all its agents run; "
+                           f"run `podnet down` first")
+    planned = set(state["plan"]["nodes"])
+    if set(state["nodes"]) != planned:
+        raise ClusterError(f"the `podnet up` of cluster {state['cluster']} did not finish "
+                           f"(agents for {', '.join(sorted(planned - set(state['nodes'])))} never started); "
+                           f"run `podnet down` first")
+    gone = [name for name in state["namespaces"] if not netns.exists(name)]
+    gone += [n["config"] for n in state["nodes"].values() if not Path(n["config"]).exists()]
+    if gone:
+        raise ClusterError(f"cannot restart agents: {', '.join(gone)} no longer exist; run `podnet down` first")
+    procs, started = {}, {}
+    for node in dead:
+        n = state["nodes"][node]
+        _reap(n["pid"])
+        started[node] = time.monotonic()
+        procs[node] = _spawn(n["config"], n["log"], append=True)
+        n["pid"] = procs[node].pid
+        n["restarts"] = n.get("restarts", 0) + 1
+        _save_state(state)                            # before waiting: `down` must find it
+    for node in dead:
+        n = state["nodes"][node]
+        _wait_ready(n, procs[node])
+        ready = time.monotonic() - started[node]
+        st = request(n["socket"], "status", timeout=5.0)
+        fixed = _resync(state, node)
+        restored = {k: v for k, v in (st.get("restored") or {}).items() if k != "snapshot_age_s" and v}
+        progress(f"node {node}: agent was dead, restarted: pid {n['pid']} ready in {ready:.2f} s, "
+                 f"{st.get('reattached', 0)} TAPs re-attached, restored "
+                 f"{', '.join(f'{v} {k}' for k, v in restored.items()) or 'nothing'}"
+                 + (f"; {fixed}" if fixed else ""))
+    for node, n in state["nodes"].items():
+        if node not in dead:
+            progress(f"node {node}: agent pid {n['pid']} running, left alone")
+    return state
+
+
+def _resync(state, node):
+    """The control plane's records win over a snapshot up to a second old:
+    services and external nodes changed since it was written are put right."""
+    sock = state["nodes"][node]["socket"]
+    done = []
+    want = state.get("external", {})
+    routes = request(sock, "routes")
+    for r in routes:
+        if r["name"] and r["name"] not in state["nodes"] and r["name"] not in want:
+            request(sock, "route_remove", name=r["name"])
+            done.append(f"route to {r['name']} removed")
+    have = {r["name"]: (r["cidr"], r["vtep"], r["inner_mac"]) for r in routes}
+    for name, e in want.items():
+        if have.get(name) != (e["pod_cidr"], e["vtep"], e["vtep_mac"].lower()):
+            request(sock, "route_add", name=name, cidr=e["pod_cidr"], vtep=e["vtep"], vni=state["vni"],
+                    inner_mac=e["vtep_mac"])
+            done.append(f"route to {name} added")
+    key = lambda e: (e["vip"], e["port"], e["protocol"])
+    running = {key(s): ({tuple(b) for b in s["backends"]}, s["lb"], s["affinity_timeout"])
+               for s in request(sock, "services", timeout=60.0)}
+    entries = state.get("service_entries", [])
+    upsert = [e for e in entries if running.get(key(e)) != ({tuple(b) for b in e["backends"]},
+                                                           e["load_balancing"], e["affinity_timeout"])]
+    delete = [{"vip": k[0], "port": k[1], "protocol": k[2]} for k in set(running) - {key(e) for e in entries}]
+    if upsert or delete:
+        request(sock, "services_apply", timeout=60.0, upsert=upsert, delete=delete)
+        done.append(f"{len(upsert)} service ports updated, {len(delete)} removed")
+    return ", ".join(done)
+
+
+def _wait_ready(node, proc, progress=None):
     deadline = time.monotonic() + AGENT_READY_TIMEOUT
+    shown = ""
     while time.monotonic() < deadline:
+        if progress:                          # the agent logs "placed K/N pods" as it goes
+            lines = [ln for ln in Path(node["log"]).read_text(errors="replace").splitlines()
+                     if ln.startswith("placed ")]
+            if lines and lines[-1] != shown:
+                shown = lines[-1]
+                progress(f"{node['netns']}: {shown}")
         if proc.poll() is not None:
             log = Path(node["log"]).read_text(errors="replace")[-2000:]
             raise ClusterError(f"agent for {node['netns']} exited during start-up:\n{log}")
@@ -213,6 +352,11 @@ def _wait_ready(node, proc):
 def down(quiet=False, progress=print):
     """Stop every agent and delete every namespace and file `up` made.
     Works after agents were SIGKILLed and after a half-finished `up`."""
+    with _exclusive():
+        return _down(quiet, progress)
+
+
+def _down(quiet, progress):
     state = load_state()
     if state is None:
         if not quiet:
@@ -235,6 +379,10 @@ def down(quiet=False, progress=print):
         for f in (n["socket"], n["config"], n["log"], (n.get("metrics") or {}).get("socket")):
             if f:
                 Path(f).unlink(missing_ok=True)
+        _remove_snapshot(n.get("snapshot") or os.path.splitext(n["socket"])[0] + ".snapshot")
+    for node in state["plan"]["nodes"]:               # an `up` killed between writing a config and recording it
+        for suffix in (".json", ".sock", ".log", ".snapshot", ".snapshot.tmp", ".metrics.sock"):
+            (state_path().parent / f"{node}{suffix}").unlink(missing_ok=True)
     state_path().unlink(missing_ok=True)
     if not quiet:
         progress(f"cluster {state['cluster']} down: {len(state['nodes'])} agents stopped, "
@@ -409,9 +557,10 @@ def _fp_key(e):
     return (e["vip"], e["port"], e["protocol"])
 
 
-def _apply_objects(state, objects, delete):
+def _apply_objects(state, objects, delete, progress=None):
     """Apply (or delete) manifest objects: validate in the store, diff what the
     fast path holds, push the change to every agent (all or none), save."""
+    say = progress or (lambda *_: None)
     store = _store(state)
     before = {_fp_key(e): e for e in state.get("service_entries", [])}
     result = store.delete(objects) if delete else store.apply(objects)
@@ -421,12 +570,15 @@ def _apply_objects(state, objects, delete):
     undo_upsert = [before[k] for k in list(before) if k in after and before[k] != after[k]] + \
                   [before[k] for k in before if k not in after]
     undo_delete = [{"vip": k[0], "port": k[1], "protocol": k[2]} for k in after if k not in before]
+    say(f"validated {len(objects)} objects: {len(upsert)} service ports to load, {len(gone)} to remove")
     done = []
     if upsert or gone:
         try:
             for node, sock in _agents(state).items():
+                t0 = time.monotonic()
                 request(sock, "services_apply", timeout=60.0, upsert=upsert, delete=gone)
                 done.append(sock)
+                say(f"node {node}: loaded in {time.monotonic() - t0:.2f} s")
         except ControlError as e:
             for sock in done:
                 try:
@@ -440,13 +592,16 @@ def _apply_objects(state, objects, delete):
     return result, len(upsert), len(gone)
 
 
-def apply_file(path, delete=False):
+def apply_file(path, delete=False, progress=None):
     from dataplane.manifests import load_manifests
     state = require_state()
+    t0 = time.monotonic()
     objects = load_manifests(path)
     if not objects:
         raise ClusterError(f"{path}: no objects")
-    return _apply_objects(state, objects, delete)
+    if progress:
+        progress(f"read {len(objects)} objects from {path} in {time.monotonic() - t0:.1f} s")
+    return _apply_objects(state, objects, delete, progress)
 
 
 def services():

@@ -36,6 +36,8 @@ def request(path, op, timeout=10.0, **args):
             buf += chunk
     except socket.timeout:
         raise ControlError(f"agent at {path} did not answer {op!r} within {timeout} s") from None
+    except (ConnectionResetError, BrokenPipeError) as e:      # the agent died mid-request
+        raise ControlError(f"agent at {path} closed the connection: {e.strerror}") from None
     finally:
         s.close()
     reply = json.loads(buf)

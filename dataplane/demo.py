@@ -155,6 +155,16 @@ def main(out=print):
         mark = "PASS" if ok else ("----" if ok is None else "FAIL")
         out(f"  [{mark}] {what:52s} {detail}")
 
+    svc = next((e for e in entries if e["protocol"] == "TCP" and e["backends"]), None)
+    if svc and client:
+        from dataplane import trace
+        out(f"\n== podnet trace {client} {svc['vip']}:{svc['port']} (one SYN, decision by decision) ==")
+        try:
+            frame = trace.build_frame(state, client, f"{svc['vip']}:{svc['port']}")
+            out(trace.render(trace.run(client, frame)))
+        except Exception as e:                # a demo section, not a check
+            out(f"  trace failed: {e}")
+
     out("\n== fast-path counters ==")
     rows = []
     for node, n in state["nodes"].items():
@@ -178,9 +188,12 @@ def main(out=print):
                (f"podnet routes {n0}", "the overlay routes to other nodes"),
                ("podnet services", "ClusterIPs and their backends"),
                (f"podnet conntrack {n0}", "connections through ClusterIPs"),
+               (f"podnet trace {client or a} {svc['vip'] if svc else '10.96.0.10'}:80", "every fast-path decision for one packet"),
+               (f"podnet capture {n0} {a} -w /tmp/{a}.pcap -c 50", "pcap of a port, for tcpdump/Wireshark"),
+               (f"podnet metrics {n0}", "Prometheus text (podnet up --metrics serves it)"),
                ("podnet apply -f my-service.yaml", "Service / EndpointSlice manifests, live"),
                ("podnet down", "remove every namespace, TAP, socket and agent")]
     out("\n== explore (podnet is .venv/bin/podnet) ==")
     for cmd, why in explore:
-        out(f"  {cmd:46s} # {why}")
+        out(f"  {cmd:50s} # {why}")
     return 0 if all(ok is not False for _, ok, _ in results) else 1

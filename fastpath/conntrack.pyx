@@ -6,6 +6,7 @@ import ipaddress
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset
+from fastpath.hugemem cimport huge_calloc, huge_free
 
 STATES = ("new", "established", "fin_wait", "closed")
 PROTOS = {6: "TCP", 17: "UDP"}
@@ -115,6 +116,26 @@ def _ip(uint32_t v):
     return str(ipaddress.IPv4Address(v))
 
 
+# One connection in a snapshot (export/restore): fixed layout, native byte
+# order (snapshots never leave the host), times absolute on the table's clock.
+cdef packed struct ct_rec_t:
+    uint32_t cip
+    uint32_t vip
+    uint32_t bip
+    uint32_t sip
+    uint16_t cport
+    uint16_t vport
+    uint16_t bport
+    uint8_t proto
+    uint8_t state
+    uint8_t flags
+    uint8_t pad
+    uint64_t expires
+    uint64_t packets
+
+RECORD_SIZE = sizeof(ct_rec_t)
+
+
 cdef class Conntrack:
     def __cinit__(self, uint32_t capacity=262144):
         cdef uint64_t slots = 16
@@ -124,9 +145,11 @@ cdef class Conntrack:
         while slots < 4 * capacity:          # two tuples per connection, half full at most
             slots <<= 1
             bits += 1
-        self.t.conns = <conn_t *>calloc(capacity, sizeof(conn_t))
+        self.t.capacity = capacity            # set first: __dealloc__ sizes the unmaps from them
+        self.t.mask = slots - 1
+        self.t.conns = <conn_t *>huge_calloc(capacity, sizeof(conn_t))
         self.t.free_list = <uint32_t *>calloc(capacity, sizeof(uint32_t))
-        self.t.slots = <tuple_t *>calloc(slots, sizeof(tuple_t))
+        self.t.slots = <tuple_t *>huge_calloc(slots, sizeof(tuple_t))
         if self.t.conns == NULL or self.t.free_list == NULL or self.t.slots == NULL:
             raise MemoryError("conntrack")
         self.t.capacity = capacity
@@ -138,9 +161,9 @@ cdef class Conntrack:
         self.set_timeouts(DEFAULT_TIMEOUTS)
 
     def __dealloc__(self):
-        free(self.t.conns)
+        huge_free(self.t.conns, self.t.capacity, sizeof(conn_t))
         free(self.t.free_list)
-        free(self.t.slots)
+        huge_free(self.t.slots, self.t.mask + 1, sizeof(tuple_t))
 
     def set_timeouts(self, timeouts):
         t = dict(DEFAULT_TIMEOUTS, **{k: v for k, v in self.timeouts().items()} if self.t.timeout_ms[0] else {})
@@ -230,6 +253,64 @@ cdef class Conntrack:
             if len(out) >= limit:
                 break
         return out
+
+    def export(self):
+        """Every connection as RECORD_SIZE-byte records (for a snapshot):
+        tuples, NAT fields, state, flags, packets and expiry time. One C pass,
+        no Python object per connection."""
+        cdef bytearray out = bytearray(self.t.count * sizeof(ct_rec_t))
+        cdef ct_rec_t *r = <ct_rec_t *>(<char *>out) if self.t.count else NULL
+        cdef uint32_t c, n = 0
+        cdef conn_t *k
+        for c in range(self.t.capacity):
+            k = &self.t.conns[c]
+            if not k.used or n == self.t.count:
+                continue
+            r[n].cip = k.cip; r[n].vip = k.vip; r[n].bip = k.bip; r[n].sip = k.sip
+            r[n].cport = k.cport; r[n].vport = k.vport; r[n].bport = k.bport
+            r[n].proto = k.proto; r[n].state = k.state; r[n].flags = k.flags; r[n].pad = 0
+            r[n].expires = k.expires
+            r[n].packets = k.packets
+            n += 1
+        return out
+
+    def restore(self, const unsigned char[:] records, long long offset, uint64_t now):
+        """Insert connections from export() records, each expiry moved by
+        offset ms (to this table's clock, less the time spent down). Skipped:
+        already expired, malformed (unknown protocol, state or flags), or
+        clashing with a tuple already here. Returns (restored, skipped); stops
+        with the rest skipped when the table is full."""
+        if records.shape[0] % sizeof(ct_rec_t):
+            raise ValueError(f"conntrack records: {records.shape[0]} bytes is not a multiple of {sizeof(ct_rec_t)}")
+        cdef uint64_t n = records.shape[0] // sizeof(ct_rec_t), i, restored = 0
+        cdef const ct_rec_t *r
+        cdef conn_t nc
+        cdef long long expires
+        cdef int c
+        for i in range(n):
+            r = <const ct_rec_t *>(&records[0] + i * sizeof(ct_rec_t))
+            expires = <long long>r.expires + offset
+            if (r.proto != 6 and r.proto != 17) or r.state > CT_CLOSED or (r.flags & ~(CT_SNAT | CT_DEAD)) \
+                    or expires <= <long long>now:
+                continue
+            if ct_find(&self.t, tuple_a(r.cip, r.vip), tuple_b(r.cport, r.vport, r.proto)) != NULL \
+                    or ct_find(&self.t, tuple_a(r.bip, r.sip), tuple_b(r.bport, r.cport, r.proto)) != NULL:
+                continue
+            memset(&nc, 0, sizeof(nc))
+            nc.cip = r.cip; nc.vip = r.vip; nc.bip = r.bip; nc.sip = r.sip
+            nc.cport = r.cport; nc.vport = r.vport; nc.bport = r.bport
+            nc.proto = r.proto; nc.state = r.state; nc.flags = r.flags
+            nc.expires = <uint64_t>expires
+            nc.packets = r.packets
+            if self.t.nfree == 0:
+                break                           # full: the rest are skipped, nothing evicted for them
+            c = ct_insert(&self.t, &nc, now)
+            if c < 0:
+                self.t.insert_failed -= 1       # not traffic's failure
+                break
+            self.t.inserts -= 1                 # restored, not created by traffic
+            restored += 1
+        return restored, n - restored
 
     def counters(self):
         return {"entries": self.t.count, "capacity": self.t.capacity, "inserts": self.t.inserts,

@@ -48,6 +48,18 @@ cdef uint64_t key_of(mac, int domain) except? 0:
     return fdb_key(<const uint8_t *>m, domain)
 
 
+# One entry in a snapshot (export/restore): native byte order, `seen` absolute
+# on the table's clock.
+cdef packed struct fdb_rec_t:
+    uint64_t key
+    uint64_t seen
+    uint16_t port
+    uint8_t flags
+    uint8_t pad
+
+RECORD_SIZE = sizeof(fdb_rec_t)
+
+
 def mac_str(uint64_t key):
     return ":".join(f"{(key >> (56 - 8 * i)) & 0xff:02x}" for i in range(6))
 
@@ -174,6 +186,57 @@ cdef class Fdb:
             })
         out.sort(key=lambda d: (d["domain"], d["mac"]))
         return out
+
+    def export(self):
+        """Every entry as RECORD_SIZE-byte records, for a snapshot."""
+        cdef bytearray out = bytearray(self.t.count * sizeof(fdb_rec_t))
+        cdef fdb_rec_t *r = <fdb_rec_t *>(<char *>out) if self.t.count else NULL
+        cdef uint64_t i, n = 0
+        for i in range(self.t.mask + 1):
+            if self.t.slots[i].key == 0 or n == self.t.count:
+                continue
+            r[n].key = self.t.slots[i].key
+            r[n].seen = self.t.slots[i].seen
+            r[n].port = self.t.slots[i].port
+            r[n].flags = self.t.slots[i].flags
+            r[n].pad = 0
+            n += 1
+        return out
+
+    def restore(self, const unsigned char[:] records, long long offset, uint64_t now, ports=None):
+        """Insert entries from export() records, `seen` moved by offset ms.
+        Skipped: aged out by now, on a port not in `ports` (when given),
+        malformed, or already present. Returns (restored, skipped)."""
+        if records.shape[0] % sizeof(fdb_rec_t):
+            raise ValueError(f"FDB records: {records.shape[0]} bytes is not a multiple of {sizeof(fdb_rec_t)}")
+        cdef bint allowed[MAX_PORTS]
+        for p in range(MAX_PORTS):
+            allowed[p] = ports is None
+        for p in ports or ():
+            if 0 <= p < MAX_PORTS:
+                allowed[p] = True
+        cdef uint64_t n = records.shape[0] // sizeof(fdb_rec_t), i, restored = 0
+        cdef const fdb_rec_t *r
+        cdef fdb_entry_t *e
+        cdef long long seen
+        for i in range(n):
+            r = <const fdb_rec_t *>(&records[0] + i * sizeof(fdb_rec_t))
+            seen = <long long>r.seen + offset
+            if seen < 0:
+                seen = 0
+            if not (r.key & FDB_VALID) or (r.key & 0x7000) or r.port >= MAX_PORTS or not allowed[r.port] \
+                    or (r.flags & ~FDB_STATIC) or fdb_find(&self.t, r.key) != NULL:
+                continue
+            if not (r.flags & FDB_STATIC) and self.t.aging_ms and <long long>now - seen > <long long>self.t.aging_ms:
+                continue
+            if self.t.count >= self.t.capacity:
+                break
+            fdb_learn(&self.t, r.key, r.port, <uint64_t>seen)
+            self.t.learned -= 1                 # restored, not learned from traffic
+            e = fdb_find(&self.t, r.key)
+            e.flags = r.flags
+            restored += 1
+        return restored, n - restored
 
     def counters(self):
         return {

@@ -55,6 +55,17 @@ cdef class Gateway:
         memcpy(self.g.neigh[i].mac, <const char *>m, 6)
         self.g.neigh[i].state = NEIGH_STATIC
 
+    def learn_neighbor(self, ip, mac):
+        """A neighbour as ARP would teach it (restoring a snapshot): never
+        overrides a static one. Returns True if set."""
+        cdef uint32_t i = self._slot(ip)
+        m = mac_bytes(mac)
+        if m[0] & 1 or self.g.neigh[i].state == NEIGH_STATIC:
+            return False
+        memcpy(self.g.neigh[i].mac, <const char *>m, 6)
+        self.g.neigh[i].state = NEIGH_LEARNED
+        return True
+
     def remove_neighbor(self, ip):
         cdef uint32_t i = self._slot(ip)
         existed = self.g.neigh[i].state != NEIGH_NONE

@@ -112,5 +112,6 @@ cdef inline int svc_pick(svcmap_t *m, svc_t *s, uint32_t cip, uint64_t flow, uin
 
 cdef class Services:
     cdef svcmap_t m
+    cdef readonly uint64_t generation   # bumped by every change (snapshots)
     cdef void _free_slot(self, svc_t *s) noexcept nogil
     cdef dict _describe(self, svc_t *s)

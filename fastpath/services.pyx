@@ -174,6 +174,7 @@ cdef class Services:
         s.msize = maglev_size if mg != NULL else 0
         s.lb = LB_MAGLEV if lb == "maglev" else LB_RANDOM
         s.affinity_ms = <uint32_t>(affinity_timeout * 1000)
+        self.generation += 1
 
     def remove(self, vip, int port, proto="TCP"):
         cdef uint64_t key = self._key(vip, port, proto)
@@ -196,6 +197,7 @@ cdef class Services:
                 self.m.slots[j].maglev = NULL
                 i = j
         self.m.count -= 1
+        self.generation += 1
 
     @property
     def capacity(self):

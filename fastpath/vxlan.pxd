@@ -277,3 +277,4 @@ cdef inline int ov_uplink(overlay_t *ov, pkt_t *pk, uint32_t up_vnet, uint32_t p
 cdef class Overlay:
     cdef overlay_t ov
     cdef dict names              # route CIDR -> node name, for display
+    cdef readonly uint64_t generation   # bumped by every route change (snapshots)

@@ -139,6 +139,7 @@ cdef class Overlay:
             self.ov.vteps[index[ip]].refs += 1
         self.ov.nroutes = len(norm)
         self.names = {str(n[0]): n[5] for n in norm}
+        self.generation += 1
 
     def routes(self):
         cdef route_t *r
@@ -157,6 +158,32 @@ cdef class Overlay:
                         "inner_mac": mac_str(int.from_bytes((<char *>r.inner_mac)[:6] + b"\0\0", "big")),
                         "vni": r.vni})
         return out
+
+    def learned_vteps(self):
+        """[(VTEP IP, MAC)] resolved by ARP, for a snapshot."""
+        return [(str(ipaddress.IPv4Address(self.ov.vteps[k].ip)),
+                 mac_str(int.from_bytes((<char *>self.ov.vteps[k].mac)[:6] + b"\0\0", "big")))
+                for k in range(MAX_VTEPS) if self.ov.vteps[k].state == VTEP_REACHABLE]
+
+    def restore_vteps(self, vteps):
+        """Take [(VTEP IP, MAC)] as if ARP had just answered, for VTEPs the
+        routes use that are not resolved yet (a static MAC stays). Returns
+        how many were set; bad entries are skipped."""
+        n = 0
+        for ip, mac in vteps:
+            try:
+                a = int(ipaddress.IPv4Address(str(ip)))
+                m = _mac(mac, "VTEP MAC")
+            except ValueError:
+                continue
+            for k in range(MAX_VTEPS):
+                if self.ov.vteps[k].ip == a and self.ov.vteps[k].state in (VTEP_INCOMPLETE, VTEP_REACHABLE):
+                    memcpy(self.ov.vteps[k].mac, <const char *>m, 6)
+                    self.ov.vteps[k].state = VTEP_REACHABLE
+                    ov_vtep_template(&self.ov, &self.ov.vteps[k])
+                    n += 1
+                    break
+        return n
 
     def solicit(self):
         """ARP who-has frames (60 bytes) for every VTEP not yet resolved, for

@@ -1,7 +1,11 @@
 """TAP devices for pods: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, a virtio-net
 header size, offloads the running kernel accepts, and placement in a pod's
 namespace as eth0. Created with python-pytun; the vnet/offload ioctls it
-lacks are issued directly (see ../shared/TAP-OFFLOADS.md for what was measured)."""
+lacks are issued directly (see ../shared/TAP-OFFLOADS.md for what was measured).
+
+Agents make their TAPs persistent (TUNSETPERSIST): a pod keeps its eth0 when
+its agent dies, and the restarted agent re-attaches to it (open_tap)."""
+import contextlib
 import errno
 import fcntl
 import os
@@ -9,11 +13,13 @@ import struct
 
 import pytun
 from pyroute2 import IPRoute, NetNS
+from pyroute2 import netns as _netns
 
 # linux/if_tun.h; defined here because the system headers are older than the kernel.
 TUNSETOFFLOAD = 0x400454D0
 TUNSETVNETHDRSZ = 0x400454D8
 TUNSETTXFILTER = 0x400454D1
+TUNSETPERSIST = 0x400454CB
 TUN_F_CSUM = 0x01
 TUN_F_TSO4 = 0x02
 TUN_F_TSO6 = 0x04
@@ -58,26 +64,65 @@ class Tap:
     vnet_hdr=False gives the plain mode (one MTU frame per read/write, full
     checksums), kept for comparison."""
 
-    def __init__(self, name, vnet_hdr=True, offloads=POD_OFFLOADS, vnet_len=VNET_HDR_LEN):
+    def __init__(self, name, vnet_hdr=True, offloads=POD_OFFLOADS, vnet_len=VNET_HDR_LEN, persist=False):
+        """Create TAP name, or attach to the existing TAP of that name (in the
+        namespace the calling thread is in): TUNSETIFF does either. persist:
+        the device outlives this fd (set last, so a failure leaves nothing)."""
         if not 1 <= len(name) <= 15:
             raise ValueError(f"interface name {name!r} must be 1..15 characters")
         flags = pytun.IFF_TAP | pytun.IFF_NO_PI | (pytun.IFF_VNET_HDR if vnet_hdr else 0)
         try:
             self.dev = pytun.TunTapDevice(name=name, flags=flags)
         except pytun.Error as e:
-            raise TapError(f"cannot create TAP {name}: {e} (needs root and /dev/net/tun)") from None
+            hint = ("attached to another process: is its agent still running?" if "[Errno 16]" in str(e)
+                    else "needs root and /dev/net/tun")
+            raise TapError(f"cannot create TAP {name}: {e} ({hint})") from None
         self.name = self.dev.name
         self.vnet_len = 0
         self.offloads = 0
+        self.persistent = False
         try:
             if vnet_hdr:
-                fcntl.ioctl(self.dev.fileno(), TUNSETVNETHDRSZ, struct.pack("i", vnet_len))
-                self.vnet_len = vnet_len
-                self.offloads = set_offloads(self.dev.fileno(), offloads)
+                self.configure(vnet_len, offloads)
             os.set_blocking(self.dev.fileno(), False)
+            if persist:
+                fcntl.ioctl(self.dev.fileno(), TUNSETPERSIST, 1)
+                self.persistent = True
         except Exception:
             self.close()
             raise
+
+    def configure(self, vnet_len, offloads):
+        """(Re)apply the virtio-net header size and offloads: they belong to
+        the device, but a re-attached one is set again rather than trusted."""
+        fcntl.ioctl(self.dev.fileno(), TUNSETVNETHDRSZ, struct.pack("i", vnet_len))
+        self.vnet_len = vnet_len
+        self.offloads = set_offloads(self.dev.fileno(), offloads)
+
+    @classmethod
+    def attach(cls, netns, ifname, vnet_hdr=True, offloads=POD_OFFLOADS, vnet_len=VNET_HDR_LEN):
+        """Re-open the persistent TAP ifname that a previous agent left in
+        netns; None if there is none. TUNSETIFF looks the name up in the
+        namespace the /dev/net/tun fd was opened in, so it is opened from
+        inside netns; the device is not moved or changed."""
+        with in_netns(netns):
+            with IPRoute() as ipr:
+                idx = ipr.link_lookup(ifname=ifname)
+                info = ipr.get_links(idx[0])[0].get_attr("IFLA_LINKINFO") if idx else None
+            if not idx:
+                return None
+            if info is None or info.get_attr("IFLA_INFO_KIND") != "tun":
+                raise TapError(f"{ifname} in {netns} exists but is not a TAP; not touching it")
+            return cls(ifname, vnet_hdr=vnet_hdr, offloads=offloads, vnet_len=vnet_len, persist=True)
+
+    def destroy(self):
+        """Close and delete the device even if persistent."""
+        if self.dev is not None and self.persistent:
+            try:
+                fcntl.ioctl(self.dev.fileno(), TUNSETPERSIST, 0)
+            except OSError:
+                pass
+        self.close()
 
     def fileno(self):
         return self.dev.fileno()
@@ -98,22 +143,112 @@ class Tap:
             if mac:
                 attrs["address"] = mac
             ns.link("set", index=idx, **attrs)
+        self.name = ifname
+        self.ensure(netns, mac=mac, ip=ip, prefixlen=prefixlen, mtu=mtu, gateway=gateway,
+                    txqueuelen=txqueuelen, master=master)
+
+    def ensure(self, netns, mac=None, ip=None, prefixlen=24, mtu=1500, gateway=None,
+               txqueuelen=TXQUEUELEN, master=None):
+        """Give the interface (self.name in netns) what place() gives it,
+        changing only what differs: on a re-attached TAP that is normally
+        nothing, so the pod's MAC, addresses and routes stay as they were; after
+        a crash in the middle of placement it finishes the job. Returns what
+        it changed."""
+        fixed = []
+        with NetNS(netns) as ns:
+            [idx] = ns.link_lookup(ifname=self.name) or [None]
+            if idx is None:
+                raise TapError(f"no {self.name} in {netns}")
+            link = ns.get_links(idx)[0]
+            attrs = {}
+            if mac and link.get_attr("IFLA_ADDRESS") != mac.lower():
+                attrs["address"] = mac
+            if link.get_attr("IFLA_MTU") != mtu:
+                attrs["mtu"] = mtu
+            if link.get_attr("IFLA_TXQLEN") != txqueuelen:
+                attrs["txqlen"] = txqueuelen
+            if attrs:
+                ns.link("set", index=idx, **attrs)
+                fixed += sorted(attrs)
             if master:
                 [br] = ns.link_lookup(ifname=master) or [None]
                 if br is None:
                     raise TapError(f"no bridge {master} in {netns}")
-                ns.link("set", index=idx, master=br)
+                if link.get_attr("IFLA_MASTER") != br:
+                    ns.link("set", index=idx, master=br)
+                    fixed.append("master")
             if ip:
-                ns.addr("add", index=idx, address=str(ip), prefixlen=prefixlen)
-            ns.link("set", index=idx, state="up")
+                have = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ns.get_addr(index=idx, family=2)}
+                if (str(ip), prefixlen) not in have:
+                    ns.addr("add", index=idx, address=str(ip), prefixlen=prefixlen)
+                    fixed.append("address")
+            if not link["flags"] & 1:                       # IFF_UP
+                ns.link("set", index=idx, state="up")
+                fixed.append("up")
             lo = ns.link_lookup(ifname="lo")
-            if lo:
+            if lo and not ns.get_links(lo[0])[0]["flags"] & 1:
                 ns.link("set", index=lo[0], state="up")
             if gateway:
-                ns.route("add", dst="0.0.0.0/0", gateway=str(gateway))
-        self.name = ifname
+                routes = ns.get_routes(family=2, dst_len=0, table=254)
+                if not any(r.get_attr("RTA_GATEWAY") == str(gateway) for r in routes):
+                    ns.route("replace", dst="0.0.0.0/0", gateway=str(gateway))
+                    fixed.append("default route")
+        return fixed
 
     def close(self):
+        """Close our fd; a persistent device stays (with its pod's namespace)."""
         if self.dev is not None:
             self.dev.close()
             self.dev = None
+
+
+@contextlib.contextmanager
+def in_netns(name):
+    """Run the block with this thread in namespace name, then come back.
+    flags=0: a missing namespace is an error, never created."""
+    back = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        try:
+            _netns.setns(name, flags=0)
+        except FileNotFoundError:
+            raise TapError(f"no network namespace {name}") from None
+        try:
+            yield
+        finally:
+            _netns.setns(back, flags=0)
+    finally:
+        os.close(back)
+
+
+def _remove_link(netns, ifname):
+    with NetNS(netns) as ns:
+        idx = ns.link_lookup(ifname=ifname)
+        if idx:
+            ns.link("del", index=idx[0])
+            return True
+    return False
+
+
+def open_tap(netns, ifname, tmpname, vnet_hdr=True, offloads=POD_OFFLOADS, vnet_len=VNET_HDR_LEN,
+             **placement):
+    """The persistent TAP that is ifname in netns: re-attached if an earlier
+    agent left it there, otherwise created as tmpname here and placed (an
+    earlier agent's half-placed tmpname is re-used or removed). placement:
+    place()'s arguments. Returns (tap, reattached)."""
+    tap = Tap.attach(netns, ifname, vnet_hdr=vnet_hdr, offloads=offloads, vnet_len=vnet_len)
+    if tap is not None:
+        try:
+            tap.ensure(netns, **placement)
+        except Exception:
+            tap.close()
+            raise
+        return tap, True
+    if tmpname != ifname:
+        _remove_link(netns, tmpname)           # moved there, not yet renamed, when its agent died
+    tap = Tap(tmpname, vnet_hdr=vnet_hdr, offloads=offloads, vnet_len=vnet_len, persist=True)
+    try:
+        tap.place(netns, ifname=ifname, **placement)
+    except Exception:
+        tap.destroy()
+        raise
+    return tap, False

@@ -51,3 +51,29 @@ def test_requests_errors_and_permissions(tmp_path):
     finally:
         server.close()
     assert not path.exists()
+
+
+def test_agent_dying_mid_request_is_a_control_error(tmp_path):
+    """An agent killed while a request is in flight: a clear ControlError, not a traceback."""
+    import threading
+
+    import pytest
+
+    from dataplane.control import ControlError, request
+    path = str(tmp_path / "dying.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(1)
+
+    def die():                                  # accept, leave the request unread, go away
+        c, _ = srv.accept()
+        c.recv(1)
+        c.close()
+    t = threading.Thread(target=die)
+    t.start()
+    try:
+        with pytest.raises(ControlError, match="closed the connection"):
+            request(path, "status", timeout=5)
+    finally:
+        t.join(5)
+        srv.close()

@@ -1,0 +1,226 @@
+"""Crash and restart, for real: an agent killed with SIGKILL leaves its pods'
+eth0 in place; `podnet up` restarts just that agent, which re-attaches to the
+TAPs and restores its snapshot, so ping works again and a TCP connection
+through a ClusterIP (backend on the other node, DNAT state on the client's)
+carries on where it was. `podnet up` with every agent alive still refuses.
+`podnet down` after a crash, or racing a restart, leaves nothing behind."""
+import json
+import os
+import re
+import select
+import signal
+import struct
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from dataplane.snapshot import CT_RECORD, read
+from netns_helpers import agent, in_pod, podnet, running_cluster, spawn_in_pod
+
+SPEC = """
+cluster: {name: pnrs, podCIDR: 10.237.0.0/16, serviceCIDR: 10.92.0.0/16, fabricCIDR: 172.30.244.0/24}
+nodes: [{name: n1}, {name: n2}]
+pods:
+  - {name: c1, node: n1}
+  - {name: p1, node: n1}
+  - {name: w2, node: n2, labels: {app: echo}}
+services:
+  - {name: echo, selector: {app: echo}, ports: [{port: 80, targetPort: 8080}]}
+"""
+
+ECHO_SERVER = """
+import socket, threading
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 8080)); s.listen(16)
+def serve(c):
+    while True:
+        d = c.recv(65536)
+        if not d:
+            break
+        c.sendall(d)
+    c.close()
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"""
+
+# One connection for the whole test; each "go N SEED" line on stdin sends N
+# bytes and waits for their echo, then prints what went and came back.
+LONG_CLIENT = """
+import hashlib, json, random, socket, sys, threading
+s = socket.create_connection((sys.argv[1], 80), timeout=60)
+print(json.dumps({"sport": s.getsockname()[1]}), flush=True)
+for line in sys.stdin:
+    if line.strip() == "quit":
+        break
+    _, n, seed = line.split()
+    data = random.Random(int(seed)).randbytes(int(n))
+    got = bytearray()
+    def rx():
+        while len(got) < len(data):
+            d = s.recv(65536)
+            if not d:
+                break
+            got.extend(d)
+    t = threading.Thread(target=rx)
+    t.start()
+    try:
+        s.sendall(data)
+    except OSError as e:
+        print(json.dumps({"error": str(e)}), flush=True)
+        break
+    t.join(90)
+    print(json.dumps({"n": len(got), "sent": hashlib.sha256(data).hexdigest(),
+                      "got": hashlib.sha256(bytes(got)).hexdigest()}), flush=True)
+"""
+
+
+def read_json(proc, timeout=90):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        r, _, _ = select.select([proc.stdout], [], [], max(0.0, end - time.monotonic()))
+        if r:
+            line = proc.stdout.readline()
+            if not line:
+                raise AssertionError(f"client exited: {proc.stderr.read() if proc.poll() is not None else ''}")
+            return json.loads(line)
+    raise AssertionError(f"no answer from the client within {timeout} s")
+
+
+def snapshot_conns(path):
+    """(client port, state) of each connection in a node's snapshot file."""
+    try:
+        data = read(path)[1]["conntrack"]
+    except (OSError, ValueError):
+        return []
+    fmt = "=IIIIHHHBBBxQQ"
+    assert struct.calcsize(fmt) == CT_RECORD
+    return [(r[4], r[8]) for r in struct.iter_unpack(fmt, data)]
+
+
+def wait_for(cond, timeout=15, what="condition"):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def kill_agent(st, node):
+    pid = st["nodes"][node]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    try:
+        os.waitpid(pid, 0)               # started by this process (cluster.up): reap it
+    except ChildProcessError:
+        wait_for(lambda: not os.path.exists(f"/proc/{pid}/cmdline") or
+                 not open(f"/proc/{pid}/cmdline", "rb").read(), what=f"agent {pid} to die")
+    return pid
+
+
+def ping(st, pod, dst, count=3):
+    r = in_pod(st, pod, "ping", "-c", str(count), "-i", "0.2", "-W", "2", dst, check=False)
+    return re.search(rf"{count} packets transmitted, {count} received", r.stdout) is not None
+
+
+def leftovers(tmp_path):
+    ns = [n for n in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+          if n.startswith("pnrs-")]
+    procs = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if str(tmp_path).encode() in open(f"/proc/{pid}/cmdline", "rb").read():
+                procs.append(pid)
+        except OSError:
+            pass
+    links = [ln for ln in subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout.splitlines()
+             if "0a:58:0a:ed:" in ln]                 # pod MACs of 10.237.0.0/16
+    files = sorted(p.name for p in (tmp_path / "run").iterdir()) if (tmp_path / "run").exists() else []
+    return {"namespaces": ns, "processes": procs, "links": links, "run_dir": files}
+
+
+def test_sigkilled_agent_restarts_pods_keep_eth0_and_tcp_through_clusterip_survives(tmp_path):
+    with running_cluster(tmp_path, SPEC) as st:
+        vip = st["plan"]["services"]["echo"]
+        server = spawn_in_pod(st, "w2", ECHO_SERVER)
+        wait_for(lambda: ":8080" in in_pod(st, "w2", "ss", "-ltn").stdout, what="the echo server")
+        client = subprocess.Popen(["ip", "netns", "exec", "pnrs-pod-c1", sys.executable, "-c",
+                                   textwrap.dedent(LONG_CLIENT), vip], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            sport = read_json(client)["sport"]
+            client.stdin.write("go 65536 1\n")
+            client.stdin.flush()
+            r = read_json(client)
+            assert r["n"] == 65536 and r["got"] == r["sent"]
+            # the connection is in n1's snapshot (written within a second)
+            snap = tmp_path / "run" / "n1.snapshot"
+            wait_for(lambda: (sport, 1) in snapshot_conns(snap), what="the connection in the snapshot")
+            [conn] = [c for c in agent(st, "n1", "conntrack") if c["client"].endswith(f":{sport}")]
+            assert conn["backend"] == f"{st['plan']['pods']['w2']['ip']}:8080"
+            old = agent(st, "n1", "status")
+
+            killed = time.monotonic()
+            kill_agent(st, "n1")
+            # the pod keeps its eth0 (no carrier) with its address while no agent runs
+            link = in_pod(st, "c1", "ip", "-o", "link", "show", "eth0").stdout
+            assert "NO-CARRIER" in link and st["plan"]["pods"]["c1"]["mac"] in link
+            assert f"{st['plan']['pods']['c1']['ip']}/24" in in_pod(st, "c1", "ip", "-o", "addr", "show", "eth0").stdout
+            assert "default via" in in_pod(st, "c1", "ip", "route").stdout
+            client.stdin.write("go 262144 2\n")            # sent into the outage: TCP retransmits
+            client.stdin.flush()
+            assert json.loads(podnet("status", "-o", "json").stdout)["nodes"][0]["agent"] == "dead"
+
+            t0 = time.monotonic()
+            out = podnet("up").stdout
+            up_s = time.monotonic() - t0
+            assert re.search(r"node n1: agent was dead, restarted: pid \d+ ready in", out), out
+            assert "3 TAPs re-attached" in out and "node n2: agent pid" in out and "left alone" in out
+            r = read_json(client)
+            assert r["n"] == 262144 and r["got"] == r["sent"]
+            resumed = time.monotonic() - killed
+
+            st = json.loads((tmp_path / "run" / "state.json").read_text())
+            new = agent(st, "n1", "status")
+            assert new["pid"] != old["pid"] and new["reattached"] == 3
+            assert new["restored"]["conntrack"] >= 1 and new["restored"]["services"] == 1
+            [conn2] = [c for c in agent(st, "n1", "conntrack") if c["client"].endswith(f":{sport}")]
+            assert (conn2["backend"], conn2["state"]) == (conn["backend"], "established")
+            assert ping(st, "c1", st["plan"]["pods"]["w2"]["ip"]) and ping(st, "c1", st["plan"]["pods"]["p1"]["ip"])
+            assert ping(st, "c1", st["plan"]["nodes"]["n1"]["gateway_ip"])
+
+            client.stdin.write("go 131072 3\n")            # and after
+            client.stdin.flush()
+            r = read_json(client)
+            assert r["n"] == 131072 and r["got"] == r["sent"]
+            # every agent alive: `up` refuses as before
+            again = podnet("up", check=False)
+            assert again.returncode == 1 and "already up" in again.stderr
+            print(f"\nrestart: `podnet up` {up_s:.2f} s; kill -> TCP data through again {resumed:.2f} s")
+        finally:
+            client.kill()
+            client.wait()
+            server.kill()
+            server.wait()
+    assert leftovers(tmp_path) == {"namespaces": [], "processes": [], "links": [], "run_dir": []}
+
+
+def test_down_after_sigkill_and_during_a_restart_leaves_nothing(tmp_path):
+    with running_cluster(tmp_path, SPEC) as st:
+        for node in ("n1", "n2"):
+            kill_agent(st, node)
+        assert "eth0" in in_pod(st, "w2", "ip", "-o", "link").stdout
+        # a restart and a down at once: the down waits for the restart, then removes it all
+        up = subprocess.Popen([sys.executable, "-m", "dataplane", "up", "-f", str(tmp_path / "spec.yaml")],
+                              env=os.environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        old = st["nodes"]["n1"]["pid"]
+        wait_for(lambda: json.loads((tmp_path / "run" / "state.json").read_text())["nodes"]["n1"]["pid"] != old,
+                 what="the restart to start an agent")
+        r = podnet("down")
+        assert "cluster pnrs down" in r.stdout
+        up.communicate(timeout=60)
+        assert up.returncode == 0
+    assert leftovers(tmp_path) == {"namespaces": [], "processes": [], "links": [], "run_dir": []}

@@ -1,0 +1,254 @@
+"""Agent snapshots in memory: a fast path with learned and configured state
+(FDB, conntrack with NAT/SNAT/dead flags and every state, services, a run-time
+route, an ARP-resolved VTEP, an ARP-learned neighbour) is saved, a fresh one
+configured as a restarted agent would be restores it, and then behaves the
+same: mid-stream packets of old connections keep their backend, replies are
+un-NATed, a dead connection is reset. Timers lose the time spent down; only
+changes are written; foreign, corrupt or partial snapshots are refused part
+by part."""
+import pytest
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.l2 import ARP, Ether
+
+from dataplane.snapshot import Snapshotter, read, restore
+from fastpath import Dataplane
+from fastpath.conntrack import RECORD_SIZE as CT_RECORD
+
+GW_IP, GW_MAC = "10.244.0.1", "0a:58:0a:f4:00:01"
+A = ("10.244.0.2", "0a:58:0a:f4:00:02", 0)      # client pod
+B = ("10.244.0.3", "0a:58:0a:f4:00:03", 1)      # backend pod
+C = ("10.244.0.4", "0a:58:0a:f4:00:04", 2)      # another backend pod
+STRAY = ("10.244.0.9", "02:00:00:00:00:09")      # not from IPAM: ARP-learned
+VIP, VIP2 = "10.96.0.10", "10.96.0.11"
+NODE_IP, NODE_MAC, PEER_IP, PEER_MAC = "172.30.250.1", "0a:5a:ac:1e:fa:01", "172.30.250.2", "0a:5a:ac:1e:fa:02"
+EXT_IP, EXT_MAC = "172.30.250.9", "0a:5a:ac:1e:fa:09"
+UPLINK = 255
+SPEC_ROUTES = [{"name": "n2", "cidr": "10.244.1.0/24", "vtep": PEER_IP, "inner_mac": "0a:58:0a:f4:01:01", "vni": 1}]
+EXT_ROUTE = {"name": "ext", "cidr": "10.250.0.0/24", "vtep": EXT_IP, "inner_mac": "0a:58:0a:fa:00:01",
+             "vni": 1, "vtep_mac": EXT_MAC}
+META = {"cluster": "pnrs", "node": "n1"}
+
+
+def configured(clock, conntrack_capacity=1024):
+    """What an agent sets up from its config, before any traffic."""
+    d = Dataplane(nslots=64, clock=clock, conntrack_capacity=conntrack_capacity, service_capacity=1024)
+    for _, _, p in (A, B, C):
+        d.add_port(p)
+    d.add_port(UPLINK, domain=4095)
+    d.gateway.configure(GW_IP, GW_MAC, "10.244.0.0/24")
+    for ip, mac, _ in (A, B, C):
+        d.gateway.add_neighbor(ip, mac)
+    d.overlay.configure(UPLINK, NODE_IP, NODE_MAC)
+    d.overlay.set_routes(SPEC_ROUTES, local="10.244.0.0/24")
+    return d
+
+
+def tcp(src, dst, sport, dport, flags, payload=b"", smac=None, dmac=GW_MAC):
+    return bytes(Ether(src=smac or src[1], dst=dmac) / IP(src=src[0] if isinstance(src, tuple) else src,
+                                                        dst=dst) / TCP(sport=sport, dport=dport, flags=flags) / payload)
+
+
+def busy(clock):
+    """A node that has seen traffic and control requests."""
+    d = configured(clock)
+    for ip, mac, port in (A, B, C):
+        d.process(bytes(Ether(src=mac, dst="ff:ff:ff:ff:ff:ff") / ARP(psrc=ip, pdst="10.244.0.250")), port)
+    d.process(bytes(Ether(src=STRAY[1], dst="ff:ff:ff:ff:ff:ff") / ARP(hwsrc=STRAY[1], psrc=STRAY[0], pdst=GW_IP)), C[2])
+    d.process(bytes(Ether(src=PEER_MAC, dst=NODE_MAC) / ARP(op=2, hwsrc=PEER_MAC, psrc=PEER_IP, hwdst=NODE_MAC,
+                                                             pdst=NODE_IP)), UPLINK)
+    d.overlay.set_routes(SPEC_ROUTES + [EXT_ROUTE], local="10.244.0.0/24")      # `podnet node add`
+    d.services.set(VIP, 80, "TCP", [(B[0], 8080)])
+    d.services.set(VIP, 53, "UDP", [(C[0], 5353)])
+    d.services.set(VIP2, 80, "TCP", [(A[0], 8080), (B[0], 8080), (C[0], 8080)], lb="maglev", affinity_timeout=30)
+    # established TCP A -> VIP:80 -> B
+    d.process(tcp(A, VIP, 40000, 80, "S"), A[2])
+    d.process(tcp(B, A[0], 8080, 40000, "SA", dmac=A[1]), B[2])
+    d.process(tcp(A, VIP, 40000, 80, "A", b"hello"), A[2])
+    d.process(tcp(A, VIP, 40001, 80, "S"), A[2])                 # unanswered SYN
+    d.process(tcp(A, VIP, 40002, 80, "S"), A[2])                 # will be marked dead
+    d.conntrack.flush(vip=VIP, vport=80, proto=6, mark_tcp_dead=True)
+    d.process(tcp(A, VIP, 40003, 80, "S"), A[2])                 # closing
+    d.process(tcp(A, VIP, 40003, 80, "FA"), A[2])
+    d.process(bytes(Ether(src=A[1], dst=GW_MAC) / IP(src=A[0], dst=VIP) / UDP(sport=5000, dport=53) / b"q"), A[2])
+    return d
+
+
+def state(d):
+    return {"fdb": d.fdb_dump(), "conntrack": d.conntrack_dump(), "services": d.services.list(),
+            "routes": d.overlay.routes(), "neighbors": d.gateway.neighbors()}
+
+
+def saved(d, path, clock):
+    s = Snapshotter(d, path, META, clock=clock, wall=clock)
+    assert s.restore() == {}                 # nothing there yet: arms saving
+    assert s.save()
+    return load(path)
+
+
+def load(path):
+    """The file as Snapshotter.read() gives it to restore()."""
+    head, records = read(path)
+    return dict(head, records=records)
+
+
+def test_round_trip_restores_every_table(tmp_path, clock):
+    before = busy(clock)
+    snap = saved(before, tmp_path / "n1.snapshot", clock)
+    assert snap["node"] == "n1" and len(snap["records"]["conntrack"]) == 5 * CT_RECORD
+    after = configured(clock)
+    got = Snapshotter(after, tmp_path / "n1.snapshot", META, clock=clock, wall=clock).restore(local_subnet="10.244.0.0/24")
+    assert {k: got[k] for k in ("fdb", "conntrack", "services", "routes", "vteps", "neighbors")} == \
+        {"fdb": 4, "conntrack": 5, "services": 3, "routes": 2, "vteps": 1, "neighbors": 1}
+    assert state(after) == state(before)
+    states = {(c["client"], c["state"], c["dead"]) for c in after.conntrack_dump()}
+    assert (f"{A[0]}:40000", "established", True) in states and (f"{A[0]}:40003", "fin_wait", False) in states
+    assert after.counters()["conntrack"]["inserts"] == 0 and after.counters()["fdb"]["learned"] == 0
+
+
+def test_restored_connections_keep_their_backend_and_nat(tmp_path, clock):
+    before = busy(clock)
+    before.conntrack.clear()                    # one live connection, not marked dead
+    before.process(tcp(A, VIP, 41000, 80, "S"), A[2])
+    before.process(tcp(B, A[0], 8080, 41000, "SA", dmac=A[1]), B[2])
+    before.services.set(VIP2, 80, "TCP", [(C[0], 8080)])
+    before.process(tcp(A, VIP2, 41001, 80, "S"), A[2])          # to C
+    saved(before, tmp_path / "s", clock)
+    after = configured(clock)
+    Snapshotter(after, tmp_path / "s", META, clock=clock, wall=clock).restore("10.244.0.0/24")
+    # a mid-stream segment (no SYN: a fresh table would drop it as invalid)
+    [(port, out)] = after.process(tcp(A, VIP, 41000, 80, "A", b"more"), A[2])
+    e = Ether(out)
+    assert port == B[2] and (e.dst, e[IP].src, e[IP].dst, e[TCP].dport) == (B[1], A[0], B[0], 8080)
+    assert bytes(e[TCP].payload) == b"more"
+    [(port, out)] = after.process(tcp(B, A[0], 8080, 41000, "A", b"echo", dmac=A[1]), B[2])
+    e = Ether(out)
+    assert port == A[2] and (e[IP].src, e[TCP].sport, e[IP].dst) == (VIP, 80, A[0])
+    [(port, out)] = after.process(tcp(A, VIP2, 41001, 80, "A", b"x"), A[2])
+    assert port == C[2] and Ether(out)[IP].dst == C[0]
+    assert after.counters()["drops"]["conntrack_invalid"] == 0
+
+
+def test_dead_connection_still_reset_after_restore(tmp_path, clock):
+    saved(busy(clock), tmp_path / "s", clock)
+    after = configured(clock)
+    Snapshotter(after, tmp_path / "s", META, clock=clock, wall=clock).restore("10.244.0.0/24")
+    [(port, out)] = after.process(tcp(A, VIP, 40000, 80, "A", b"late"), A[2])
+    e = Ether(out)
+    assert port == A[2] and e[TCP].flags == "R" and e[IP].src == VIP
+
+
+def test_timers_lose_the_time_spent_down(tmp_path, clock):
+    before = configured(clock)
+    before.services.set(VIP, 53, "UDP", [(C[0], 5353)])
+    before.services.set(VIP, 80, "TCP", [(B[0], 8080)])
+    before.process(bytes(Ether(src=A[1], dst=GW_MAC) / IP(src=A[0], dst=VIP) / UDP(sport=5000, dport=53)), A[2])
+    before.process(tcp(A, VIP, 40000, 80, "S"), A[2])             # SYN_SENT: 120 s
+    path = tmp_path / "s"
+    saved(before, path, clock)
+
+    def down_for(seconds):
+        snap = load(path)
+        clock.advance(seconds)
+        after = configured(clock)
+        restore(after, snap, clock, log=lambda m: None, wall=clock)
+        left = {c["proto"]: c["expires_in"] for c in after.conntrack_dump()}
+        clock.advance(-seconds)
+        return left
+
+    assert down_for(20) == {"UDP": pytest.approx(10, abs=0.01), "TCP": pytest.approx(100, abs=0.01)}
+    assert down_for(31) == {"TCP": pytest.approx(89, abs=0.01)}       # the UDP flow would have expired
+    assert down_for(121) == {}
+
+
+def test_writes_only_changes(tmp_path, clock):
+    d = busy(clock)
+    s = Snapshotter(d, tmp_path / "s", META, clock=clock, wall=clock)
+    assert not s.save() and not (tmp_path / "s").exists()          # not armed before restore()
+    s.restore()
+    assert s.save() and not s.save()                               # nothing changed
+    clock.advance(5)
+    assert not s.save()                                            # time alone changes nothing stored
+    d.process(bytes(Ether(src=A[1], dst=GW_MAC) / IP(src=A[0], dst=VIP) / UDP(sport=5000, dport=53)), A[2])
+    assert s.save()
+    assert s.tick() is False                                       # within the interval
+    d.services.set(VIP, 81, "TCP", [(B[0], 8080)])
+    assert s.tick() is True                                        # a control change: at once
+    assert (VIP, 81) in {(x["vip"], x["port"]) for x in read(tmp_path / "s")[0]["services"]}
+    assert [p.name for p in tmp_path.iterdir()] == ["s"]           # no temporary file left
+
+
+def test_foreign_or_corrupt_snapshots_are_ignored(tmp_path, clock):
+    path = tmp_path / "s"
+    saved(busy(clock), path, clock)
+    logs = []
+    for change in ({"node": "n2"}, {"cluster": "other"}, {"boot_id": "elsewhere"}, {"version": 99}):
+        after = configured(clock)
+        s = Snapshotter(after, path, META, clock=clock, wall=clock, log=logs.append)
+        s.meta.update(change)                   # the file is another node's, boot's, format's
+        assert s.restore() == {}
+        assert len(after.conntrack) == 0
+    data = path.read_bytes()
+    for broken in (data[:100], data[:-3], b"{}" + data):
+        path.write_bytes(broken)
+        assert Snapshotter(configured(clock), path, META, clock=clock, wall=clock, log=logs.append).restore() == {}
+    assert len(logs) == 7 and all("unreadable" in m for m in logs[4:]), logs
+
+
+def test_a_bad_part_is_skipped_the_rest_restored(tmp_path, clock):
+    path = tmp_path / "s"
+    snap = saved(busy(clock), path, clock)
+    snap["records"]["conntrack"] = snap["records"]["conntrack"][:-3]
+    snap["fdb"]["record"] = 99
+    snap["services"].append({"vip": "192.0.2.1", "port": 80, "protocol": "TCP", "lb": "random",
+                             "affinity_timeout": 0, "backends": []})        # outside the service CIDR
+    logs = []
+    after = configured(clock)
+    got = restore(after, snap, clock, "10.244.0.0/24", log=logs.append, wall=clock)
+    assert "conntrack" not in got and "fdb" not in got and got["services"] == 3 and got["routes"] == 2
+    assert len(after.conntrack) == 0 and len(after.fdb) == 0 and len(after.services) == 3
+    assert len(logs) == 3
+
+
+def test_conntrack_restore_skips_malformed_clashing_and_overflow(clock):
+    d = configured(clock)
+    d.services.set(VIP, 80, "TCP", [(B[0], 8080)])
+    for sp in range(40):
+        d.process(tcp(A, VIP, 30000 + sp, 80, "S"), A[2])
+    recs = bytearray(d.conntrack.export())
+    recs[CT_RECORD * 1 + 22] = 99                 # record 1: protocol 99
+    now = int(clock() * 1000)
+    small = configured(clock, conntrack_capacity=16)
+    small.services.set(VIP, 80, "TCP", [(B[0], 8080)])
+    small.process(tcp(A, VIP, 30002, 80, "S"), A[2])                # record 2's tuple is taken
+    assert small.conntrack.restore(bytes(recs), 0, now) == (15, 25)     # full after 15 more
+    assert len(small.conntrack) == 16 and small.counters()["conntrack"]["insert_failed"] == 0
+    with pytest.raises(ValueError, match="multiple"):
+        small.conntrack.restore(bytes(recs[:-1]), 0, now)
+
+
+def test_fdb_restore_skips_unknown_ports_and_aged_entries(clock):
+    d = configured(clock)
+    for n, port in ((1, 0), (2, 1), (3, 2)):
+        d.process(bytes(Ether(src=f"02:00:00:00:00:0{n}", dst="ff:ff:ff:ff:ff:ff")), port)
+    d.fdb.add_static("02:00:00:00:00:0a", 1, now=int(clock() * 1000))
+    recs = d.fdb.export()
+    now = int(clock() * 1000)
+    e = Dataplane(nslots=8, clock=clock)
+    assert e.fdb.restore(recs, 0, now, [0, 1]) == (3, 1)              # port 2 is gone
+    assert {x["mac"]: (x["port"], x["static"]) for x in e.fdb_dump()} == \
+        {"02:00:00:00:00:01": (0, False), "02:00:00:00:00:02": (1, False), "02:00:00:00:00:0a": (1, True)}
+    f = Dataplane(nslots=8, clock=clock, aging=300)
+    assert f.fdb.restore(recs, -301_000, now) == (1, 3)               # down longer than the aging time
+    assert f.fdb.restore(recs, 0, now) == (3, 1)                      # the static one is there already
+
+
+def test_saving_is_cheap_when_idle(tmp_path, clock):
+    """Services are encoded when they change, not every second."""
+    d = configured(clock)
+    for i in range(1000):
+        d.services.set(f"10.96.{i // 250}.{i % 250 + 1}", 80, "TCP", [(B[0], 8080), (C[0], 8080)])
+    s = Snapshotter(d, tmp_path / "s", META, clock=clock, wall=clock)
+    s.restore()
+    assert s.save()
+    gen = s._svc
+    assert not s.save() and s._svc is gen
