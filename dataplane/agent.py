@@ -267,12 +267,12 @@ class Agent:
         port = args.get("port")
         ports = [p for p, _ in self.dp.ports.list()]
         if not isinstance(port, int) or port not in ports:
-            raise ValueError(f"trace: port must be one of this node's ports {ports}, got {port!r}")
+            raise ValueError(f"port must be one of this node's ports {ports}, got {port!r}")
         try:
             frame = bytes.fromhex(args.get("frame", ""))
             vnet = bytes.fromhex(args["vnet"]) if args.get("vnet") is not None else None
         except (TypeError, ValueError):
-            raise ValueError("trace: frame and vnet must be hex strings") from None
+            raise ValueError("frame and vnet must be hex strings") from None
         r = self.dp.trace(frame, port, vnet=vnet, commit=bool(args.get("commit", False)))
         r["outputs"] = [{"port": p, "frame": f.hex(), "vnet": v.hex()} for p, f, v in r["outputs"]]
         return r
@@ -290,7 +290,7 @@ class Agent:
         port = args.get("port")
         attached = sorted(self.taps) + ([UPLINK_PORT] if getattr(self, "uplink_tap", None) else [])
         if not isinstance(port, int) or port not in attached:
-            raise ValueError(f"capture: port must be one of {attached}, got {port!r}")
+            raise ValueError(f"port must be one of {attached}, got {port!r}")
         if self.io.capture_info()["running"]:
             raise ValueError(f"a capture is already running on node {self.node} "
                              f"(ports {self.io.capture_info()['ports']})")
