@@ -141,7 +141,31 @@ def main():
                          for t in ("tcp1", "tcp4")}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "services_e2e.json").write_text(json.dumps(doc, indent=2) + "\n")
+    plot(doc, RESULTS / "services.png")
     print(json.dumps(doc, indent=2))
+
+
+def plot(doc, path):
+    """pod -> ClusterIP TCP through podnet beside iptables DNAT, same run."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    paths = {"podnet": doc["podnet"]}
+    if "kernel_iptables" in doc:
+        paths["kernel iptables DNAT"] = doc["kernel_iptables"]
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    w = 0.38
+    for i, key in enumerate(("tcp1", "tcp4")):
+        bars = ax.bar([x + (i - 0.5) * w for x in range(len(paths))], [v[key]["gbps"] for v in paths.values()], w,
+                      label=f"TCP, {key[3:]} stream{'s' if key == 'tcp4' else ''}")
+        ax.bar_label(bars, fmt="%.1f", fontsize=7)
+    ax.set_xticks(range(len(paths)), list(paths))
+    ax.set_ylabel("Gbit/s")
+    ax.set_title("pod to ClusterIP, TCP (iperf3)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ def main(raw=RESULTS / "raw-pytest-benchmark.json"):
         if "restore_s" in info:      # header restore between bursts, timed alone in the same run
             row["mpps_net_of_restore"] = frames / (per_call - info["restore_s"]) / 1e6
         stages.setdefault(info["stage"], []).append(row)
+    plot_stages(stages)
     for stage, rows in stages.items():
         base = [r for r in rows if r["impl"] != "fastpath"]
         for r in rows:
@@ -62,6 +63,42 @@ def main(raw=RESULTS / "raw-pytest-benchmark.json"):
             svc = f" {r['services']:6d} svc" if "services" in r else ""
             print(f"  {r['impl']:9s} burst {r['burst']:4d} {r['frame_bytes']:5d} B{svc}: {r['mpps']:8.2f} Mpps "
                   f"({r['ns_per_call']:9.1f} ns/burst{net}){ratio}")
+
+
+def plot_stages(stages):
+    """One chart: each fast-path stage's packets/s (burst 256, small frames;
+    DNAT at the largest service count), median and best round."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    names, med, best = [], [], []
+    for stage, rows in stages.items():
+        rows = [r for r in rows if r["impl"] == "fastpath" and r["burst"] == 256]
+        if not rows:
+            continue
+        r = max(rows, key=lambda r: r.get("services", 0)) if "services" in rows[0] else \
+            min(rows, key=lambda r: r["frame_bytes"] or 0)
+        names.append(stage.replace("_", "\n") + (f"\n{r['services']} svc" if "services" in r else ""))
+        med.append(r["mpps"])
+        best.append(r["mpps_best"])
+    if not names:
+        return
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    x = range(len(names))
+    b1 = ax.bar([i - 0.2 for i in x], med, 0.4, label="median round", color="#3b7dd8")
+    b2 = ax.bar([i + 0.2 for i in x], best, 0.4, label="best round", color="#9cc0ee")
+    ax.bar_label(b1, fmt="%.1f", fontsize=7)
+    ax.bar_label(b2, fmt="%.1f", fontsize=7)
+    ax.set_xticks(list(x), names, fontsize=8)
+    ax.set_ylabel("Mpps, one core")
+    ax.set_title("fast path per stage, burst 256 (frames and tables in cache)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "stages.png", dpi=110)
+    plt.close(fig)
 
 
 def plot(stage, rows):
