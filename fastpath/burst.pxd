@@ -42,12 +42,10 @@ cdef class Dataplane:
     cdef object clock
     cdef uint64_t now                    # clock of the burst being run (ms)
     cdef trace_t *tr                     # NULL, or notes every decision (trace())
-    cdef public bint prefetch_pass       # the conntrack/service prefetch pass (on; off for A/B benchmarks)
     cdef readonly PortGuard guard        # per-port anti-spoofing (off until set)
     cdef guard_t *pg
 
     cdef void run(self, uint32_t start, uint32_t n, uint64_t now) noexcept nogil
-    cdef void prefetch(self, uint32_t start, uint32_t n) noexcept nogil
     cdef inline void bridge(self, uint32_t i, pkt_t *pk, uint64_t now) noexcept nogil
     cdef inline void forward(self, uint32_t i, pkt_t *pk, uint16_t d, bint routed) noexcept nogil
     cdef void flood(self, uint32_t i, pkt_t *pk, uint16_t d) noexcept nogil

@@ -28,10 +28,6 @@ from fastpath.trace import EVENT_NAMES, CT_KINDS
 from fastpath.guard cimport guard_check, PortGuard
 
 
-cdef extern from *:
-    void __builtin_prefetch(const void *p) noexcept nogil
-
-
 cdef class Dataplane:
     def __cinit__(self, uint32_t nslots=256, uint32_t slot_size=2048,
                   uint64_t fdb_capacity=65536, double aging=300.0, clock=None,
@@ -79,7 +75,6 @@ cdef class Dataplane:
         self.pt = &self.ports.p
         self.clock = clock if clock is not None else time.monotonic
         self.tr = NULL
-        self.prefetch_pass = True
 
     def __dealloc__(self):
         free(self.mem)
@@ -514,27 +509,6 @@ cdef class Dataplane:
             return
         self.route(i, pk, pod_vnet)
 
-    cdef void prefetch(self, uint32_t start, uint32_t n) noexcept nogil:
-        """With services in use, a first pass over the burst guesses each
-        frame's conntrack (and service) slot from its raw bytes, untagged IPv4
-        without options, and prefetches it: the lookups in the second pass then
-        find their random cache lines on the way instead of waiting for each."""
-        cdef uint32_t i
-        cdef const uint8_t *d
-        cdef uint64_t a, b
-        cdef ct_t *ct = self.ct
-        cdef svcmap_t *sm = self.sm
-        for i in range(start, start + n):
-            d = self.pkts[i].data
-            if self.pkts[i].len < 38 or get16(d + 12) != 0x0800 or d[14] != 0x45 or (d[23] != 6 and d[23] != 17):
-                continue
-            a = tuple_a(get32(d + 26), get32(d + 30))
-            b = tuple_b(get16(d + 34), get16(d + 36), d[23])
-            __builtin_prefetch(&ct.slots[ct_hash(ct, a, b)])
-            if svc_is_vip(sm, get32(d + 30)):
-                __builtin_prefetch(&sm.slots[(svc_key(get32(d + 30), get16(d + 36), d[23])
-                                              * 0x9E3779B97F4A7C15ULL) >> sm.shift])
-
     cdef void run(self, uint32_t start, uint32_t n, uint64_t now) noexcept nogil:
         cdef uint32_t i, k
         cdef pkt_t *pkts = self.pkts
@@ -542,8 +516,6 @@ cdef class Dataplane:
             self.txq_len[self.tx_active[k]] = 0
         self.n_active = 0
         self.now = now
-        if n > 1 and self.sm.count and self.prefetch_pass:
-            self.prefetch(start, n)
         for i in range(start, start + n):
             self.bridge(i, &pkts[i], now)
 
