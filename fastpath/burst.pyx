@@ -33,8 +33,10 @@ cdef class Dataplane:
         cdef void *mem = NULL
         if not 1 <= nslots <= 65536:
             raise ValueError(f"nslots must be 1..65536, got {nslots}")
-        if not 64 <= slot_size <= 65536 + 1024:
-            raise ValueError(f"slot_size must be 64..66560 bytes, got {slot_size}")
+        # 128: the gateway writes its ICMP errors in place, up to 118 bytes
+        # (two VLAN tags, IP and ICMP headers, a quoted 60-byte header + 8).
+        if not 128 <= slot_size <= 65536 + 1024:
+            raise ValueError(f"slot_size must be 128..66560 bytes, got {slot_size}")
         self.nslots = nslots
         self.slot_size = slot_size
         # Round to cache lines, and avoid strides that are a multiple of 4 KB:
