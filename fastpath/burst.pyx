@@ -216,6 +216,10 @@ cdef class Dataplane:
             self.encap(i, pk, cur_vnet)
         elif a == GW_REPLY:
             if pk.in_port == self.ov.uplink and self.ov.enabled:
+                # The gateway wrote it with complete checksums: the offload
+                # metadata decap left in front is not its own.
+                if cur_vnet:
+                    memset(pk.data - cur_vnet, 0, cur_vnet)
                 self.encap(i, pk, cur_vnet)
             else:
                 self.reply(i, pk)

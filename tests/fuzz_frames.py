@@ -322,12 +322,13 @@ def with_vnet(draw, frame, n):
     elif kind == "valid":
         flags = 2
     elif kind == "lie":
-        near = st.sampled_from([0, 1, 14, 34, 50, 64, len(data) - 2, len(data), len(data) + 1, 0xffff])
+        near = st.sampled_from([v & 0xffff for v in (0, 1, 14, 34, 50, 64, len(data) - 2, len(data), len(data) + 1,
+                                                     0xffff)])
         flags = draw(st.sampled_from([1, 3, 8, 9, 0xff]))
         gso = draw(st.sampled_from([0, 1, 3, 4, 5, 0x21, 0x41, 0x81, 0xff]))
         hdr_len, gso_size, start, off = (draw(st.one_of(near, u16)) for _ in range(4))
         outer, inner_nh = draw(st.one_of(near, u16)), draw(st.one_of(near, u16))
-    h = struct.pack("<BBHHHH", flags, gso, hdr_len, gso_size, start, off)
+    h = struct.pack("<BBHHHH", flags, gso, hdr_len & 0xffff, gso_size, start, off)
     h += bytes(2) if n == 12 else (bytes(10) + struct.pack("<HH", outer, inner_nh) if n == 24 else b"")
     return Frame(frame.port, data, h[:n], f"{frame.label}+vnet-{kind}")
 
