@@ -400,8 +400,10 @@ cdef class Dataplane:
             return
         if r == -DROP_TOO_BIG and df and cur_vnet == self.pvnet[pk.in_port] and pk.in_port != ov.uplink:
             # Path MTU discovery (RFC 1191): tell the pod the inner MTU.
-            self.stats.drops[DROP_TOO_BIG] += 1
+            # (Counted here only if answered: an ICMP error gets no answer
+            # and is counted by drop() below, once.)
             if gw_icmp_error(self.gw, pk, 3, 4, <uint16_t>(ov.mtu - VXLAN_OVERHEAD), DROP_TOO_BIG) == GW_REPLY:
+                self.stats.drops[DROP_TOO_BIG] += 1
                 self.reply(i, pk)
                 return
         self.drop(pk, <uint16_t>(-r))

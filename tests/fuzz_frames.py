@@ -54,8 +54,9 @@ def payload(draw, big=0):
     if big:
         n = draw(st.integers(1000, big))
         return bytes([draw(u8)]) * n
-    return draw(st.one_of(st.binary(max_size=48),
-                          st.builds(lambda n, b: bytes([b]) * n, st.integers(0, 1600), u8)))
+    # sizes around the fabric MTUs' limits (1500 and 576 less VXLAN and headers) too
+    sizes = st.one_of(st.integers(0, 1600), st.sampled_from([1422, 1423, 1450, 1451, 1472, 1473, 498, 499, 8950]))
+    return draw(st.one_of(st.binary(max_size=48), st.builds(lambda n, b: bytes([b]) * n, sizes, u8)))
 
 
 ports = st.one_of(st.sampled_from([80, 8080, 53, 443, 5353, 40000, 40001]), u16)
@@ -112,7 +113,7 @@ def ip6(src_mac, dst_mac):
 def pod_frame(draw, cfg):
     ip, mac, port = draw(st.sampled_from(PODS))
     peer = draw(st.sampled_from([p for p in PODS if p[2] != port]))
-    kind = draw(st.sampled_from(["bridged", "arp", "gateway", "routed", "remote", "service", "reply",
+    kind = draw(st.sampled_from(["bridged", "arp", "gateway", "routed", "remote", "pmtu", "service", "reply",
                                  "super", "ip6", "random"]))
     big = 65535 - 120 if kind == "super" else 0       # room for IP and TCP options
     if kind == "bridged":
@@ -132,6 +133,14 @@ def pod_frame(draw, cfg):
         dst = draw(st.sampled_from([peer[0]] * 4 + ["10.244.0.250", "10.244.0.255", "10.244.0.0"] if kind == "routed"
                                    else REMOTE_PODS + ["10.244.9.9", "8.8.8.8", peer[0], VIPS[0]]))
         pkt = Ether(src=mac, dst=GW_MAC) / draw(ip4(ip, dst, draw(l4(big=big, proto="tcp" if big else None))))
+    elif kind == "pmtu":
+        # path MTU discovery: DF set, around the tunnel's limit, ICMP errors included
+        size = draw(st.sampled_from([1422, 1423, 498, 499, 8922, 8923])) + draw(st.integers(-2, 2))
+        quote = IP(src=draw(st.sampled_from(REMOTE_PODS)), dst=ip) / UDP() if draw(st.booleans()) else b""
+        body = draw(st.sampled_from([ICMP(type=3, code=4) / quote, ICMP(type=11) / quote, ICMP(type=8) / b"",
+                                     UDP(sport=9, dport=9) / b"", TCP(flags="A") / b""]))
+        pkt = Ether(src=mac, dst=GW_MAC) / IP(src=ip, dst=draw(st.sampled_from(REMOTE_PODS)), flags="DF") / body
+        pkt = pkt / (b"p" * max(0, size - len(pkt[IP])))
     elif kind == "service":
         vip, vport, proto, *_ = draw(st.sampled_from(SERVICES + [(VIPS[1], 81, "TCP", 0, 0, 0),
                                                                  ("10.96.0.99", 80, "UDP", 0, 0, 0)]))

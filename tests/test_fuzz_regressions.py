@@ -97,3 +97,14 @@ def test_answer_to_a_tunnelled_frame_leaves_without_its_offload_header(clock):
     inner = sums_ok(bytes(Ether(dp.frame(3))[VXLAN].payload))
     assert (inner[IP].src, inner[IP].dst, inner[ICMP].type) == (GW_IP, "10.244.1.2", 11)
     assert inner[TCPerror].dport == 80
+
+
+def test_too_big_icmp_error_is_counted_once(clock):
+    """An ICMP error too big for the tunnel, DF set: dropped without an
+    answer (no error about an error), and counted once, not twice."""
+    dp = overlay_node(clock)
+    err = bytes(Ether(src=A[1], dst=GW_MAC) / IP(src=A[0], dst="10.244.1.2", flags="DF")
+                / ICMP(type=3, code=4) / (b"p" * 1500))
+    assert dp.process(err, 0) == []
+    assert dp.counters()["drops"]["too_big"] == 1
+    assert dp.counters()["gateway"]["icmp_errors_sent"] == 0
