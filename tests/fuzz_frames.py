@@ -316,7 +316,9 @@ def with_vnet(draw, frame, n):
     flags = gso = hdr_len = gso_size = start = off = 0
     outer = inner_nh = 0
     ip = innermost_ip(data, frame.port == UPLINK)
-    if kind in ("csum", "gso") and ip is not None and ip.proto in (6, 17) and not ip.fragment \
+    if kind == "gso" and ip is not None and ip.proto == 6 and ip.fragment:
+        gso, gso_size, hdr_len = 1, 1448, ip.l4 + 20      # GSO metadata on a fragment: nothing to segment
+    elif kind in ("csum", "gso") and ip is not None and ip.proto in (6, 17) and not ip.fragment \
             and ip.l4_len >= CSUM_FIELD[ip.proto] + 2:
         data = set_partial_csum(data, ip)
         flags, start, off = 1, ip.l4, CSUM_FIELD[ip.proto]

@@ -9,7 +9,7 @@ import pytest
 
 import fuzz_asan
 
-EXAMPLES = int(os.environ.get("PODNET_FUZZ_EXAMPLES", "150"))
+EXAMPLES = int(os.environ.get("PODNET_FUZZ_EXAMPLES", "250"))
 
 
 @pytest.fixture(scope="module")

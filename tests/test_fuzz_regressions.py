@@ -108,3 +108,16 @@ def test_too_big_icmp_error_is_counted_once(clock):
     assert dp.process(err, 0) == []
     assert dp.counters()["drops"]["too_big"] == 1
     assert dp.counters()["gateway"]["icmp_errors_sent"] == 0
+
+
+def test_gso_metadata_on_a_tcp_fragment_reads_nothing_past_the_frame(clock):
+    """Encap read the TCP data offset of a 4-byte non-first fragment from
+    past its end (whatever the slot held decided too_big or a GSO header)."""
+    frag = bytes(Ether(src=A[1], dst=GW_MAC) / IP(src=A[0], dst="10.244.1.2", proto=6, frag=100) / b"abcd")
+    gso = bytes.fromhex("0101360076052200100000" "00")        # NEEDS_CSUM, TCPV4, hdr_len 54, gso_size 1398
+    for fill in (0x00, 0xa5, 0xff):
+        dp = overlay_node(clock)
+        dp.load(3, bytes([fill]) * dp.slot_size, 0)
+        dp.load(3, frag, 0, vnet=gso)
+        dp.run_burst(3, 1)
+        assert dp.verdict(3) == ("drop", "too_big")
