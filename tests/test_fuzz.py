@@ -43,13 +43,10 @@ def test_asan_catches_an_overflow_in_the_child(asan_build):
     assert r.returncode != 0 and "heap-buffer-overflow" in r.stderr, (r.returncode, r.stdout, r.stderr[-2000:])
 
 
-def test_fuzz_under_asan(asan_build, tmp_path):
+def test_fuzz_under_asan(asan_build, tmp_path, monkeypatch):
     last = tmp_path / "last-scenario.txt"
-    os.environ["PODNET_FUZZ_LAST"] = str(last)
-    try:
-        r = fuzz_asan.run(["--examples", str(EXAMPLES)], timeout=900)
-    finally:
-        del os.environ["PODNET_FUZZ_LAST"]
+    monkeypatch.setenv("PODNET_FUZZ_LAST", str(last))
+    r = fuzz_asan.run(["--examples", str(EXAMPLES)], timeout=900)
     if r.returncode != 0 or "AddressSanitizer" in r.stderr:
         scenario = last.read_text()[:20000] if last.exists() else "(none)"
         pytest.fail(f"fuzzing failed (exit {r.returncode})\n--- stdout\n{r.stdout[-6000:]}\n--- stderr\n"
