@@ -296,7 +296,7 @@ def mutated(draw, data):
 
 # ---- virtio-net headers -----------------------------------------------------
 
-def innermost_ip(data, uplink):
+def innermost_ip(data):
     offs = ip_offsets(data)
     for o in reversed(offs):
         ip = Ip4.at(data, o)
@@ -315,7 +315,7 @@ def with_vnet(draw, frame, n):
     data = frame.data
     flags = gso = hdr_len = gso_size = start = off = 0
     outer = inner_nh = 0
-    ip = innermost_ip(data, frame.port == UPLINK)
+    ip = innermost_ip(data)
     if kind == "gso" and ip is not None and ip.proto == 6 and ip.fragment:
         gso, gso_size, hdr_len = 1, 1448, ip.l4 + 20      # GSO metadata on a fragment: nothing to segment
     elif kind in ("csum", "gso") and ip is not None and ip.proto in (6, 17) and not ip.fragment \
