@@ -41,6 +41,13 @@ bench: setup
 	  && $(PY) bench/e2e_services.py >/dev/null && $(PY) bench/e2e_connect.py >/dev/null; \
 	  else echo "end-to-end benchmarks skipped: they need root"; fi
 
+# Long fuzzing run of the fast path built with AddressSanitizer (build/asan):
+# FUZZ_EXAMPLES scenarios, a new seed each run (FUZZ_SEED=n to repeat one);
+# failures are kept in build/hypothesis, the last scenario in build/fuzz-last-scenario.txt.
+FUZZ_EXAMPLES ?= 20000
+fuzz: setup
+	$(PY) tests/fuzz_asan.py --examples $(FUZZ_EXAMPLES) --seed $${FUZZ_SEED:-$$(date +%s)}
+
 # HTML view of where Python leaks into the fast path (yellow lines).
 annotate: $(STAMP)
 	$(VENV)/bin/cython -a -3 fastpath/*.pyx

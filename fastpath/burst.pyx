@@ -36,8 +36,10 @@ cdef class Dataplane:
         cdef void *mem = NULL
         if not 1 <= nslots <= 65536:
             raise ValueError(f"nslots must be 1..65536, got {nslots}")
-        if not 64 <= slot_size <= 65536 + 1024:
-            raise ValueError(f"slot_size must be 64..66560 bytes, got {slot_size}")
+        # 128: the gateway writes its ICMP errors in place, up to 118 bytes
+        # (two VLAN tags, IP and ICMP headers, a quoted 60-byte header + 8).
+        if not 128 <= slot_size <= 65536 + 1024:
+            raise ValueError(f"slot_size must be 128..66560 bytes, got {slot_size}")
         self.nslots = nslots
         self.slot_size = slot_size
         # Round to cache lines, and avoid strides that are a multiple of 4 KB:
@@ -250,6 +252,10 @@ cdef class Dataplane:
             self.encap(i, pk, cur_vnet)
         elif a == GW_REPLY:
             if pk.in_port == self.ov.uplink and self.ov.enabled:
+                # The gateway wrote it with complete checksums: the offload
+                # metadata decap left in front is not its own.
+                if cur_vnet:
+                    memset(pk.data - cur_vnet, 0, cur_vnet)
                 self.encap(i, pk, cur_vnet)
             else:
                 self.reply(i, pk)
@@ -464,8 +470,10 @@ cdef class Dataplane:
             return
         if r == -DROP_TOO_BIG and df and cur_vnet == self.pvnet[pk.in_port] and pk.in_port != ov.uplink:
             # Path MTU discovery (RFC 1191): tell the pod the inner MTU.
-            self.stats.drops[DROP_TOO_BIG] += 1
+            # (Counted here only if answered: an ICMP error gets no answer
+            # and is counted by drop() below, once.)
             if gw_icmp_error(self.gw, pk, 3, 4, <uint16_t>(ov.mtu - VXLAN_OVERHEAD), DROP_TOO_BIG) == GW_REPLY:
+                self.stats.drops[DROP_TOO_BIG] += 1
                 self.reply(i, pk)
                 return
         self.drop(pk, <uint16_t>(-r))

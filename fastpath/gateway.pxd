@@ -49,6 +49,7 @@ cdef inline void icmp_echo_reply(pkt_t *pk, const uint8_t *mac, uint32_t addr) n
     cdef uint8_t *ip = pk.data + pk.m.l3_off
     cdef uint8_t *icmp = pk.data + pk.m.l4_off
     cdef uint16_t old
+    cdef uint32_t c
     memcpy(pk.data, pk.data + 6, 6)
     memcpy(pk.data + 6, mac, 6)
     put32(ip + 16, get32(ip + 12))
@@ -57,7 +58,11 @@ cdef inline void icmp_echo_reply(pkt_t *pk, const uint8_t *mac, uint32_t addr) n
     ip[8] = 64
     csum_update16(ip + 10, old, get16(ip + 8))
     icmp[0] = 0
-    csum_update16(icmp + 2, 0x0800, 0x0000)
+    # Type 8 -> 0 adds 0x0800 to the checksum, with end-around carry. Not
+    # RFC 1624 eqn. 3: that gives 0x0000 when the reply is all zeros (id 0,
+    # seq 0, no data), where only 0xffff verifies.
+    c = get16(icmp + 2) + 0x0800u
+    put16(icmp + 2, <uint16_t>(c + (c >> 16)))
 
 cdef inline bint gw_is_dst(const gw_t *g, const uint8_t *frame) noexcept nogil:
     return (load_be64(frame) & 0xFFFFFFFFFFFF0000ULL) == g.mac_key

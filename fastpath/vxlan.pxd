@@ -147,6 +147,8 @@ cdef inline int ov_encap(overlay_t *ov, pkt_t *pk, const uint8_t *gw_mac, uint32
     if h.gso_type != VNET_GSO_NONE:
         if not ov.tunnel_gso or out_vnet < 24:
             return -DROP_TOO_BIG
+        if pk.m.l4_proto == 6 and not (pk.m.flags & F_L4):
+            return -DROP_TOO_BIG          # a TCP fragment: no header here to segment by
         l4hdr = ((pk.data[pk.m.l4_off + 12] >> 4) * 4u) if pk.m.l4_proto == 6 else 8u
         if pk.m.l4_off + l4hdr + h.gso_size + 36 > ov.mtu:
             return -DROP_TOO_BIG

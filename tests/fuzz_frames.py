@@ -1,0 +1,355 @@
+"""Hypothesis strategies for the fuzzing harness: frames for every entry of
+the fast path (pods' ports, the uplink, the gateway, ClusterIPs), built
+valid with scapy and then mutated at byte level (cut at any length, bit
+flips, IHL / total length / fragment fields that lie, stacked VLAN tags,
+trailing garbage), with virtio-net headers that are right or lie, plus
+random bytes and 64 KB super-frames."""
+import struct
+
+from hypothesis import strategies as st
+from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_NOP, IPOption_Router_Alert, IPOption_RR
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import ARP, Ether
+from scapy.layers.vxlan import VXLAN
+
+from fuzz_node import (GW_IP, GW_MAC, NODE_IP, NODE_MAC, PEER2_IP, PEER2_MAC, PEER_IP, PEER_MAC, PODS,
+                       REMOTE_GW_MAC, REMOTE_PODS, SERVICES, UPLINK, VIPS, Config)
+from fuzz_wire import CSUM_FIELD, Ip4, set_partial_csum
+
+BCAST = "ff:ff:ff:ff:ff:ff"
+u8 = st.integers(0, 0xff)
+u16 = st.integers(0, 0xffff)
+
+
+class Frame:
+    """One input: the bytes, the port they arrive on, the vnet header (None:
+    zeros), and how it was made (shown when an example fails)."""
+
+    def __init__(self, port, data, vnet=None, label=""):
+        self.port, self.data, self.vnet, self.label = port, bytes(data), vnet, label
+
+    def __repr__(self):
+        v = self.vnet.hex() if self.vnet is not None else None
+        return f"Frame(port={self.port}, data=bytes.fromhex({self.data.hex()!r}), vnet={v!r}, label={self.label!r})"
+
+
+configs = st.builds(
+    Config,
+    vnet=st.sampled_from(["gso", "csum", "plain"]),
+    slot_size=st.sampled_from([65536 + 512, 65536 + 512, 9216, 2048, 128]),
+    nslots=st.sampled_from([4, 1, 2, 8]),
+    mtu=st.sampled_from([1500, 576, 9000]),
+    vxlan_port=st.sampled_from([4789, 8472]),
+    fdb_capacity=st.sampled_from([1024, 1]),
+    conntrack_capacity=st.sampled_from([1024, 16]),
+    prelearn=st.booleans(),
+)
+
+
+# ---- valid layers -----------------------------------------------------------
+
+@st.composite
+def payload(draw, big=0):
+    """Bytes after the L4 header; big: a super-frame's, up to big bytes."""
+    if big:
+        n = draw(st.integers(1000, big))
+        return bytes([draw(u8)]) * n
+    # sizes around the fabric MTUs' limits (1500 and 576 less VXLAN and headers) too
+    sizes = st.one_of(st.integers(0, 1600), st.sampled_from([1422, 1423, 1450, 1451, 1472, 1473, 498, 499, 8950]))
+    return draw(st.one_of(st.binary(max_size=48), st.builds(lambda n, b: bytes([b]) * n, sizes, u8)))
+
+
+ports = st.one_of(st.sampled_from([80, 8080, 53, 443, 5353, 40000, 40001]), u16)
+
+
+@st.composite
+def l4(draw, sport=None, dport=None, proto=None, big=0):
+    proto = proto or draw(st.sampled_from(["tcp", "udp", "icmp", "other"]))
+    sport = draw(ports) if sport is None else sport
+    dport = draw(ports) if dport is None else dport
+    data = draw(payload(big))
+    if proto == "tcp":
+        flags = draw(st.sampled_from(["S", "SA", "A", "PA", "FA", "R", "RA", "", "FSRPAUEC"]))
+        opts = [("NOP", None)] * draw(st.sampled_from([0, 0, 3, 12, 40]))
+        return TCP(sport=sport, dport=dport, flags=flags, seq=draw(st.integers(0, 2**32 - 1)),
+                   ack=draw(st.integers(0, 2**32 - 1)), options=opts) / data
+    if proto == "udp":
+        return UDP(sport=sport, dport=dport) / data
+    if proto == "icmp":
+        t = draw(st.sampled_from([8] * 12 + [0, 3, 11, 5, 13, draw(u8)]))
+        body = IP(src=draw(st.sampled_from(VIPS + REMOTE_PODS)), dst=PODS[0][0]) / UDP(sport=dport, dport=sport) \
+            if t in (3, 11) and draw(st.booleans()) else data
+        return ICMP(type=t, code=draw(st.sampled_from([0] * 12 + [3, 4, draw(u8)]))) / body
+    return draw(st.sampled_from([47, 50, 132, 255, 0])), data
+
+
+def ip_options(draw):
+    return draw(st.sampled_from([
+        [], [], [], [IPOption_NOP()] * 4, [IPOption_Router_Alert()],
+        [IPOption_RR(routers=["1.2.3.4"] * 9)],            # 40 bytes of options: IHL 15
+    ]))
+
+
+@st.composite
+def ip4(draw, src, dst, l4layer, ttl=None):
+    if isinstance(l4layer, tuple):
+        proto, data = l4layer
+        inner, kw = data, {"proto": proto}
+    else:
+        inner, kw = l4layer, {}
+    flags = draw(st.sampled_from([0, "DF"] * 8 + ["MF", "DF+MF"]))
+    frag = draw(st.sampled_from([0] * 12 + [1, 185, 8191]))
+    return IP(src=src, dst=dst, ttl=draw(st.sampled_from([64, 64, 2, 1, 0, 255])) if ttl is None else ttl,
+              flags=flags, frag=frag, id=draw(u16), options=ip_options(draw), **kw) / inner
+
+
+def ip6(src_mac, dst_mac):
+    return Ether(src=src_mac, dst=dst_mac) / IPv6(src="fd00::2", dst="fd00::1") / UDP(sport=1, dport=2) / b"v6"
+
+
+# ---- frames from a pod ------------------------------------------------------
+
+@st.composite
+def pod_frame(draw, cfg):
+    ip, mac, port = draw(st.sampled_from(PODS))
+    peer = draw(st.sampled_from([p for p in PODS if p[2] != port]))
+    kind = draw(st.sampled_from(["bridged", "arp", "gateway", "routed", "remote", "pmtu", "service", "reply",
+                                 "super", "ip6", "random"]))
+    big = 65535 - 120 if kind == "super" else 0       # room for IP and TCP options
+    if kind == "bridged":
+        dst = draw(st.sampled_from([peer[1], BCAST, "0a:58:0a:f4:00:99", "01:00:5e:00:00:01", mac]))
+        pkt = Ether(src=mac, dst=dst) / draw(ip4(ip, draw(st.sampled_from([peer[0], "10.244.0.255"])), draw(l4())))
+    elif kind == "arp":
+        op = draw(st.sampled_from([1, 2, 3]))
+        pkt = Ether(src=mac, dst=draw(st.sampled_from([BCAST, GW_MAC, peer[1]]))) / ARP(
+            op=op, hwsrc=draw(st.sampled_from([mac, peer[1], "01:00:5e:00:00:01"])),
+            psrc=draw(st.sampled_from([ip, peer[0], GW_IP, "10.244.0.250", "10.244.0.255", "10.9.9.9"])),
+            pdst=draw(st.sampled_from([GW_IP, peer[0], "10.244.0.77"])), hwdst=GW_MAC)
+        if draw(st.booleans()):
+            pkt[ARP].hwtype, pkt[ARP].ptype, pkt[ARP].hwlen, pkt[ARP].plen = draw(u16), draw(u16), draw(u8), draw(u8)
+    elif kind == "gateway":
+        pkt = Ether(src=mac, dst=GW_MAC) / draw(ip4(ip, GW_IP, draw(l4(proto=draw(st.sampled_from(["icmp", "icmp", "udp"]))))))
+    elif kind in ("routed", "remote", "super"):
+        dst = draw(st.sampled_from([peer[0]] * 4 + ["10.244.0.250", "10.244.0.255", "10.244.0.0"] if kind == "routed"
+                                   else REMOTE_PODS + ["10.244.9.9", "8.8.8.8", peer[0], VIPS[0]]))
+        pkt = Ether(src=mac, dst=GW_MAC) / draw(ip4(ip, dst, draw(l4(big=big, proto="tcp" if big else None))))
+    elif kind == "pmtu":
+        # path MTU discovery: DF set, around the tunnel's limit, ICMP errors included
+        size = draw(st.sampled_from([1422, 1423, 498, 499, 8922, 8923])) + draw(st.integers(-2, 2))
+        quote = IP(src=draw(st.sampled_from(REMOTE_PODS)), dst=ip) / UDP() if draw(st.booleans()) else b""
+        body = draw(st.sampled_from([ICMP(type=3, code=4) / quote, ICMP(type=11) / quote, ICMP(type=8) / b"",
+                                     UDP(sport=9, dport=9) / b"", TCP(flags="A") / b""]))
+        pkt = Ether(src=mac, dst=GW_MAC) / IP(src=ip, dst=draw(st.sampled_from(REMOTE_PODS)), flags="DF") / body
+        pkt = pkt / (b"p" * max(0, size - len(pkt[IP])))
+    elif kind == "service":
+        vip, vport, proto, *_ = draw(st.sampled_from(SERVICES + [(VIPS[1], 81, "TCP", 0, 0, 0),
+                                                                 ("10.96.0.99", 80, "UDP", 0, 0, 0)]))
+        sport = draw(st.sampled_from([40000, 40001, 40002]))
+        pkt = Ether(src=mac, dst=GW_MAC) / draw(ip4(ip, vip, draw(l4(sport, vport, proto.lower())), ttl=64))
+    elif kind == "reply":
+        # a backend answering a client: bridged straight to it, or through the gateway
+        client = draw(st.sampled_from(PODS))
+        pkt = Ether(src=mac, dst=draw(st.sampled_from([client[1], GW_MAC]))) / draw(ip4(
+            ip, draw(st.sampled_from([client[0], GW_IP])),
+            draw(l4(draw(st.sampled_from([8080, 53, 443, 5353])), draw(st.sampled_from([40000, 40001])),
+                    draw(st.sampled_from(["tcp", "udp"])))), ttl=64))
+    elif kind == "ip6":
+        pkt = ip6(mac, draw(st.sampled_from([GW_MAC, peer[1], BCAST])))
+    else:
+        return Frame(draw(st.sampled_from([port, port, 7, 300])), draw(random_bytes(mac)), None, "random")
+    in_port = port if draw(st.integers(0, 9)) else draw(st.sampled_from([peer[2], 9]))
+    return Frame(in_port, bytes(pkt), None, kind)
+
+
+@st.composite
+def random_bytes(draw, mac):
+    if draw(st.booleans()):
+        return draw(st.binary(max_size=160))
+    head = bytes.fromhex(draw(st.sampled_from([GW_MAC, BCAST, PODS[1][1], NODE_MAC])).replace(":", ""))
+    head += bytes.fromhex(mac.replace(":", "")) + draw(st.sampled_from([b"\x08\x00", b"\x08\x06", b"\x86\xdd",
+                                                                       b"\x81\x00", b"\x88\xa8", b"\x00\x00"]))
+    return head + draw(st.binary(max_size=120))
+
+
+# ---- frames from the fabric -------------------------------------------------
+
+@st.composite
+def inner_frame(draw):
+    """What a peer's VTEP wraps: routed IPv4 to this node's gateway, mostly."""
+    src = draw(st.sampled_from(REMOTE_PODS))
+    kind = draw(st.sampled_from(["pod", "gateway", "reply", "transit", "arp", "random", "super"]))
+    if kind in ("pod", "super"):
+        pkt = Ether(src=REMOTE_GW_MAC, dst=GW_MAC) / draw(ip4(src, draw(st.sampled_from(PODS))[0],
+                                                              draw(l4(big=65535 - 220 if kind == "super" else 0))))
+    elif kind == "gateway":
+        pkt = Ether(src=REMOTE_GW_MAC, dst=GW_MAC) / draw(ip4(src, GW_IP, draw(l4(proto="icmp"))))
+    elif kind == "reply":
+        pkt = Ether(src=REMOTE_GW_MAC, dst=GW_MAC) / draw(ip4(
+            REMOTE_PODS[0], draw(st.sampled_from(PODS))[0],
+            draw(l4(draw(st.sampled_from([8080, 53])), draw(st.sampled_from([40000, 40001])),
+                    draw(st.sampled_from(["tcp", "udp"])))), ttl=64))
+    elif kind == "transit":
+        pkt = Ether(src=REMOTE_GW_MAC, dst=draw(st.sampled_from([GW_MAC, PODS[0][1]]))) / draw(
+            ip4(src, draw(st.sampled_from(REMOTE_PODS + ["10.244.9.9"])), draw(l4())))
+    elif kind == "arp":
+        pkt = Ether(src=REMOTE_GW_MAC, dst=BCAST) / ARP(psrc=src, pdst=GW_IP)
+    else:
+        return draw(random_bytes(REMOTE_GW_MAC))
+    return draw(mutated(bytes(pkt)))
+
+
+@st.composite
+def uplink_frame(draw, cfg):
+    kind = draw(st.sampled_from(["vxlan", "vxlan", "vxlan", "arp", "ping", "other", "random"]))
+    if kind == "vxlan":
+        inner = draw(inner_frame())
+        pkt = Ether(src=PEER_MAC, dst=draw(st.sampled_from([NODE_MAC] * 6 + [BCAST, PEER2_MAC]))) / draw(ip4(
+            draw(st.sampled_from([PEER_IP, PEER2_IP])), draw(st.sampled_from([NODE_IP] * 6 + [PEER2_IP])),
+            UDP(sport=draw(st.integers(49152, 65535)),
+                dport=draw(st.sampled_from([cfg.vxlan_port] * 6 + [4789, 8472])))
+            / VXLAN(flags=draw(st.sampled_from([0x08] * 6 + [0x00, 0x88, 0xff])),
+                    vni=draw(st.sampled_from([1] * 6 + [2, 0, 0xffffff]))) / inner, ttl=64))
+    elif kind == "arp":
+        who, mac = draw(st.sampled_from([(PEER_IP, PEER_MAC), (PEER2_IP, PEER2_MAC), ("172.30.250.9", PEER_MAC)]))
+        pkt = Ether(src=mac, dst=draw(st.sampled_from([BCAST, NODE_MAC]))) / ARP(
+            op=draw(st.sampled_from([1, 2])), hwsrc=mac, psrc=who, pdst=draw(st.sampled_from([NODE_IP, PEER_IP])),
+            hwdst=NODE_MAC)
+    elif kind == "ping":
+        pkt = Ether(src=PEER_MAC, dst=NODE_MAC) / draw(ip4(PEER_IP, NODE_IP, draw(l4(proto="icmp"))))
+    elif kind == "other":
+        pkt = Ether(src=PEER_MAC, dst=draw(st.sampled_from([NODE_MAC, GW_MAC]))) / draw(
+            ip4(PEER_IP, draw(st.sampled_from([NODE_IP, PODS[0][0]])), draw(l4())))
+    else:
+        return Frame(UPLINK, draw(random_bytes(PEER_MAC)), None, "uplink-random")
+    return Frame(UPLINK, bytes(pkt), None, "uplink-" + kind)
+
+
+# ---- mutations --------------------------------------------------------------
+
+def ip_offsets(data):
+    """Where IPv4 headers start (through any VLAN tags and one VXLAN level)."""
+    out, base = [], 0
+    for _ in range(2):
+        off = base + 12
+        while data[off:off + 2] in (b"\x81\x00", b"\x88\xa8"):
+            off += 4
+        if data[off:off + 2] != b"\x08\x00" or len(data) < off + 22:
+            break
+        off += 2
+        out.append(off)
+        ihl = (data[off] & 0x0f) * 4
+        if data[off + 9] != 17 or len(data) < off + ihl + 16 + 14:
+            break
+        base = off + ihl + 16
+    return out
+
+
+def put16(data, at, v):
+    return data[:at] + struct.pack("!H", v & 0xffff) + data[at + 2:] if at + 2 <= len(data) else data
+
+
+@st.composite
+def mutation(draw, data):
+    ips = ip_offsets(data)
+    kinds = ["cut", "flip", "byte", "pad", "vlan"] + ["ihl", "totlen", "frag", "version"] * bool(ips)
+    kind = draw(st.sampled_from(kinds))
+    if kind == "cut":
+        edges = sorted({0, 6, 12, 13, 14, 17, 18, 22} | {o + d for o in ips for d in (0, 1, 9, 19, 20, 27, 28, 35, 36, 39, 40, 41, 65)}
+                       | {len(data) - 1})
+        n = draw(st.one_of(st.sampled_from(edges), st.integers(0, len(data))))
+        return data[:max(0, n)]
+    if kind == "flip" and data:
+        pos = draw(st.one_of(st.integers(0, min(len(data), 96) - 1), st.integers(0, len(data) - 1)))
+        return data[:pos] + bytes([data[pos] ^ (1 << draw(st.integers(0, 7)))]) + data[pos + 1:]
+    if kind == "byte" and data:
+        pos = draw(st.integers(0, len(data) - 1))
+        return data[:pos] + bytes([draw(u8)]) + data[pos + 1:]
+    if kind == "pad":
+        return data + draw(st.binary(min_size=1, max_size=64))
+    if kind == "vlan" and len(data) >= 12:
+        tags = b"".join(draw(st.sampled_from([b"\x81\x00", b"\x88\xa8"])) + struct.pack("!H", draw(u16))
+                        for _ in range(draw(st.integers(1, 3))))
+        at = draw(st.sampled_from([12] + [o - 2 for o in ips[1:]]))
+        return data[:at] + tags + data[at:]
+    if not ips:
+        return data
+    o = draw(st.sampled_from(ips))
+    if kind == "ihl":
+        return data[:o] + bytes([(data[o] & 0xf0) | draw(st.integers(0, 15))]) + data[o + 1:]
+    if kind == "version":
+        return data[:o] + bytes([(draw(st.integers(0, 15)) << 4) | (data[o] & 0x0f)]) + data[o + 1:]
+    if kind == "frag":
+        return put16(data, o + 6, draw(st.sampled_from([0x2000, 0x0001, 0x1fff, 0x4001, 0x6000, draw(u16)])))
+    tot, = struct.unpack("!H", data[o + 2:o + 4])
+    ihl = (data[o] & 0x0f) * 4
+    return put16(data, o + 2, draw(st.sampled_from([0, ihl - 1, ihl, tot - 1, tot + 1, len(data) - o,
+                                                    len(data) - o + 1, 0xffff, draw(u16)])))
+
+
+@st.composite
+def mutated(draw, data):
+    """data as built (most often), or after one to three mutations."""
+    for _ in range(draw(st.sampled_from([0, 0, 0, 0, 1, 1, 2, 3]))):
+        data = draw(mutation(data))
+    return data
+
+
+# ---- virtio-net headers -----------------------------------------------------
+
+def innermost_ip(data):
+    offs = ip_offsets(data)
+    for o in reversed(offs):
+        ip = Ip4.at(data, o)
+        if ip is not None:
+            return ip
+    return None
+
+
+@st.composite
+def with_vnet(draw, frame, n):
+    """frame with an n-byte vnet header: zeros, offload metadata that is right
+    (the L4 checksum then holds the partial sum), GSO, or fields that lie."""
+    if n == 0:
+        return frame
+    kind = draw(st.sampled_from(["zero", "zero", "csum", "gso", "valid", "lie"]))
+    data = frame.data
+    flags = gso = hdr_len = gso_size = start = off = 0
+    outer = inner_nh = 0
+    ip = innermost_ip(data)
+    if kind == "gso" and ip is not None and ip.proto == 6 and ip.fragment:
+        gso, gso_size, hdr_len = 1, 1448, ip.l4 + 20      # GSO metadata on a fragment: nothing to segment
+    elif kind in ("csum", "gso") and ip is not None and ip.proto in (6, 17) and not ip.fragment \
+            and ip.l4_len >= CSUM_FIELD[ip.proto] + 2:
+        data = set_partial_csum(data, ip)
+        flags, start, off = 1, ip.l4, CSUM_FIELD[ip.proto]
+        if kind == "gso":
+            gso = (1 if ip.proto == 6 else 5) | draw(st.sampled_from([0, 0, 0x80]))
+            doff = (data[ip.l4 + 12] >> 4) * 4 if ip.proto == 6 and ip.l4_len >= 13 else 8
+            hdr_len = ip.l4 + doff
+            gso_size = draw(st.sampled_from([1398, 1448, 536, 8948, 1, 0, 65535]))
+            if n == 24 and ip.off > 14:                    # an encapsulated super-frame
+                gso |= 0x20
+                outer, inner_nh = 34, ip.off
+    elif kind == "valid":
+        flags = 2
+    elif kind == "lie":
+        near = st.sampled_from([v & 0xffff for v in (0, 1, 14, 34, 50, 64, len(data) - 2, len(data), len(data) + 1,
+                                                     0xffff)])
+        flags = draw(st.sampled_from([1, 3, 8, 9, 0xff]))
+        gso = draw(st.sampled_from([0, 1, 3, 4, 5, 0x21, 0x41, 0x81, 0xff]))
+        hdr_len, gso_size, start, off = (draw(st.one_of(near, u16)) for _ in range(4))
+        outer, inner_nh = draw(st.one_of(near, u16)), draw(st.one_of(near, u16))
+    h = struct.pack("<BBHHHH", flags, gso, hdr_len & 0xffff, gso_size, start, off)
+    h += bytes(2) if n == 12 else (bytes(10) + struct.pack("<HH", outer, inner_nh) if n == 24 else b"")
+    return Frame(frame.port, data, h[:n], f"{frame.label}+vnet-{kind}")
+
+
+# ---- one input --------------------------------------------------------------
+
+@st.composite
+def frames(draw, cfg, vnet=True):
+    """One input frame for cfg's node, from a pod or from the fabric."""
+    f = draw(st.one_of(pod_frame(cfg), uplink_frame(cfg)))
+    if not f.label.endswith("random"):
+        f = Frame(f.port, draw(mutated(f.data)), None, f.label)
+    return draw(with_vnet(f, cfg.vnet_len(f.port) if vnet and f.port < 256 else 0))
