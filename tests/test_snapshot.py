@@ -172,8 +172,14 @@ def test_writes_only_changes(tmp_path, clock):
     assert s.save()
     assert s.tick() is False                                       # within the interval
     d.services.set(VIP, 81, "TCP", [(B[0], 8080)])
-    assert s.tick() is True                                        # a control change: at once
+    assert s.tick() is False                   # services ride on the periodic save, not at once
+    assert not s.save()                        # and are re-encoded at most every services_every s
+    assert s.save(force=True)                  # a clean stop writes them
     assert (VIP, 81) in {(x["vip"], x["port"]) for x in read(tmp_path / "s")[0]["services"]}
+    s.services_every = 0
+    d.services.set(VIP, 82, "TCP", [(B[0], 8080)])
+    assert s.save()
+    assert (VIP, 82) in {(x["vip"], x["port"]) for x in read(tmp_path / "s")[0]["services"]}
     assert [p.name for p in tmp_path.iterdir()] == ["s"]           # no temporary file left
 
 
