@@ -103,9 +103,17 @@ def main(out=print):
     state = cluster.load_state()
     if state is None:
         out("== podnet up (embedded default spec) ==")
-        state = cluster.up(None, progress=lambda m: out("  " + m))
+        state = cluster.up(None, progress=lambda m: out("  " + m))   # Ctrl-C here: rolled back
     else:
         out(f"== a cluster is already up ({state['source']}): using it ==")
+    try:
+        return _show(state, out)
+    except KeyboardInterrupt:
+        out("\n(interrupted: the cluster is up and whole; `podnet down` removes it)")
+        raise
+
+
+def _show(state, out):
     st = cluster.status()
     out("\n== nodes ==")
     out(render(st["nodes"], [("node", "name"), ("agent", "agent"), ("pid", "agent_pid"),
