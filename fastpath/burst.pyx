@@ -213,7 +213,8 @@ cdef class Dataplane:
                 if svc_is_vip(self.sm, get32(data + pk.m.l3_off + 16)):
                     self.service(i, pk, self.pvnet[port])
                     return
-                self.unnat(pk, self.pvnet[port])     # e.g. a hairpin reply to the gateway
+                if self.ct.count:
+                    self.unnat(pk, self.pvnet[port])     # e.g. a hairpin reply to the gateway
                 a = gw_ip4(gw, pk)
                 if self.tr != NULL:
                     tr_note(self.tr, EV_GW, <uint32_t>a, get32(data + pk.m.l3_off + 16), 0)
@@ -510,7 +511,8 @@ cdef class Dataplane:
         if not self.gw.enabled or not gw_is_dst(self.gw, pk.data) or not (pk.m.flags & F_IP4):
             self.drop(pk, DROP_VXLAN_NOT_ROUTED)
             return
-        self.unnat(pk, pod_vnet)             # a remote backend's reply to a local client
+        if self.ct.count:
+            self.unnat(pk, pod_vnet)         # a remote backend's reply to a local client
         if not gw_in_subnet(self.gw, get32(pk.data + pk.m.l3_off + 16)) and \
                 get32(pk.data + pk.m.l3_off + 16) != self.gw.ip:
             self.drop(pk, DROP_NO_ROUTE)     # no transit between remote nodes
