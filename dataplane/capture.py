@@ -5,10 +5,10 @@ bounded buffer; this side drains it every POLL seconds."""
 import time
 
 from dataplane import cluster
+from dataplane.agent import UPLINK_PORT
 from dataplane.control import ControlError, request
 
 POLL = 0.1
-UPLINK_PORT = 255
 
 
 class CaptureError(ValueError):

@@ -172,7 +172,7 @@ def _up(spec_path, vnet, progress, metrics=False, metrics_port=None):
         procs = {}
         for node in spec.nodes:
             procs[node.name] = _start_agent(spec, plan, node.name, state, vnet,
-                                            metrics or metrics_port is not None, metrics_port)
+                                            metrics, metrics_port)
             _save_state(state)
         for node in spec.nodes:
             _wait_ready(state["nodes"][node.name], procs[node.name],

@@ -9,10 +9,10 @@ uplink would receive it, so a cross-node flow shows both halves.
 import ipaddress
 
 from dataplane import cluster
+from dataplane.agent import UPLINK_PORT
 from dataplane.control import request
 from fastpath.counters import DROP_NAMES
 
-UPLINK_PORT = 255
 MAX_HOPS = 4                       # a pod -> node -> node path has 2; more would be a loop
 GW_ACTIONS = {0: "not for the gateway: bridged", 1: "answered in place", 2: "routed to a pod on this node",
               3: "consumed", 4: "routed to another node (overlay)"}

@@ -24,7 +24,7 @@ from fastpath.vnet cimport VNET_F_NEEDS_CSUM
 from fastpath.counters cimport port_stats_t
 from fastpath.counters import DROP_NAMES
 from fastpath.trace cimport *
-from fastpath.trace import EVENT_NAMES, CT_KINDS
+from fastpath.trace import EVENT_NAMES
 from fastpath.guard cimport guard_check, PortGuard
 
 
@@ -301,6 +301,7 @@ cdef class Dataplane:
         cdef conn_t nc
         cdef svc_t *s
         cdef int c
+        cdef uint64_t hits
         cdef bint partial = cur_vnet > 0 and ((pk.data - cur_vnet)[0] & VNET_F_NEEDS_CSUM)
         if self.tr != NULL:
             tr_note(self.tr, EV_SERVICE, vip, get16(l4 + 2) if pk.m.flags & F_L4 else 0, proto)
@@ -345,7 +346,7 @@ cdef class Dataplane:
                 ct.invalid += 1
                 self.drop(pk, DROP_CT_INVALID)
                 return
-            c = <int>self.sm.affinity_hits
+            hits = self.sm.affinity_hits
             if svc_pick(self.sm, s, cip, mix64(tuple_a(cip, vip) ^ (<uint64_t>cport << 16) ^ proto),
                         self.now, &bip, &bport) < 0:
                 self.sm.no_endpoints += 1
@@ -353,7 +354,7 @@ cdef class Dataplane:
                 return
             if self.tr != NULL:
                 tr_note(self.tr, EV_PICK, bip, bport,
-                        s.nb | (<uint32_t>s.lb << 16) | (<uint32_t>(c != <int>self.sm.affinity_hits) << 24))
+                        s.nb | (<uint32_t>s.lb << 16) | (<uint32_t>(hits != self.sm.affinity_hits) << 24))
             nc.cip = cip
             nc.vip = vip
             nc.bip = bip
@@ -402,7 +403,8 @@ cdef class Dataplane:
 
     cdef void unnat(self, pkt_t *pk, uint32_t cur_vnet) noexcept nogil:
         """A reply of a NATed connection: back to ClusterIP:port as the source
-        (and to the client as destination, after hairpin SNAT)."""
+        (and to the client as destination, after hairpin SNAT). Callers test
+        ct.count first: with no NATed connection there is nothing to find."""
         cdef ct_t *ct = self.ct
         cdef uint8_t *ip
         cdef uint8_t *l4
@@ -410,7 +412,7 @@ cdef class Dataplane:
         cdef conn_t *k
         cdef uint8_t proto = pk.m.l4_proto
         cdef bint partial
-        if ct.count == 0 or (proto != 6 and proto != 17) or not (pk.m.flags & F_L4) or (pk.m.flags & F_FRAG):
+        if (proto != 6 and proto != 17) or not (pk.m.flags & F_L4) or (pk.m.flags & F_FRAG):
             return
         ip = pk.data + pk.m.l3_off
         l4 = pk.data + pk.m.l4_off

@@ -3,5 +3,4 @@
 EVENT_NAMES = ["rx", "parse", "drop", "learn", "arp", "gateway", "service", "conntrack", "pick",
                "dnat", "snat", "unnat", "reject", "fdb", "flood", "encap", "vtep_arp", "decap",
                "reply", "local", "tx"]
-CT_KINDS = ["hit", "new", "expired", "reused", "dead"]
 N_EVENTS = N_EV      # a test checks it matches EVENT_NAMES
