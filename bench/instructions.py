@@ -8,7 +8,6 @@ bench/results/instructions.json.
     python bench/instructions.py
 """
 import json
-import os
 import re
 import shutil
 import subprocess

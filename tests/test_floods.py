@@ -7,7 +7,6 @@ bytearray and run in bursts of 256 through load/run_burst, so a million
 frames take seconds."""
 import random
 
-import pytest
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import ARP, Ether
 

@@ -1,7 +1,6 @@
 """Pods on one node, for real: namespaces whose eth0 is a TAP served by the
 agent. Ping, ARP, TCP, UDP, a routed path, GSO super-frames, and clean-up.
 Needs root: skips on a developer box without it, fails when CI=true."""
-import hashlib
 import json
 import os
 import re

@@ -15,7 +15,6 @@ import sys
 import textwrap
 import time
 
-import pytest
 
 from dataplane.snapshot import CT_RECORD, read
 from netns_helpers import agent, in_pod, podnet, running_cluster, spawn_in_pod

@@ -4,7 +4,6 @@ spreads over backends on both nodes and hears back from the ClusterIP;
 session affinity pins a backend; endpoints change live; UDP keeps flowing
 when its backend is replaced; hairpin; a service without endpoints rejects."""
 import json
-import sys
 import textwrap
 import time
 

@@ -10,7 +10,7 @@ import pytest
 from scapy.layers.inet import ICMP, IP, UDP
 from scapy.utils import rdpcap
 
-from netns_helpers import agent, podnet, py_in_pod, running_cluster, spawn_in_pod
+from netns_helpers import agent, podnet, py_in_pod, running_cluster
 
 SPEC = """
 cluster: {name: pntools, podCIDR: 10.242.0.0/16, serviceCIDR: 10.91.0.0/16, fabricCIDR: 172.30.245.0/24}
@@ -28,7 +28,7 @@ METRICS_PORT = 19710
 def cluster(tmp_path_factory):
     from dataplane import cluster as cl
     tmp = tmp_path_factory.mktemp("tools")
-    with running_cluster(tmp, SPEC) as state:
+    with running_cluster(tmp, SPEC):
         cl.down(quiet=True)                       # again, with metrics on
         yield cl.up(str(tmp / "spec.yaml"), progress=lambda *_: None, metrics_port=METRICS_PORT)
 
@@ -110,7 +110,7 @@ def test_capture_writes_a_pcap_with_the_frames_sent(cluster, tmp_path):
     pings = [f for f in frames if f.haslayer(ICMP) and f[ICMP].type in (0, 8)]
     assert [f[ICMP].type for f in pings] == [8, 0]        # both directions of the port
     assert f"{len(frames)} frames written" in err
-    r = podnet("capture", "n1", "c1", "-w", str(tmp_path / "two.pcap"), "-c", "2", "--timeout", "3")
+    podnet("capture", "n1", "c1", "-w", str(tmp_path / "two.pcap"), "-c", "2", "--timeout", "3")
     assert len(rdpcap(str(tmp_path / "two.pcap"))) <= 2
     assert agent(cluster, "n1", "counters")["capture"]["running"] is False      # stopped after
 

@@ -6,7 +6,7 @@ removal."""
 import collections
 
 import pytest
-from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror, UDPerror
+from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, UDPerror
 from scapy.layers.l2 import ARP, Ether
 from scapy.layers.vxlan import VXLAN
 
@@ -235,7 +235,6 @@ def test_partial_checksum_frames_get_pseudo_header_updates(dp):
     dp.set_vnet_len(12)
     dp.services.set(VIP, 80, "TCP", [(B[0], 8080)])
     f = Ether(syn())
-    pseudo = IP(src=A[0], dst=VIP, proto=6, len=40)
     from scapy.utils import checksum
     import struct
     ph = struct.pack("!4s4sBBH", bytes(map(int, A[0].split("."))), bytes(map(int, VIP.split("."))), 0, 6, 20)
