@@ -46,17 +46,5 @@ cdef class Dataplane:
     cdef guard_t *pg
 
     cdef void run(self, uint32_t start, uint32_t n, uint64_t now) noexcept nogil
-    cdef inline void bridge(self, uint32_t i, pkt_t *pk, uint64_t now) noexcept nogil
-    cdef inline void forward(self, uint32_t i, pkt_t *pk, uint16_t d, bint routed) noexcept nogil
-    cdef void flood(self, uint32_t i, pkt_t *pk, uint16_t d) noexcept nogil
-    cdef inline void reply(self, uint32_t i, pkt_t *pk) noexcept nogil
-    cdef void encap(self, uint32_t i, pkt_t *pk, uint32_t cur_vnet) noexcept nogil
-    cdef void uplink_rx(self, uint32_t i, pkt_t *pk) noexcept nogil
-    cdef void route(self, uint32_t i, pkt_t *pk, uint32_t cur_vnet) noexcept nogil
-    cdef void service(self, uint32_t i, pkt_t *pk, uint32_t cur_vnet) noexcept nogil
-    cdef void unnat(self, pkt_t *pk, uint32_t cur_vnet) noexcept nogil
     cdef inline void ct_update(self, conn_t *k, uint8_t proto, uint8_t flags) noexcept nogil
-    cdef void reject(self, uint32_t i, pkt_t *pk) noexcept nogil
-    cdef inline void enqueue(self, uint16_t port, uint32_t i, uint32_t length) noexcept nogil
-    cdef inline void drop(self, pkt_t *pk, uint16_t reason) noexcept nogil
     cdef uint64_t now_ms(self) except? 0

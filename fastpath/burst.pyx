@@ -28,6 +28,445 @@ from fastpath.trace import EVENT_NAMES
 from fastpath.guard cimport guard_check, PortGuard
 
 
+# ---- the burst loop ---------------------------------------------------
+# Module functions rather than methods: they are fused over mode_t, so each
+# is compiled twice, without trace hooks (what traffic runs) and with them
+# (trace()); fused methods would be called through the vtable, these are
+# called directly and inlined.
+
+cdef inline void drop(Dataplane self, mode_t *md, pkt_t *pk, uint16_t reason) noexcept nogil:
+    pk.out = OUT_DROP
+    pk.reason = reason
+    self.stats.drops[reason] += 1
+    if mode_t is traced_t:
+        tr_note(self.tr, EV_DROP, reason, 0, 0)
+    if pk.in_port < MAX_PORTS:
+        self.stats.port[pk.in_port].rx_dropped += 1
+
+cdef inline void enqueue(Dataplane self, mode_t *md, uint16_t port, uint32_t i, uint32_t length) noexcept nogil:
+    if self.txq_len[port] == 0:
+        self.tx_active[self.n_active] = port
+        self.n_active += 1
+    self.txq[<size_t>port * self.nslots + self.txq_len[port]] = <uint16_t>i
+    self.txq_len[port] += 1
+    self.stats.port[port].tx_packets += 1
+    self.stats.port[port].tx_bytes += length
+    if mode_t is traced_t:
+        tr_note(self.tr, EV_TX, port, length, 0)
+
+cdef inline void reply(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk) noexcept nogil:
+    # A frame the gateway wrote: complete checksums, so no offload metadata.
+    cdef uint32_t n = self.pvnet[pk.in_port]
+    if n:
+        memset(pk.data - n, 0, n)
+    pk.out = pk.in_port
+    pk.reason = DROP_NONE
+    if mode_t is traced_t:
+        tr_note(self.tr, EV_REPLY, pk.in_port, 0, 0)
+    enqueue(self, md, pk.in_port, i, pk.len)
+
+cdef inline void forward(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk, uint16_t d, bint routed) noexcept nogil:
+    cdef ports_t *pt = self.pt
+    cdef uint16_t port = pk.in_port
+    cdef int out
+    if not (pk.m.flags & F_BCAST):
+        out = fdb_lookup(self.ft, fdb_key(pk.data, d), self.now)
+        if mode_t is traced_t:
+            tr_note(self.tr, EV_FDB, <uint32_t>out, d, 0)
+        # A routed frame may leave by the port it came in on (two pods
+        # behind one port); a bridged one may not.
+        if out == port and not routed:
+            drop(self, md, pk, DROP_SAME_PORT)
+            return
+        if out >= 0 and pt.up[out]:
+            pk.out = out
+            pk.reason = DROP_NONE
+            enqueue(self, md, <uint16_t>out, i, pk.len)
+            self.stats.forwarded += 1
+            return
+    flood(self, md, i, pk, d)
+
+cdef void flood(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk, uint16_t d) noexcept nogil:
+    """Broadcast, multicast or unknown unicast: every other port of the domain.
+    Out of line: keeps the known-unicast path small."""
+    cdef ports_t *pt = self.pt
+    cdef uint16_t port = pk.in_port, s, k, c
+    s = pt.dom_start[d]
+    c = pt.dom_count[d]
+    if c <= 1:
+        drop(self, md, pk, DROP_NO_PORTS)
+        return
+    pk.out = OUT_FLOOD
+    pk.reason = DROP_NONE
+    self.stats.flooded += 1
+    if mode_t is traced_t:
+        tr_note(self.tr, EV_FLOOD, d, c - 1, 0)
+    for k in range(s, s + c):
+        if pt.flood[k] != port:
+            enqueue(self, md, pt.flood[k], i, pk.len)
+
+cdef inline void bridge(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk, uint64_t now) noexcept nogil:
+    # Locals, not self->..., so stores through the frame's uint8_t* (which
+    # may alias anything) do not force the compiler to reload the tables.
+    cdef ports_t *pt = self.pt
+    cdef gw_t *gw = self.gw
+    cdef uint16_t port = pk.in_port, d, r
+    cdef uint32_t length = pk.len
+    cdef const uint8_t *data = pk.data
+    cdef int a
+    cdef port_stats_t *ps
+    if port >= MAX_PORTS or not pt.up[port]:
+        drop(self, md, pk, DROP_BAD_PORT)
+        return
+    ps = &self.stats.port[port]
+    ps.rx_packets += 1
+    ps.rx_bytes += length
+    if mode_t is traced_t:
+        tr_note(self.tr, EV_RX, port, length, (data - self.pvnet[port])[0] | ((data - self.pvnet[port])[1] << 8)
+                if self.pvnet[port] else 0)
+    r = parse_frame(data, length, &pk.m)
+    if r != DROP_NONE:
+        drop(self, md, pk, r)
+        return
+    if mode_t is traced_t:
+        tr_note(self.tr, EV_PARSE, pk.m.ethertype, pk.m.l4_proto, pk.m.flags)
+    if data[6] & 1:
+        drop(self, md, pk, DROP_SRC_MCAST)
+        return
+    if self.pg.on[port]:
+        r = guard_check(self.pg, port, data, &pk.m)
+        if r != DROP_NONE:
+            drop(self, md, pk, r)
+            return
+    if port == self.ov.uplink and self.ov.enabled:
+        uplink_rx(self, md, i, pk)
+        return
+    d = pt.domain[port]
+    pk.domain = d
+    fdb_learn(self.ft, fdb_key(data + 6, d), port, now)
+    if mode_t is traced_t:
+        tr_note(self.tr, EV_LEARN, d, port, 0)
+    if gw.enabled and d == gw.domain:
+        a = GW_PASS
+        if pk.m.flags & F_ARP:
+            a = gw_arp(gw, pk)
+            if mode_t is traced_t:
+                tr_note(self.tr, EV_ARP, <uint32_t>a, 0, 0)
+        elif gw_is_dst(gw, data):
+            if not (pk.m.flags & F_IP4):
+                drop(self, md, pk, DROP_GW_UNSUPPORTED)
+                return
+            if svc_is_vip(self.sm, get32(data + pk.m.l3_off + 16)):
+                service(self, md, i, pk, self.pvnet[port])
+                return
+            if self.ct.count:
+                unnat(self, md, pk, self.pvnet[port])     # e.g. a hairpin reply to the gateway
+            a = gw_ip4(gw, pk)
+            if mode_t is traced_t:
+                tr_note(self.tr, EV_GW, <uint32_t>a, get32(data + pk.m.l3_off + 16), 0)
+        if a < 0:
+            drop(self, md, pk, <uint16_t>(-a))
+            return
+        if a == GW_REPLY:
+            reply(self, md, i, pk)
+            return
+        if a == GW_LOCAL:
+            pk.out = OUT_LOCAL
+            pk.reason = DROP_NONE
+            if mode_t is traced_t:
+                tr_note(self.tr, EV_LOCAL, 0, 0, 0)
+            return
+        if a == GW_ROUTE:
+            forward(self, md, i, pk, d, True)
+            return
+        if a == GW_REMOTE:
+            encap(self, md, i, pk, self.pvnet[port])
+            return
+    if self.ct.count and (pk.m.flags & F_IP4):
+        unnat(self, md, pk, self.pvnet[port])         # a local backend answering a local client
+    forward(self, md, i, pk, d, False)
+
+cdef void route(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk, uint32_t cur_vnet) noexcept nogil:
+    """Route an IPv4 frame through the gateway: local pod, or the overlay."""
+    cdef int a = gw_ip4(self.gw, pk)
+    if mode_t is traced_t:
+        tr_note(self.tr, EV_GW, <uint32_t>a, get32(pk.data + pk.m.l3_off + 16), 0)
+    if a < 0:
+        drop(self, md, pk, <uint16_t>(-a))
+    elif a == GW_ROUTE:
+        forward(self, md, i, pk, self.gw.domain, True)
+    elif a == GW_REMOTE:
+        encap(self, md, i, pk, cur_vnet)
+    elif a == GW_REPLY:
+        if pk.in_port == self.ov.uplink and self.ov.enabled:
+            # The gateway wrote it with complete checksums: the offload
+            # metadata decap left in front is not its own.
+            if cur_vnet:
+                memset(pk.data - cur_vnet, 0, cur_vnet)
+            encap(self, md, i, pk, cur_vnet)
+        else:
+            reply(self, md, i, pk)
+    else:
+        drop(self, md, pk, DROP_NO_ROUTE)
+
+cdef void reject(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk) noexcept nogil:
+    """What kube-proxy does for a service without endpoints: TCP RST,
+    UDP ICMP port unreachable, from the service address."""
+    self.stats.drops[DROP_SVC_REJECTED] += 1
+    if mode_t is traced_t:
+        tr_note(self.tr, EV_REJECT, pk.m.l4_proto, 0, 0)
+    if pk.in_port < MAX_PORTS:
+        self.stats.port[pk.in_port].rx_dropped += 1
+    if pk.m.l4_proto == 6:
+        if tcp_reset(pk, self.gw.mac) == 0:
+            reply(self, md, i, pk)
+            pk.reason = DROP_SVC_REJECTED
+            return
+    elif gw_icmp_error(self.gw, pk, 3, 3, 0, DROP_SVC_REJECTED) == GW_REPLY:
+        # the error must come from the ClusterIP the client used
+        put32(pk.data + pk.m.l3_off + 12, get32(pk.data + pk.m.l3_off + 20 + 8 + 16))
+        put16(pk.data + pk.m.l3_off + 10, 0)
+        put16(pk.data + pk.m.l3_off + 10, csum(pk.data + pk.m.l3_off, 20))
+        reply(self, md, i, pk)
+        pk.reason = DROP_SVC_REJECTED
+        return
+    pk.out = OUT_DROP
+    pk.reason = DROP_SVC_REJECTED
+
+cdef void service(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk, uint32_t cur_vnet) noexcept nogil:
+    """A frame to a ClusterIP: conntrack, or a new flow (pick a backend),
+    then DNAT (and SNAT for hairpin) and route to the backend."""
+    cdef ct_t *ct = self.ct
+    cdef uint8_t *ip = pk.data + pk.m.l3_off
+    cdef uint8_t *l4 = pk.data + pk.m.l4_off
+    cdef uint8_t proto = pk.m.l4_proto, flags = 0
+    cdef uint32_t cip = get32(ip + 12), vip = get32(ip + 16), bip
+    cdef uint16_t cport, vport, bport
+    cdef tuple_t *t
+    cdef conn_t *k = NULL
+    cdef conn_t nc
+    cdef svc_t *s
+    cdef int c
+    cdef uint64_t hits
+    cdef bint partial = cur_vnet > 0 and ((pk.data - cur_vnet)[0] & VNET_F_NEEDS_CSUM)
+    if mode_t is traced_t:
+        tr_note(self.tr, EV_SERVICE, vip, get16(l4 + 2) if pk.m.flags & F_L4 else 0, proto)
+    if (proto != 6 and proto != 17) or not (pk.m.flags & F_L4) or (pk.m.flags & F_FRAG):
+        drop(self, md, pk, DROP_SVC_UNSUPPORTED)
+        return
+    cport = get16(l4)
+    vport = get16(l4 + 2)
+    if proto == 6:
+        flags = l4[13]
+    t = ct_find(ct, tuple_a(cip, vip), tuple_b(cport, vport, proto))
+    if t != NULL and t.dir == CT_ORIG:
+        k = &ct.conns[t.conn]
+        if k.expires <= self.now:
+            if mode_t is traced_t:
+                tr_note(self.tr, EV_CT, CT_EV_EXPIRED, t.conn, k.state)
+            ct_delete(ct, t.conn)
+            ct.expired += 1
+            k = NULL
+        elif proto == 6 and (flags & 0x17) == 0x02 and (k.state >= CT_FIN or (k.flags & CT_DEAD)):
+            # A new SYN on the tuple of a closing or dead connection (the
+            # client reused its port): a new connection, as netfilter does.
+            if mode_t is traced_t:
+                tr_note(self.tr, EV_CT, CT_EV_REUSED, t.conn, k.state)
+            ct_delete(ct, t.conn)
+            ct.deleted += 1
+            k = NULL
+    if k != NULL and (k.flags & CT_DEAD):
+        if mode_t is traced_t:
+            tr_note(self.tr, EV_CT, CT_EV_DEAD, t.conn, k.state)
+        # its backend is gone: end the connection (kube-proxy's stale-flow RST)
+        ct_delete(ct, <uint32_t>(k - ct.conns))
+        reject(self, md, i, pk)
+        return
+    if k == NULL:
+        s = svc_find(self.sm, svc_key(vip, vport, proto))
+        if s == NULL:
+            self.sm.no_service += 1
+            reject(self, md, i, pk)
+            return
+        if proto == 6 and (flags & 0x17) != 0x02:     # not a bare SYN
+            ct.invalid += 1
+            drop(self, md, pk, DROP_CT_INVALID)
+            return
+        hits = self.sm.affinity_hits
+        if svc_pick(self.sm, s, cip, mix64(tuple_a(cip, vip) ^ (<uint64_t>cport << 16) ^ proto),
+                    self.now, &bip, &bport) < 0:
+            self.sm.no_endpoints += 1
+            reject(self, md, i, pk)
+            return
+        if mode_t is traced_t:
+            tr_note(self.tr, EV_PICK, bip, bport,
+                    s.nb | (<uint32_t>s.lb << 16) | (<uint32_t>(hits != self.sm.affinity_hits) << 24))
+        nc.cip = cip
+        nc.vip = vip
+        nc.bip = bip
+        nc.sip = self.gw.ip if bip == cip else cip     # hairpin: SNAT to the gateway
+        nc.cport = cport
+        nc.vport = vport
+        nc.bport = bport
+        nc.proto = proto
+        nc.state = CT_NEW
+        nc.flags = CT_SNAT if bip == cip else 0
+        nc.packets = 0
+        nc.expires = self.now + (ct.timeout_ms[0] if proto == 6 else ct.timeout_ms[4])
+        c = ct_insert(ct, &nc, self.now)
+        if c < 0:
+            drop(self, md, pk, DROP_CT_FULL)
+            return
+        k = &ct.conns[c]
+        if mode_t is traced_t:
+            tr_note(self.tr, EV_CT, CT_EV_NEW, c, k.state)
+    else:
+        if mode_t is traced_t:
+            tr_note(self.tr, EV_CT, CT_EV_HIT, <uint32_t>(k - ct.conns), k.state)
+        self.ct_update(k, proto, flags)
+    k.packets += 1
+    if mode_t is traced_t:
+        tr_note(self.tr, EV_DNAT, k.bip, k.bport, 0)
+        if k.flags & CT_SNAT:
+            tr_note(self.tr, EV_SNAT, k.sip, 0, 0)
+    nat_ip(pk, 16, k.bip, partial)
+    nat_port(pk, 2, k.bport, partial)
+    if k.flags & CT_SNAT:
+        nat_ip(pk, 12, k.sip, partial)
+    route(self, md, i, pk, cur_vnet)
+
+cdef void unnat(Dataplane self, mode_t *md, pkt_t *pk, uint32_t cur_vnet) noexcept nogil:
+    """A reply of a NATed connection: back to ClusterIP:port as the source
+    (and to the client as destination, after hairpin SNAT). Callers test
+    ct.count first: with no NATed connection there is nothing to find."""
+    cdef ct_t *ct = self.ct
+    cdef uint8_t *ip
+    cdef uint8_t *l4
+    cdef tuple_t *t
+    cdef conn_t *k
+    cdef uint8_t proto = pk.m.l4_proto
+    cdef bint partial
+    if (proto != 6 and proto != 17) or not (pk.m.flags & F_L4) or (pk.m.flags & F_FRAG):
+        return
+    ip = pk.data + pk.m.l3_off
+    l4 = pk.data + pk.m.l4_off
+    t = ct_find(ct, tuple_a(get32(ip + 12), get32(ip + 16)), tuple_b(get16(l4), get16(l4 + 2), proto))
+    if t == NULL or t.dir != CT_REPLY:
+        return
+    k = &ct.conns[t.conn]
+    if k.expires <= self.now:
+        ct_delete(ct, t.conn)
+        ct.expired += 1
+        return
+    partial = cur_vnet > 0 and ((pk.data - cur_vnet)[0] & VNET_F_NEEDS_CSUM)
+    if proto == 6:
+        if l4[13] & 0x04:
+            k.state = CT_CLOSED
+        elif l4[13] & 0x01:
+            k.state = CT_FIN
+        elif k.state == CT_NEW:
+            k.state = CT_ESTABLISHED
+        k.expires = self.now + ct.timeout_ms[k.state]
+    else:
+        k.state = CT_ESTABLISHED
+        k.expires = self.now + ct.udp_stream_ms
+    k.packets += 1
+    if mode_t is traced_t:
+        tr_note(self.tr, EV_UNNAT, k.vip, k.vport, k.cip if k.flags & CT_SNAT else 0)
+    nat_ip(pk, 12, k.vip, partial)
+    nat_port(pk, 0, k.vport, partial)
+    if k.flags & CT_SNAT:
+        nat_ip(pk, 16, k.cip, partial)
+
+cdef void encap(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk, uint32_t cur_vnet) noexcept nogil:
+    """A routed frame for another node: VXLAN toward its VTEP, out of the uplink."""
+    cdef overlay_t *ov = self.ov
+    cdef int r
+    cdef uint8_t df
+    if not ov.enabled:
+        drop(self, md, pk, DROP_NO_ROUTE)
+        return
+    df = pk.data[pk.m.l3_off + 6] & 0x40
+    r = ov_encap(ov, pk, self.gw.mac, cur_vnet, self.pvnet[ov.uplink], self.now)
+    if r == 0:
+        pk.out = ov.uplink
+        pk.reason = DROP_NONE
+        if mode_t is traced_t:
+            tr_note(self.tr, EV_ENCAP, ov.uplink, 0, 0)
+        enqueue(self, md, ov.uplink, i, pk.len)
+        return
+    if r == 1:                           # the frame became an ARP request for the VTEP
+        self.stats.drops[DROP_VTEP_UNRESOLVED] += 1
+        if mode_t is traced_t:
+            tr_note(self.tr, EV_VTEP_ARP, 0, 0, 0)
+        if self.pvnet[ov.uplink]:
+            memset(pk.data - self.pvnet[ov.uplink], 0, self.pvnet[ov.uplink])
+        pk.out = ov.uplink
+        pk.reason = DROP_VTEP_UNRESOLVED
+        enqueue(self, md, ov.uplink, i, pk.len)
+        return
+    if r == -DROP_TOO_BIG and df and cur_vnet == self.pvnet[pk.in_port] and pk.in_port != ov.uplink:
+        # Path MTU discovery (RFC 1191): tell the pod the inner MTU.
+        # (Counted here only if answered: an ICMP error gets no answer
+        # and is counted by drop() below, once.)
+        if gw_icmp_error(self.gw, pk, 3, 4, <uint16_t>(ov.mtu - VXLAN_OVERHEAD), DROP_TOO_BIG) == GW_REPLY:
+            self.stats.drops[DROP_TOO_BIG] += 1
+            reply(self, md, i, pk)
+            return
+    drop(self, md, pk, <uint16_t>(-r))
+
+cdef void uplink_rx(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk) noexcept nogil:
+    """From the fabric: the node's own ARP/ICMP, or VXLAN for a local pod."""
+    cdef int a
+    cdef uint16_t r
+    cdef uint32_t pod_vnet = self.vnet_len, vni = 0
+    if mode_t is traced_t:
+        if pk.m.l4_proto == 17 and (pk.m.flags & F_L4) and pk.m.l4_len >= 16:
+            vni = get32(pk.data + pk.m.l4_off + 12) >> 8  # the decap reuses these bytes
+    a = ov_uplink(self.ov, pk, self.pvnet[pk.in_port], pod_vnet)
+    if a < 0:
+        drop(self, md, pk, <uint16_t>(-a))
+        return
+    if a == OV_REPLY:
+        reply(self, md, i, pk)
+        return
+    if a == OV_LOCAL:
+        pk.out = OUT_LOCAL
+        pk.reason = DROP_NONE
+        if mode_t is traced_t:
+            tr_note(self.tr, EV_LOCAL, 0, 0, 0)
+        return
+    if mode_t is traced_t:
+        tr_note(self.tr, EV_DECAP, vni, 0, 0)
+    r = parse_frame(pk.data, pk.len, &pk.m)
+    if r != DROP_NONE:
+        drop(self, md, pk, DROP_VXLAN_INNER)
+        return
+    if mode_t is traced_t:
+        tr_note(self.tr, EV_PARSE, pk.m.ethertype, pk.m.l4_proto, pk.m.flags)
+    # flannel is L3: inner frames are addressed to this node's gateway.
+    if not self.gw.enabled or not gw_is_dst(self.gw, pk.data) or not (pk.m.flags & F_IP4):
+        drop(self, md, pk, DROP_VXLAN_NOT_ROUTED)
+        return
+    if self.ct.count:
+        unnat(self, md, pk, pod_vnet)         # a remote backend's reply to a local client
+    if not gw_in_subnet(self.gw, get32(pk.data + pk.m.l3_off + 16)) and \
+            get32(pk.data + pk.m.l3_off + 16) != self.gw.ip:
+        drop(self, md, pk, DROP_NO_ROUTE)     # no transit between remote nodes
+        return
+    route(self, md, i, pk, pod_vnet)
+
+cdef void run_mode(Dataplane self, mode_t *md, uint32_t start, uint32_t n, uint64_t now) noexcept nogil:
+    cdef uint32_t i, k
+    cdef pkt_t *pkts = self.pkts
+    for k in range(self.n_active):
+        self.txq_len[self.tx_active[k]] = 0
+    self.n_active = 0
+    self.now = now
+    for i in range(start, start + n):
+        bridge(self, md, i, &pkts[i], now)
+
+
 cdef class Dataplane:
     def __cinit__(self, uint32_t nslots=256, uint32_t slot_size=2048,
                   uint64_t fdb_capacity=65536, double aging=300.0, clock=None,
@@ -86,309 +525,6 @@ cdef class Dataplane:
     cdef uint64_t now_ms(self) except? 0:
         return <uint64_t>(self.clock() * 1000.0)
 
-    # ---- the burst loop -------------------------------------------------
-
-    cdef inline void drop(self, pkt_t *pk, uint16_t reason) noexcept nogil:
-        pk.out = OUT_DROP
-        pk.reason = reason
-        self.stats.drops[reason] += 1
-        if self.tr != NULL:
-            tr_note(self.tr, EV_DROP, reason, 0, 0)
-        if pk.in_port < MAX_PORTS:
-            self.stats.port[pk.in_port].rx_dropped += 1
-
-    cdef inline void enqueue(self, uint16_t port, uint32_t i, uint32_t length) noexcept nogil:
-        if self.txq_len[port] == 0:
-            self.tx_active[self.n_active] = port
-            self.n_active += 1
-        self.txq[<size_t>port * self.nslots + self.txq_len[port]] = <uint16_t>i
-        self.txq_len[port] += 1
-        self.stats.port[port].tx_packets += 1
-        self.stats.port[port].tx_bytes += length
-        if self.tr != NULL:
-            tr_note(self.tr, EV_TX, port, length, 0)
-
-    cdef inline void reply(self, uint32_t i, pkt_t *pk) noexcept nogil:
-        # A frame the gateway wrote: complete checksums, so no offload metadata.
-        cdef uint32_t n = self.pvnet[pk.in_port]
-        if n:
-            memset(pk.data - n, 0, n)
-        pk.out = pk.in_port
-        pk.reason = DROP_NONE
-        if self.tr != NULL:
-            tr_note(self.tr, EV_REPLY, pk.in_port, 0, 0)
-        self.enqueue(pk.in_port, i, pk.len)
-
-    cdef inline void forward(self, uint32_t i, pkt_t *pk, uint16_t d, bint routed) noexcept nogil:
-        cdef ports_t *pt = self.pt
-        cdef uint16_t port = pk.in_port
-        cdef int out
-        if not (pk.m.flags & F_BCAST):
-            out = fdb_lookup(self.ft, fdb_key(pk.data, d), self.now)
-            if self.tr != NULL:
-                tr_note(self.tr, EV_FDB, <uint32_t>out, d, 0)
-            # A routed frame may leave by the port it came in on (two pods
-            # behind one port); a bridged one may not.
-            if out == port and not routed:
-                self.drop(pk, DROP_SAME_PORT)
-                return
-            if out >= 0 and pt.up[out]:
-                pk.out = out
-                pk.reason = DROP_NONE
-                self.enqueue(<uint16_t>out, i, pk.len)
-                self.stats.forwarded += 1
-                return
-        self.flood(i, pk, d)
-
-    cdef void flood(self, uint32_t i, pkt_t *pk, uint16_t d) noexcept nogil:
-        """Broadcast, multicast or unknown unicast: every other port of the domain.
-        Out of line: keeps the known-unicast path small."""
-        cdef ports_t *pt = self.pt
-        cdef uint16_t port = pk.in_port, s, k, c
-        s = pt.dom_start[d]
-        c = pt.dom_count[d]
-        if c <= 1:
-            self.drop(pk, DROP_NO_PORTS)
-            return
-        pk.out = OUT_FLOOD
-        pk.reason = DROP_NONE
-        self.stats.flooded += 1
-        if self.tr != NULL:
-            tr_note(self.tr, EV_FLOOD, d, c - 1, 0)
-        for k in range(s, s + c):
-            if pt.flood[k] != port:
-                self.enqueue(pt.flood[k], i, pk.len)
-
-    cdef inline void bridge(self, uint32_t i, pkt_t *pk, uint64_t now) noexcept nogil:
-        # Locals, not self->..., so stores through the frame's uint8_t* (which
-        # may alias anything) do not force the compiler to reload the tables.
-        cdef ports_t *pt = self.pt
-        cdef gw_t *gw = self.gw
-        cdef uint16_t port = pk.in_port, d, r
-        cdef uint32_t length = pk.len
-        cdef const uint8_t *data = pk.data
-        cdef int a
-        cdef port_stats_t *ps
-        if port >= MAX_PORTS or not pt.up[port]:
-            self.drop(pk, DROP_BAD_PORT)
-            return
-        ps = &self.stats.port[port]
-        ps.rx_packets += 1
-        ps.rx_bytes += length
-        if self.tr != NULL:
-            tr_note(self.tr, EV_RX, port, length, (data - self.pvnet[port])[0] | ((data - self.pvnet[port])[1] << 8)
-                    if self.pvnet[port] else 0)
-        r = parse_frame(data, length, &pk.m)
-        if r != DROP_NONE:
-            self.drop(pk, r)
-            return
-        if self.tr != NULL:
-            tr_note(self.tr, EV_PARSE, pk.m.ethertype, pk.m.l4_proto, pk.m.flags)
-        if data[6] & 1:
-            self.drop(pk, DROP_SRC_MCAST)
-            return
-        if self.pg.on[port]:
-            r = guard_check(self.pg, port, data, &pk.m)
-            if r != DROP_NONE:
-                self.drop(pk, r)
-                return
-        if port == self.ov.uplink and self.ov.enabled:
-            self.uplink_rx(i, pk)
-            return
-        d = pt.domain[port]
-        pk.domain = d
-        fdb_learn(self.ft, fdb_key(data + 6, d), port, now)
-        if self.tr != NULL:
-            tr_note(self.tr, EV_LEARN, d, port, 0)
-        if gw.enabled and d == gw.domain:
-            a = GW_PASS
-            if pk.m.flags & F_ARP:
-                a = gw_arp(gw, pk)
-                if self.tr != NULL:
-                    tr_note(self.tr, EV_ARP, <uint32_t>a, 0, 0)
-            elif gw_is_dst(gw, data):
-                if not (pk.m.flags & F_IP4):
-                    self.drop(pk, DROP_GW_UNSUPPORTED)
-                    return
-                if svc_is_vip(self.sm, get32(data + pk.m.l3_off + 16)):
-                    self.service(i, pk, self.pvnet[port])
-                    return
-                if self.ct.count:
-                    self.unnat(pk, self.pvnet[port])     # e.g. a hairpin reply to the gateway
-                a = gw_ip4(gw, pk)
-                if self.tr != NULL:
-                    tr_note(self.tr, EV_GW, <uint32_t>a, get32(data + pk.m.l3_off + 16), 0)
-            if a < 0:
-                self.drop(pk, <uint16_t>(-a))
-                return
-            if a == GW_REPLY:
-                self.reply(i, pk)
-                return
-            if a == GW_LOCAL:
-                pk.out = OUT_LOCAL
-                pk.reason = DROP_NONE
-                if self.tr != NULL:
-                    tr_note(self.tr, EV_LOCAL, 0, 0, 0)
-                return
-            if a == GW_ROUTE:
-                self.forward(i, pk, d, True)
-                return
-            if a == GW_REMOTE:
-                self.encap(i, pk, self.pvnet[port])
-                return
-        if self.ct.count and (pk.m.flags & F_IP4):
-            self.unnat(pk, self.pvnet[port])         # a local backend answering a local client
-        self.forward(i, pk, d, False)
-
-    cdef void route(self, uint32_t i, pkt_t *pk, uint32_t cur_vnet) noexcept nogil:
-        """Route an IPv4 frame through the gateway: local pod, or the overlay."""
-        cdef int a = gw_ip4(self.gw, pk)
-        if self.tr != NULL:
-            tr_note(self.tr, EV_GW, <uint32_t>a, get32(pk.data + pk.m.l3_off + 16), 0)
-        if a < 0:
-            self.drop(pk, <uint16_t>(-a))
-        elif a == GW_ROUTE:
-            self.forward(i, pk, self.gw.domain, True)
-        elif a == GW_REMOTE:
-            self.encap(i, pk, cur_vnet)
-        elif a == GW_REPLY:
-            if pk.in_port == self.ov.uplink and self.ov.enabled:
-                # The gateway wrote it with complete checksums: the offload
-                # metadata decap left in front is not its own.
-                if cur_vnet:
-                    memset(pk.data - cur_vnet, 0, cur_vnet)
-                self.encap(i, pk, cur_vnet)
-            else:
-                self.reply(i, pk)
-        else:
-            self.drop(pk, DROP_NO_ROUTE)
-
-    cdef void reject(self, uint32_t i, pkt_t *pk) noexcept nogil:
-        """What kube-proxy does for a service without endpoints: TCP RST,
-        UDP ICMP port unreachable, from the service address."""
-        self.stats.drops[DROP_SVC_REJECTED] += 1
-        if self.tr != NULL:
-            tr_note(self.tr, EV_REJECT, pk.m.l4_proto, 0, 0)
-        if pk.in_port < MAX_PORTS:
-            self.stats.port[pk.in_port].rx_dropped += 1
-        if pk.m.l4_proto == 6:
-            if tcp_reset(pk, self.gw.mac) == 0:
-                self.reply(i, pk)
-                pk.reason = DROP_SVC_REJECTED
-                return
-        elif gw_icmp_error(self.gw, pk, 3, 3, 0, DROP_SVC_REJECTED) == GW_REPLY:
-            # the error must come from the ClusterIP the client used
-            put32(pk.data + pk.m.l3_off + 12, get32(pk.data + pk.m.l3_off + 20 + 8 + 16))
-            put16(pk.data + pk.m.l3_off + 10, 0)
-            put16(pk.data + pk.m.l3_off + 10, csum(pk.data + pk.m.l3_off, 20))
-            self.reply(i, pk)
-            pk.reason = DROP_SVC_REJECTED
-            return
-        pk.out = OUT_DROP
-        pk.reason = DROP_SVC_REJECTED
-
-    cdef void service(self, uint32_t i, pkt_t *pk, uint32_t cur_vnet) noexcept nogil:
-        """A frame to a ClusterIP: conntrack, or a new flow (pick a backend),
-        then DNAT (and SNAT for hairpin) and route to the backend."""
-        cdef ct_t *ct = self.ct
-        cdef uint8_t *ip = pk.data + pk.m.l3_off
-        cdef uint8_t *l4 = pk.data + pk.m.l4_off
-        cdef uint8_t proto = pk.m.l4_proto, flags = 0
-        cdef uint32_t cip = get32(ip + 12), vip = get32(ip + 16), bip
-        cdef uint16_t cport, vport, bport
-        cdef tuple_t *t
-        cdef conn_t *k = NULL
-        cdef conn_t nc
-        cdef svc_t *s
-        cdef int c
-        cdef uint64_t hits
-        cdef bint partial = cur_vnet > 0 and ((pk.data - cur_vnet)[0] & VNET_F_NEEDS_CSUM)
-        if self.tr != NULL:
-            tr_note(self.tr, EV_SERVICE, vip, get16(l4 + 2) if pk.m.flags & F_L4 else 0, proto)
-        if (proto != 6 and proto != 17) or not (pk.m.flags & F_L4) or (pk.m.flags & F_FRAG):
-            self.drop(pk, DROP_SVC_UNSUPPORTED)
-            return
-        cport = get16(l4)
-        vport = get16(l4 + 2)
-        if proto == 6:
-            flags = l4[13]
-        t = ct_find(ct, tuple_a(cip, vip), tuple_b(cport, vport, proto))
-        if t != NULL and t.dir == CT_ORIG:
-            k = &ct.conns[t.conn]
-            if k.expires <= self.now:
-                if self.tr != NULL:
-                    tr_note(self.tr, EV_CT, CT_EV_EXPIRED, t.conn, k.state)
-                ct_delete(ct, t.conn)
-                ct.expired += 1
-                k = NULL
-            elif proto == 6 and (flags & 0x17) == 0x02 and (k.state >= CT_FIN or (k.flags & CT_DEAD)):
-                # A new SYN on the tuple of a closing or dead connection (the
-                # client reused its port): a new connection, as netfilter does.
-                if self.tr != NULL:
-                    tr_note(self.tr, EV_CT, CT_EV_REUSED, t.conn, k.state)
-                ct_delete(ct, t.conn)
-                ct.deleted += 1
-                k = NULL
-        if k != NULL and (k.flags & CT_DEAD):
-            if self.tr != NULL:
-                tr_note(self.tr, EV_CT, CT_EV_DEAD, t.conn, k.state)
-            # its backend is gone: end the connection (kube-proxy's stale-flow RST)
-            ct_delete(ct, <uint32_t>(k - ct.conns))
-            self.reject(i, pk)
-            return
-        if k == NULL:
-            s = svc_find(self.sm, svc_key(vip, vport, proto))
-            if s == NULL:
-                self.sm.no_service += 1
-                self.reject(i, pk)
-                return
-            if proto == 6 and (flags & 0x17) != 0x02:     # not a bare SYN
-                ct.invalid += 1
-                self.drop(pk, DROP_CT_INVALID)
-                return
-            hits = self.sm.affinity_hits
-            if svc_pick(self.sm, s, cip, mix64(tuple_a(cip, vip) ^ (<uint64_t>cport << 16) ^ proto),
-                        self.now, &bip, &bport) < 0:
-                self.sm.no_endpoints += 1
-                self.reject(i, pk)
-                return
-            if self.tr != NULL:
-                tr_note(self.tr, EV_PICK, bip, bport,
-                        s.nb | (<uint32_t>s.lb << 16) | (<uint32_t>(hits != self.sm.affinity_hits) << 24))
-            nc.cip = cip
-            nc.vip = vip
-            nc.bip = bip
-            nc.sip = self.gw.ip if bip == cip else cip     # hairpin: SNAT to the gateway
-            nc.cport = cport
-            nc.vport = vport
-            nc.bport = bport
-            nc.proto = proto
-            nc.state = CT_NEW
-            nc.flags = CT_SNAT if bip == cip else 0
-            nc.packets = 0
-            nc.expires = self.now + (ct.timeout_ms[0] if proto == 6 else ct.timeout_ms[4])
-            c = ct_insert(ct, &nc, self.now)
-            if c < 0:
-                self.drop(pk, DROP_CT_FULL)
-                return
-            k = &ct.conns[c]
-            if self.tr != NULL:
-                tr_note(self.tr, EV_CT, CT_EV_NEW, c, k.state)
-        else:
-            if self.tr != NULL:
-                tr_note(self.tr, EV_CT, CT_EV_HIT, <uint32_t>(k - ct.conns), k.state)
-            self.ct_update(k, proto, flags)
-        k.packets += 1
-        if self.tr != NULL:
-            tr_note(self.tr, EV_DNAT, k.bip, k.bport, 0)
-            if k.flags & CT_SNAT:
-                tr_note(self.tr, EV_SNAT, k.sip, 0, 0)
-        nat_ip(pk, 16, k.bip, partial)
-        nat_port(pk, 2, k.bport, partial)
-        if k.flags & CT_SNAT:
-            nat_ip(pk, 12, k.sip, partial)
-        self.route(i, pk, cur_vnet)
-
     cdef inline void ct_update(self, conn_t *k, uint8_t proto, uint8_t flags) noexcept nogil:
         # original direction of a known connection: state and timeout
         cdef ct_t *ct = self.ct
@@ -401,135 +537,13 @@ cdef class Dataplane:
         else:
             k.expires = self.now + (ct.udp_stream_ms if k.state == CT_ESTABLISHED else ct.timeout_ms[4])
 
-    cdef void unnat(self, pkt_t *pk, uint32_t cur_vnet) noexcept nogil:
-        """A reply of a NATed connection: back to ClusterIP:port as the source
-        (and to the client as destination, after hairpin SNAT). Callers test
-        ct.count first: with no NATed connection there is nothing to find."""
-        cdef ct_t *ct = self.ct
-        cdef uint8_t *ip
-        cdef uint8_t *l4
-        cdef tuple_t *t
-        cdef conn_t *k
-        cdef uint8_t proto = pk.m.l4_proto
-        cdef bint partial
-        if (proto != 6 and proto != 17) or not (pk.m.flags & F_L4) or (pk.m.flags & F_FRAG):
-            return
-        ip = pk.data + pk.m.l3_off
-        l4 = pk.data + pk.m.l4_off
-        t = ct_find(ct, tuple_a(get32(ip + 12), get32(ip + 16)), tuple_b(get16(l4), get16(l4 + 2), proto))
-        if t == NULL or t.dir != CT_REPLY:
-            return
-        k = &ct.conns[t.conn]
-        if k.expires <= self.now:
-            ct_delete(ct, t.conn)
-            ct.expired += 1
-            return
-        partial = cur_vnet > 0 and ((pk.data - cur_vnet)[0] & VNET_F_NEEDS_CSUM)
-        if proto == 6:
-            if l4[13] & 0x04:
-                k.state = CT_CLOSED
-            elif l4[13] & 0x01:
-                k.state = CT_FIN
-            elif k.state == CT_NEW:
-                k.state = CT_ESTABLISHED
-            k.expires = self.now + ct.timeout_ms[k.state]
-        else:
-            k.state = CT_ESTABLISHED
-            k.expires = self.now + ct.udp_stream_ms
-        k.packets += 1
-        if self.tr != NULL:
-            tr_note(self.tr, EV_UNNAT, k.vip, k.vport, k.cip if k.flags & CT_SNAT else 0)
-        nat_ip(pk, 12, k.vip, partial)
-        nat_port(pk, 0, k.vport, partial)
-        if k.flags & CT_SNAT:
-            nat_ip(pk, 16, k.cip, partial)
-
-    cdef void encap(self, uint32_t i, pkt_t *pk, uint32_t cur_vnet) noexcept nogil:
-        """A routed frame for another node: VXLAN toward its VTEP, out of the uplink."""
-        cdef overlay_t *ov = self.ov
-        cdef int r
-        cdef uint8_t df
-        if not ov.enabled:
-            self.drop(pk, DROP_NO_ROUTE)
-            return
-        df = pk.data[pk.m.l3_off + 6] & 0x40
-        r = ov_encap(ov, pk, self.gw.mac, cur_vnet, self.pvnet[ov.uplink], self.now)
-        if r == 0:
-            pk.out = ov.uplink
-            pk.reason = DROP_NONE
-            if self.tr != NULL:
-                tr_note(self.tr, EV_ENCAP, ov.uplink, 0, 0)
-            self.enqueue(ov.uplink, i, pk.len)
-            return
-        if r == 1:                           # the frame became an ARP request for the VTEP
-            self.stats.drops[DROP_VTEP_UNRESOLVED] += 1
-            if self.tr != NULL:
-                tr_note(self.tr, EV_VTEP_ARP, 0, 0, 0)
-            if self.pvnet[ov.uplink]:
-                memset(pk.data - self.pvnet[ov.uplink], 0, self.pvnet[ov.uplink])
-            pk.out = ov.uplink
-            pk.reason = DROP_VTEP_UNRESOLVED
-            self.enqueue(ov.uplink, i, pk.len)
-            return
-        if r == -DROP_TOO_BIG and df and cur_vnet == self.pvnet[pk.in_port] and pk.in_port != ov.uplink:
-            # Path MTU discovery (RFC 1191): tell the pod the inner MTU.
-            # (Counted here only if answered: an ICMP error gets no answer
-            # and is counted by drop() below, once.)
-            if gw_icmp_error(self.gw, pk, 3, 4, <uint16_t>(ov.mtu - VXLAN_OVERHEAD), DROP_TOO_BIG) == GW_REPLY:
-                self.stats.drops[DROP_TOO_BIG] += 1
-                self.reply(i, pk)
-                return
-        self.drop(pk, <uint16_t>(-r))
-
-    cdef void uplink_rx(self, uint32_t i, pkt_t *pk) noexcept nogil:
-        """From the fabric: the node's own ARP/ICMP, or VXLAN for a local pod."""
-        cdef int a
-        cdef uint16_t r
-        cdef uint32_t pod_vnet = self.vnet_len, vni = 0
-        if self.tr != NULL and pk.m.l4_proto == 17 and (pk.m.flags & F_L4) and pk.m.l4_len >= 16:
-            vni = get32(pk.data + pk.m.l4_off + 12) >> 8      # the decap reuses these bytes
-        a = ov_uplink(self.ov, pk, self.pvnet[pk.in_port], pod_vnet)
-        if a < 0:
-            self.drop(pk, <uint16_t>(-a))
-            return
-        if a == OV_REPLY:
-            self.reply(i, pk)
-            return
-        if a == OV_LOCAL:
-            pk.out = OUT_LOCAL
-            pk.reason = DROP_NONE
-            if self.tr != NULL:
-                tr_note(self.tr, EV_LOCAL, 0, 0, 0)
-            return
-        if self.tr != NULL:
-            tr_note(self.tr, EV_DECAP, vni, 0, 0)
-        r = parse_frame(pk.data, pk.len, &pk.m)
-        if r != DROP_NONE:
-            self.drop(pk, DROP_VXLAN_INNER)
-            return
-        if self.tr != NULL:
-            tr_note(self.tr, EV_PARSE, pk.m.ethertype, pk.m.l4_proto, pk.m.flags)
-        # flannel is L3: inner frames are addressed to this node's gateway.
-        if not self.gw.enabled or not gw_is_dst(self.gw, pk.data) or not (pk.m.flags & F_IP4):
-            self.drop(pk, DROP_VXLAN_NOT_ROUTED)
-            return
-        if self.ct.count:
-            self.unnat(pk, pod_vnet)         # a remote backend's reply to a local client
-        if not gw_in_subnet(self.gw, get32(pk.data + pk.m.l3_off + 16)) and \
-                get32(pk.data + pk.m.l3_off + 16) != self.gw.ip:
-            self.drop(pk, DROP_NO_ROUTE)     # no transit between remote nodes
-            return
-        self.route(i, pk, pod_vnet)
-
     cdef void run(self, uint32_t start, uint32_t n, uint64_t now) noexcept nogil:
-        cdef uint32_t i, k
-        cdef pkt_t *pkts = self.pkts
-        for k in range(self.n_active):
-            self.txq_len[self.tx_active[k]] = 0
-        self.n_active = 0
-        self.now = now
-        for i in range(start, start + n):
-            self.bridge(i, &pkts[i], now)
+        cdef untraced_t plain
+        cdef traced_t traced
+        if self.tr == NULL:
+            run_mode(self, &plain, start, n, now)
+        else:
+            run_mode(self, &traced, start, n, now)
 
     # ---- control side: slots, bursts, queues ----------------------------
 
@@ -547,6 +561,7 @@ cdef class Dataplane:
             raise ValueError(f"vnet header for port {in_port} must be {hl} bytes, got {len(vnet)}")
         cdef pkt_t *pk = &self.pkts[i]
         cdef uint32_t n = frame.shape[0]
+        cdef untraced_t plain
         pk.data = self.mem + <size_t>i * self.stride + HEADROOM
         pk.in_port = in_port
         if hl:
@@ -556,7 +571,7 @@ cdef class Dataplane:
                 memcpy(pk.data - hl, <const char *>hdr, hl)
         if n > self.slot_size:
             pk.len = 0
-            self.drop(pk, DROP_TOO_LONG)
+            drop(self, &plain, pk, DROP_TOO_LONG)
             if in_port < MAX_PORTS:
                 self.stats.port[in_port].rx_packets += 1
                 self.stats.port[in_port].rx_bytes += n

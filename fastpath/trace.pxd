@@ -1,7 +1,7 @@
 # Packet trace: when Dataplane.tr points at a trace_t, the burst loop notes
 # each decision it takes for the frame (one frame per traced burst). The
-# hooks are a NULL test on the normal path; the events are plain C so the
-# traced frame runs exactly the code real traffic runs.
+# traced frame runs the same source as real traffic, compiled a second time
+# with the hooks in (mode_t below); the events are plain C.
 from libc.stdint cimport uint16_t, uint32_t
 
 cdef enum:
@@ -38,6 +38,17 @@ cdef enum:                   # EV_CT kinds
     CT_EV_EXPIRED = 2        # found but expired: deleted
     CT_EV_REUSED = 3         # a SYN on a closing connection's tuple: deleted, starts anew
     CT_EV_DEAD = 4           # its backend is gone: deleted and rejected
+
+# The burst loop is compiled twice over this fused type: untraced (what
+# traffic runs: no hooks at all) and traced (trace()); `mode_t is traced_t`
+# is decided by the compiler.
+ctypedef struct untraced_t:
+    char unused
+ctypedef struct traced_t:
+    char unused
+ctypedef fused mode_t:
+    untraced_t
+    traced_t
 
 ctypedef struct trace_ev_t:
     uint16_t ev
