@@ -186,7 +186,7 @@ cdef inline void bridge(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk, uint6
         unnat(self, md, pk, self.pvnet[port])         # a local backend answering a local client
     forward(self, md, i, pk, d, False)
 
-cdef void route(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk, uint32_t cur_vnet) noexcept nogil:
+cdef inline void route(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk, uint32_t cur_vnet) noexcept nogil:
     """Route an IPv4 frame through the gateway: local pod, or the overlay."""
     cdef int a = gw_ip4(self.gw, pk)
     if mode_t is traced_t:
@@ -251,7 +251,7 @@ cdef void service(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk, uint32_t cu
     cdef bint partial = cur_vnet > 0 and ((pk.data - cur_vnet)[0] & VNET_F_NEEDS_CSUM)
     if mode_t is traced_t:
         tr_note(self.tr, EV_SERVICE, vip, get16(l4 + 2) if pk.m.flags & F_L4 else 0, proto)
-    if (proto != 6 and proto != 17) or not (pk.m.flags & F_L4) or (pk.m.flags & F_FRAG):
+    if unlikely((proto != 6 and proto != 17) or not (pk.m.flags & F_L4) or (pk.m.flags & F_FRAG)):
         drop(self, md, pk, DROP_SVC_UNSUPPORTED)
         return
     cport = get16(l4)
@@ -261,13 +261,13 @@ cdef void service(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk, uint32_t cu
     t = ct_find(ct, tuple_a(cip, vip), tuple_b(cport, vport, proto))
     if t != NULL and t.dir == CT_ORIG:
         k = &ct.conns[t.conn]
-        if k.expires <= self.now:
+        if unlikely(k.expires <= self.now):
             if mode_t is traced_t:
                 tr_note(self.tr, EV_CT, CT_EV_EXPIRED, t.conn, k.state)
             ct_delete(ct, t.conn)
             ct.expired += 1
             k = NULL
-        elif proto == 6 and (flags & 0x17) == 0x02 and (k.state >= CT_FIN or (k.flags & CT_DEAD)):
+        elif unlikely(proto == 6 and (flags & 0x17) == 0x02 and (k.state >= CT_FIN or (k.flags & CT_DEAD))):
             # A new SYN on the tuple of a closing or dead connection (the
             # client reused its port): a new connection, as netfilter does.
             if mode_t is traced_t:
@@ -275,7 +275,7 @@ cdef void service(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk, uint32_t cu
             ct_delete(ct, t.conn)
             ct.deleted += 1
             k = NULL
-    if k != NULL and (k.flags & CT_DEAD):
+    if unlikely(k != NULL and (k.flags & CT_DEAD)):
         if mode_t is traced_t:
             tr_note(self.tr, EV_CT, CT_EV_DEAD, t.conn, k.state)
         # its backend is gone: end the connection (kube-proxy's stale-flow RST)
@@ -284,17 +284,17 @@ cdef void service(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk, uint32_t cu
         return
     if k == NULL:
         s = svc_find(self.sm, svc_key(vip, vport, proto))
-        if s == NULL:
+        if unlikely(s == NULL):
             self.sm.no_service += 1
             reject(self, md, i, pk)
             return
-        if proto == 6 and (flags & 0x17) != 0x02:     # not a bare SYN
+        if unlikely(proto == 6 and (flags & 0x17) != 0x02):     # not a bare SYN
             ct.invalid += 1
             drop(self, md, pk, DROP_CT_INVALID)
             return
         hits = self.sm.affinity_hits
-        if svc_pick(self.sm, s, cip, mix64(tuple_a(cip, vip) ^ (<uint64_t>cport << 16) ^ proto),
-                    self.now, &bip, &bport) < 0:
+        if unlikely(svc_pick(self.sm, s, cip, mix64(tuple_a(cip, vip) ^ (<uint64_t>cport << 16) ^ proto),
+                             self.now, &bip, &bport) < 0):
             self.sm.no_endpoints += 1
             reject(self, md, i, pk)
             return
@@ -314,7 +314,7 @@ cdef void service(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk, uint32_t cu
         nc.packets = 0
         nc.expires = self.now + (ct.timeout_ms[0] if proto == 6 else ct.timeout_ms[4])
         c = ct_insert(ct, &nc, self.now)
-        if c < 0:
+        if unlikely(c < 0):
             drop(self, md, pk, DROP_CT_FULL)
             return
         k = &ct.conns[c]
