@@ -35,13 +35,15 @@ SETUP = {
                    "[dp.load(i, frame(i), 255) for i in range(BURST)]\nsnap = 128\n",
     "dnat_established": "from test_services_bench import *\ndp = build(1000)\n"
                              "dp.bench_stage(BURST, 1, 64)\nsnap = 64\n",
+    # every frame a new flow: the source port changes each burst (sport_off)
+    "dnat_new_flows": "from test_services_bench import *\ndp = build(1000)\nsnap = 64\nsport_off = 34\n",
 }
 
 
 def _instructions(stage, tmp, run):
     prog = Path(tmp) / f"{stage}-{run}.py"
-    prog.write_text(f"import sys; sys.path.insert(0, {str(HERE)!r})\n" + SETUP[stage]
-                    + f"dp.bench_stage(256, {ITERS}, snap or 64, run={run})\n")
+    prog.write_text(f"import sys; sys.path.insert(0, {str(HERE)!r})\nsport_off = 0\n" + SETUP[stage]
+                    + f"dp.bench_stage(256, {ITERS}, snap or 64, run={run}, sport_off=sport_off)\n")
     out = Path(tmp) / f"{stage}-{run}.cg"
     subprocess.run(["valgrind", "--tool=callgrind", "--toggle-collect=*bench_stage*", f"--callgrind-out-file={out}",
                     sys.executable, str(prog)], capture_output=True, timeout=600, check=True)

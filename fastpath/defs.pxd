@@ -2,15 +2,13 @@
 # drop reasons. Every stage cimports this; nothing here allocates.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t
 
-# Branch hints for the rare cases of the per-frame path: without them GCC
+# A branch hint for the rare cases of the per-frame path: without them GCC
 # guesses the DNAT/route calls after a chain of early returns are unlikely
 # and leaves them out of line.
 cdef extern from *:
     """
-    #define PN_LIKELY(x) __builtin_expect(!!(x), 1)
     #define PN_UNLIKELY(x) __builtin_expect(!!(x), 0)
     """
-    bint likely "PN_LIKELY"(bint) noexcept nogil
     bint unlikely "PN_UNLIKELY"(bint) noexcept nogil
 
 cdef enum:
