@@ -15,7 +15,8 @@ from fastpath.counters import DROP_NAMES
 
 MAX_HOPS = 4                       # a pod -> node -> node path has 2; more would be a loop
 GW_ACTIONS = {0: "not for the gateway: bridged", 1: "answered in place", 2: "routed to a pod on this node",
-              3: "consumed", 4: "routed to another node (overlay)"}
+              3: "consumed", 4: "routed to another node (overlay)",
+              5: "TTL expired: answered with ICMP time exceeded"}
 ARP_ACTIONS = {0: "not for the gateway: bridged", 1: "gateway answers the ARP request",
                3: "gateway learns from the ARP reply"}
 PROTOS = {1: "ICMP", 6: "TCP", 17: "UDP", 58: "ICMPv6"}

@@ -164,6 +164,9 @@ cdef inline void bridge(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk, uint6
             a = gw_ip4(gw, pk)
             if mode_t is traced_t:
                 tr_note(self.tr, EV_GW, <uint32_t>a, get32(data + pk.m.l3_off + 16), 0)
+            if a == GW_TIME_EXCEEDED:
+                self.stats.drops[DROP_TTL] += 1     # answered, and counted (as too_big is)
+                a = GW_REPLY
         if a < 0:
             drop(self, md, pk, <uint16_t>(-a))
             return
@@ -191,6 +194,9 @@ cdef inline void route(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk, uint32
     cdef int a = gw_ip4(self.gw, pk)
     if mode_t is traced_t:
         tr_note(self.tr, EV_GW, <uint32_t>a, get32(pk.data + pk.m.l3_off + 16), 0)
+    if a == GW_TIME_EXCEEDED:
+        self.stats.drops[DROP_TTL] += 1
+        a = GW_REPLY
     if a < 0:
         drop(self, md, pk, <uint16_t>(-a))
     elif a == GW_ROUTE:

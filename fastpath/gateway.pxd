@@ -15,6 +15,7 @@ cdef enum:
     GW_ROUTE = 2       # MACs rewritten, TTL decremented: forward to the new dst MAC
     GW_LOCAL = 3       # consumed
     GW_REMOTE = 4      # TTL decremented, destination outside the node: the overlay's
+    GW_TIME_EXCEEDED = 5   # TTL expired, rewritten into ICMP time exceeded: a reply that also counts a ttl_exceeded drop
 
 cdef enum:
     NEIGH_NONE = 0
@@ -160,6 +161,7 @@ cdef inline int gw_ip4(gw_t *g, pkt_t *pk) noexcept nogil:
     cdef uint32_t dst = get32(ip + 16)
     cdef neigh_t *n
     cdef uint16_t old
+    cdef int a
     if dst == g.ip:
         icmp = pk.data + pk.m.l4_off
         if (ip[9] != 1 or not (pk.m.flags & F_L4) or (pk.m.flags & F_FRAG)
@@ -169,7 +171,8 @@ cdef inline int gw_ip4(gw_t *g, pkt_t *pk) noexcept nogil:
         g.icmp_replies += 1
         return GW_REPLY
     if ip[8] <= 1:
-        return gw_icmp_error(g, pk, 11, 0, 0, DROP_TTL)
+        a = gw_icmp_error(g, pk, 11, 0, 0, DROP_TTL)
+        return GW_TIME_EXCEEDED if a == GW_REPLY else a
     if gw_in_subnet(g, dst):
         n = &g.neigh[dst & ~g.mask]
         if n.state == NEIGH_NONE or dst == (g.net | ~g.mask):

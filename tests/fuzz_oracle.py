@@ -22,7 +22,7 @@ from fuzz_node import NODE_IP, PODS, UPLINK, build
 from fuzz_wire import ip_header_ok, ip_layers, l4_status, vnet_fields
 
 # Drops that still send something: the frame became the answer.
-ANSWERED = {"too_big", "vtep_unresolved", "service_rejected"}
+ANSWERED = {"too_big", "ttl_exceeded", "vtep_unresolved", "service_rejected"}
 FILL = 0xa5
 
 

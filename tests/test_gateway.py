@@ -119,6 +119,7 @@ def test_ttl_expiry_answered_with_time_exceeded(gw):
     assert len(bytes(e[ICMP])) == 8 + 20 + 8
     c = gw.counters()
     assert c["gateway"]["icmp_errors_sent"] == 1 and c["gateway"]["routed"] == 0
+    assert c["drops"]["ttl_exceeded"] == 1        # answered, and still counted as a drop
 
 
 def test_no_time_exceeded_about_an_icmp_error(gw):
