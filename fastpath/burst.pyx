@@ -65,6 +65,25 @@ cdef inline void reply(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk) noexce
         tr_note(self.tr, EV_REPLY, pk.in_port, 0, 0)
     enqueue(self, md, pk.in_port, i, pk.len)
 
+cdef inline void local(Dataplane self, mode_t *md, pkt_t *pk) noexcept nogil:
+    # consumed by the gateway or the node (an ARP reply to learn from)
+    pk.out = OUT_LOCAL
+    pk.reason = DROP_NONE
+    if mode_t is traced_t:
+        tr_note(self.tr, EV_LOCAL, 0, 0, 0)
+
+cdef inline int gateway_ip4(Dataplane self, mode_t *md, pkt_t *pk) noexcept nogil:
+    # gw_ip4 as the loop sees it: a TTL expiry answered with ICMP time
+    # exceeded is a reply that also counts a ttl_exceeded drop (as encap
+    # counts an answered too_big).
+    cdef int a = gw_ip4(self.gw, pk)
+    if mode_t is traced_t:
+        tr_note(self.tr, EV_GW, <uint32_t>a, get32(pk.data + pk.m.l3_off + 16), 0)
+    if a == GW_TIME_EXCEEDED:
+        self.stats.drops[DROP_TTL] += 1
+        return GW_REPLY
+    return a
+
 cdef inline void forward(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk, uint16_t d, bint routed) noexcept nogil:
     cdef ports_t *pt = self.pt
     cdef uint16_t port = pk.in_port
@@ -161,12 +180,7 @@ cdef inline void bridge(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk, uint6
                 return
             if self.ct.count:
                 unnat(self, md, pk, self.pvnet[port])     # e.g. a hairpin reply to the gateway
-            a = gw_ip4(gw, pk)
-            if mode_t is traced_t:
-                tr_note(self.tr, EV_GW, <uint32_t>a, get32(data + pk.m.l3_off + 16), 0)
-            if a == GW_TIME_EXCEEDED:
-                self.stats.drops[DROP_TTL] += 1     # answered, and counted (as too_big is)
-                a = GW_REPLY
+            a = gateway_ip4(self, md, pk)
         if a < 0:
             drop(self, md, pk, <uint16_t>(-a))
             return
@@ -174,10 +188,7 @@ cdef inline void bridge(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk, uint6
             reply(self, md, i, pk)
             return
         if a == GW_LOCAL:
-            pk.out = OUT_LOCAL
-            pk.reason = DROP_NONE
-            if mode_t is traced_t:
-                tr_note(self.tr, EV_LOCAL, 0, 0, 0)
+            local(self, md, pk)
             return
         if a == GW_ROUTE:
             forward(self, md, i, pk, d, True)
@@ -191,12 +202,7 @@ cdef inline void bridge(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk, uint6
 
 cdef inline void route(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk, uint32_t cur_vnet) noexcept nogil:
     """Route an IPv4 frame through the gateway: local pod, or the overlay."""
-    cdef int a = gw_ip4(self.gw, pk)
-    if mode_t is traced_t:
-        tr_note(self.tr, EV_GW, <uint32_t>a, get32(pk.data + pk.m.l3_off + 16), 0)
-    if a == GW_TIME_EXCEEDED:
-        self.stats.drops[DROP_TTL] += 1
-        a = GW_REPLY
+    cdef int a = gateway_ip4(self, md, pk)
     if a < 0:
         drop(self, md, pk, <uint16_t>(-a))
     elif a == GW_ROUTE:
@@ -437,10 +443,7 @@ cdef void uplink_rx(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk) noexcept 
         reply(self, md, i, pk)
         return
     if a == OV_LOCAL:
-        pk.out = OUT_LOCAL
-        pk.reason = DROP_NONE
-        if mode_t is traced_t:
-            tr_note(self.tr, EV_LOCAL, 0, 0, 0)
+        local(self, md, pk)
         return
     if mode_t is traced_t:
         tr_note(self.tr, EV_DECAP, vni, 0, 0)

@@ -14,6 +14,8 @@ HOT = [
     "__pyx_f_8fastpath_5burst_drop",
     "__pyx_f_8fastpath_5burst_forward",
     "__pyx_f_8fastpath_5burst_reply",
+    "__pyx_f_8fastpath_5burst_local",
+    "__pyx_f_8fastpath_5burst_gateway_ip4",
     "__pyx_f_8fastpath_5burst_encap",
     "__pyx_f_8fastpath_5burst_uplink_rx",
     "__pyx_f_8fastpath_5burst_route",
