@@ -38,6 +38,10 @@ def running_cluster(tmp_path, spec_text, vnet=True):
             cluster.down(quiet=True)
 
 
+def pod_ip(state, pod):
+    return state["plan"]["pods"][pod]["ip"]
+
+
 def in_pod(state, pod, *cmd, timeout=20, check=True, input=None):
     ns = f"{state['cluster']}-pod-{pod}"
     r = subprocess.run(["ip", "netns", "exec", ns, *cmd], capture_output=True, text=True,

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from netns_helpers import agent, in_pod, py_in_pod, running_cluster
+from netns_helpers import agent, in_pod, pod_ip, py_in_pod, running_cluster
 
 SPEC = """
 cluster: {name: pnhd, podCIDR: 10.238.0.0/16, serviceCIDR: 10.93.0.0/16, fabricCIDR: 172.30.243.0/24}
@@ -57,9 +57,6 @@ def hd(tmp_path_factory):
         yield st
 
 
-def ip_of(st, pod):
-    return st["plan"]["pods"][pod]["ip"]
-
 
 def mac_of(st, pod):
     return st["plan"]["pods"][pod]["mac"]
@@ -87,7 +84,7 @@ def test_forged_frames_from_a_pod_are_dropped_and_counted(hd):
     #assert all(p["guarded"] for p in agent(st, "n1", "status")["ports"])
     assert ping(st, "b1", gw_ip)                                     # b1 knows the real gateway MAC
     before = agent(st, "n1", "counters")["drops"]
-    py_in_pod(st, "a1", FORGE, ip_of(st, "a1"), mac_of(st, "b1"), ip_of(st, "b1"), gw_ip, N)
+    py_in_pod(st, "a1", FORGE, pod_ip(st, "a1"), mac_of(st, "b1"), pod_ip(st, "b1"), gw_ip, N)
     after = drops_reach(st, "n1", timeout=2, want={"spoof_mac": before["spoof_mac"] + N, "spoof_ip": before["spoof_ip"] + 2 * N})
     assert after["spoof_mac"] - before["spoof_mac"] == N
     assert after["spoof_ip"] - before["spoof_ip"] == 2 * N           # forged IPv4 source and ARP sender
@@ -96,9 +93,9 @@ def test_forged_frames_from_a_pod_are_dropped_and_counted(hd):
     neigh = in_pod(st, "b1", "ip", "neigh", "show", gw_ip).stdout
     assert gw_mac in neigh                                           # b1's ARP cache not poisoned
     # the pods' own traffic is untouched, on the node and across the overlay
-    assert ping(st, "a1", ip_of(st, "b1"))
-    assert ping(st, "a1", ip_of(st, "a2"))
-    assert ping(st, "b1", ip_of(st, "a2"))
+    assert ping(st, "a1", pod_ip(st, "b1"))
+    assert ping(st, "a1", pod_ip(st, "a2"))
+    assert ping(st, "b1", pod_ip(st, "a2"))
 
 
 def test_vxlan_with_a_foreign_vni_is_counted(hd):
@@ -107,12 +104,12 @@ def test_vxlan_with_a_foreign_vni_is_counted(hd):
     before = agent(st, "n1", "counters")["drops"]["vxlan_vni"]
     r = subprocess.run(["ip", "netns", "exec", st["fabric"]["namespace"], sys.executable, "-c",
                         textwrap.dedent(VXLAN_FOREIGN_VNI), n1["underlay_mac"], n1["underlay_ip"],
-                        st["plan"]["nodes"]["n1"]["gateway_mac"], ip_of(st, "a1"), str(N)],
+                        st["plan"]["nodes"]["n1"]["gateway_mac"], pod_ip(st, "a1"), str(N)],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
     after = drops_reach(st, "n1", {"vxlan_vni": before + N})["vxlan_vni"]
     assert after - before == N
-    assert ping(st, "a2", ip_of(st, "a1"))                           # the overlay still works
+    assert ping(st, "a2", pod_ip(st, "a1"))                           # the overlay still works
 
 
 def test_control_socket_is_root_only_and_survives_bad_requests(hd):

@@ -33,9 +33,6 @@ def cl(tmp_path_factory):
         yield state
 
 
-def pod_ip(state, pod):
-    return state["plan"]["pods"][pod]["ip"]
-
 
 def test_status_names_agents_namespaces_pods_addresses(cl):
     r = subprocess.run([sys.executable, "-m", "dataplane", "status", "-o", "json"],

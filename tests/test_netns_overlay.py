@@ -10,7 +10,7 @@ import time
 import pytest
 
 from kernel_node import KernelNode
-from netns_helpers import agent, in_pod, podnet, py_in_pod, running_cluster, spawn_in_pod
+from netns_helpers import agent, in_pod, pod_ip, podnet, py_in_pod, running_cluster, spawn_in_pod
 from test_netns_node import TCP_CLIENT, TCP_SERVER, UDP_CLIENT, UDP_SERVER
 
 SPEC = """
@@ -35,9 +35,6 @@ def ov(tmp_path_factory):
 
 
 
-def ip_of(st, pod):
-    return st["plan"]["pods"][pod]["ip"]
-
 
 def test_status_describes_fabric_and_underlay(ov):
     st, k = ov
@@ -53,7 +50,7 @@ def test_status_describes_fabric_and_underlay(ov):
 
 def test_ping_across_podnet_nodes(ov):
     st, _ = ov
-    r = in_pod(st, "a", "ping", "-c", "3", "-i", "0.2", "-W", "2", ip_of(st, "c"))
+    r = in_pod(st, "a", "ping", "-c", "3", "-i", "0.2", "-W", "2", pod_ip(st, "c"))
     assert "3 received" in r.stdout and "ttl=62" in r.stdout       # a gateway hop on each node
     r = in_pod(st, "c", "ping", "-c", "2", "-i", "0.2", "-W", "2", "10.246.0.1")   # n1's gateway, over the overlay
     assert "2 received" in r.stdout
@@ -65,7 +62,7 @@ def test_tcp_across_nodes_with_gso(ov, src, dst):
     before = agent(st, "n1", "counters")["overlay"]
     srv = spawn_in_pod(st, dst, TCP_SERVER, 7101)
     try:
-        r = py_in_pod(st, src, TCP_CLIENT, ip_of(st, dst), 7101, 20_000_000, timeout=40)
+        r = py_in_pod(st, src, TCP_CLIENT, pod_ip(st, dst), 7101, 20_000_000, timeout=40)
         sent, echoed = r.stdout.split()
         assert sent == echoed
         assert srv.communicate(timeout=20)[0].split() == ["20000000", sent]
@@ -84,7 +81,7 @@ def test_udp_across_nodes(ov):
     srv = spawn_in_pod(st, "c", UDP_SERVER, 7102, 200)
     time.sleep(0.3)
     try:
-        r = py_in_pod(st, "a", UDP_CLIENT, ip_of(st, "c"), 7102, 200, timeout=30)
+        r = py_in_pod(st, "a", UDP_CLIENT, pod_ip(st, "c"), 7102, 200, timeout=30)
         out, _ = srv.communicate(timeout=20)
     finally:
         srv.kill()
@@ -105,7 +102,7 @@ def test_interop_with_linux_vxlan_node_both_ways(ov):
     kpod = k.pods[0]
     r = in_pod(st, "a", "ping", "-c", "3", "-i", "0.2", "-W", "2", kpod["ip"])
     assert "3 received" in r.stdout
-    r = k.exec(0, "ping", "-c", "3", "-i", "0.2", "-W", "2", ip_of(st, "c"))
+    r = k.exec(0, "ping", "-c", "3", "-i", "0.2", "-W", "2", pod_ip(st, "c"))
     assert "3 received" in r.stdout
     # TCP, podnet pod -> kernel pod
     srv = k.popen(0, sys.executable, "-c", TCP_SERVER, 7103, text=True)
@@ -119,7 +116,7 @@ def test_interop_with_linux_vxlan_node_both_ways(ov):
     # TCP, kernel pod -> podnet pod
     srv = spawn_in_pod(st, "c", TCP_SERVER, 7104)
     try:
-        r = k.exec(0, sys.executable, "-c", TCP_CLIENT, ip_of(st, "c"), 7104, 8_000_000, timeout=40)
+        r = k.exec(0, sys.executable, "-c", TCP_CLIENT, pod_ip(st, "c"), 7104, 8_000_000, timeout=40)
         sent, echoed = r.stdout.split()
         assert sent == echoed
     finally:
@@ -136,7 +133,7 @@ def test_fabric_capture_dissects_as_vxlan(ov, tmp_path):
                             "-w", str(pcap), "udp port 4789"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(1.0)
-        in_pod(st, "a", "ping", "-c", "4", "-i", "0.2", "-W", "2", ip_of(st, "c"))
+        in_pod(st, "a", "ping", "-c", "4", "-i", "0.2", "-W", "2", pod_ip(st, "c"))
         cap.wait(timeout=15)
     finally:
         if cap.poll() is None:
@@ -148,7 +145,7 @@ def test_fabric_capture_dissects_as_vxlan(ov, tmp_path):
         assert p.haslayer(VXLAN) and p[VXLAN].vni == 1 and p[VXLAN].flags == 0x08
         assert {p[IP].src, p[IP].dst} == {"172.30.240.1", "172.30.240.2"}
         inner = p[VXLAN].payload[IP]
-        assert {inner.src, inner.dst} == {ip_of(st, "a"), ip_of(st, "c")}
+        assert {inner.src, inner.dst} == {pod_ip(st, "a"), pod_ip(st, "c")}
 
 
 def test_node_remove_and_add_live(ov):

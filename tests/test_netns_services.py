@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from netns_helpers import agent, podnet, py_in_pod, running_cluster, spawn_in_pod
+from netns_helpers import agent, pod_ip, podnet, py_in_pod, running_cluster, spawn_in_pod
 
 SPEC = """
 cluster: {name: pnsvc, podCIDR: 10.243.0.0/16, serviceCIDR: 10.94.0.0/16, fabricCIDR: 172.30.241.0/24}
@@ -90,9 +90,6 @@ def vip(st, name):
     return st["plan"]["services"][name]
 
 
-def ip(st, pod):
-    return st["plan"]["pods"][pod]["ip"]
-
 
 def tcp_calls(st, pod, name, n):
     return json.loads(py_in_pod(st, pod, TCP_CLIENT, vip(st, name), 80, n, timeout=60).stdout)
@@ -116,8 +113,8 @@ def test_spread_over_backends_on_both_nodes_reply_from_cluster_ip(svc):
     calls = tcp_calls(st, "c1", "web", 40)
     assert all(c[0] == vip(st, "web") for c in calls), calls        # the peer is the ClusterIP
     backends = {c[1] for c in calls}
-    assert backends == {ip(st, "w1"), ip(st, "w2")}                  # one on each node
-    assert all(c[2] == ip(st, "c1") for c in calls)                  # backends see the real client
+    assert backends == {pod_ip(st, "w1"), pod_ip(st, "w2")}                  # one on each node
+    assert all(c[2] == pod_ip(st, "c1") for c in calls)                  # backends see the real client
     assert "default/web:http" in podnet("services").stdout
     conns = json.loads(podnet("conntrack", "n1", "-o", "json").stdout)
     assert any(c["service"] == f"{vip(st, 'web')}:80" for c in conns)
@@ -158,45 +155,45 @@ def test_service_without_endpoints_rejects(svc):
 def test_endpoints_updated_live(svc):
     st, tmp = svc
     try:
-        r = podnet("apply", "-f", slice_manifest(tmp, "web-1", "web", [ip(st, "w2")]))
+        r = podnet("apply", "-f", slice_manifest(tmp, "web-1", "web", [pod_ip(st, "w2")]))
         assert "endpointslice/default/web-1 created" in r.stdout
-        assert {c[1] for c in tcp_calls(st, "c1", "web", 10)} == {ip(st, "w2")}   # w1 no longer used
-        r = podnet("apply", "-f", slice_manifest(tmp, "web-1", "web", [ip(st, "w2")]))
+        assert {c[1] for c in tcp_calls(st, "c1", "web", 10)} == {pod_ip(st, "w2")}   # w1 no longer used
+        r = podnet("apply", "-f", slice_manifest(tmp, "web-1", "web", [pod_ip(st, "w2")]))
         assert "unchanged" in r.stdout                                          # idempotent
-        podnet("apply", "-f", slice_manifest(tmp, "web-1", "web", [ip(st, "w2"), ip(st, "x2")]))
-        assert {c[1] for c in tcp_calls(st, "c1", "web", 20)} == {ip(st, "w2"), ip(st, "x2")}  # new one at once
+        podnet("apply", "-f", slice_manifest(tmp, "web-1", "web", [pod_ip(st, "w2"), pod_ip(st, "x2")]))
+        assert {c[1] for c in tcp_calls(st, "c1", "web", 20)} == {pod_ip(st, "w2"), pod_ip(st, "x2")}  # new one at once
     finally:
         podnet("delete", "-f", slice_manifest(tmp, "web-1", "web", []))
-    assert {c[1] for c in tcp_calls(st, "c1", "web", 20)} == {ip(st, "w1"), ip(st, "w2")}   # back to the selector
+    assert {c[1] for c in tcp_calls(st, "c1", "web", 20)} == {pod_ip(st, "w1"), pod_ip(st, "w2")}   # back to the selector
 
 
 def test_udp_keeps_flowing_when_its_backend_is_replaced(svc):
     """kubernetes#19029 / #48370: a UDP flow must not stay pinned to a gone backend."""
     st, tmp = svc
     try:
-        podnet("apply", "-f", slice_manifest(tmp, "web-u", "web", [ip(st, "w1")]))
+        podnet("apply", "-f", slice_manifest(tmp, "web-u", "web", [pod_ip(st, "w1")]))
         client = spawn_in_pod(st, "c1", UDP_CLIENT, vip(st, "web"), 53, 3.0, 41000)
         time.sleep(1.2)
-        podnet("apply", "-f", slice_manifest(tmp, "web-u", "web", [ip(st, "x2")]))   # replace the backend
+        podnet("apply", "-f", slice_manifest(tmp, "web-u", "web", [pod_ip(st, "x2")]))   # replace the backend
         out = json.loads(client.communicate(timeout=30)[0])
     finally:
         podnet("delete", "-f", slice_manifest(tmp, "web-u", "web", []))
     answered = [o for o in out if len(o) == 3]
     assert len(answered) >= len(out) - 3                        # at most a blip
     who = [o[2] for o in answered]
-    assert who[0] == ip(st, "w1") and who[-1] == ip(st, "x2")   # same client port, new backend
+    assert who[0] == pod_ip(st, "w1") and who[-1] == pod_ip(st, "x2")   # same client port, new backend
     assert all((o[0], o[1]) == (vip(st, "web"), 53) for o in answered)
 
 
 def test_hairpin(svc):
     st, tmp = svc
     try:
-        podnet("apply", "-f", slice_manifest(tmp, "web-h", "web", [ip(st, "w1")]))
+        podnet("apply", "-f", slice_manifest(tmp, "web-h", "web", [pod_ip(st, "w1")]))
         calls = tcp_calls(st, "w1", "web", 3)
     finally:
         podnet("delete", "-f", slice_manifest(tmp, "web-h", "web", []))
     # w1 reached itself through its service; it saw the gateway as the client (SNAT)
-    assert all(c == [vip(st, "web"), ip(st, "w1"), st["plan"]["nodes"]["n1"]["gateway_ip"]] for c in calls), calls
+    assert all(c == [vip(st, "web"), pod_ip(st, "w1"), st["plan"]["nodes"]["n1"]["gateway_ip"]] for c in calls), calls
 
 
 def test_bad_manifest_changes_nothing(svc, tmp_path):

@@ -10,7 +10,7 @@ import pytest
 from scapy.layers.inet import ICMP, IP, UDP
 from scapy.utils import rdpcap
 
-from netns_helpers import agent, podnet, py_in_pod, running_cluster
+from netns_helpers import agent, pod_ip, podnet, py_in_pod, running_cluster
 
 SPEC = """
 cluster: {name: pntools, podCIDR: 10.242.0.0/16, serviceCIDR: 10.91.0.0/16, fabricCIDR: 172.30.245.0/24}
@@ -33,9 +33,6 @@ def cluster(tmp_path_factory):
         yield cl.up(str(tmp / "spec.yaml"), progress=lambda *_: None, metrics_port=METRICS_PORT)
 
 
-def ip_of(state, pod):
-    return state["plan"]["pods"][pod]["ip"]
-
 
 def test_trace_of_a_cross_node_clusterip_flow(cluster):
     vip = cluster["plan"]["services"]["web"]
@@ -49,7 +46,7 @@ def test_trace_of_a_cross_node_clusterip_flow(cluster):
     first = [e[0] for e in hops[0]["events"]]
     assert first == ["rx", "parse", "learn", "service", "pick", "conntrack", "dnat", "gateway", "encap", "tx"]
     text = "\n".join(hops[0]["text"])
-    assert f"backend {ip_of(cluster, 'w2')}:8080 chosen" in text
+    assert f"backend {pod_ip(cluster, 'w2')}:8080 chosen" in text
     assert re.search(r"VXLAN: outer .* IP 172\.30\.245\.1 > 172\.30\.245\.2 ttl 64 .*DF, UDP \d+ > 4789, "
                      r"VXLAN VNI 1", text), text
     second = "\n".join(hops[1]["text"])
@@ -77,7 +74,7 @@ def test_trace_a_frame_from_a_pcap(cluster, tmp_path):
     from scapy.layers.l2 import Ether
     p = cluster["plan"]["pods"]["c1"]
     f = Ether(src=p["mac"], dst=cluster["plan"]["nodes"]["n1"]["gateway_mac"]) / \
-        IP(src=p["ip"], dst=ip_of(cluster, "w2")) / UDP(sport=7, dport=7)
+        IP(src=p["ip"], dst=pod_ip(cluster, "w2")) / UDP(sport=7, dport=7)
     path = tmp_path / "in.pcap"
     with open(path, "wb") as fh:
         dpkt.pcap.Writer(fh).writepkt(bytes(f), ts=0)
@@ -87,7 +84,7 @@ def test_trace_a_frame_from_a_pcap(cluster, tmp_path):
 
 def test_capture_writes_a_pcap_with_the_frames_sent(cluster, tmp_path):
     path = tmp_path / "c1.pcap"
-    target = ip_of(cluster, "w2")
+    target = pod_ip(cluster, "w2")
     cap = __import__("subprocess").Popen(
         [__import__("sys").executable, "-m", "dataplane", "capture", "n1", "c1", "-w", str(path),
          "-c", "1000", "--timeout", "6"], stderr=-1, text=True)
@@ -106,7 +103,7 @@ def test_capture_writes_a_pcap_with_the_frames_sent(cluster, tmp_path):
     frames = rdpcap(str(path))
     sent = [f for f in frames if f.haslayer(UDP) and f[UDP].dport == 9999]
     assert [bytes(f[UDP].payload) for f in sent] == [b"podnet-capture-%d" % i for i in range(3)]
-    assert all(f[IP].src == ip_of(cluster, "c1") and f[IP].dst == target for f in sent)
+    assert all(f[IP].src == pod_ip(cluster, "c1") and f[IP].dst == target for f in sent)
     pings = [f for f in frames if f.haslayer(ICMP) and f[ICMP].type in (0, 8)]
     assert [f[ICMP].type for f in pings] == [8, 0]        # both directions of the port
     assert f"{len(frames)} frames written" in err
@@ -138,7 +135,7 @@ SAMPLE = re.compile(r'^[a-z_]+\{[a-z_]+="[^"]*"(,[a-z_]+="[^"]*")*\} \d+(\.\d+)?
 
 def test_metrics_endpoint_serves_prometheus_text(cluster):
     py_in_pod(cluster, "c1", "import subprocess,sys; subprocess.run(['ping','-c','2','-i','0.2','-W','2',sys.argv[1]])",
-              ip_of(cluster, "w2"), check=False)
+              pod_ip(cluster, "w2"), check=False)
     head, body = scrape(port=METRICS_PORT)                # node n1 on 127.0.0.1:PORT+0
     assert head.startswith("HTTP/1.0 200") and "text/plain; version=0.0.4" in head
     for line in body.splitlines():
