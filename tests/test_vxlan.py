@@ -242,3 +242,108 @@ def test_route_updates_are_atomic(clock):
     assert [r["cidr"] for r in dp.overlay.routes()] == ["10.244.2.0/24"]
     assert dp.process(bytes(from_pod("10.244.1.2")), 0) == []      # old route gone
     assert dp.counters()["drops"]["no_route"] == 1
+
+
+# ---- VTEP resolution: how often we ask ----------------------------------------
+
+PEER2_IP = "172.30.250.3"
+
+
+def is_who_has(frame, target):
+    """An ARP request from our underlay address for target, broadcast, as RFC 826 has it."""
+    e = Ether(frame)
+    a = e[ARP]
+    return (e.dst, e.src, e.type, a.hwtype, a.ptype, a.hwlen, a.plen, a.op, a.hwsrc, a.psrc, a.hwdst, a.pdst) \
+        == ("ff:ff:ff:ff:ff:ff", NODE_MAC, 0x0806, 1, 0x0800, 6, 4, 1, NODE_MAC, NODE_IP, "00:00:00:00:00:00", target)
+
+
+def test_unresolved_vtep_is_asked_at_most_once_a_second(clock):
+    dp = make(clock, static=False)
+    dp.overlay.set_routes([
+        {"cidr": "10.244.1.0/24", "vtep": PEER_IP, "inner_mac": REMOTE_GW_MAC, "name": "node-b"},
+        {"cidr": "10.244.2.0/24", "vtep": PEER2_IP, "inner_mac": "0a:58:0a:f4:02:01", "name": "node-c"}],
+        local="10.244.0.0/24")
+
+    def send(dst="10.244.1.2"):
+        return dp.process(bytes(from_pod(dst)), 0)
+
+    [(port, out)] = send()                                   # first packet: one who-has for node-b's VTEP
+    assert port == UPLINK and is_who_has(out, PEER_IP) and len(out) == 60
+    for _ in range(7):                                       # 0.875 s of traffic: nothing more asked
+        clock.advance(0.125)
+        assert send() == []
+    [(port, out)] = send("10.244.2.2")                       # another VTEP has its own timer
+    assert port == UPLINK and is_who_has(out, PEER2_IP)
+    assert send("10.244.2.2") == []
+    clock.advance(0.125)                                     # one second after the first request
+    [(port, out)] = send()
+    assert port == UPLINK and is_who_has(out, PEER_IP)
+    assert send() == [] and send("10.244.2.2") == []         # node-c's second is not up yet
+    c = dp.counters()
+    assert c["overlay"]["arp_requests"] == 3 and c["overlay"]["encapsulated"] == 0
+    assert c["drops"]["vtep_unresolved"] == 13 and sum(c["drops"].values()) == 13   # asked or not, dropped
+    # once the answer is in, no more asking: frames are encapsulated
+    rep = Ether(src=PEER_MAC, dst=NODE_MAC) / ARP(op=2, hwsrc=PEER_MAC, psrc=PEER_IP, hwdst=NODE_MAC, pdst=NODE_IP)
+    assert dp.process(bytes(rep), UPLINK) == []
+    clock.advance(5)
+    for _ in range(3):
+        [(port, out)] = send()
+        check_encapsulation(out, from_pod())
+    assert dp.counters()["overlay"]["arp_requests"] == 3     # node-b resolved: never asked again
+
+
+def test_solicit_asks_for_unresolved_vteps_after_a_route_change(clock):
+    """What the agent sends at start-up and after each route change (and
+    then every second while unresolved): one who-has per VTEP that has
+    neither a static MAC nor an ARP answer."""
+    dp = make(clock, static=False)
+    [frame] = dp.overlay.solicit()
+    assert is_who_has(frame, PEER_IP) and len(frame) == 60
+    rep = Ether(src=PEER_MAC, dst=NODE_MAC) / ARP(op=2, hwsrc=PEER_MAC, psrc=PEER_IP, hwdst=NODE_MAC, pdst=NODE_IP)
+    dp.process(bytes(rep), UPLINK)
+    assert dp.overlay.solicit() == []                        # resolved: nothing to ask
+    routes = [{"cidr": "10.244.1.0/24", "vtep": PEER_IP, "inner_mac": REMOTE_GW_MAC, "name": "node-b"},
+              {"cidr": "10.244.2.0/24", "vtep": PEER2_IP, "inner_mac": "0a:58:0a:f4:02:01", "name": "node-c"},
+              {"cidr": "10.244.3.0/24", "vtep": "172.30.250.4", "inner_mac": "0a:58:0a:f4:03:01",
+               "vtep_mac": "0a:5a:ac:1e:fa:04", "name": "static"}]
+    dp.overlay.set_routes(routes, local="10.244.0.0/24")     # `podnet node add`: node-b stays resolved
+    [frame] = dp.overlay.solicit()
+    assert is_who_has(frame, PEER2_IP)
+    assert {r["name"]: r["vtep_state"] for r in dp.overlay.routes()} == \
+        {"node-b": "reachable", "node-c": "incomplete", "static": "static"}
+
+
+# ---- the outer IP id ---------------------------------------------------------
+
+def ip_checksum_ok(hdr):
+    s = sum(int.from_bytes(hdr[k:k + 2], "big") for k in range(0, 20, 2))
+    while s >> 16:
+        s = (s & 0xffff) + (s >> 16)
+    return s == 0xffff
+
+
+def test_each_encapsulated_frame_gets_a_fresh_outer_ip_id(clock):
+    """Across the 16-bit wrap too: the id changes frame to frame and the
+    incrementally updated header checksum stays right."""
+    dp = Dataplane(nslots=256, clock=clock)
+    dp.add_port(0)
+    dp.add_port(UPLINK, domain=4095)
+    dp.gateway.configure(GW_IP, GW_MAC, "10.244.0.0/24")
+    dp.overlay.configure(UPLINK, NODE_IP, NODE_MAC)
+    dp.overlay.set_routes([{"cidr": "10.244.1.0/24", "vtep": PEER_IP, "inner_mac": REMOTE_GW_MAC,
+                            "vtep_mac": PEER_MAC}], local="10.244.0.0/24")
+    frames = [bytes(from_pod(l4=UDP(sport=1000 + k % 7, dport=53) / (b"q" * (k % 50)))) for k in range(256)]
+    ids = []
+    for b in range(260):                                     # 66560 frames: past the wrap
+        for j in range(256):
+            dp.load(j, frames[j], 0)
+        dp.run_burst(0, 256)
+        for j in range(256):
+            out = dp.frame(j)
+            assert dp.verdict(j) == (UPLINK, None)
+            assert ip_checksum_ok(out[14:34]), (b, j)
+            ids.append(int.from_bytes(out[18:20], "big"))
+    assert all((y - x) % 65536 == 1 for x, y in zip(ids, ids[1:]))     # a new id every frame
+    assert len(set(ids)) == 65536
+    for j in (0, 97, 255):                                   # and the rest of each header as scapy sees it
+        check_encapsulation(dp.frame(j), Ether(frames[j]))
