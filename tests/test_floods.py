@@ -224,3 +224,59 @@ def test_syn_flood_keeps_conntrack_bounded_and_established_flows_dnated(clock):
     assert [c for c in dp.conntrack_dump() if c["client"] == f"{A[0]}:40000"][0]["state"] == "established"
     [(port, out)] = dp.process(ack, A[2])
     assert port == B[2] and Ether(out)[TCP].dport == 8080
+
+
+def test_eviction_spares_connections_owed_a_reset(clock):
+    """Connections whose backend left (marked so their next segment gets a
+    RST) may not go, though not established and closest to expiry: a full
+    table takes the closed, the unreplied and the closing ones around them,
+    and each dead one still gets its RST afterwards."""
+    dp = make(clock, conntrack_capacity=16)
+    dp.services.set(VIP, 81, "TCP", [(C[0], 8080)])         # its backend will leave
+    t0 = clock()
+    # slots 0-2, at t0: to VIP:81, two SYN-only and one closing (FIN): expire at t0+120
+    for sp in (100, 101):
+        assert [p for p, _ in dp.process(tcp(A, sp, "S", dport=81), A[2])] == [C[2]]
+    dp.process(tcp(A, 102, "S", dport=81), A[2])
+    dp.process(tcp(C, 8080, "SA", dst=A[0], dport=102, eth_dst=A[1]), C[2])
+    dp.process(tcp(A, 102, "FA", dport=81), A[2])
+    dp.services.set(VIP, 81, "TCP", [])
+    assert dp.conntrack.flush(vip=VIP, vport=81, proto=6, mark_tcp_dead=True) == (0, 3)
+    # slot 3: closing (FIN), expires t0+220; slot 4: unreplied UDP, t0+130;
+    # slot 5: closed by a RST, t0+121 -- each later than the dead ones
+    clock.advance(100)
+    establish(dp, 3000)
+    dp.process(tcp(A, 3000, "FA"), A[2])
+    dp.process(udp(4000), A[2])
+    clock.advance(11)
+    establish(dp, 3001)
+    dp.process(tcp(A, 3001, "R"), A[2])
+    # slots 6-15: established
+    for sp in range(1000, 1010):
+        establish(dp, sp)
+    assert len(dp.conntrack) == 16
+    st = conns(dp)
+    assert [st[p] for p in (100, 101, 102, 3000, 4000, 3001)] == ["new", "new", "fin_wait", "fin_wait",
+                                                                  "unreplied", "closed"]
+    dead = {int(c["client"].split(":")[1]) for c in dp.conntrack_dump() if c["dead"]}
+    assert dead == {100, 101, 102}
+    clock.advance(1)
+    dp.reset_counters()
+
+    def new_syn(sp):
+        return [p for p, _ in dp.process(tcp(A, sp, "S"), A[2])]
+
+    assert new_syn(6000) == [B[2]] and 3001 not in conns(dp)        # window 0-7: the RST one, not a dead one
+    assert new_syn(6001) == []                                      # window 8-15: all established
+    assert new_syn(6002) == [B[2]] and 4000 not in conns(dp)        # then the unreplied UDP flow
+    assert new_syn(6003) == []
+    assert new_syn(6004) == [B[2]] and 3000 not in conns(dp)        # then the closing one
+    ct = dp.counters()["conntrack"]
+    assert (ct["evictions"], ct["insert_failed"], ct["expired"], ct["entries"]) == (3, 2, 0, 16)
+    assert {int(c["client"].split(":")[1]) for c in dp.conntrack_dump() if c["dead"]} == dead
+    # what they are kept for: the next segment of each is answered with a RST from the ClusterIP
+    for sp in sorted(dead):
+        [(port, out)] = dp.process(tcp(A, sp, "A", dport=81, payload=b"more"), A[2])
+        e = Ether(out)
+        assert port == A[2] and "R" in e[TCP].flags and (e[IP].src, e[TCP].sport, e[TCP].dport) == (VIP, 81, sp)
+    assert not {int(c["client"].split(":")[1]) for c in dp.conntrack_dump()} & dead
