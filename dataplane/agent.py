@@ -177,9 +177,11 @@ class Agent:
             return self.capture_read()
         if op == "capture_stop":
             return self.capture_stop()
+        if op == "port_guard":
+            return self.port_guard(args)
         raise ValueError("unknown operation; expected one of ping, status, counters, fdb, neighbors, "
                          "routes, route_add, route_remove, services, services_apply, conntrack, trace, "
-                         "capture_start, capture_read, capture_stop")
+                         "capture_start, capture_read, capture_stop, port_guard")
 
     def services_apply(self, upsert, delete):
         """Add/replace and remove service ports, all or none: every entry is
@@ -276,6 +278,26 @@ class Agent:
         r = self.dp.trace(frame, port, vnet=vnet, commit=bool(args.get("commit", False)))
         r["outputs"] = [{"port": p, "frame": f.hex(), "vnet": v.hex()} for p, f, v in r["outputs"]]
         return r
+
+    def port_guard(self, args):
+        """Turn the anti-spoofing guard of one pod port off ({"port": P,
+        "on": false}) or on again ({"port": P, "on": true}: the pod's own MAC
+        and IP). For tests and debugging, to see what the guard stops; every
+        pod port is guarded at start-up, a restarted agent's too, whatever was
+        set here. port: a pod port of this node (status lists them); on: a
+        boolean. Returns {"port", "pod", "guarded"}."""
+        _known_keys("port_guard", args, ("port", "on"))
+        port, on = args.get("port"), args.get("on")
+        if not isinstance(port, int) or isinstance(port, bool) or port not in self.pods:
+            raise ValueError(f"port must be one of this node's pod ports {sorted(self.pods)}, got {port!r}")
+        if not isinstance(on, bool):
+            raise ValueError(f"on must be true or false, got {on!r}")
+        pod = self.pods[port]
+        if on:
+            self.dp.set_port_guard(port, pod["mac"], pod["ip"])
+        else:
+            self.dp.clear_port_guard(port)
+        return {"port": port, "pod": pod["name"], "guarded": self.dp.guard.get(port) is not None}
 
     def counters(self):
         return {**self.dp.counters(), "io": self.io.counters(), "capture": self.io.capture_info()}

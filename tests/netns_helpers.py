@@ -63,9 +63,10 @@ def spawn_in_pod(state, pod, code, *args):
                              *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def agent(state, node, op):
+def agent(state, node, op, **args):
+    """One control request to node's agent; args are the request's fields."""
     from dataplane.control import request
-    return request(state["nodes"][node]["socket"], op)
+    return request(state["nodes"][node]["socket"], op, **args)
 
 
 def podnet(*args, check=True):

@@ -31,13 +31,30 @@ frames = (
     [Ether(src="0a:58:de:ad:be:%02x" % i, dst=b_mac) / IP(src=me_ip, dst=b_ip) / UDP(dport=9) / b"x" for i in range(n)]
     # our MAC, a neighbour's IP
     + [Ether(src=me_mac, dst=b_mac) / IP(src=b_ip, dst=b_ip) / UDP(dport=9) / b"x" for _ in range(n)]
-    # gratuitous ARP: "the gateway is at my MAC" (would redirect b's traffic through us)
-    + [Ether(src=me_mac, dst="ff:ff:ff:ff:ff:ff") / ARP(op=2, hwsrc=me_mac, psrc=gw_ip, hwdst="ff:ff:ff:ff:ff:ff",
+    # gratuitous ARP: "the gateway is at my MAC" (would redirect b's traffic through us); target
+    # MAC = sender MAC makes Linux take it as gratuitous and override a fresh entry (arp_is_garp)
+    + [Ether(src=me_mac, dst="ff:ff:ff:ff:ff:ff") / ARP(op=2, hwsrc=me_mac, psrc=gw_ip, hwdst=me_mac,
                                                         pdst=gw_ip) for _ in range(n)]
 )
 sendp(frames, iface="eth0")
 print(me_mac)
 """
+
+SEND_RAW = """
+import socket, sys
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(("eth0", 0))
+for frame in sys.argv[1:]:
+    s.send(bytes.fromhex(frame))
+"""
+
+
+def garp(mac, ip):
+    """A gratuitous ARP reply "ip is at mac" (target = sender, as Linux's
+    arp_is_garp wants it to override a fresh entry), as hex."""
+    from scapy.layers.l2 import ARP, Ether
+    return bytes(Ether(src=mac, dst="ff:ff:ff:ff:ff:ff") / ARP(op=2, hwsrc=mac, psrc=ip, hwdst=mac, pdst=ip)).hex()
+
 
 VXLAN_FOREIGN_VNI = """
 import sys
@@ -81,7 +98,7 @@ def ping(st, pod, dst):
 def test_forged_frames_from_a_pod_are_dropped_and_counted(hd):
     st = hd
     gw_ip, gw_mac = st["plan"]["nodes"]["n1"]["gateway_ip"], st["plan"]["nodes"]["n1"]["gateway_mac"]
-    #assert all(p["guarded"] for p in agent(st, "n1", "status")["ports"])
+    assert [p["pod"] for p in agent(st, "n1", "status")["ports"] if p["guarded"]] == ["a1", "b1"]
     assert ping(st, "b1", gw_ip)                                     # b1 knows the real gateway MAC
     before = agent(st, "n1", "counters")["drops"]
     py_in_pod(st, "a1", FORGE, pod_ip(st, "a1"), mac_of(st, "b1"), pod_ip(st, "b1"), gw_ip, N)
@@ -96,6 +113,59 @@ def test_forged_frames_from_a_pod_are_dropped_and_counted(hd):
     assert ping(st, "a1", pod_ip(st, "b1"))
     assert ping(st, "a1", pod_ip(st, "a2"))
     assert ping(st, "b1", pod_ip(st, "a2"))
+
+
+def neigh_mac(st, pod, ip):
+    """The MAC in pod's ARP cache for ip, or None."""
+    out = in_pod(st, pod, "ip", "neigh", "show", ip, "dev", "eth0").stdout.split()
+    return out[out.index("lladdr") + 1] if "lladdr" in out else None
+
+
+def wait_neigh(st, pod, ip, mac, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while neigh_mac(st, pod, ip) != mac and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return neigh_mac(st, pod, ip)
+
+
+def test_gratuitous_arp_for_the_gateway_poisons_a_neighbour_only_without_the_guard(hd):
+    """The attack the guard exists for: a1 announces the gateway's IP at its
+    own MAC. Unguarded, b1's ARP cache takes it (b1's traffic to the gateway
+    would go to a1); guarded, the frames are dropped as spoof_ip."""
+    st = hd
+    gw_ip, gw_mac = st["plan"]["nodes"]["n1"]["gateway_ip"], st["plan"]["nodes"]["n1"]["gateway_mac"]
+    [port] = [p["port"] for p in agent(st, "n1", "status")["ports"] if p["pod"] == "a1"]
+    a1_mac = mac_of(st, "a1")
+    assert ping(st, "b1", gw_ip) and neigh_mac(st, "b1", gw_ip) == gw_mac
+    try:
+        assert agent(st, "n1", "port_guard", port=port, on=False)["guarded"] is False
+        assert {p["pod"]: p["guarded"] for p in agent(st, "n1", "status")["ports"]} == {"a1": False, "b1": True}
+        before = agent(st, "n1", "counters")["drops"]["spoof_ip"]
+        py_in_pod(st, "a1", SEND_RAW, *[garp(a1_mac, gw_ip)] * N)
+        assert wait_neigh(st, "b1", gw_ip, a1_mac) == a1_mac                 # poisoned
+        assert agent(st, "n1", "counters")["drops"]["spoof_ip"] == before
+    finally:
+        agent(st, "n1", "port_guard", port=port, on=True)
+        in_pod(st, "b1", "ip", "neigh", "flush", "dev", "eth0")
+    assert ping(st, "b1", gw_ip) and neigh_mac(st, "b1", gw_ip) == gw_mac     # b1 healed
+    assert all(p["guarded"] for p in agent(st, "n1", "status")["ports"])
+    before = agent(st, "n1", "counters")["drops"]["spoof_ip"]
+    py_in_pod(st, "a1", SEND_RAW, *[garp(a1_mac, gw_ip)] * N)
+    after = drops_reach(st, "n1", {"spoof_ip": before + N})["spoof_ip"]
+    assert after - before == N                                             # every one dropped, counted
+    assert neigh_mac(st, "b1", gw_ip) == gw_mac                             # and b1 never heard them
+
+
+@pytest.mark.parametrize("args,msg", [
+    ({"port": 99, "on": False}, "port must be one of this node's pod ports"),
+    ({"port": 0, "on": "no"}, "on must be true or false"),
+    ({"port": 0, "on": False, "pod": "a1"}, "unknown key 'pod'"),
+])
+def test_port_guard_op_is_validated(hd, args, msg):
+    from dataplane.control import ControlError, request
+    with pytest.raises(ControlError, match=msg):
+        request(hd["nodes"]["n1"]["socket"], "port_guard", **args)
+    assert all(p["guarded"] for p in agent(hd, "n1", "status")["ports"])
 
 
 def test_vxlan_with_a_foreign_vni_is_counted(hd):
