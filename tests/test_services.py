@@ -247,3 +247,115 @@ def test_partial_checksum_frames_get_pseudo_header_updates(dp):
     ph2 = struct.pack("!4s4sBBH", bytes(map(int, A[0].split("."))), bytes(map(int, B[0].split("."))), 0, 6, 20)
     assert out[TCP].chksum == (~checksum(ph2)) & 0xffff
     assert out[TCP].dport == 8080 and dp.vnet_hdr(0)[0] == 1
+
+
+# ---- frames a ClusterIP does not serve ----------------------------------------
+
+@pytest.mark.parametrize("ip,l4,dst", [
+    ({}, ICMP(type=8, id=1, seq=1) / b"ping", VIP),                                # ping a ClusterIP
+    ({"flags": "MF"}, UDP(sport=5353, dport=53, len=1008) / (b"q" * 32), VIP),    # first fragment
+    ({"frag": 100}, b"rest of a datagram", VIP),                                  # a later fragment
+    ({"flags": "MF", "proto": 6}, TCP(sport=40000, dport=80, flags="S"), VIP),     # a TCP first fragment
+    ({"proto": 132}, b"\x00" * 32, VIP),                                          # SCTP
+    ({"proto": 47}, b"\x00" * 8, VIP),                                            # GRE
+    ({}, ICMP(type=8) / b"x", "10.96.0.99"),                        # in the service CIDR, no service there
+], ids=["icmp-echo", "udp-first-fragment", "later-fragment", "tcp-first-fragment", "sctp", "gre",
+        "icmp-unassigned"])
+def test_service_unsupported_is_dropped_silently(dp, ip, l4, dst):
+    """What the service map cannot NAT (not TCP/UDP, or a fragment) is
+    dropped as service_unsupported: no output, no reply, no connection."""
+    dp.services.set(VIP, 80, "TCP", [(B[0], 8080)])
+    dp.services.set(VIP, 53, "UDP", [(B[0], 5300)])
+    dp.reset_counters()
+    frame = bytes(Ether(src=A[1], dst=GW_MAC) / IP(src=A[0], dst=dst, **ip) / l4)
+    assert dp.process(frame, A[2]) == []
+    c = dp.counters()
+    assert c["drops"]["service_unsupported"] == 1 and sum(c["drops"].values()) == 1
+    assert c["ports"][A[2]]["rx_dropped"] == 1
+    assert sum(p["tx_packets"] for p in c["ports"].values()) == 0
+    assert len(dp.conntrack) == 0 and c["services"]["no_service"] == 0 and c["gateway"]["icmp_replies"] == 0
+
+
+def test_several_ports_per_service_each_with_its_backends(dp):
+    dp.services.set(VIP, 80, "TCP", [(B[0], 8080)])
+    dp.services.set(VIP, 443, "TCP", [(C[0], 8443)])
+    dp.services.set(VIP, 53, "UDP", [(C[0], 5300)])
+    dp.services.set(VIP, 53, "TCP", [(B[0], 5301)])           # same port, other protocol
+    for frame, port, dport in ((syn(dport=80), B[2], 8080), (syn(dport=443, sport=40001), C[2], 8443),
+                               (udp(dport=53), C[2], 5300), (syn(dport=53, sport=40002), B[2], 5301)):
+        [(out, f)] = dp.process(frame, A[2])
+        e = ok_sums(f)
+        assert out == port and (e[IP].dst, (e[TCP] if e.haslayer(TCP) else e[UDP]).dport) == \
+            ({B[2]: B[0], C[2]: C[0]}[port], dport)
+    assert len(dp.conntrack) == 4
+
+
+def test_udp_to_a_port_the_service_lacks_is_refused(dp):
+    dp.services.set(VIP, 53, "UDP", [(B[0], 5300)])
+    [(port, out)] = dp.process(udp(dport=54), A[2])
+    e = ok_sums(out)
+    assert port == A[2] and (e[IP].src, e[IP].dst, e[ICMP].type, e[ICMP].code) == (VIP, A[0], 3, 3)
+    assert (e[IPerror].dst, e[UDPerror].dport) == (VIP, 54)
+    assert dp.counters()["services"]["no_service"] == 1
+
+
+def test_a_new_backend_takes_new_flows_at_once(dp):
+    dp.services.set(VIP, 80, "TCP", [(B[0], 8080)])
+    assert dp.process(syn(sport=1), A[2])[0][0] == B[2]
+    dp.services.set(VIP, 80, "TCP", [(B[0], 8080), (C[0], 8080)])
+    ports = collections.Counter(dp.process(syn(sport=100 + k), A[2])[0][0] for k in range(200))
+    assert set(ports) == {B[2], C[2]} and min(ports.values()) > 50
+    # the old connection keeps its backend
+    assert dp.process(syn(sport=1, flags="A", payload=b"x"), A[2])[0][0] == B[2]
+
+
+def test_maglev_65537_table(dp):
+    backends = [(f"10.244.1.{h}", 8080) for h in range(2, 12)]
+    dp.services.set(VIP, 80, "TCP", backends, lb="maglev", maglev_size=65537)
+    before = [dp.services.maglev_choice(VIP, 80, "TCP", f) for f in range(20000)]
+    dp.services.set(VIP, 80, "TCP", backends[:-1], lb="maglev", maglev_size=65537)
+    after = [dp.services.maglev_choice(VIP, 80, "TCP", f) for f in range(20000)]
+    assert sum(b != a for b, a in zip(before, after)) / 20000 < 0.1 + 0.03
+    with pytest.raises(ValueError, match="Maglev table size"):
+        dp.services.set(VIP, 80, "TCP", backends, lb="maglev", maglev_size=65536)
+
+
+def test_agent_backend_removal_touches_only_the_changed_ports(tmp_path):
+    """The agent's services_apply (what `podnet apply` pushes): a backend
+    removed from one service port ends that port's connections to it (UDP
+    deleted at once, TCP marked for a RST) and leaves every other port's
+    connections to the same backend alone."""
+    from dataplane.agent import Agent
+    cfg = {"node": "n1", "netns": "-", "socket": str(tmp_path / "n1.sock"), "vnet": False, "pods": [],
+           "gateway": {"ip": GW_IP, "mac": GW_MAC, "subnet": "10.244.0.0/24"}, "service_capacity": 64,
+           "conntrack_capacity": 64}
+    agent = Agent(cfg)
+    agent.setup()
+    try:
+        d = agent.dp
+        for ip, mac, port in (A, B, C):
+            d.add_port(port)
+            d.gateway.add_neighbor(ip, mac)
+            d.process(bytes(Ether(src=mac, dst="ff:ff:ff:ff:ff:ff") / ARP(psrc=ip, pdst="10.244.0.250")), port)
+
+        def svc(port, proto, backend, target):
+            return {"vip": VIP, "port": port, "protocol": proto, "backends": [[backend[0], target]]}
+        agent.services_apply([svc(80, "TCP", B, 8080), svc(81, "TCP", B, 8081), svc(53, "UDP", B, 5300),
+                              svc(54, "UDP", B, 5400)], [])
+        for frame in (syn(dport=80), syn(dport=81), udp(dport=53), udp(dport=54)):
+            assert d.process(frame, A[2])[0][0] == B[2]
+        assert agent.services_apply([svc(80, "TCP", C, 8080), svc(53, "UDP", C, 5300)], []) == \
+            {"service_ports": 4, "conntrack_deleted": 1, "conntrack_reset": 1}
+        by_port = {c["service"]: (c["backend"], c["dead"]) for c in d.conntrack_dump()}
+        assert by_port == {f"{VIP}:80": (f"{B[0]}:8080", True), f"{VIP}:81": (f"{B[0]}:8081", False),
+                           f"{VIP}:54": (f"{B[0]}:5400", False)}
+        [(port, out)] = d.process(syn(dport=80, flags="A", payload=b"x"), A[2])
+        assert port == A[2] and "R" in Ether(out)[TCP].flags                    # reset
+        assert d.process(syn(dport=81, flags="A", payload=b"x"), A[2])[0][0] == B[2]     # untouched
+        assert d.process(udp(dport=54), A[2])[0][0] == B[2]
+        assert d.process(udp(dport=53), A[2])[0][0] == C[2]                     # moved at once
+        # deleting a service port ends its connections, and only its own
+        assert agent.services_apply([], [{"vip": VIP, "port": 54, "protocol": "UDP"}])["conntrack_deleted"] == 1
+        assert {c["service"] for c in d.conntrack_dump()} == {f"{VIP}:81", f"{VIP}:53"}
+    finally:
+        agent.close()
