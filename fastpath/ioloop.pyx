@@ -195,11 +195,17 @@ cdef class IOLoop:
                     if errno != EAGAIN and errno != EINTR:
                         self.st[port].rx_errors += 1
                     break
+                # A read that yields no frame still counts against the share:
+                # an fd at end of file (read() returns 0 forever, less than a
+                # vnet header) would otherwise keep this loop spinning, nogil,
+                # and poll() would never return.
                 if <uint32_t>r < hl:
                     self.st[port].rx_errors += 1
+                    got += 1
                     continue
                 if <uint32_t>r == cap:
                     self.st[port].rx_truncated += 1    # may have been cut: drop it
+                    got += 1
                     continue
                 pk.len = <uint32_t>r - hl
                 pk.in_port = <uint16_t>port
