@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
@@ -196,11 +195,10 @@ def test_remove_peer_takes_the_route_away(nodes):
         n1.remove_peer(n2.pod_cidr, n2.vtep_ip, n2.vtep_mac)
         assert n2.pod_cidr not in n1.node_exec("ip", "route").stdout
         assert n2.vtep_mac not in n1.node_exec("bridge", "fdb", "show", "dev", "flannel.1").stdout
-        t0 = time.monotonic()
         r = n1.exec(0, "ping", "-c", "1", "-W", "2", target, timeout=10, check=False)
         assert r.returncode != 0
-        assert time.monotonic() - t0 < 3
-        # the node has no route: the pod hears so at once from its gateway
+        # the node has no route: the pod hears so from its gateway (ICMP unreachable),
+        # not by its ping timing out
         assert "Unreachable" in r.stdout, r.stdout
     finally:
         n1.peer_with(n2)
