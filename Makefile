@@ -34,9 +34,12 @@ test: setup
 demo: setup
 	$(PY) -m dataplane demo
 
+# bench/stages.py: the fast-path stages against their dpkt versions, in fresh
+# processes (the README's table); `pytest bench` is pytest-benchmark's quick view
+# of the same stages. End-to-end runs are interleaved rounds (bench/rounds.py).
 bench: setup
-	$(PY) -m pytest -q bench --benchmark-json=bench/results/raw-pytest-benchmark.json
-	$(PY) bench/report.py
+	$(PY) bench/stages.py
+	$(PY) bench/instructions.py >/dev/null
 	@if [ "$$(id -u)" = 0 ]; then $(PY) bench/e2e_pods.py && $(PY) bench/e2e_overlay.py >/dev/null \
 	  && $(PY) bench/e2e_services.py >/dev/null && $(PY) bench/e2e_connect.py >/dev/null; \
 	  else echo "end-to-end benchmarks skipped: they need root"; fi

@@ -8,9 +8,12 @@ service rules) from a client pod to the last of N ClusterIPs, for N = 10,
            PREROUTING, as kube-proxy's iptables mode lays them out in
            KUBE-SERVICES (one rule per service port, matched in order) -> server
 
-Same run, same machine. Writes bench/results/connect_latency.json and .png.
+Both paths are up at once; at each size they are measured in interleaved
+rounds (bench/rounds.py), so each figure is the median of a round's connects,
+reported as the median and min-max over the rounds. Writes
+bench/results/connect_latency.json and .png.
 
-    python bench/e2e_connect.py [--connects 300] [--sizes 10,1000,10000]
+    python bench/e2e_connect.py [--connects 300] [--sizes 10,1000,10000] [--rounds 3]
 """
 import argparse
 import json
@@ -27,6 +30,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 from e2e_pods import ns_exec, sh  # noqa: E402
 from podnet_cluster import PodnetCluster  # noqa: E402
+from rounds import spread  # noqa: E402
 
 RESULTS = HERE / "results"
 SPEC = """cluster: {name: pnbl, podCIDR: 10.236.0.0/16, serviceCIDR: 10.90.0.0/16, fabricCIDR: 172.30.253.0/24}
@@ -76,20 +80,13 @@ def measure(client_ns, server_ns, target, connects):
             "connects": len(us)}
 
 
-def podnet_side(sizes, connects):
-    out = {}
-    with PodnetCluster(SPEC) as pc:
-        server_ip = pc.state["plan"]["pods"]["server"]["ip"]
-        have = 0
-        for n in sizes:
-            batch = [{"vip": vip(k), "port": 80, "protocol": "TCP", "backends": [[server_ip, 8080]]}
-                     for k in range(have, n)]
-            if batch:
-                pc.request("n1", "services_apply", timeout=120, upsert=batch)
-            have = n
-            print(f"  podnet, {n} services ...", file=sys.stderr)
-            out[n] = measure(pc.pod_ns("client"), pc.pod_ns("server"), vip(n - 1), connects)
-    return out
+def podnet_load(pc, have, n):
+    """Services have..n-1 into the agent, each to the server pod's :8080."""
+    server_ip = pc.state["plan"]["pods"]["server"]["ip"]
+    batch = [{"vip": vip(k), "port": 80, "protocol": "TCP", "backends": [[server_ip, 8080]]}
+             for k in range(have, n)]
+    if batch:
+        pc.request("n1", "services_apply", timeout=120, upsert=batch)
 
 
 class Router:
@@ -133,16 +130,6 @@ class Router:
             sh("ip", "netns", "del", n, check=False)
 
 
-def kernel_side(sizes, connects):
-    out = {}
-    with Router() as r:
-        for n in sizes:
-            r.rules(n)
-            print(f"  iptables, {n} rules ...", file=sys.stderr)
-            out[n] = measure(r.ns["c"], r.ns["s"], vip(n - 1), connects)
-    return out
-
-
 def plot(doc, path):
     import matplotlib
     matplotlib.use("Agg")
@@ -150,10 +137,13 @@ def plot(doc, path):
     fig, ax = plt.subplots(figsize=(6.4, 4))
     for key, label in (("podnet", "podnet (hash map + conntrack)"), ("iptables", "iptables DNAT rules")):
         xs = sorted(int(n) for n in doc[key])
-        ax.plot(xs, [doc[key][str(n)]["median_us"] for n in xs], marker="o", label=label)
+        med = [doc[key][str(n)]["median_us"]["median"] for n in xs]
+        lo = [m - doc[key][str(n)]["median_us"]["min"] for m, n in zip(med, xs)]
+        hi = [doc[key][str(n)]["median_us"]["max"] - m for m, n in zip(med, xs)]
+        ax.errorbar(xs, med, yerr=[lo, hi], marker="o", capsize=3, label=label)
     ax.set_xscale("log")
     ax.set_xlabel("services (ClusterIP ports)")
-    ax.set_ylabel("TCP connect latency, median (µs)")
+    ax.set_ylabel(f"TCP connect latency, median (µs; min-max of {doc['rounds']} rounds)")
     ax.set_title(f"First packet through N services ({doc['machine']['cpu']}, {doc['machine']['cores']} vCPU)")
     ax.legend()
     ax.grid(alpha=0.3)
@@ -165,25 +155,49 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--connects", type=int, default=300)
     ap.add_argument("--sizes", default="10,1000,10000")
+    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("needs root (network namespaces)")
     if not shutil.which("iptables-restore"):
         sys.exit("iptables-restore not found (apt-get install iptables)")
     sizes = [int(s) for s in args.sizes.split(",")]
-    from report import machine
-    doc = {"bench": "connect_latency", "machine": machine(),
+    from machine import machine
+    doc = {"bench": "connect_latency", "machine": machine(), "rounds": args.rounds,
            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "connects": args.connects}
+    raw = {"podnet": {}, "iptables": {}}
     print("connect latency through N services:", file=sys.stderr)
-    doc["podnet"] = {str(n): v for n, v in podnet_side(sizes, args.connects).items()}
-    doc["iptables"] = {str(n): v for n, v in kernel_side(sizes, args.connects).items()}
+    with PodnetCluster(SPEC) as pc, Router() as r:
+        where = {"podnet": (pc.pod_ns("client"), pc.pod_ns("server")), "iptables": (r.ns["c"], r.ns["s"])}
+        have = 0
+        for n in sizes:
+            podnet_load(pc, have, n)
+            have = n
+            r.rules(n)
+            for k in range(args.rounds):
+                for path in (("podnet", "iptables") if k % 2 == 0 else ("iptables", "podnet")):
+                    print(f"  {path}, {n} services, round {k + 1} ...", file=sys.stderr)
+                    raw[path].setdefault(str(n), []).append(measure(*where[path], vip(n - 1), args.connects))
+    for path, per in raw.items():
+        doc[path] = {n: {m: spread([x[m] for x in runs]) for m in ("median_us", "p90_us", "min_us")}
+                     for n, runs in per.items()}
     lo, hi = str(sizes[0]), str(sizes[-1])
-    doc["growth"] = {k: doc[k][hi]["median_us"] / doc[k][lo]["median_us"] for k in ("podnet", "iptables")}
+    # growth from the smallest to the largest table, per round
+    doc["growth"] = {p: spread([b["median_us"] / a["median_us"] for a, b in zip(raw[p][lo], raw[p][hi])])
+                     for p in raw}
+    doc["podnet_vs_iptables"] = {n: spread([a["median_us"] / b["median_us"]
+                                            for a, b in zip(raw["podnet"][n], raw["iptables"][n])])
+                                 for n in raw["podnet"]}
+    doc["raw"] = raw
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "connect_latency.json").write_text(json.dumps(doc, indent=2) + "\n")
     plot(doc, RESULTS / "connect_latency.png")
-    print(json.dumps({k: {n: round(v["median_us"], 1) for n, v in doc[k].items()} for k in ("podnet", "iptables")}
-                     | {"growth": doc["growth"]}, indent=2))
+    for p in ("podnet", "iptables"):
+        for n, m in doc[p].items():
+            v = m["median_us"]
+            print(f"{p:9s} {n:>6s} services: {v['median']:.0f} us ({v['min']:.0f}-{v['max']:.0f})")
+    for p, v in doc["growth"].items():
+        print(f"growth {p:9s} {v['median']:.2f} ({v['min']:.2f}-{v['max']:.2f})")
 
 
 if __name__ == "__main__":

@@ -1,16 +1,21 @@
-"""Cross-node pod-to-pod throughput over a VXLAN overlay, one path per run:
+"""Cross-node pod-to-pod throughput over a VXLAN overlay:
 
   kernel   two flannel-style nodes built from Linux's own devices
            (veth pods on cni0, flannel.1 vxlan, veth uplinks into a fabric
            bridge in its own namespace; tests/kernel_node.py)
 
-A path is an object with `name`, `label`, __enter__/__exit__ and
-pods() -> (client netns, server netns, server IP); add podnet's two-node
-overlay as another class in PATHS. iperf3 from a pod on node 1 to a pod on
-node 2: TCP with 1 and 4 streams, UDP with 64-byte payloads (the receiver's
-packets/s). Prints JSON. Needs root.
+  podnet   two podnet nodes (agents, TAPs with vnet headers, encap/decap in
+           the Cython fast path, UDP-tunnel GSO on the uplinks)
 
-    python bench/e2e_overlay.py [--seconds 5] [--path kernel] [--out FILE]
+A path is an object with `name`, `label`, __enter__/__exit__ and
+pods() -> (client netns, server netns, server IP). iperf3 from a pod on node
+1 to a pod on node 2: TCP with 1 and 4 streams, UDP with 64-byte payloads
+(the receiver's packets/s). The paths are up at once and measured in
+interleaved rounds (bench/rounds.py): medians and min-max over the rounds,
+ratios within a round. Writes bench/results/overlay.json and overlay.png
+when both paths ran. Needs root.
+
+    python bench/e2e_overlay.py [--seconds 5] [--rounds 3] [--path kernel] [--out FILE]
 """
 import argparse
 import json
@@ -23,9 +28,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from e2e_pods import iperf, plot  # noqa: E402
+from e2e_pods import iperf, plot, print_summary  # noqa: E402
 from kernel_node import Fabric, KernelNode  # noqa: E402
 from podnet_cluster import PodnetCluster  # noqa: E402
+from rounds import interleave, ratio, summarize  # noqa: E402
 
 FABRIC_MTU = 1500
 
@@ -104,58 +110,55 @@ PATHS = {"kernel": KernelOverlay, "podnet": PodnetOverlay}
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def measure(path, seconds):
+KINDS = ("tcp1", "tcp4", "udp64")
+METRICS = {"tcp1": ["gbps"], "tcp4": ["gbps"], "udp64": ["rx_pps"]}
+
+
+def measure_kind(path, kind, seconds):
     a, b, ip = path.pods()
-    out = {"label": path.label}
-    out["tcp1"] = iperf(a, b, ip, seconds)
-    out["tcp4"] = iperf(a, b, ip, seconds, streams=4)
-    out["udp64"] = iperf(a, b, ip, seconds, udp=True)
-    describe = getattr(path, "describe", None)
-    if describe:
-        out["setup"] = describe()
-    return out
-
-
-def kernel_two_nodes(seconds):
-    """Kernel baseline: {"tcp1": {"gbps", "retransmits"}, "tcp4": {...},
-    "udp64": {"rx_pps", "tx_pps", "lost_percent"}} (plus "label", "setup")."""
-    with KernelOverlay() as path:
-        return measure(path, seconds)
+    if kind == "udp64":
+        return iperf(a, b, ip, seconds, udp=True)
+    return iperf(a, b, ip, seconds, streams=4 if kind == "tcp4" else 1)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--path", action="append", choices=sorted(PATHS),
                     help="paths to measure (repeatable; default: all)")
     ap.add_argument("--out", help="also write the JSON document here")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         sys.exit("needs root (network namespaces)")
-    results = {}
-    for name in args.path or list(PATHS):
-        path = PATHS[name]()
-        print(f"measuring {path.label} ...", file=sys.stderr, flush=True)
-        t0 = time.monotonic()
-        with path:
-            results[name] = measure(path, args.seconds)
-        results[name]["wall_seconds"] = round(time.monotonic() - t0, 1)
-    doc = {"bench": "overlay", "seconds": args.seconds, "fabric_mtu": FABRIC_MTU,
-           "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "results": results}
-    if "kernel" in results and "podnet" in results:
-        k, p = results["kernel"], results["podnet"]
-        doc["ratios"] = {"podnet_vs_kernel_tcp1": p["tcp1"]["gbps"] / k["tcp1"]["gbps"],
-                         "podnet_vs_kernel_tcp4": p["tcp4"]["gbps"] / k["tcp4"]["gbps"],
-                         "podnet_vs_kernel_udp64_pps": p["udp64"]["rx_pps"] / k["udp64"]["rx_pps"]}
-        from report import machine
-        doc["machine"] = machine()
+    from machine import machine
+    paths = {name: PATHS[name]() for name in (args.path or list(PATHS))}
+    entered, setup = [], {}
+    try:
+        for p in paths.values():
+            p.__enter__()
+            entered.append(p)
+        raw = interleave(list(paths), KINDS, args.rounds,
+                         lambda name, kind: measure_kind(paths[name], kind, args.seconds),
+                         log=lambda m: print(m, file=sys.stderr, flush=True))
+        setup = {n: p.describe() for n, p in paths.items()}
+    finally:
+        for p in reversed(entered):
+            p.__exit__(None, None, None)
+    doc = {"bench": "overlay", "seconds": args.seconds, "rounds": args.rounds, "fabric_mtu": FABRIC_MTU,
+           "machine": machine(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "labels": {n: p.label for n, p in paths.items()}, "setup": setup,
+           "summary": summarize(raw, METRICS), "raw": raw}
+    if "kernel" in paths and "podnet" in paths:
+        doc["ratios"] = {"podnet_vs_kernel_tcp1": ratio(raw, "tcp1", "gbps", "podnet", "kernel"),
+                         "podnet_vs_kernel_tcp4": ratio(raw, "tcp4", "gbps", "podnet", "kernel"),
+                         "podnet_vs_kernel_udp64_rx": ratio(raw, "udp64", "rx_pps", "podnet", "kernel")}
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / "overlay.json").write_text(json.dumps(doc, indent=2) + "\n")
-        plot(results, RESULTS / "overlay.png", "pod to pod across nodes (VXLAN), TCP")
-    text = json.dumps(doc, indent=2)
+        plot(doc, RESULTS / "overlay.png", "pod to pod across nodes (VXLAN)")
     if args.out:
-        Path(args.out).write_text(text + "\n")
-    print(text)
+        Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
+    print_summary(doc)
     return doc
 
 

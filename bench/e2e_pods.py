@@ -6,9 +6,12 @@
   podnet   two pods of a podnet node (agent + Cython fast path), vnet headers
 
 iperf3 TCP with 1 and 4 streams, UDP with 64-byte payloads (receiver's
-frames/s). Writes bench/results/pods.json and pods.png. Needs root.
+frames/s, and what the forwarder itself moved). All three paths are up at
+once and measured in interleaved rounds (bench/rounds.py): each figure is
+the median and min-max over the rounds, each ratio taken within a round.
+Writes bench/results/pods.json and pods.png. Needs root.
 
-    python bench/e2e_pods.py [--seconds 5]
+    python bench/e2e_pods.py [--seconds 5] [--rounds 3]
 """
 import argparse
 import json
@@ -20,6 +23,7 @@ import time
 from pathlib import Path
 
 from podnet_cluster import PodnetCluster
+from rounds import interleave, ratio, summarize, wait_listening
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -147,7 +151,7 @@ def iperf(client_ns, server_ns, server_ip, seconds, streams=1, udp=False, port=5
     srv = subprocess.Popen(ns_exec(server_ns, "iperf3", "-s", "-1", "-p", str(port)),
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        time.sleep(0.4)
+        wait_listening(server_ns, port)
         cmd = ["iperf3", "-c", server_ip, "-p", str(port), "-t", str(seconds), "-J", "-P", str(streams)]
         if udp:
             cmd += ["-u", "-b", "0", "-l", "64"]
@@ -168,79 +172,104 @@ def iperf(client_ns, server_ns, server_ip, seconds, streams=1, udp=False, port=5
         srv.wait(timeout=seconds + 30) if srv.poll() is None else None
 
 
-def measure(path, seconds):
+KINDS = ("tcp1", "tcp4", "udp64")
+METRICS = {"tcp1": ["gbps"], "tcp4": ["gbps"], "udp64": ["rx_pps", "forwarded_pps"]}
+
+
+def measure_kind(path, kind, seconds):
     a, b, ip = path.pods()
-    out = {"label": path.label}
-    out["tcp1"] = iperf(a, b, ip, seconds)
-    out["tcp4"] = iperf(a, b, ip, seconds, streams=4)
+    if kind != "udp64":
+        return iperf(a, b, ip, seconds, streams=4 if kind == "tcp4" else 1)
     fwd = getattr(path, "forwarded", None)
     before, t0 = (fwd(), time.monotonic()) if fwd else (0, 0)
-    out["udp64"] = iperf(a, b, ip, seconds, udp=True)
+    out = iperf(a, b, ip, seconds, udp=True)
     if fwd:
         # what the forwarder itself moved (the receiver may drop some of it)
-        out["udp64"]["forwarded_pps"] = (fwd() - before) / (time.monotonic() - t0)
-    if isinstance(path, Podnet):
-        c = path.counters()
-        out["agent"] = {"frames_per_burst": c["io"]["frames_per_burst"],
-                        "drops": {k: v for k, v in c["drops"].items() if v}}
+        out["forwarded_pps"] = (fwd() - before) / (time.monotonic() - t0)
     return out
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--tapfwd-child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.tapfwd_child:
         return tapfwd_child(*args.tapfwd_child)
     if os.geteuid() != 0:
         sys.exit("needs root (network namespaces, TAP devices)")
-    from report import machine
-    results = {}
-    budget = 3 * (args.seconds + 3) + 20
-    for path in (Kernel(), TapFwd(budget), Podnet()):
-        print(f"measuring {path.label} ...", flush=True)
-        with path:
-            results[path.name] = measure(path, args.seconds)
-        print(json.dumps(results[path.name]), flush=True)
-    k, c, p = results["kernel"], results["tapfwd"], results["podnet"]
+    from machine import machine
+    budget = args.rounds * len(KINDS) * (args.seconds + 10) + 60
+    paths = {p.name: p for p in (Kernel(), TapFwd(budget), Podnet())}
+    entered = []
+    try:
+        for p in paths.values():
+            p.__enter__()
+            entered.append(p)
+        raw = interleave(list(paths), KINDS, args.rounds,
+                         lambda name, kind: measure_kind(paths[name], kind, args.seconds),
+                         log=lambda m: print(m, file=sys.stderr, flush=True))
+        c = paths["podnet"].counters()
+        agent = {"frames_per_burst": c["io"]["frames_per_burst"], "drops": {k: v for k, v in c["drops"].items() if v}}
+    finally:
+        for p in reversed(entered):
+            p.__exit__(None, None, None)
     ratios = {
-        "podnet_vs_kernel_tcp1": p["tcp1"]["gbps"] / k["tcp1"]["gbps"],
-        "podnet_vs_kernel_tcp4": p["tcp4"]["gbps"] / k["tcp4"]["gbps"],
-        "podnet_vs_tapfwd_tcp1": p["tcp1"]["gbps"] / c["tcp1"]["gbps"],
-        "podnet_vs_tapfwd_udp64_pps": p["udp64"]["rx_pps"] / c["udp64"]["rx_pps"],
-        "podnet_vs_tapfwd_udp64_forwarded": p["udp64"]["forwarded_pps"] / c["udp64"]["forwarded_pps"],
-        "podnet_vs_kernel_udp64_pps": p["udp64"]["rx_pps"] / k["udp64"]["rx_pps"],
+        "podnet_vs_kernel_tcp1": ratio(raw, "tcp1", "gbps", "podnet", "kernel"),
+        "podnet_vs_kernel_tcp4": ratio(raw, "tcp4", "gbps", "podnet", "kernel"),
+        "podnet_vs_kernel_udp64_rx": ratio(raw, "udp64", "rx_pps", "podnet", "kernel"),
+        "podnet_vs_tapfwd_tcp1": ratio(raw, "tcp1", "gbps", "podnet", "tapfwd"),
+        "podnet_vs_tapfwd_tcp4": ratio(raw, "tcp4", "gbps", "podnet", "tapfwd"),
+        "podnet_vs_tapfwd_udp64_rx": ratio(raw, "udp64", "rx_pps", "podnet", "tapfwd"),
+        "podnet_vs_tapfwd_udp64_forwarded": ratio(raw, "udp64", "forwarded_pps", "podnet", "tapfwd"),
     }
-    doc = {"bench": "pods", "seconds": args.seconds, "mtu": MTU, "machine": machine(),
-           "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "results": results, "ratios": ratios}
+    doc = {"bench": "pods", "seconds": args.seconds, "rounds": args.rounds, "mtu": MTU, "machine": machine(),
+           "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "labels": {n: p.label for n, p in paths.items()},
+           "summary": summarize(raw, METRICS), "ratios": ratios, "agent": agent, "raw": raw}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "pods.json").write_text(json.dumps(doc, indent=2) + "\n")
-    plot(results)
-    print(json.dumps(ratios, indent=2))
+    plot(doc)
+    print_summary(doc)
 
 
-def plot(results, path=RESULTS / "pods.png", title="pod to pod TCP (iperf3)"):
-    """TCP 1/4 streams and UDP 64-byte frames/s per path, side by side
-    (also used by e2e_overlay.py)."""
+def print_summary(doc):
+    for kind, per_path in doc["summary"].items():
+        for p, m in per_path.items():
+            print(f"{kind:6s} {p:8s} " + "  ".join(f"{k} {v['median']:,.2f} ({v['min']:,.2f}-{v['max']:,.2f})"
+                                                   for k, v in m.items() if v))
+    for k, v in doc.get("ratios", {}).items():
+        if v:
+            print(f"{k:36s} {v['median']:.2f} ({v['min']:.2f}-{v['max']:.2f})")
+
+
+def plot(doc, path=RESULTS / "pods.png", title="pod to pod (iperf3)"):
+    """TCP 1/4 streams and UDP 64-byte frames/s per path: medians with
+    min-max bars over the rounds (also used by e2e_overlay.py)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    names = list(results)
+    s = doc["summary"]
+    names = list(s["tcp1"])
+
+    def bars(ax, xs, vals, w=0.38, **kw):
+        med = [v["median"] for v in vals]
+        err = [[m - v["min"] for m, v in zip(med, vals)], [v["max"] - m for m, v in zip(med, vals)]]
+        b = ax.bar(xs, med, w, yerr=err, capsize=3, **kw)
+        ax.bar_label(b, fmt="%.1f", fontsize=7)
+
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
-    w = 0.38
     for i, key in enumerate(("tcp1", "tcp4")):
-        vals = [results[n][key]["gbps"] for n in names]
-        bars = ax1.bar([x + (i - 0.5) * w for x in range(len(names))], vals, w,
-                       label=f"TCP, {key[3:]} stream{'s' if key == 'tcp4' else ''}")
-        ax1.bar_label(bars, fmt="%.1f", fontsize=7)
+        bars(ax1, [x + (i - 0.5) * 0.38 for x in range(len(names))], [s[key][n]["gbps"] for n in names],
+             label=f"TCP, {key[3:]} stream{'s' if key == 'tcp4' else ''}")
     ax1.set_xticks(range(len(names)), names)
-    ax1.set_ylabel("Gbit/s")
+    ax1.set_ylabel(f"Gbit/s (median, min-max of {doc['rounds']})")
     ax1.legend(fontsize=7)
     ax1.set_title(title)
-    vals = [results[n]["udp64"]["rx_pps"] / 1e3 for n in names]
-    bars = ax2.bar(names, vals, color="#888")
-    ax2.bar_label(bars, fmt="%.0f", fontsize=7)
+    vals = [{k: v / 1e3 for k, v in s["udp64"][n]["rx_pps"].items() if k != "values"} for n in names]
+    bars(ax2, list(range(len(names))), vals, w=0.6, color="#888")
+    ax2.set_xticks(range(len(names)), names)
     ax2.set_ylabel("k frames/s received")
     ax2.set_title("UDP, 64-byte payloads")
     fig.tight_layout()

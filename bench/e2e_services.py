@@ -6,11 +6,14 @@
            store, diff, push)
   data     iperf3 TCP pod -> ClusterIP through podnet, beside the kernel's
            iptables DNAT on the same path (client netns -> router netns with a
-           PREROUTING DNAT rule -> server netns), in the same run
+           PREROUTING DNAT rule -> server netns), both up at once and
+           measured in interleaved rounds (bench/rounds.py)
 
-Writes bench/results/services_e2e.json.
+Every figure is repeated (--rounds) and reported as median and min-max;
+ratios are taken within a round. Writes bench/results/services_e2e.json and
+services.png.
 
-    python bench/e2e_services.py [--seconds 5]
+    python bench/e2e_services.py [--seconds 5] [--rounds 3]
 """
 import argparse
 import json
@@ -27,6 +30,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 from e2e_pods import iperf, ns_exec, sh  # noqa: E402
 from podnet_cluster import PodnetCluster  # noqa: E402
+from rounds import interleave, ratio, spread, summarize  # noqa: E402
 
 RESULTS = HERE / "results"
 SPEC = """cluster: {name: pnbs, podCIDR: 10.242.0.0/16, serviceCIDR: 10.93.0.0/16, fabricCIDR: 172.30.254.0/24}
@@ -55,29 +59,41 @@ def manifest(n, per):
     return {"apiVersion": "v1", "kind": "List", "items": items}
 
 
-def control(state, tmp):
+def control(state, tmp, rounds):
+    """Each round: the 10k services x 10 endpoints through the socket into an
+    agent holding none of them, 30 single-service updates, the same 10k as
+    manifests through `podnet apply -f`; then both are removed again."""
     from dataplane.control import request
     sock = state["nodes"]["n1"]["socket"]
     big = entries(10000, 10)
-    t = time.perf_counter()
-    r = request(sock, "services_apply", timeout=120, upsert=big)
-    t_bulk = time.perf_counter() - t
-    assert r["service_ports"] >= 10000
-    one = []
-    for i in range(30):
-        e = dict(big[i], backends=big[i]["backends"][:9] if i % 2 else big[i]["backends"])
-        t = time.perf_counter()
-        request(sock, "services_apply", upsert=[e])
-        one.append(time.perf_counter() - t)
     path = Path(tmp) / "10k.json"
     path.write_text(json.dumps(manifest(10000, 10)))
-    t = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "dataplane", "apply", "-f", str(path)],
-                       capture_output=True, text=True, timeout=600, env=os.environ)
-    t_cli = time.perf_counter() - t
-    assert r.returncode == 0, r.stderr
-    return {"apply_10k_x10_socket_s": t_bulk, "one_update_ms_median": statistics.median(one) * 1e3,
-            "one_update_ms_max": max(one) * 1e3, "podnet_apply_10k_x10_manifest_s": t_cli}
+    out = {"apply_10k_x10_socket_s": [], "one_update_ms_median": [], "one_update_ms_max": [],
+           "podnet_apply_10k_x10_manifest_s": []}
+    for _ in range(rounds):
+        t = time.perf_counter()
+        r = request(sock, "services_apply", timeout=120, upsert=big)
+        out["apply_10k_x10_socket_s"].append(time.perf_counter() - t)
+        assert r["service_ports"] >= 10000
+        one = []
+        for i in range(30):
+            e = dict(big[i], backends=big[i]["backends"][:9] if i % 2 else big[i]["backends"])
+            t = time.perf_counter()
+            request(sock, "services_apply", upsert=[e])
+            one.append(time.perf_counter() - t)
+        out["one_update_ms_median"].append(statistics.median(one) * 1e3)
+        out["one_update_ms_max"].append(max(one) * 1e3)
+        request(sock, "services_apply", timeout=120, upsert=[],
+                delete=[{"vip": e["vip"], "port": e["port"], "protocol": e["protocol"]} for e in big])
+        t = time.perf_counter()
+        r = subprocess.run([sys.executable, "-m", "dataplane", "apply", "-f", str(path)],
+                           capture_output=True, text=True, timeout=600, env=os.environ)
+        out["podnet_apply_10k_x10_manifest_s"].append(time.perf_counter() - t)
+        assert r.returncode == 0, r.stderr
+        r = subprocess.run([sys.executable, "-m", "dataplane", "delete", "-f", str(path)],
+                           capture_output=True, text=True, timeout=600, env=os.environ)
+        assert r.returncode == 0, r.stderr
+    return {k: spread(v) for k, v in out.items()}
 
 
 class KernelDNAT:
@@ -118,49 +134,59 @@ class KernelDNAT:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("needs root (network namespaces)")
-    from report import machine
-    doc = {"bench": "services_e2e", "machine": machine(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    with PodnetCluster(SPEC) as pc:
-        vip = pc.state["plan"]["services"]["perf"]
-        client, server = pc.pod_ns("client"), pc.pod_ns("server")
-        print("podnet pod -> ClusterIP ...", file=sys.stderr)
-        doc["podnet"] = {"tcp1": iperf(client, server, vip, args.seconds, port=5201),
-                         "tcp4": iperf(client, server, vip, args.seconds, streams=4, port=5201)}
+    if not shutil.which("iptables"):
+        sys.exit("iptables not found (apt-get install iptables)")
+    from machine import machine
+    doc = {"bench": "services_e2e", "machine": machine(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "seconds": args.seconds, "rounds": args.rounds}
+    with PodnetCluster(SPEC) as pc, KernelDNAT() as k:
+        targets = {"podnet": (pc.pod_ns("client"), pc.pod_ns("server"), pc.state["plan"]["services"]["perf"]),
+                   "iptables": k.target()}
+        doc["labels"] = {"podnet": "podnet: pod -> ClusterIP (hash map + conntrack)", "iptables": k.label}
+
+        def measure(name, kind):
+            c, s, vip = targets[name]
+            return iperf(c, s, vip, args.seconds, streams=4 if kind == "tcp4" else 1, port=5201)
+
+        raw = interleave(["podnet", "iptables"], ("tcp1", "tcp4"), args.rounds, measure,
+                         log=lambda m: print(m, file=sys.stderr, flush=True))
         print("control plane ...", file=sys.stderr)
-        doc["control"] = control(pc.state, pc.tmp)
-    if shutil.which("iptables"):
-        print("kernel iptables DNAT ...", file=sys.stderr)
-        with KernelDNAT() as k:
-            c, s, vip = k.target()
-            doc["kernel_iptables"] = {"label": k.label, "tcp1": iperf(c, s, vip, args.seconds, port=5201),
-                                      "tcp4": iperf(c, s, vip, args.seconds, streams=4, port=5201)}
-        doc["ratios"] = {f"podnet_vs_iptables_{t}": doc["podnet"][t]["gbps"] / doc["kernel_iptables"][t]["gbps"]
-                         for t in ("tcp1", "tcp4")}
+        doc["control"] = control(pc.state, pc.tmp, args.rounds)
+    doc["summary"] = summarize(raw, {"tcp1": ["gbps"], "tcp4": ["gbps"]})
+    doc["ratios"] = {f"podnet_vs_iptables_{t}": ratio(raw, t, "gbps", "podnet", "iptables") for t in ("tcp1", "tcp4")}
+    doc["raw"] = raw
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "services_e2e.json").write_text(json.dumps(doc, indent=2) + "\n")
     plot(doc, RESULTS / "services.png")
-    print(json.dumps(doc, indent=2))
+    for kind, per in doc["summary"].items():
+        for p, m in per.items():
+            print(f"{kind} {p:9s} {m['gbps']['median']:.2f} Gbit/s ({m['gbps']['min']:.2f}-{m['gbps']['max']:.2f})")
+    for key, v in list(doc["ratios"].items()) + list(doc["control"].items()):
+        print(f"{key:36s} {v['median']:.3f} ({v['min']:.3f}-{v['max']:.3f})")
 
 
 def plot(doc, path):
-    """pod -> ClusterIP TCP through podnet beside iptables DNAT, same run."""
+    """pod -> ClusterIP TCP through podnet beside iptables DNAT: medians with
+    min-max bars over the rounds."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    paths = {"podnet": doc["podnet"]}
-    if "kernel_iptables" in doc:
-        paths["kernel iptables DNAT"] = doc["kernel_iptables"]
+    names = ["podnet", "iptables"]
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
     w = 0.38
     for i, key in enumerate(("tcp1", "tcp4")):
-        bars = ax.bar([x + (i - 0.5) * w for x in range(len(paths))], [v[key]["gbps"] for v in paths.values()], w,
+        vals = [doc["summary"][key][n]["gbps"] for n in names]
+        med = [v["median"] for v in vals]
+        err = [[m - v["min"] for m, v in zip(med, vals)], [v["max"] - m for m, v in zip(med, vals)]]
+        bars = ax.bar([x + (i - 0.5) * w for x in range(len(names))], med, w, yerr=err, capsize=3,
                       label=f"TCP, {key[3:]} stream{'s' if key == 'tcp4' else ''}")
         ax.bar_label(bars, fmt="%.1f", fontsize=7)
-    ax.set_xticks(range(len(paths)), list(paths))
-    ax.set_ylabel("Gbit/s")
+    ax.set_xticks(range(len(names)), ["podnet", "kernel iptables DNAT"])
+    ax.set_ylabel(f"Gbit/s (median, min-max of {doc['rounds']})")
     ax.set_title("pod to ClusterIP, TCP (iperf3)")
     ax.legend(fontsize=7)
     fig.tight_layout()

@@ -18,32 +18,24 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ITERS = 100
 
+# Each stage as bench/stages.py measures it (bench/stagework.py): frames loaded
+# in the slots; the restore between bursts copies each frame back in whole.
 SETUP = {
-    "bridge": "from conftest import *\n"
-              "dp = Dataplane(nslots=BURST, slot_size=2048)\n"
-              "[dp.add_port(p) for p in range(NPORTS)]\n"
-              "[dp.load(i, f, p) for i, (f, p) in enumerate(bridge_frames())]\n"
-              "dp.run_burst(0, BURST)\nsnap = 0\n",
-    "vxlan_encap": "from test_vxlan_bench import *\ndp = node()\n"
-                   "[dp.load(i, inner(60, '10.244.0.2', '10.244.1.2', POD_MAC, GW_MAC, i), 0) for i in range(BURST)]\n"
-                   "snap = 64\n",
-    "vxlan_decap": "from test_vxlan_bench import *\ndp = node()\n"
-                   "def frame(i):\n"
-                   "    body = inner(60, '10.244.1.2', '10.244.0.2', REMOTE_GW, GW_MAC, i)\n"
-                   "    return bytes(Ether(src=PEER[1], dst=NODE[1]) / IP(src=PEER[0], dst=NODE[0]) "
-                   "/ UDP(sport=50000 + i, dport=4789) / VXLAN(vni=1) / body)\n"
-                   "[dp.load(i, frame(i), 255) for i in range(BURST)]\nsnap = 128\n",
-    "dnat_established": "from test_services_bench import *\ndp = build(1000)\n"
-                             "dp.bench_stage(BURST, 1, 64)\nsnap = 64\n",
+    "bridge": "dp, frames, py, snap = sw.stage('bridge')\n",
+    "vxlan_encap": "dp, frames, py, snap = sw.stage('vxlan_encap')\n",
+    "vxlan_decap": "dp, frames, py, snap = sw.stage('vxlan_decap')\n",
+    "dnat_established": "dp, frames, py, snap = sw.stage('dnat_established', 1000)\n"
+                        "sw.load(dp, frames)\ndp.bench_stage(256, 1, snap)\n",
     # every frame a new flow: the source port changes each burst (sport_off)
-    "dnat_new_flows": "from test_services_bench import *\ndp = build(1000)\nsnap = 64\nsport_off = 34\n",
+    "dnat_new_flows": "dp, frames, py, snap = sw.stage('dnat_new_flows', 1000)\nsport_off = 34\n",
 }
 
 
 def _instructions(stage, tmp, run):
     prog = Path(tmp) / f"{stage}-{run}.py"
-    prog.write_text(f"import sys; sys.path.insert(0, {str(HERE)!r})\nsport_off = 0\n" + SETUP[stage]
-                    + f"dp.bench_stage(256, {ITERS}, snap or 64, run={run}, sport_off=sport_off)\n")
+    prog.write_text(f"import sys; sys.path.insert(0, {str(HERE)!r})\nimport stagework as sw\n"
+                    f"sport_off = 0\n" + SETUP[stage] + "sw.load(dp, frames)\n"
+                    + f"dp.bench_stage(256, {ITERS}, snap, run={run}, sport_off=sport_off)\n")
     out = Path(tmp) / f"{stage}-{run}.cg"
     subprocess.run(["valgrind", "--tool=callgrind", "--toggle-collect=*bench_stage*", f"--callgrind-out-file={out}",
                     sys.executable, str(prog)], capture_output=True, timeout=600, check=True)
