@@ -144,6 +144,12 @@ class Podnet(PodnetCluster):
     def forwarded(self):
         return sum(p["tx_packets"] for p in self.counters()["ports"].values())
 
+    def cpu(self):
+        """The agent's (user, system) CPU seconds so far, from /proc."""
+        f = Path(f"/proc/{self.state['nodes']['n1']['pid']}/stat").read_text().rsplit(")", 1)[1].split()
+        hz = os.sysconf("SC_CLK_TCK")
+        return int(f[11]) / hz, int(f[12]) / hz
+
 
 # ---- iperf3 -------------------------------------------------------------
 
@@ -173,10 +179,24 @@ def iperf(client_ns, server_ns, server_ip, seconds, streams=1, udp=False, port=5
 
 
 KINDS = ("tcp1", "tcp4", "udp64")
-METRICS = {"tcp1": ["gbps"], "tcp4": ["gbps"], "udp64": ["rx_pps", "forwarded_pps"]}
+METRICS = {"tcp1": ["gbps", "agent_user_share"], "tcp4": ["gbps", "agent_user_share"],
+           "udp64": ["rx_pps", "forwarded_pps", "agent_user_share"]}
 
 
 def measure_kind(path, kind, seconds):
+    cpu = getattr(path, "cpu", None)
+    before = cpu() if cpu else None
+    out = measure_iperf(path, kind, seconds)
+    if cpu:
+        # where the agent's time goes: its own code (user) or the kernel's
+        # TAP reads and writes and the receive stack a write runs (system)
+        (u0, s0), (u1, s1) = before, cpu()
+        out["agent_user_s"], out["agent_system_s"] = u1 - u0, s1 - s0
+        out["agent_user_share"] = (u1 - u0) / max(1e-9, (u1 - u0) + (s1 - s0))
+    return out
+
+
+def measure_iperf(path, kind, seconds):
     a, b, ip = path.pods()
     if kind != "udp64":
         return iperf(a, b, ip, seconds, streams=4 if kind == "tcp4" else 1)
