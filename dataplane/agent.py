@@ -46,8 +46,9 @@ def _known_keys(what, obj, known):
 
 
 class Agent:
-    def __init__(self, cfg, metrics_tcp=None):
+    def __init__(self, cfg, metrics_tcp=None, clock=time.monotonic):
         self.cfg = cfg
+        self.clock = clock         # the fast path's (seconds); tests inject one
         self.metrics_tcp = metrics_tcp     # a socket bound in the root namespace, or None
         self.metrics = None
         self.node = cfg["node"]
@@ -58,7 +59,7 @@ class Agent:
                             aging=float(cfg.get("aging", 300.0)),
                             service_capacity=int(cfg.get("service_capacity", 131072)),
                             conntrack_capacity=int(cfg.get("conntrack_capacity", 262144)),
-                            service_cidr=cfg.get("service_cidr", "10.96.0.0/12"))
+                            service_cidr=cfg.get("service_cidr", "10.96.0.0/12"), clock=clock)
         self.io = IOLoop(self.dp)
         self.taps = {}             # port -> Tap
         self.pods = {}             # port -> pod config
@@ -67,7 +68,7 @@ class Agent:
         self.started = time.time()
         self.capture_seen = 0.0
         snap = cfg.get("snapshot") or os.path.splitext(cfg["socket"])[0] + ".snapshot"
-        self.snapshots = Snapshotter(self.dp, snap, {"cluster": cfg.get("cluster"), "node": self.node},
+        self.snapshots = Snapshotter(self.dp, snap, {"cluster": cfg.get("cluster"), "node": self.node}, clock=clock,
                                      log=lambda msg: print(f"agent {self.node}: {msg}", flush=True))
         self.restored = {}         # what the last snapshot gave back at start-up
         self.reattached = 0        # TAPs found in place (a restart after a crash)
@@ -136,7 +137,9 @@ class Agent:
     def solicit(self):
         """ARP for unresolved peer VTEPs now rather than on the first packet."""
         hdr = bytes(self.dp.port_vnet(UPLINK_PORT))
-        for frame in self.dp.overlay.solicit():
+        # on the fast path's clock: with its own ARP on traffic, at most one
+        # request per VTEP a second
+        for frame in self.dp.overlay.solicit(int(self.clock() * 1000)):
             try:
                 os.write(self.uplink_tap.fileno(), hdr + frame)
             except OSError:

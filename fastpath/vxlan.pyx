@@ -185,13 +185,22 @@ cdef class Overlay:
                     break
         return n
 
-    def solicit(self):
+    def solicit(self, now_ms=None):
         """ARP who-has frames (60 bytes) for every VTEP not yet resolved, for
-        the agent to send at start-up and after route changes, so the first
-        packets to a node are not lost to resolution."""
+        the agent to send at start-up, after route changes and every second,
+        so the first packets to a node are not lost to resolution. With
+        now_ms (the fast path's clock), only VTEPs not asked within the last
+        second, which then count as asked: the fast path asks on traffic on
+        the same timer, so a VTEP is asked at most once a second in all
+        (without it, the agent's periodic solicit and traffic each asked
+        once a second)."""
         frames = []
         for k in range(MAX_VTEPS):
             if self.ov.vteps[k].state == VTEP_INCOMPLETE:
+                if now_ms is not None:
+                    if self.ov.vteps[k].asked and now_ms - self.ov.vteps[k].asked < ARP_RETRY_MS:
+                        continue
+                    self.ov.vteps[k].asked = now_ms if now_ms else 1
                 target = ipaddress.IPv4Address(self.ov.vteps[k].ip).packed
                 mac = bytes((<char *>self.ov.mac)[:6])
                 ip = ipaddress.IPv4Address(self.ov.ip).packed

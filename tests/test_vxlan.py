@@ -347,3 +347,82 @@ def test_each_encapsulated_frame_gets_a_fresh_outer_ip_id(clock):
     assert len(set(ids)) == 65536
     for j in (0, 97, 255):                                   # and the rest of each header as scapy sees it
         check_encapsulation(dp.frame(j), Ether(frames[j]))
+
+
+def test_solicit_and_traffic_share_one_timer_per_vtep(clock):
+    """The agent's solicitations (start-up, route changes, every second)
+    and the fast path's ARP on traffic count as one: at most one who-has
+    per VTEP a second in all."""
+    dp = make(clock, static=False)
+    ms = lambda: int(clock() * 1000)
+    [f] = dp.overlay.solicit(ms())                             # start-up
+    assert is_who_has(f, PEER_IP)
+    assert dp.process(bytes(from_pod()), 0) == []              # traffic right after: not asked again
+    clock.advance(0.5)
+    assert dp.overlay.solicit(ms()) == []                      # the agent's next round, within the second
+    clock.advance(0.5)
+    [(port, out)] = dp.process(bytes(from_pod()), 0)           # a second on: traffic asks
+    assert port == UPLINK and is_who_has(out, PEER_IP)
+    clock.advance(0.875)
+    assert dp.overlay.solicit(ms()) == []
+    clock.advance(0.125)
+    [f] = dp.overlay.solicit(ms())
+    assert is_who_has(f, PEER_IP)
+    assert dp.process(bytes(from_pod()), 0) == []
+    assert dp.counters()["drops"]["vtep_unresolved"] == 3 and dp.counters()["overlay"]["arp_requests"] == 1
+
+
+def test_agent_solicits_at_start_up_after_route_changes_and_once_a_second(tmp_path, clock):
+    """The agent's side, with its uplink TAP replaced by a datagram socket
+    (one frame per write, header included) and its clock injected."""
+    import socket
+    from dataplane.agent import UPLINK_DOMAIN, UPLINK_PORT, Agent
+    gw = {"ip": GW_IP, "mac": GW_MAC, "subnet": "10.244.0.0/24"}
+    agent = Agent({"node": "n1", "netns": "-", "socket": str(tmp_path / "n1.sock"), "vnet": False,
+                   "gateway": gw, "pods": []}, clock=clock)
+    ours, wire = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    wire.setblocking(False)
+
+    class Uplink:
+        def fileno(self):
+            return ours.fileno()
+
+        def close(self):
+            ours.close()
+
+    def sent():
+        out = []
+        while True:
+            try:
+                out.append(wire.recv(65536))
+            except BlockingIOError:
+                return out
+    try:
+        agent.setup()
+        agent.dp.add_port(UPLINK_PORT, domain=UPLINK_DOMAIN)
+        agent.dp.overlay.configure(UPLINK_PORT, NODE_IP, NODE_MAC)
+        agent.uplink_tap = Uplink()
+        agent.dp.overlay.set_routes([{"name": "n2", "cidr": "10.244.1.0/24", "vtep": PEER_IP,
+                                      "inner_mac": REMOTE_GW_MAC}], local=gw["subnet"])
+        agent.solicit()                                        # what setup() does last with an uplink
+        [f] = sent()
+        assert is_who_has(f, PEER_IP)
+        clock.advance(0.5)
+        agent.route_add({"name": "n3", "cidr": "10.244.2.0/24", "vtep": PEER2_IP,
+                         "inner_mac": "0a:58:0a:f4:02:01"})
+        [f] = sent()                                           # the new VTEP at once, not n2's again
+        assert is_who_has(f, PEER2_IP)
+        clock.advance(0.5)
+        agent.solicit()                                        # the loop's round: n2 is due, n3 not
+        assert [Ether(f)[ARP].pdst for f in sent()] == [PEER_IP]
+        clock.advance(0.5)
+        agent.solicit()
+        assert [Ether(f)[ARP].pdst for f in sent()] == [PEER2_IP]
+        agent.dp.process(bytes(Ether(src=PEER_MAC, dst=NODE_MAC) / ARP(op=2, hwsrc=PEER_MAC, psrc=PEER_IP,
+                                                                       hwdst=NODE_MAC, pdst=NODE_IP)), UPLINK_PORT)
+        clock.advance(5)
+        agent.solicit()                                        # answered: only n3 is asked
+        assert [Ether(f)[ARP].pdst for f in sent()] == [PEER2_IP]
+    finally:
+        agent.close()
+        wire.close()
