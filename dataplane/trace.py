@@ -24,6 +24,7 @@ ETHERTYPES = {0x0800: "IPv4", 0x0806: "ARP", 0x86DD: "IPv6"}
 CT_KINDS = ["existing connection", "new connection", "expired entry deleted",
             "closing connection's tuple reused: new connection", "backend gone: connection ended"]
 CT_STATES = ["NEW", "ESTABLISHED", "FIN", "CLOSED"]
+TCP_FLAGS = "FSRPAUECN"              # scapy's letters, in bit order
 
 
 class TraceError(ValueError):
@@ -56,6 +57,9 @@ def build_frame(state, pod, dst, proto="tcp", sport=40000, flags="S", payload=b"
             raise TraceError(f"{proto} needs a destination port 1..65535: IP:PORT, got {dst!r}")
     if not 1 <= sport <= 65535:
         raise TraceError(f"source port must be 1..65535, got {sport}")
+    # checked here: scapy raises a bare ValueError (a traceback) on a letter it lacks
+    if proto == "tcp" and any(c not in TCP_FLAGS for c in flags):
+        raise TraceError(f"TCP flags are letters of {TCP_FLAGS} (e.g. S, SA, A, FA, R), got {flags!r}")
     subnet = ipaddress.IPv4Network(state["plan"]["nodes"][p["node"]]["subnet"])
     dmac = state["plan"]["nodes"][p["node"]]["gateway_mac"]
     if daddr in subnet:
