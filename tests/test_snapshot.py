@@ -258,3 +258,80 @@ def test_saving_is_cheap_when_idle(tmp_path, clock):
     assert s.save()
     gen = s._svc
     assert not s.save() and s._svc is gen
+
+
+def test_a_route_change_is_written_at_once(tmp_path, clock):
+    """tick() writes every `every` seconds if something changed, and at
+    once after a route change (here `every` is an hour: only the route
+    change can make it write)."""
+    d = busy(clock)
+    s = Snapshotter(d, tmp_path / "s", META, clock=clock, wall=clock, every=3600)
+    s.restore()
+    assert s.save()
+    d.process(bytes(Ether(src=A[1], dst=GW_MAC) / IP(src=A[0], dst=VIP) / UDP(sport=5001, dport=53)), A[2])
+    assert s.tick() is False                                       # a new connection waits for the interval
+    d.overlay.set_routes(SPEC_ROUTES, local="10.244.0.0/24")       # `podnet node remove ext`
+    assert s.tick() is True
+    assert [r["name"] for r in read(tmp_path / "s")[0]["routes"]] == ["n2"]
+    assert s.tick() is False
+
+
+def test_restart_resync_state_json_wins_over_the_snapshot(tmp_path):
+    """After a restart `podnet up` puts right what changed since the
+    snapshot: services and external nodes as state.json records them win
+    (dataplane.cluster._resync against a live agent's control socket)."""
+    import os
+    import threading
+    from dataplane.agent import UPLINK_DOMAIN, UPLINK_PORT, Agent
+    from dataplane.cluster import _resync
+    gw = {"ip": GW_IP, "mac": GW_MAC, "subnet": "10.244.0.0/24"}
+    sock = str(tmp_path / "n1.sock")
+    agent = Agent({"node": "n1", "netns": "-", "socket": sock, "vnet": False, "gateway": gw, "pods": []})
+    agent.setup()
+
+    class NullUplink:
+        fd = os.open(os.devnull, os.O_WRONLY)
+
+        def fileno(self):
+            return self.fd
+
+        def close(self):
+            os.close(self.fd)
+    agent.dp.add_port(UPLINK_PORT, domain=UPLINK_DOMAIN)
+    agent.dp.overlay.configure(UPLINK_PORT, NODE_IP, NODE_MAC)
+    agent.uplink_tap = NullUplink()
+    # what the agent restored from its snapshot, a second old
+    gone = {"name": "gone", "cidr": "10.250.1.0/24", "vtep": "172.30.250.8", "inner_mac": "0a:58:0a:fa:01:01"}
+    agent.dp.overlay.set_routes(SPEC_ROUTES + [gone], local=gw["subnet"])
+    agent.services_apply([{"vip": VIP, "port": 80, "protocol": "TCP", "backends": [[B[0], 8080]]},
+                          {"vip": VIP, "port": 81, "protocol": "TCP", "backends": [[B[0], 8080]]}], [])
+    # what state.json says now
+    entry = lambda port, backends: {"vip": VIP, "port": port, "protocol": "TCP", "backends": backends,
+                                    "load_balancing": "random", "affinity_timeout": 0}
+    state = {"nodes": {"n1": {"socket": sock}, "n2": {"socket": "unused"}}, "vni": 1,
+             "external": {"ext": {"name": "ext", "pod_cidr": EXT_ROUTE["cidr"], "vtep": EXT_IP,
+                                  "vtep_mac": EXT_ROUTE["inner_mac"]}},
+             "service_entries": [entry(80, [[C[0], 8080]]), entry(82, [[B[0], 8082]])]}
+    crashed = []
+
+    def run():
+        try:
+            agent.run()
+        except BaseException as e:
+            crashed.append(e)
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    try:
+        done = _resync(state, "n1")
+        assert done == "route to gone removed, route to ext added, 2 service ports updated, 1 removed"
+        routes = {r["name"]: (r["cidr"], r["vtep"], r["inner_mac"]) for r in agent.dp.overlay.routes()}
+        assert routes == {"n2": ("10.244.1.0/24", PEER_IP, "0a:58:0a:f4:01:01"),
+                          "ext": (EXT_ROUTE["cidr"], EXT_IP, EXT_ROUTE["inner_mac"])}
+        assert {(s["port"], tuple(map(tuple, s["backends"]))) for s in agent.dp.services.list()} == \
+            {(80, ((C[0], 8080),)), (82, ((B[0], 8082),))}
+        assert _resync(state, "n1") == ""                          # in agreement: nothing to do
+        assert not crashed
+    finally:
+        agent.stop = True
+        t.join(5)
+        agent.close()
