@@ -1,0 +1,203 @@
+"""The README's benchmark tables, rendered from bench/results/*.json, so every
+figure the README quotes is one a committed results file holds. Each figure
+is the median over the rounds with the min-max beside it; a target counts as
+met only when the whole spread meets it.
+
+    python bench/tables.py            # print the tables (markdown)
+    python bench/tables.py --check    # exit 1 if README.md's copy differs
+
+README.md holds each table between `<!-- bench:NAME -->` and
+`<!-- /bench:NAME -->`; tests/test_readme_figures.py runs the check.
+"""
+import json
+import re
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+README = HERE.parent / "README.md"
+
+
+def load(name):
+    return json.loads((RESULTS / f"{name}.json").read_text())
+
+
+def fig(s, scale=1.0, digits=1, unit=""):
+    """'median (min–max)' of a spread."""
+    if not s:
+        return "–"
+    f = f"{{:,.{digits}f}}"
+    return f"{f.format(s['median'] * scale)}{unit} ({f.format(s['min'] * scale)}–{f.format(s['max'] * scale)})"
+
+
+def target(s, op, bound, scale=1.0):
+    """'met' only if every round meets the bound; else how many rounds did."""
+    if not s:
+        return "–"
+    ok = [(v * scale >= bound) if op == ">=" else (v * scale <= bound) for v in s["values"]]
+    return "met" if all(ok) else f"**not met** ({sum(ok)} of {len(ok)} rounds)"
+
+
+def machine_line(doc):
+    m = doc["machine"]
+    return (f"{m['cpu']}, {m['cores']} vCPU, kernel {m['kernel']}, Python {m['python']}, "
+            f"Cython {m['cython']}; {doc['date']}")
+
+
+def stages():
+    d = load("stages")
+    ins = load("instructions")["results"]
+    s = d["summary"]
+    rows = [("bridge (learn + forward)", "bridge", "bridge", [(">=", 50, "≥ 50 M"), ("ratio", 300, "≥ 300×")]),
+            ("bridge, burst 32", "bridge_burst32", None, []),
+            ("bridge, burst 1", "bridge_burst1", None, []),
+            ("VXLAN encap (parse, route, encap)", "vxlan_encap", "vxlan_encap", [(">=", 40, "≥ 40 M")]),
+            ("VXLAN decap (checks, decap, route, FDB)", "vxlan_decap", "vxlan_decap", [(">=", 40, "≥ 40 M")]),
+            ("ClusterIP DNAT, established, 10 services", "dnat_established_10", "dnat_established",
+             [(">=", 20, "≥ 20 M")]),
+            ("ClusterIP DNAT, established, 100k services", "dnat_established_100000", None, [(">=", 20, "≥ 20 M")]),
+            ("ClusterIP DNAT, new flows, 10 services", "dnat_new_flows_10", "dnat_new_flows", [(">=", 5, "≥ 5 M/s")]),
+            ("ClusterIP DNAT, new flows, 100k services", "dnat_new_flows_100000", None, [(">=", 5, "≥ 5 M/s")])]
+    out = [f"{d['rounds']} rounds, each a fresh process; {machine_line(d)}.", "",
+           "| stage | Mpps: copy-in + stage | Mpps: stage alone | dpkt version, Mpps | × dpkt (same round) "
+           "| instructions/packet (callgrind; DNAT at 1,000 services) | target: met? |",
+           "|---|---|---|---|---|---|---|"]
+    for label, key, ikey, targets in rows:
+        m = s[key]
+        t = []
+        for op, bound, text in targets:
+            if op == "ratio":
+                t.append(f"{text}: {target(m['ratio_vs_python'], '>=', bound)}")
+            else:
+                t.append(f"{text}: {target(m['fast_mpps'], op, bound)}")
+        out.append(f"| {label} | {fig(m['fast_mpps'])} | {fig(m['net_mpps'])} | {fig(m['python_mpps'], digits=3)} "
+                   f"| {fig(m['ratio_vs_python'], digits=0)}× | {ins[ikey] if ikey else ''} | {'; '.join(t)} |")
+    sc = d["scaling"]
+    out += ["", "| cost per packet, 100k services over 10 | median (min–max) | target: met? |", "|---|---|---|",
+            f"| established flows | {fig(sc['dnat_established_100000_vs_10'], digits=2)}× "
+            f"| ≤ 1.3×: {target(sc['dnat_established_100000_vs_10'], '<=', 1.3)} |",
+            f"| new flows | {fig(sc['dnat_new_flows_100000_vs_10'], digits=2)}× | |"]
+    return "\n".join(out)
+
+
+def pods():
+    d = load("pods")
+    s, r = d["summary"], d["ratios"]
+    labels = {"kernel": "same node: Linux bridge + veth", "tapfwd": "same node: minimal C TAP forwarder, vnet hdr",
+              "podnet": "same node: **podnet**"}
+    out = [f"{d['rounds']} interleaved rounds of {d['seconds']} s per figure; {machine_line(d)}.", "",
+           "| path | TCP 1 stream, Gbit/s | TCP 4 streams | UDP 64 B, k frames/s received | UDP 64 B, k frames/s forwarded |",
+           "|---|---|---|---|---|"]
+    for p in ("kernel", "tapfwd", "podnet"):
+        out.append(f"| {labels[p]} | {fig(s['tcp1'][p]['gbps'])} | {fig(s['tcp4'][p]['gbps'])} "
+                   f"| {fig(s['udp64'][p]['rx_pps'], 1e-3, 0)} | {fig(s['udp64'][p].get('forwarded_pps'), 1e-3, 0)} |")
+    out += ["", "| ratio (within each round) | median (min–max) | target: met? |", "|---|---|---|",
+            f"| podnet / kernel, TCP 1 stream | {fig(r['podnet_vs_kernel_tcp1'], digits=2)} "
+            f"| ≥ 0.9: {target(r['podnet_vs_kernel_tcp1'], '>=', 0.9)} |",
+            f"| podnet / kernel, TCP 4 streams | {fig(r['podnet_vs_kernel_tcp4'], digits=2)} "
+            f"| ≥ 0.9: {target(r['podnet_vs_kernel_tcp4'], '>=', 0.9)} |",
+            f"| podnet / C forwarder, TCP 1 stream | {fig(r['podnet_vs_tapfwd_tcp1'], digits=2)} | |",
+            f"| podnet / C forwarder, TCP 4 streams | {fig(r['podnet_vs_tapfwd_tcp4'], digits=2)} | |",
+            f"| podnet / C forwarder, UDP received | {fig(r['podnet_vs_tapfwd_udp64_rx'], digits=2)} "
+            f"| ≥ 1.2: {target(r['podnet_vs_tapfwd_udp64_rx'], '>=', 1.2)} |",
+            f"| podnet / C forwarder, UDP forwarded | {fig(r['podnet_vs_tapfwd_udp64_forwarded'], digits=2)} "
+            f"| ≥ 1.2: {target(r['podnet_vs_tapfwd_udp64_forwarded'], '>=', 1.2)} |",
+            "", f"The agent's own code (user time) took {fig(s['tcp1']['podnet']['agent_user_share'], 100, 0)} % "
+            f"of its CPU time under 1-stream TCP and {fig(s['tcp4']['podnet']['agent_user_share'], 100, 0)} % "
+            f"under 4 streams; the rest is the kernel's TAP reads and writes. It moved "
+            f"{d['agent']['frames_per_burst']:.1f} frames per wakeup over the whole run."]
+    return "\n".join(out)
+
+
+def overlay():
+    d = load("overlay")
+    s, r = d["summary"], d["ratios"]
+    labels = {"kernel": "across nodes: Linux vxlan (flannel.1) + bridges", "podnet": "across nodes: **podnet** (UDP-tunnel GSO)"}
+    out = [f"{d['rounds']} interleaved rounds of {d['seconds']} s per figure; {machine_line(d)}.", "",
+           "| path | TCP 1 stream, Gbit/s | TCP 4 streams | UDP 64 B, k frames/s received |", "|---|---|---|---|"]
+    for p in ("kernel", "podnet"):
+        out.append(f"| {labels[p]} | {fig(s['tcp1'][p]['gbps'])} | {fig(s['tcp4'][p]['gbps'])} "
+                   f"| {fig(s['udp64'][p]['rx_pps'], 1e-3, 0)} |")
+    out += ["", "| ratio (within each round) | median (min–max) | target: met? |", "|---|---|---|",
+            f"| podnet / kernel, TCP 1 stream | {fig(r['podnet_vs_kernel_tcp1'], digits=2)} "
+            f"| ≥ 0.9: {target(r['podnet_vs_kernel_tcp1'], '>=', 0.9)} |",
+            f"| podnet / kernel, TCP 4 streams | {fig(r['podnet_vs_kernel_tcp4'], digits=2)} "
+            f"| ≥ 0.9: {target(r['podnet_vs_kernel_tcp4'], '>=', 0.9)} |",
+            f"| podnet / kernel, UDP received | {fig(r['podnet_vs_kernel_udp64_rx'], digits=2)} | |"]
+    return "\n".join(out)
+
+
+def services():
+    d = load("services_e2e")
+    s, r, c = d["summary"], d["ratios"], d["control"]
+    out = [f"{d['rounds']} interleaved rounds of {d['seconds']} s per figure; {machine_line(d)}.", "",
+           "| path | TCP 1 stream, Gbit/s | TCP 4 streams |", "|---|---|---|",
+           f"| pod → ClusterIP: kernel iptables DNAT | {fig(s['tcp1']['iptables']['gbps'])} "
+           f"| {fig(s['tcp4']['iptables']['gbps'])} |",
+           f"| pod → ClusterIP: **podnet** | {fig(s['tcp1']['podnet']['gbps'])} | {fig(s['tcp4']['podnet']['gbps'])} |",
+           f"| podnet / iptables (within each round) | {fig(r['podnet_vs_iptables_tcp1'], digits=2)} "
+           f"| {fig(r['podnet_vs_iptables_tcp4'], digits=2)} |",
+           "", "| control plane | median (min–max) | target: met? |", "|---|---|---|",
+           f"| 10,000 services × 10 endpoints into a running agent (socket) | {fig(c['apply_10k_x10_socket_s'], digits=2)} s "
+           f"| < 1 s: {target(c['apply_10k_x10_socket_s'], '<=', 1.0)} |",
+           f"| one service update, median of 30 | {fig(c['one_update_ms_median'], digits=2)} ms "
+           f"| < 10 ms: {target(c['one_update_ms_median'], '<=', 10)} |",
+           f"| one service update, worst of 30 | {fig(c['one_update_ms_max'], digits=1)} ms "
+           f"| < 10 ms: {target(c['one_update_ms_max'], '<=', 10)} |",
+           f"| the same 10k through `podnet apply -f` (20,000 manifests) | "
+           f"{fig(c['podnet_apply_10k_x10_manifest_s'], digits=1)} s | |"]
+    return "\n".join(out)
+
+
+def connect():
+    d = load("connect_latency")
+    sizes = sorted(d["podnet"], key=int)
+    out = [f"{d['rounds']} interleaved rounds of {d['connects']} connects per figure (each figure a round's median); "
+           f"{machine_line(d)}.", "",
+           "| services | " + " | ".join(f"{int(n):,}" for n in sizes) + " | growth, smallest → largest |",
+           "|---" * (len(sizes) + 2) + "|"]
+    for p, label in (("podnet", "podnet (hash map + conntrack), µs"), ("iptables", "iptables DNAT rules, µs")):
+        out.append(f"| {label} | " + " | ".join(fig(d[p][n]["median_us"], digits=0) for n in sizes)
+                   + f" | {fig(d['growth'][p], digits=2)}× |")
+    out.append("| podnet / iptables | " + " | ".join(fig(d["podnet_vs_iptables"][n], digits=2) for n in sizes) + " | |")
+    return "\n".join(out)
+
+
+TABLES = {"stages": stages, "pods": pods, "overlay": overlay, "services": services, "connect": connect}
+
+
+def render():
+    return {name: f() for name, f in TABLES.items()}
+
+
+def readme_blocks(text):
+    return {m.group(1): m.group(2).strip("\n")
+            for m in re.finditer(r"<!-- bench:(\w+) -->\n(.*?)<!-- /bench:\1 -->", text, re.S)}
+
+
+def update_readme():
+    text = README.read_text()
+    for name, body in render().items():
+        text, n = re.subn(rf"(<!-- bench:{name} -->\n).*?(<!-- /bench:{name} -->)",
+                          lambda m: m.group(1) + body + "\n" + m.group(2), text, flags=re.S)
+        if not n:
+            print(f"README.md has no bench:{name} block", file=sys.stderr)
+    README.write_text(text)
+
+
+def main(argv):
+    if "--write" in argv:
+        return update_readme()
+    if "--check" in argv:
+        have, want = readme_blocks(README.read_text()), render()
+        bad = [n for n in want if have.get(n) != want[n]]
+        for n in bad:
+            print(f"README.md's bench:{n} table differs from bench/results (python bench/tables.py --write)")
+        return 1 if bad else 0
+    for name, body in render().items():
+        print(f"<!-- bench:{name} -->\n{body}\n<!-- /bench:{name} -->\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
