@@ -178,7 +178,11 @@ cdef inline int gw_ip4(gw_t *g, pkt_t *pk) noexcept nogil:
         if n.state == NEIGH_NONE or dst == (g.net | ~g.mask):
             return -DROP_NO_NEIGH
         memcpy(pk.data, n.mac, 6)
-    memcpy(pk.data + 6, g.mac, 6)
+        memcpy(pk.data + 6, g.mac, 6)
+    # A frame for another node keeps its source MAC here: ov_encap writes both
+    # inner MACs, and when the frame is too big for the overlay the ICMP
+    # fragmentation-needed goes back to that source MAC (it went to the
+    # gateway's own MAC, so the pod never heard it and path MTU discovery failed).
     old = get16(ip + 8)
     ip[8] -= 1
     csum_update16(ip + 10, old, get16(ip + 8))

@@ -76,3 +76,51 @@ def podnet(*args, check=True):
     if check:
         assert r.returncode == 0, r.stderr
     return r
+
+
+def wait_until(cond, timeout=10.0, what="condition", every=0.05):
+    """Poll cond() until it is true; AssertionError naming what after timeout s."""
+    import time
+    end = time.monotonic() + timeout
+    while True:
+        if cond():
+            return
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(every)
+
+
+def wait_listening(state, pod, port, proto="tcp", timeout=10.0):
+    """Wait (bounded) until a socket in pod listens on port: `ss -ltn` / `ss -lun`."""
+    flag = {"tcp": "-ltnH", "udp": "-lunH"}[proto]
+
+    def listening():
+        out = in_pod(state, pod, "ss", flag, f"sport = :{port}", check=False).stdout
+        return any(line.split()[3].endswith(f":{port}") for line in out.splitlines() if len(line.split()) > 3)
+    wait_until(listening, timeout, f"{proto} port {port} listening in pod {pod}")
+
+
+@contextlib.contextmanager
+def tcpdump(netns, iface, pcap, *args, timeout=10.0):
+    """tcpdump -U -w pcap on iface in netns (extra args: -c N, a filter),
+    yielded once it says "listening on" (the capture is open), ended on exit
+    if it has not finished by itself. The caller waits for it (proc.wait)."""
+    import select
+    import time
+    proc = subprocess.Popen(["ip", "netns", "exec", netns, "tcpdump", "-U", "-i", iface, "-w", str(pcap), *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        end, seen = time.monotonic() + timeout, ""
+        while "listening on" not in seen:
+            left = end - time.monotonic()
+            if left <= 0 or proc.poll() is not None:
+                raise AssertionError(f"tcpdump did not start listening within {timeout} s: {seen}")
+            r, _, _ = select.select([proc.stderr], [], [], left)
+            if r:
+                seen += proc.stderr.readline()
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        proc.stderr.close()
