@@ -149,3 +149,39 @@ def test_expired_entries_are_dropped_on_lookup(dp, clock):
     # and the next datagram is a new flow
     through(dp, udp_to_vip(), A[2], B[2])
     assert state(dp) == "unreplied" and dp.counters()["conntrack"]["inserts"] == 3
+
+
+def test_the_agent_loop_sweeps_expired_connections(tmp_path, clock):
+    """Nothing looks the entry up again: the agent's loop sweeps it (once a
+    second) once its clock has passed the timeout. Waits for the loop's
+    first round (its first snapshot) and for the sweep itself, bounded."""
+    import threading
+    import time
+    from dataplane.agent import Agent
+    agent = Agent({"node": "n1", "netns": "-", "socket": str(tmp_path / "n1.sock"), "vnet": False, "pods": [],
+                   "gateway": {"ip": GW_IP, "mac": GW_MAC, "subnet": "10.244.0.0/24"}, "conntrack_capacity": 64},
+                  clock=clock)
+    agent.setup()
+    d = agent.dp
+    for ip, mac, port in (A, B):
+        d.add_port(port)
+        d.gateway.add_neighbor(ip, mac)
+        d.process(bytes(Ether(src=mac, dst="ff:ff:ff:ff:ff:ff") / ARP(hwsrc=mac, psrc=ip, pdst=GW_IP)), port)
+    agent.services_apply([{"vip": VIP, "port": 53, "protocol": "UDP", "backends": [[B[0], 5353]]}], [])
+    through(d, udp_to_vip(), A[2], B[2])
+    clock.advance(30 - EPS)                                  # not yet due: the loop's sweeps leave it
+    t = threading.Thread(target=agent.run, daemon=True)
+    t.start()
+    try:
+        deadline = time.monotonic() + 5
+        while agent.snapshots.writes == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)                                 # the first round of the loop has run
+        assert len(d.conntrack) == 1
+        clock.advance(EPS + 1)                               # due, and a sweep interval on
+        while len(d.conntrack) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(d.conntrack) == 0 and d.counters()["conntrack"]["expired"] == 1
+    finally:
+        agent.stop = True
+        t.join(5)
+        agent.close()
