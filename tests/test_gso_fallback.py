@@ -96,10 +96,10 @@ def namespaces(tmp_path):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
-def agent_config(tmp_path, names):
+def agent_config(tmp_path, names, vnet=True):
     return {
         "node": "n1", "cluster": PREFIX, "netns": names["node"], "socket": str(tmp_path / "n1.sock"),
-        "vnet": True, "burst": 64, "gateway": GW,
+        "vnet": vnet, "burst": 64, "gateway": GW,
         "pods": [{"name": "p1", "netns": names["pod"], "ip": POD_IP, "mac": POD_MAC, "prefixlen": 24,
                   "mtu": 1450}],
         "uplink": {"fabric_netns": names["fabric"], "ifname": UPLINK_IF, "bridge": "br-fabric", "mtu": 1500,
@@ -110,7 +110,7 @@ def agent_config(tmp_path, names):
     }
 
 
-@pytest.mark.parametrize("kernel", ["refuses-tunnel-gso", "takes-tunnel-gso"])
+@pytest.mark.parametrize("kernel", ["refuses-tunnel-gso", "takes-tunnel-gso", "plain"])
 def test_uplink_gso_path_and_pod_offloads(tmp_path, namespaces, monkeypatch, kernel):
     from dataplane.agent import UPLINK_PORT, Agent
     asked = []
@@ -125,20 +125,25 @@ def test_uplink_gso_path_and_pod_offloads(tmp_path, namespaces, monkeypatch, ker
     monkeypatch.setattr(device.fcntl, "ioctl", ioctl)
 
     fabric = packet_socket(namespaces["fabric"], "pnimtap1")
-    agent = Agent(agent_config(tmp_path, namespaces))
+    agent = Agent(agent_config(tmp_path, namespaces, vnet=kernel != "plain"))
     try:
         with device.in_netns(namespaces["node"]):
             agent.setup()
-        refused = kernel == "refuses-tunnel-gso"
-        assert asked[0] == device.UPLINK_OFFLOADS                          # the tunnel bits were asked for
+        refused = kernel != "takes-tunnel-gso"
         st = agent.status()
         up = agent.uplink_tap
-        if refused:
+        if kernel == "plain":                                           # `podnet up --plain`: no vnet headers
+            assert asked == [] and st["gso_path"] == "plain" and st["overlay"]["gso"] == "none"
+            assert (up.vnet_len, up.offloads, agent.dp.port_vnet(UPLINK_PORT)) == (0, 0, 0)
+            assert agent.taps[0].offloads == st["offloads"] == 0
+        else:
+            assert asked[0] == device.UPLINK_OFFLOADS                      # the tunnel bits were asked for
+        if kernel == "refuses-tunnel-gso":
             assert st["gso_path"] == "mtu-frames" and st["overlay"]["gso"] == "none"
             assert (up.vnet_len, up.offloads) == (12, device.TUN_F_CSUM)  # checksum offload only
             assert agent.dp.port_vnet(UPLINK_PORT) == 12
             assert agent.taps[0].offloads == st["offloads"] == device.TUN_F_CSUM      # pods: no TSO
-        else:
+        elif kernel == "takes-tunnel-gso":
             assert st["gso_path"] == "udp-tunnel-gso" and st["overlay"]["gso"] == "udp-tunnel-gso"
             assert (up.vnet_len, up.offloads) == (24, device.UPLINK_OFFLOADS)
             assert agent.dp.port_vnet(UPLINK_PORT) == 24

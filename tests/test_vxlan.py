@@ -426,3 +426,39 @@ def test_agent_solicits_at_start_up_after_route_changes_and_once_a_second(tmp_pa
     finally:
         agent.close()
         wire.close()
+
+
+def test_24_bit_vni_both_ways(clock):
+    """The whole 24-bit VNI is written and checked (a VNI that differs only
+    in its top or bottom byte is someone else's)."""
+    vni = 0xABCDEF
+    dp = Dataplane(nslots=16, clock=clock)
+    dp.add_port(0)
+    dp.add_port(UPLINK, domain=4095)
+    dp.gateway.configure(GW_IP, GW_MAC, "10.244.0.0/24")
+    dp.gateway.add_neighbor(*POD)
+    dp.overlay.configure(UPLINK, NODE_IP, NODE_MAC, vni=vni)
+    dp.overlay.set_routes([{"cidr": "10.244.1.0/24", "vtep": PEER_IP, "inner_mac": REMOTE_GW_MAC,
+                            "vtep_mac": PEER_MAC}], local="10.244.0.0/24")
+    dp.process(bytes(Ether(src=POD[1], dst="ff:ff:ff:ff:ff:ff") / ARP(psrc=POD[0], pdst="10.244.0.9")), 0)
+    [(_, out)] = dp.process(bytes(from_pod()), 0)
+    check_encapsulation(out, from_pod(), vni=vni)
+    assert out[14 + 20 + 8:14 + 20 + 16] == bytes([0x08, 0, 0, 0, 0xAB, 0xCD, 0xEF, 0])   # reserved bytes 0
+    assert [p for p, _ in dp.process(vxlan_in(REMOTE_INNER, vni=vni), UPLINK)] == [0]
+    for other in (0x00CDEF, 0xABCD00, 0xABCDEE):
+        assert dp.process(vxlan_in(REMOTE_INNER, vni=other), UPLINK) == []
+    assert dp.counters()["drops"]["vxlan_vni"] == 3
+    with pytest.raises(ValueError, match="VNI"):
+        dp.overlay.configure(UPLINK, NODE_IP, NODE_MAC, vni=1 << 24)
+
+
+def test_pod_mtu_is_fabric_mtu_less_50_with_jumbo_frames(clock):
+    dp = make(clock, mtu=9000)
+    fits = from_pod(l4=UDP(sport=1, dport=2) / (b"x" * (8950 - 28)), flags="DF")
+    [(port, out)] = dp.process(bytes(fits), 0)
+    assert port == UPLINK and len(out) == 14 + 9000                  # a full fabric frame
+    check_encapsulation(out, fits)
+    big = from_pod(l4=UDP(sport=1, dport=2) / (b"x" * (8951 - 28)), flags="DF")
+    [(port, out)] = dp.process(bytes(big), 0)
+    e = Ether(out)
+    assert port == 0 and (e[ICMP].type, e[ICMP].code, e[ICMP].nexthopmtu) == (3, 4, 8950)
