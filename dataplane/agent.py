@@ -321,14 +321,14 @@ class Agent:
                              f"(ports {self.io.capture_info()['ports']})")
         self.io.capture_start([port], bufsize=args.get("buffer", 4 << 20),
                               snaplen=args.get("snaplen", 65535))
-        self.capture_seen = time.monotonic()
+        self.capture_seen = self.clock()
         return self.io.capture_info()
 
     def capture_read(self):
         info = self.io.capture_info()
         if not info["running"]:
             raise ValueError(f"no capture is running on node {self.node}")
-        self.capture_seen = time.monotonic()
+        self.capture_seen = self.clock()
         frames = [{"ts_ns": t, "port": p, "dir": "rx" if d == 0 else "tx", "len": n, "data": b.hex()}
                   for t, p, d, n, b in self.io.capture_read()]
         return {"frames": frames, "lost": info["lost"]}
@@ -356,7 +356,7 @@ class Agent:
     # ---- the loop ------------------------------------------------------
 
     def run(self):
-        next_age = time.monotonic() + AGE_EVERY
+        next_age = self.clock() + AGE_EVERY
         while not self.stop:
             for fd in self.io.poll(200):
                 m = self.metrics
@@ -365,7 +365,7 @@ class Agent:
                 for a in added:
                     self.io.watch(a)
                 # closed fds left epoll by themselves
-            now = time.monotonic()
+            now = self.clock()
             if self.capture_seen and now - self.capture_seen > CAPTURE_IDLE:
                 self.capture_stop()
             if now >= next_age:

@@ -50,7 +50,13 @@ def run(node, port, path, count=None, timeout=None, snaplen=65535, progress=None
                     for fr in r["frames"]:
                         if count is not None and written >= count:
                             break
-                        w.writepkt(bytes.fromhex(fr["data"]), ts=fr["ts_ns"] / 1e9)
+                        data = bytes.fromhex(fr["data"])
+                        # Not w.writepkt(): it records the kept length as the wire
+                        # length too (a frame cut to snaplen would claim to be
+                        # snaplen bytes long) and takes the time as a float, which
+                        # cannot hold nanoseconds since 1970. dpkt's own packer.
+                        f.write(w._pack_hdr(fr["ts_ns"] // 10**9, fr["ts_ns"] % 10**9, len(data), fr["len"])
+                                + data)
                         written += 1
                     f.flush()
                     if progress and r["frames"]:
