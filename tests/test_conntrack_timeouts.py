@@ -139,7 +139,8 @@ def test_expired_entries_are_dropped_on_lookup(dp, clock):
     clock.advance(10)
     assert dp.process(to_vip("A", payload=b"late"), A[2]) == []      # mid-stream, no connection
     c = dp.counters()
-    assert c["drops"]["conntrack_invalid"] == 1 and c["conntrack"]["expired"] == 1 and len(dp.conntrack) == 0
+    assert c["drops"]["conntrack_invalid"] == 1 and c["conntrack"]["invalid"] == 1
+    assert c["conntrack"]["expired"] == 1 and len(dp.conntrack) == 0
     # a UDP flow past its 30 s: the reply is not un-NATed any more, the entry goes
     through(dp, udp_to_vip(), A[2], B[2])
     clock.advance(30)

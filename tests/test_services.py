@@ -357,5 +357,7 @@ def test_agent_backend_removal_touches_only_the_changed_ports(tmp_path):
         # deleting a service port ends its connections, and only its own
         assert agent.services_apply([], [{"vip": VIP, "port": 54, "protocol": "UDP"}])["conntrack_deleted"] == 1
         assert {c["service"] for c in d.conntrack_dump()} == {f"{VIP}:81", f"{VIP}:53"}
+        ct = d.counters()["conntrack"]
+        assert (ct["deleted"], ct["entries"], ct["inserts"]) == (2, 2, 5)     # UDP :53 and :54 by the agent
     finally:
         agent.close()
