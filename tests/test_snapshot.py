@@ -335,3 +335,26 @@ def test_restart_resync_state_json_wins_over_the_snapshot(tmp_path):
         agent.stop = True
         t.join(5)
         agent.close()
+
+
+def test_a_clean_stop_writes_the_snapshot(tmp_path, clock):
+    """Agent.close() (SIGTERM) saves at once, services included, even with
+    nothing due: the next agent starts from the state at the stop."""
+    from dataplane.agent import Agent
+    gw = {"ip": GW_IP, "mac": GW_MAC, "subnet": "10.244.0.0/24"}
+    agent = Agent({"node": "n1", "cluster": "pnrs", "netns": "-", "socket": str(tmp_path / "n1.sock"),
+                   "vnet": False, "gateway": gw, "pods": []}, clock=clock)
+    agent.setup()
+    try:
+        d = agent.dp
+        for ip, mac, port in (A, B):
+            d.add_port(port)
+            d.gateway.add_neighbor(ip, mac)
+        agent.services_apply([{"vip": VIP, "port": 80, "protocol": "TCP", "backends": [[B[0], 8080]]}], [])
+        d.process(tcp(A, VIP, 40000, 80, "S"), A[2])
+        assert not (tmp_path / "n1.snapshot").exists()
+    finally:
+        agent.close()
+    head, tables = read(tmp_path / "n1.snapshot")
+    assert (head["node"], head["conntrack"]["count"]) == ("n1", 1)
+    assert [(s["vip"], s["port"], s["backends"]) for s in head["services"]] == [(VIP, 80, [[B[0], 8080]])]
