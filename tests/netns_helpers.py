@@ -124,3 +124,17 @@ def tcpdump(netns, iface, pcap, *args, timeout=10.0):
             proc.kill()
         proc.wait()
         proc.stderr.close()
+
+
+def read_json_line(proc, timeout=20.0):
+    """The next line of proc's stdout (text mode) as JSON, within timeout s."""
+    import json
+    import select
+    r, _, _ = select.select([proc.stdout], [], [], timeout)
+    if not r:
+        raise AssertionError(f"no line from pid {proc.pid} within {timeout} s")
+    line = proc.stdout.readline()
+    if not line:
+        proc.wait(timeout=5)
+        raise AssertionError(f"pid {proc.pid} exited ({proc.returncode}): {proc.stderr.read() if proc.stderr else ''}")
+    return json.loads(line)

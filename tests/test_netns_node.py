@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from netns_helpers import agent, cluster_env, in_pod, py_in_pod, running_cluster, spawn_in_pod
+from netns_helpers import agent, cluster_env, in_pod, py_in_pod, running_cluster, spawn_in_pod, wait_listening
 
 SPEC = """
 cluster: {name: pntest, podCIDR: 10.250.0.0/16, serviceCIDR: 10.97.0.0/16}
@@ -143,8 +143,8 @@ print(acks)
 
 def test_udp_between_pods(cl):
     srv = spawn_in_pod(cl, "c", UDP_SERVER, 7002, 200)
-    time.sleep(0.3)
     try:
+        wait_listening(cl, "c", 7002, "udp")
         r = py_in_pod(cl, "a", UDP_CLIENT, "10.250.0.4", 7002, 200, timeout=30)
         out, _ = srv.communicate(timeout=20)
     finally:

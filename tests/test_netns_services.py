@@ -4,12 +4,14 @@ spreads over backends on both nodes and hears back from the ClusterIP;
 session affinity pins a backend; endpoints change live; UDP keeps flowing
 when its backend is replaced; hairpin; a service without endpoints rejects."""
 import json
+import subprocess
+import sys
 import textwrap
-import time
 
 import pytest
 
-from netns_helpers import agent, pod_ip, podnet, py_in_pod, running_cluster, spawn_in_pod
+from netns_helpers import (agent, pod_ip, podnet, py_in_pod, read_json_line, running_cluster, spawn_in_pod,
+                           wait_listening, wait_until)
 
 SPEC = """
 cluster: {name: pnsvc, podCIDR: 10.243.0.0/16, serviceCIDR: 10.94.0.0/16, fabricCIDR: 172.30.241.0/24}
@@ -78,7 +80,9 @@ def svc(tmp_path_factory):
     with running_cluster(tmp, SPEC) as st:
         servers = [spawn_in_pod(st, p, SERVER, st["plan"]["pods"][p]["ip"]) for p in ("w1", "w2", "x2")]
         try:
-            time.sleep(0.5)
+            for p in ("w1", "w2", "x2"):
+                wait_listening(st, p, 8080, "tcp")
+                wait_listening(st, p, 5353, "udp")
             yield st, tmp
         finally:
             for s in servers:
@@ -173,7 +177,10 @@ def test_udp_keeps_flowing_when_its_backend_is_replaced(svc):
     try:
         podnet("apply", "-f", slice_manifest(tmp, "web-u", "web", [pod_ip(st, "w1")]))
         client = spawn_in_pod(st, "c1", UDP_CLIENT, vip(st, "web"), 53, 3.0, 41000)
-        time.sleep(1.2)
+        # the flow is pinned to w1 and answered before the backend is replaced
+        wait_until(lambda: any(c["client"] == f"{pod_ip(st, 'c1')}:41000" and c["state"] == "replied"
+                               and c["backend"] == f"{pod_ip(st, 'w1')}:5353" for c in agent(st, "n1", "conntrack")),
+                   timeout=2.5, what="the UDP flow answered by w1")
         podnet("apply", "-f", slice_manifest(tmp, "web-u", "web", [pod_ip(st, "x2")]))   # replace the backend
         out = json.loads(client.communicate(timeout=30)[0])
     finally:
@@ -183,6 +190,107 @@ def test_udp_keeps_flowing_when_its_backend_is_replaced(svc):
     who = [o[2] for o in answered]
     assert who[0] == pod_ip(st, "w1") and who[-1] == pod_ip(st, "x2")   # same client port, new backend
     assert all((o[0], o[1]) == (vip(st, "web"), 53) for o in answered)
+
+
+ECHO = """
+import socket, sys, threading
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1]))); s.listen(16)
+def serve(c):
+    while True:
+        d = c.recv(65536)
+        if not d:
+            break
+        c.sendall(d)
+while True:
+    threading.Thread(target=serve, args=(s.accept()[0],), daemon=True).start()
+"""
+
+# One connection per NAME=VIP argument (port 80), kept open; prints their
+# client ports, then for each NAME read on stdin sends 100 bytes on that
+# connection and prints whether they came back.
+CONNS = """
+import json, socket, sys
+conns = {}
+for arg in sys.argv[1:]:
+    name, ip = arg.split("=")
+    conns[name] = socket.create_connection((ip, 80), timeout=5)
+def echo(name):
+    s, got = conns[name], b""
+    try:
+        s.sendall(b"x" * 100)
+        while len(got) < 100:
+            d = s.recv(100 - len(got))
+            if not d:
+                return {"error": "closed"}
+            got += d
+        return {"ok": True}
+    except OSError as e:
+        return {"error": type(e).__name__}
+print(json.dumps({n: s.getsockname()[1] for n, s in conns.items()}), flush=True)
+for line in sys.stdin:
+    print(json.dumps(echo(line.strip())), flush=True)
+"""
+
+
+def test_a_change_to_one_service_leaves_the_others_connections_and_resets_its_own(svc):
+    """Two services with the same backend (w2:9090), a connection through
+    each. Replacing one service's backend touches only that service port:
+    the other connection carries on; this one's next segment gets a RST."""
+    st, tmp = svc
+    keep_ip, change_ip, w2 = "10.94.0.200", "10.94.0.201", pod_ip(st, "w2")
+    port = (("tcp", 9090, "TCP"),)
+    two = tmp / "two.json"                      # the services and their slices, one List
+    two.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "default"},
+         "spec": {"clusterIP": ip, "ports": [{"name": "tcp", "port": 80, "targetPort": 9090}]}}
+        for name, ip in (("keep", keep_ip), ("change", change_ip))] + [
+        json.loads(open(slice_manifest(tmp, f"{n}-1", n, [w2], port)).read()) for n in ("keep", "change")]}))
+    echo = spawn_in_pod(st, "w2", ECHO, 9090)
+    client = None
+    try:
+        wait_listening(st, "w2", 9090)
+        podnet("apply", "-f", str(two))
+        client = subprocess.Popen(["ip", "netns", "exec", f"{st['cluster']}-pod-c1", sys.executable, "-c",
+                                   textwrap.dedent(CONNS), f"keep={keep_ip}", f"change={change_ip}"],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        sport = read_json_line(client)
+
+        def send(name):
+            client.stdin.write(name + "\n")
+            client.stdin.flush()
+            return read_json_line(client)
+
+        def conns():
+            return {n: [c for c in agent(st, "n1", "conntrack")
+                        if c["client"] == f"{pod_ip(st, 'c1')}:{p}" and c["proto"] == "TCP"] for n, p in sport.items()}
+        assert send("keep") == {"ok": True} and send("change") == {"ok": True}
+        ct = conns()
+        assert {n: [(c["service"], c["backend"], c["state"], c["dead"]) for c in ct[n]] for n in ct} == {
+            "keep": [(f"{keep_ip}:80", f"{w2}:9090", "established", False)],
+            "change": [(f"{change_ip}:80", f"{w2}:9090", "established", False)]}
+        rejected = agent(st, "n1", "counters")["drops"]["service_rejected"]
+
+        r = podnet("apply", "-f", slice_manifest(tmp, "change-1", "change", [pod_ip(st, "x2")], port))
+        assert "endpointslice/default/change-1 configured" in r.stdout
+        assert "(1 service ports loaded, 0 removed on every agent)" in r.stderr    # only change's port
+        ct = conns()
+        assert [c["dead"] for c in ct["keep"]] == [False] and [c["dead"] for c in ct["change"]] == [True]
+        assert agent(st, "n1", "counters")["drops"]["service_rejected"] == rejected   # marked, not yet reset
+        assert send("keep") == {"ok": True}                                     # same backend, other service
+        assert send("change") == {"error": "ConnectionResetError"}              # RST on its next segment
+        assert agent(st, "n1", "counters")["drops"]["service_rejected"] == rejected + 1
+        ct = conns()
+        assert ct["change"] == [] and [c["state"] for c in ct["keep"]] == ["established"]
+        assert send("keep") == {"ok": True}
+    finally:
+        if client:
+            client.kill()
+            client.wait()
+        echo.kill()
+        echo.wait()
+        podnet("delete", "-f", str(two), check=False)
+    assert not {keep_ip, change_ip} & {e["vip"] for e in agent(st, "n1", "services")}
 
 
 def test_hairpin(svc):
