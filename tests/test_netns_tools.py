@@ -1,16 +1,23 @@
 """The tools on a live cluster: `podnet trace` (cross-node ClusterIP flow:
 the chosen backend, the encapsulation, the decap on the other node; live
-state untouched unless --commit), `podnet capture` (a pcap scapy reads, with
-the frames sent), the Prometheus endpoint and `podnet stats`."""
+state untouched unless --commit; -p udp|icmp, --flags, --pcap --index),
+`podnet capture` (a pcap scapy reads, with the frames sent; -c, --snaplen,
+the uplink port), the Prometheus endpoint and `podnet stats`.
+(test_capture.py and test_trace_cli.py cover the same tools in memory.)"""
 import json
 import re
+import signal
 import socket
+import subprocess
+import sys
 
 import pytest
 from scapy.layers.inet import ICMP, IP, UDP
-from scapy.utils import rdpcap
+from scapy.layers.l2 import Ether
+from scapy.layers.vxlan import VXLAN
+from scapy.utils import RawPcapReader, rdpcap
 
-from netns_helpers import agent, pod_ip, podnet, py_in_pod, running_cluster
+from netns_helpers import agent, pod_ip, podnet, py_in_pod, running_cluster, wait_until
 
 SPEC = """
 cluster: {name: pntools, podCIDR: 10.242.0.0/16, serviceCIDR: 10.91.0.0/16, fabricCIDR: 172.30.245.0/24}
@@ -70,36 +77,100 @@ def test_trace_commit_changes_live_state_and_bad_input_is_an_error(cluster):
 
 
 def test_trace_a_frame_from_a_pcap(cluster, tmp_path):
+    """--pcap FILE --index K: the K-th frame (0-based) is the one traced."""
     import dpkt
-    from scapy.layers.l2 import Ether
     p = cluster["plan"]["pods"]["c1"]
-    f = Ether(src=p["mac"], dst=cluster["plan"]["nodes"]["n1"]["gateway_mac"]) / \
-        IP(src=p["ip"], dst=pod_ip(cluster, "w2")) / UDP(sport=7, dport=7)
+    head = Ether(src=p["mac"], dst=cluster["plan"]["nodes"]["n1"]["gateway_mac"]) / \
+        IP(src=p["ip"], dst=pod_ip(cluster, "w2"))
+    frames = [bytes(head / UDP(sport=7, dport=7)), bytes(head / ICMP(id=5, seq=1)), bytes(head / UDP(sport=8, dport=8))]
     path = tmp_path / "in.pcap"
     with open(path, "wb") as fh:
-        dpkt.pcap.Writer(fh).writepkt(bytes(f), ts=0)
+        w = dpkt.pcap.Writer(fh)
+        for k, f in enumerate(frames):
+            w.writepkt(f, ts=k)
     hops = json.loads(podnet("trace", "c1", "--pcap", str(path), "-o", "json").stdout)
+    assert hops[0]["frame"] == frames[0].hex()                  # default: the first
     assert [h["node"] for h in hops] == ["n1", "n2"] and hops[1]["verdict"][0] == 0
+    hops = json.loads(podnet("trace", "c1", "--pcap", str(path), "--index", "1", "-o", "json").stdout)
+    assert hops[0]["frame"] == frames[1].hex() and hops[0]["text"][1] == "IPv4 ICMP"
+    assert [h["node"] for h in hops] == ["n1", "n2"] and hops[1]["verdict"][0] == 0
+    r = podnet("trace", "c1", "--pcap", str(path), "--index", "3", check=False)
+    assert r.returncode == 1 and "has no frame 3" in r.stderr
+
+
+def test_trace_protocols_and_tcp_flags_reach_the_fast_path(cluster):
+    """-p udp and -p icmp to w2 cross both nodes as those protocols; --flags A
+    to the ClusterIP is a mid-stream segment of no connection, dropped as
+    conntrack_invalid (the default S opens one: test above)."""
+    w2 = pod_ip(cluster, "w2")
+    for argv, proto in (([f"{w2}:5353", "-p", "udp"], "UDP"), ([w2, "-p", "icmp"], "ICMP")):
+        hops = json.loads(podnet("trace", "c1", *argv, "-o", "json").stdout)
+        f = Ether(bytes.fromhex(hops[0]["frame"]))
+        assert f[IP].proto == {"UDP": 17, "ICMP": 1}[proto]
+        assert [h["node"] for h in hops] == ["n1", "n2"], hops
+        assert hops[0]["text"][1] == f"IPv4 {proto}" and hops[1]["text"][-1] == "sent to pod w2, %d bytes" % len(f)
+        assert hops[1]["verdict"][0] == 0
+    vip = cluster["plan"]["services"]["web"]
+    [hop] = json.loads(podnet("trace", "c1", f"{vip}:80", "--flags", "A", "-o", "json").stdout)
+    assert str(Ether(bytes.fromhex(hop["frame"]))["TCP"].flags) == "A"
+    assert hop["verdict"] == ["drop", "conntrack_invalid"]
+
+
+def start_capture(cluster, node, *args):
+    """`podnet capture NODE ...` in the background, returned once the agent
+    says its capture runs (so no frame sent afterwards can be missed)."""
+    proc = subprocess.Popen([sys.executable, "-m", "dataplane", "capture", node, *args],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: proc.poll() is not None or agent(cluster, node, "counters")["capture"]["running"],
+                   10, f"the capture on {node} to start")
+        assert proc.poll() is None, proc.communicate()[1]
+    except BaseException:
+        proc.kill()
+        proc.communicate()
+        raise
+    return proc
+
+
+def stop_capture(proc):
+    """Ctrl-C, as a user ends an open-ended capture; returns its stderr."""
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    return err
+
+
+def pcap_has(path, cond, what):
+    """Poll the pcap the CLI is writing (it flushes after every read) until cond(frames)."""
+    def ok():
+        try:
+            return cond(rdpcap(str(path)))
+        except Exception:                         # not written yet, or a record half flushed
+            return False
+    wait_until(ok, 15, what)
+
+
+def udp_from(cluster, pod, target, port, n, size=0):
+    py_in_pod(cluster, pod, """
+        import socket, sys
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for i in range(int(sys.argv[3])):
+            s.sendto((b"podnet-capture-%d" % i).ljust(int(sys.argv[4]), b"."), (sys.argv[1], int(sys.argv[2])))
+        """, target, port, n, size)
 
 
 def test_capture_writes_a_pcap_with_the_frames_sent(cluster, tmp_path):
     path = tmp_path / "c1.pcap"
     target = pod_ip(cluster, "w2")
-    cap = __import__("subprocess").Popen(
-        [__import__("sys").executable, "-m", "dataplane", "capture", "n1", "c1", "-w", str(path),
-         "-c", "1000", "--timeout", "6"], stderr=-1, text=True)
-    import time
-    time.sleep(1.0)                                       # the capture is running
-    py_in_pod(cluster, "c1", """
-        import socket, sys, time
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        for i in range(3):
-            s.sendto(b"podnet-capture-%d" % i, (sys.argv[1], 9999)); time.sleep(0.1)
-        """, target)
-    py_in_pod(cluster, "c1", "import subprocess; subprocess.run(['ping', '-c', '1', '-W', '2', __import__('sys').argv[1]])",
-              target, check=False)
-    _, err = cap.communicate(timeout=30)
-    assert cap.returncode == 0, err
+    cap = start_capture(cluster, "n1", "c1", "-w", str(path), "-c", "1000", "--timeout", "30")
+    try:
+        udp_from(cluster, "c1", target, 9999, 3)
+        py_in_pod(cluster, "c1", "import subprocess; subprocess.run(['ping', '-c', '1', '-W', '2', __import__('sys').argv[1]])",
+                  target, check=False)
+        pcap_has(path, lambda fs: sum(f.haslayer(ICMP) and f[ICMP].type == 0 for f in fs) >= 1,
+                 "the echo reply in the pcap")
+    finally:
+        err = stop_capture(cap)
     frames = rdpcap(str(path))
     sent = [f for f in frames if f.haslayer(UDP) and f[UDP].dport == 9999]
     assert [bytes(f[UDP].payload) for f in sent] == [b"podnet-capture-%d" % i for i in range(3)]
@@ -107,9 +178,70 @@ def test_capture_writes_a_pcap_with_the_frames_sent(cluster, tmp_path):
     pings = [f for f in frames if f.haslayer(ICMP) and f[ICMP].type in (0, 8)]
     assert [f[ICMP].type for f in pings] == [8, 0]        # both directions of the port
     assert f"{len(frames)} frames written" in err
-    podnet("capture", "n1", "c1", "-w", str(tmp_path / "two.pcap"), "-c", "2", "--timeout", "3")
-    assert len(rdpcap(str(tmp_path / "two.pcap"))) <= 2
     assert agent(cluster, "n1", "counters")["capture"]["running"] is False      # stopped after
+
+
+def test_capture_count_stops_after_exactly_that_many_frames(cluster, tmp_path):
+    path = tmp_path / "two.pcap"
+    cap = start_capture(cluster, "n1", "c1", "-w", str(path), "-c", "2", "--timeout", "30")
+    try:
+        udp_from(cluster, "c1", pod_ip(cluster, "w2"), 9999, 5)      # more than 2 cross the port
+        _, err = cap.communicate(timeout=20)                          # -c 2 ends it by itself
+    finally:
+        if cap.poll() is None:
+            cap.kill()
+            cap.communicate()
+    assert cap.returncode == 0, err
+    frames = rdpcap(str(path))
+    assert len(frames) == 2 and f"2 frames written to {path}" in err
+    assert agent(cluster, "n1", "counters")["capture"]["running"] is False
+
+
+def test_capture_snaplen_keeps_that_many_bytes_and_the_wire_length(cluster, tmp_path):
+    path = tmp_path / "cut.pcap"
+    cap = start_capture(cluster, "n1", "c1", "-w", str(path), "--snaplen", "64")
+    try:
+        udp_from(cluster, "c1", pod_ip(cluster, "w2"), 9998, 3, size=500)
+        pcap_has(path, lambda fs: sum(f.haslayer(UDP) and f[UDP].dport == 9998 for f in fs) == 3,
+                 "the 3 datagrams in the pcap")
+    finally:
+        stop_capture(cap)
+    recs = [(Ether(d), m) for d, m in RawPcapReader(str(path))]
+    ours = [(e, m) for e, m in recs if e.haslayer(UDP) and e[UDP].dport == 9998]
+    assert [(m.caplen, m.wirelen) for _, m in ours] == [(64, 14 + 20 + 8 + 500)] * 3
+    assert all(m.caplen <= 64 for _, m in recs)
+    assert RawPcapReader(str(path)).snaplen == 64
+
+
+def test_capture_on_the_uplink_holds_the_vxlan_frames_both_ways(cluster, tmp_path):
+    """`podnet capture n1 uplink`: c1's datagrams to w2 leave encapsulated;
+    w2's ICMP port unreachable (nobody listens) comes back encapsulated."""
+    path = tmp_path / "uplink.pcap"
+    c1, w2 = pod_ip(cluster, "c1"), pod_ip(cluster, "w2")
+
+    def inner(f):
+        return f[VXLAN].payload if f.haslayer(VXLAN) else None
+
+    def out(fs):
+        return [f for f in fs if inner(f) is not None and inner(f).haslayer(UDP) and inner(f)[UDP].dport == 9997
+                and not inner(f).haslayer(ICMP)]
+
+    def back(fs):
+        return [f for f in fs if inner(f) is not None and inner(f).haslayer(ICMP) and inner(f)[ICMP].type == 3]
+    cap = start_capture(cluster, "n1", "uplink", "-w", str(path))
+    try:
+        udp_from(cluster, "c1", w2, 9997, 3)
+        pcap_has(path, lambda fs: len(out(fs)) == 3 and back(fs), "3 encapsulated datagrams and an ICMP error")
+    finally:
+        stop_capture(cap)
+    frames = rdpcap(str(path))
+    for f in out(frames):
+        assert (f[IP].src, f[IP].dst, f[UDP].dport, f[VXLAN].vni) == ("172.30.245.1", "172.30.245.2", 4789, 1)
+        assert (inner(f)[IP].src, inner(f)[IP].dst) == (c1, w2)
+    assert [bytes(inner(f)[UDP].payload) for f in out(frames)] == [b"podnet-capture-%d" % i for i in range(3)]
+    f = back(frames)[0]
+    assert (f[IP].src, f[IP].dst) == ("172.30.245.2", "172.30.245.1")
+    assert (inner(f)[IP].src, inner(f)[IP].dst) == (w2, c1)
 
 
 def test_capture_refuses_a_bad_port(cluster, tmp_path):
