@@ -43,29 +43,39 @@ def run(node, port, path, count=None, timeout=None, snaplen=65535, progress=None
     try:
         with open(path, "wb") as f:
             w = dpkt.pcap.Writer(f, snaplen=snaplen, linktype=dpkt.pcap.DLT_EN10MB, nano=True)
+
+            def drain():
+                nonlocal written, lost
+                r = request(sock, "capture_read")
+                lost = r["lost"]
+                for fr in r["frames"]:
+                    if count is not None and written >= count:
+                        break
+                    data = bytes.fromhex(fr["data"])
+                    # Not w.writepkt(): it records the kept length as the wire
+                    # length too (a frame cut to snaplen would claim to be
+                    # snaplen bytes long) and takes the time as a float, which
+                    # cannot hold nanoseconds since 1970. dpkt's own packer.
+                    f.write(w._pack_hdr(fr["ts_ns"] // 10**9, fr["ts_ns"] % 10**9, len(data), fr["len"])
+                            + data)
+                    written += 1
+                f.flush()
+                if progress and r["frames"]:
+                    progress(written)
             try:
                 while count is None or written < count:
-                    r = request(sock, "capture_read")
-                    lost = r["lost"]
-                    for fr in r["frames"]:
-                        if count is not None and written >= count:
-                            break
-                        data = bytes.fromhex(fr["data"])
-                        # Not w.writepkt(): it records the kept length as the wire
-                        # length too (a frame cut to snaplen would claim to be
-                        # snaplen bytes long) and takes the time as a float, which
-                        # cannot hold nanoseconds since 1970. dpkt's own packer.
-                        f.write(w._pack_hdr(fr["ts_ns"] // 10**9, fr["ts_ns"] % 10**9, len(data), fr["len"])
-                                + data)
-                        written += 1
-                    f.flush()
-                    if progress and r["frames"]:
-                        progress(written)
+                    drain()
                     if deadline and time.monotonic() >= deadline:
                         break
                     time.sleep(POLL)
             except KeyboardInterrupt:
-                pass
+                # Ctrl-C: the agent still holds what it captured since the last
+                # read (up to POLL s of frames); write that too, as tcpdump does.
+                try:
+                    if count is None or written < count:
+                        drain()
+                except (ControlError, KeyboardInterrupt):
+                    pass
     finally:
         try:
             lost = request(sock, "capture_stop")["lost"]

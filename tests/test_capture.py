@@ -274,3 +274,30 @@ def test_cli_reports_frames_lost_to_a_full_buffer(node, tmp_path, monkeypatch, c
     assert [seq_of(d) for d, _, _ in recs] == list(range(4096))
     err = capsys.readouterr().err
     assert f"4096 frames written to {path}; 4 lost to a full capture buffer" in err
+
+
+def test_ctrl_c_writes_what_the_agent_captured_since_the_last_read(node, tmp_path, monkeypatch):
+    """Ctrl-C arrives while the CLI waits between reads, after 5 more frames
+    crossed the port: they are in the pcap (they used to be dropped with the
+    capture)."""
+    write_state(tmp_path, monkeypatch, node)
+    node.serve()
+    real_sleep = time.sleep
+    waits = []
+
+    def interrupted(seconds):
+        waits.append(seconds)
+        if len(waits) == 1:                                   # after the first (empty) read
+            for s in range(5):
+                node.peer[0].send(frame(s, 200))
+            for _ in range(500):
+                if request(node.socket, "counters")["capture"]["frames"] == 5:
+                    break
+                real_sleep(0.02)
+            raise KeyboardInterrupt
+        real_sleep(seconds)
+    monkeypatch.setattr(capture.time, "sleep", interrupted)
+    path = tmp_path / "int.pcap"
+    assert capture.run("n1", "c1", str(path)) == (5, 0)
+    assert [d for d, _, _ in pcap_records(path)[3]] == [frame(s, 200) for s in range(5)]
+    assert request(node.socket, "counters")["capture"]["running"] is False
