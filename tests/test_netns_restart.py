@@ -223,3 +223,90 @@ def test_down_after_sigkill_and_during_a_restart_leaves_nothing(tmp_path):
         up.communicate(timeout=60)
         assert up.returncode == 0
     assert leftovers(tmp_path) == {"namespaces": [], "processes": [], "links": [], "run_dir": []}
+
+
+RESYNC_SPEC = """
+cluster: {name: pnnxrs, podCIDR: 10.236.0.0/16, serviceCIDR: 10.89.0.0/16, fabricCIDR: 172.30.236.0/24}
+nodes: [{name: n1}, {name: n2}]
+pods:
+  - {name: c1, node: n1}
+  - {name: w2, node: n2, labels: {app: echo}}
+services:
+  - {name: echo, selector: {app: echo}, ports: [{port: 80, targetPort: 8080}]}
+  - {name: old, selector: {app: echo}, ports: [{port: 81, targetPort: 8080}]}
+"""
+HELLO_SERVER = """
+import socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 8080)); s.listen(16)
+while True:
+    c, _ = s.accept(); c.sendall(b"hello"); c.close()
+"""
+CONNECT = """
+import socket, sys
+try:
+    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3); print(s.recv(10).decode())
+except OSError as e:
+    print(type(e).__name__)
+"""
+K_CIDR, K_VTEP, K_MAC = "10.236.9.0/24", "172.30.236.100", "0a:5a:ac:1e:ec:64"
+
+
+def test_restart_brings_back_node_add_routes_and_state_json_services_win_over_the_snapshot(tmp_path):
+    """An external node added with `podnet node add` is in the snapshot (written
+    at once after a route change) and comes back with the agent. A service
+    added and one deleted after the snapshot last encoded the service map
+    (at most every 30 s) are put right by `podnet up` from state.json."""
+    from dataplane import cluster
+    from netns_helpers import py_in_pod, wait_listening
+    with running_cluster(tmp_path, RESYNC_SPEC) as st:
+        vip = st["plan"]["services"]
+        server = spawn_in_pod(st, "w2", HELLO_SERVER)
+        try:
+            wait_listening(st, "w2", 8080)
+            cluster.node_add("k1", K_CIDR, K_VTEP, K_MAC)          # = podnet node add (in process: faster)
+            snap = tmp_path / "run" / "n1.snapshot"
+
+            def snapshot():
+                try:
+                    head = read(snap)[0]
+                except (OSError, ValueError):
+                    return {}, set()
+                return {r["name"]: r for r in head["routes"]}, {(s["vip"], s["port"]) for s in head["services"]}
+            wait_for(lambda: "k1" in snapshot()[0] and snapshot()[1] == {(vip["echo"], 80), (vip["old"], 81)},
+                     what="the route to k1 and the spec's services in n1's snapshot")
+            late = tmp_path / "late.json"
+            late.write_text(json.dumps({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "late"},
+                                        "spec": {"clusterIP": "10.89.0.99", "selector": {"app": "echo"},
+                                                 "ports": [{"port": 82, "targetPort": 8080}]}}))
+            old = tmp_path / "old.json"
+            old.write_text(json.dumps({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "old"},
+                                       "spec": {"ports": [{"port": 81, "targetPort": 8080}]}}))
+            cluster.apply_file(str(late))                            # = podnet apply -f / delete -f
+            cluster.apply_file(str(old), delete=True)
+            live = {(s["vip"], s["port"]) for s in agent(st, "n1", "services")}
+            assert live == {(vip["echo"], 80), ("10.89.0.99", 82)}
+            assert snapshot()[1] == {(vip["echo"], 80), (vip["old"], 81)}     # the snapshot is behind
+
+            kill_agent(st, "n1")
+            out = podnet("up").stdout
+            [line] = [ln for ln in out.splitlines() if ln.startswith("node n1:")]
+            assert "agent was dead, restarted" in line and "2 routes" in line and "2 services" in line, line
+            assert line.endswith("; 1 service ports updated, 1 removed"), line             # from state.json
+            st = json.loads((tmp_path / "run" / "state.json").read_text())
+            assert {(s["vip"], s["port"]) for s in agent(st, "n1", "services")} == live
+            routes = {r["name"]: r for r in agent(st, "n1", "routes")}
+            assert (routes["k1"]["cidr"], routes["k1"]["vtep"], routes["k1"]["inner_mac"]) == (K_CIDR, K_VTEP, K_MAC)
+            # the route is used: a ping to k1's pods is routed to its VTEP (which nobody
+            # answers on this fabric: unresolved), not dropped for want of a route
+            before = agent(st, "n1", "counters")["drops"]
+            in_pod(st, "c1", "ping", "-c", "1", "-W", "0.2", "10.236.9.2", check=False)
+            after = agent(st, "n1", "counters")["drops"]
+            assert (after["no_route"] - before["no_route"], after["vtep_unresolved"] - before["vtep_unresolved"]) \
+                == (0, 1)
+            # the services: the late one answers, the deleted one rejects
+            assert py_in_pod(st, "c1", CONNECT, "10.89.0.99", 82).stdout.strip() == "hello"
+            assert py_in_pod(st, "c1", CONNECT, vip["old"], 81).stdout.strip() == "ConnectionRefusedError"
+        finally:
+            server.kill()
+            server.wait()
