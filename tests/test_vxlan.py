@@ -164,6 +164,8 @@ def test_too_big_answers_fragmentation_needed(clock):
     [(port, out)] = dp.process(bytes(big), 0)
     e = Ether(out)
     assert port == 0 and (e[IP].src, e[IP].dst) == (GW_IP, POD[0])
+    # to the pod's MAC (the routed copy's rewritten source must not leak into the answer)
+    assert (e.src, e.dst) == (GW_MAC, POD[1])
     assert (e[ICMP].type, e[ICMP].code, e[ICMP].nexthopmtu) == (3, 4, 1450)
     assert e[ICMP].chksum == recomputed(e, ICMP)
     nodf = from_pod(l4=UDP(sport=1, dport=2) / (b"x" * 1460))
