@@ -3,7 +3,23 @@ the fast path (pods' ports, the uplink, the gateway, ClusterIPs), built
 valid with scapy and then mutated at byte level (cut at any length, bit
 flips, IHL / total length / fragment fields that lie, stacked VLAN tags,
 trailing garbage), with virtio-net headers that are right or lie, plus
-random bytes and 64 KB super-frames."""
+random bytes and 64 KB super-frames.
+
+Two kinds carry an expectation of their own (Frame.expect, checked by the
+oracle against the fast path's verdict and counters, not against a twin):
+  - "bad:<reason>": a frame malformed on purpose in exactly one way, never
+    mutated further: runt, VLAN tag cut short or three deep, ARP / IPv4 /
+    L4 header cut short, IPv4 version / IHL / total length wrong, TCP data
+    offset and UDP length wrong, IPv6 payload length past the frame, a
+    multicast source, an unknown port, TTL 0/1 (answered), no neighbour,
+    no route, nothing the gateway serves, ICMP to a ClusterIP, a SYN to a
+    service without endpoints (answered), a mid-stream segment of an
+    unknown connection; from the fabric: not our MAC or IP, not VXLAN on
+    our port, a fragment, I flag clear, a foreign VNI, an inner frame cut
+    short, not routed, routed nowhere, TTL 1 (answered into the tunnel);
+  - "spoof:*": frames from a pod with another MAC, another IPv4 source, an
+    ARP sender MAC or IP that is not its own (spoof_mac / spoof_ip when the
+    port is guarded), and the RFC 5227 probe (sender 0.0.0.0) that passes."""
 import struct
 
 from hypothesis import strategies as st
@@ -12,8 +28,8 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Ether
 from scapy.layers.vxlan import VXLAN
 
-from fuzz_node import (GW_IP, GW_MAC, NODE_IP, NODE_MAC, PEER2_IP, PEER2_MAC, PEER_IP, PEER_MAC, PODS,
-                       REMOTE_GW_MAC, REMOTE_PODS, SERVICES, UPLINK, VIPS, Config)
+from fuzz_node import (GW_IP, GW_MAC, NO_NEIGH_IP, NODE_IP, NODE_MAC, PEER2_IP, PEER2_MAC, PEER_IP, PEER_MAC,
+                       PODS, REMOTE_GW_MAC, REMOTE_PODS, SERVICES, UPLINK, VIPS, Config)
 from fuzz_wire import CSUM_FIELD, Ip4, set_partial_csum
 
 BCAST = "ff:ff:ff:ff:ff:ff"
@@ -25,12 +41,13 @@ class Frame:
     """One input: the bytes, the port they arrive on, the vnet header (None:
     zeros), and how it was made (shown when an example fails)."""
 
-    def __init__(self, port, data, vnet=None, label=""):
-        self.port, self.data, self.vnet, self.label = port, bytes(data), vnet, label
+    def __init__(self, port, data, vnet=None, label="", expect=None):
+        self.port, self.data, self.vnet, self.label, self.expect = port, bytes(data), vnet, label, expect
 
     def __repr__(self):
         v = self.vnet.hex() if self.vnet is not None else None
-        return f"Frame(port={self.port}, data=bytes.fromhex({self.data.hex()!r}), vnet={v!r}, label={self.label!r})"
+        return (f"Frame(port={self.port}, data=bytes.fromhex({self.data.hex()!r}), vnet={v!r}, "
+                f"label={self.label!r}, expect={self.expect!r})")
 
 
 configs = st.builds(
@@ -43,6 +60,8 @@ configs = st.builds(
     fdb_capacity=st.sampled_from([1024, 1]),
     conntrack_capacity=st.sampled_from([1024, 16]),
     prelearn=st.booleans(),
+    guard=st.booleans(),
+    io=st.sampled_from([False, False, True]),
 )
 
 
@@ -114,7 +133,11 @@ def pod_frame(draw, cfg):
     ip, mac, port = draw(st.sampled_from(PODS))
     peer = draw(st.sampled_from([p for p in PODS if p[2] != port]))
     kind = draw(st.sampled_from(["bridged", "arp", "gateway", "routed", "remote", "pmtu", "service", "reply",
-                                 "super", "ip6", "random"]))
+                                 "super", "ip6", "random", "bad", "bad", "spoof"]))
+    if kind == "bad":
+        return draw(bad_pod_frame(ip, mac, port, peer))
+    if kind == "spoof":
+        return draw(spoof_frame(ip, mac, port, peer))
     big = 65535 - 120 if kind == "super" else 0       # room for IP and TCP options
     if kind == "bridged":
         dst = draw(st.sampled_from([peer[1], BCAST, "0a:58:0a:f4:00:99", "01:00:5e:00:00:01", mac]))
@@ -171,6 +194,177 @@ def random_bytes(draw, mac):
     return head + draw(st.binary(max_size=120))
 
 
+# ---- malformed on purpose, forged -------------------------------------------
+
+def mac_b(mac):
+    return bytes.fromhex(mac.replace(":", ""))
+
+
+@st.composite
+def bad_pod_frame(draw, ip, mac, port, peer):
+    """A frame from pod (ip, mac) on its port with exactly one defect, and the
+    drop reason it must get (the oracle adjusts for state: a removed port,
+    a service given endpoints, a guard does not matter as ip/mac are the pod's)."""
+    cls = draw(st.sampled_from([
+        "runt", "vlan_truncated", "vlan_depth", "arp_truncated", "ip4_truncated", "ip4_version", "ip4_ihl", "ip4_length",
+        "l4_truncated", "tcp_data_offset", "udp_length", "ip6_length", "src_mac_multicast", "bad_port", "ttl_exceeded", "no_neighbor",
+        "no_route", "gateway_unsupported", "service_unsupported", "service_rejected", "conntrack_invalid"]))
+    eth = Ether(src=mac, dst=peer[1])
+    udp = IP(src=ip, dst=peer[0], id=draw(u16)) / UDP(sport=draw(ports), dport=53) / draw(st.binary(max_size=24))
+    in_port = port
+    if cls == "runt":
+        data = bytes(eth / udp)[:draw(st.integers(0, 13))]
+    elif cls == "vlan_truncated":
+        data = bytes(eth)[:12] + b"\x81\x00" + draw(st.binary(max_size=3))
+    elif cls == "vlan_depth":
+        data = bytes(eth)[:12] + b"".join(b"\x81\x00" + struct.pack("!H", draw(st.integers(0, 4095)))
+                                          for _ in range(3)) + b"\x08\x00" + bytes(udp)
+    elif cls == "arp_truncated":
+        data = bytes(Ether(src=mac, dst=BCAST) / ARP(psrc=ip, pdst=GW_IP))[:14 + draw(st.integers(0, 27))]
+    elif cls == "ip4_truncated":
+        data = bytes(eth / udp)[:14 + draw(st.integers(0, 19))]
+    elif cls == "ip4_version":
+        b = bytearray(bytes(eth / udp))
+        b[14] = (draw(st.sampled_from([0, 5, 6, 15])) << 4) | 5
+        data = bytes(b)
+    elif cls == "ip4_ihl":
+        b = bytearray(bytes(eth / udp))
+        if draw(st.booleans()):
+            b[14] = 0x40 | draw(st.integers(0, 4))
+        else:                                      # options said to run past the frame
+            b = b[:14 + draw(st.integers(20, 59))]
+            b[14] = 0x4f
+        data = bytes(b)
+    elif cls == "ip4_length":
+        b = bytearray(bytes(eth / udp))
+        ihl = (b[14] & 15) * 4
+        b[16:18] = struct.pack("!H", draw(st.sampled_from([0, ihl - 1, len(b) - 14 + 1, 0xffff])))
+        data = bytes(b)
+    elif cls == "l4_truncated":
+        proto, need = draw(st.sampled_from([(6, 20), (17, 8), (1, 4)]))
+        n = draw(st.integers(0, need - 1))
+        data = bytes(eth / IP(src=ip, dst=peer[0], proto=proto) / draw(st.binary(min_size=n, max_size=n)))
+    elif cls == "tcp_data_offset":
+        b = bytearray(bytes(eth / IP(src=ip, dst=peer[0]) / TCP(sport=draw(ports), dport=80) / (b"x" * 8)))
+        b[14 + 20 + 12] = draw(st.sampled_from([0, 1, 4, 8, 15])) << 4    # 5 words of header + 8 bytes: 8 too big
+        data = bytes(b)
+    elif cls == "udp_length":
+        b = bytearray(bytes(eth / udp))
+        ulen = len(b) - 34
+        b[38:40] = struct.pack("!H", draw(st.sampled_from([0, 7, ulen + 1, 0xffff])))
+        data = bytes(b)
+    elif cls == "ip6_length":
+        b = bytearray(bytes(ip6(mac, peer[1])))
+        b[18:20] = struct.pack("!H", len(b) - 54 + draw(st.integers(1, 300)))
+        data = bytes(b)
+    elif cls == "src_mac_multicast":
+        data = bytes(Ether(src=draw(st.sampled_from(["01:00:5e:00:00:01", BCAST, "33:33:00:00:00:01"])),
+                           dst=peer[1]) / udp)
+    elif cls == "bad_port":
+        data, in_port = bytes(eth / udp), draw(st.sampled_from([7, 9, 200]))
+    else:
+        gw = Ether(src=mac, dst=GW_MAC)
+        if cls == "ttl_exceeded":
+            pkt = gw / IP(src=ip, dst=draw(st.sampled_from([peer[0]] + REMOTE_PODS)), ttl=draw(st.sampled_from([0, 1])),
+                          id=draw(u16)) / draw(st.sampled_from([UDP(sport=7, dport=9), TCP(flags="S"), ICMP()]))
+        elif cls == "no_neighbor":
+            pkt = gw / IP(src=ip, dst=NO_NEIGH_IP) / UDP(sport=7, dport=9)
+        elif cls == "no_route":
+            pkt = gw / IP(src=ip, dst=draw(st.sampled_from(["8.8.8.8", "10.244.9.9", "192.168.1.1"]))) / UDP()
+        elif cls == "gateway_unsupported":
+            pkt = draw(st.sampled_from([gw / IP(src=ip, dst=GW_IP) / UDP(sport=7, dport=53),
+                                        gw / IP(src=ip, dst=GW_IP) / ICMP(type=13),
+                                        gw / IP(src=ip, dst=GW_IP) / TCP(dport=22),
+                                        ip6(mac, GW_MAC)]))
+        elif cls == "service_unsupported":
+            pkt = gw / IP(src=ip, dst=draw(st.sampled_from(VIPS))) / draw(st.sampled_from([ICMP(), b"\x00" * 8]))
+            if not pkt.haslayer(ICMP):
+                pkt[IP].proto = 47
+        elif cls == "service_rejected":
+            pkt = gw / IP(src=ip, dst=VIPS[1]) / TCP(sport=draw(st.integers(1024, 65535)), dport=80, flags="S")
+        else:                                       # conntrack_invalid: not a SYN, no such connection
+            pkt = gw / IP(src=ip, dst=VIPS[0]) / TCP(sport=draw(st.integers(1024, 65535)), dport=80,
+                                                     flags=draw(st.sampled_from(["A", "PA", "FA", "SA"])))
+        data = bytes(pkt)
+    return Frame(in_port, data, None, "bad:" + cls, cls)
+
+
+@st.composite
+def spoof_frame(draw, ip, mac, port, peer):
+    """A pod forging its identity (or the one probe that is allowed)."""
+    evil_mac = draw(st.sampled_from([peer[1], "0a:58:0a:f4:00:66", GW_MAC]))
+    evil_ip = draw(st.sampled_from([peer[0], GW_IP, "10.244.0.66", "8.8.8.8", "0.0.0.0"]))
+    cls = draw(st.sampled_from(["mac", "ip", "arp_mac", "arp_eth", "arp_ip", "probe"]))
+    dst = draw(st.sampled_from([peer[1], GW_MAC, BCAST]))
+    if cls == "mac":
+        pkt = Ether(src=evil_mac, dst=dst) / draw(st.sampled_from([IP(src=ip, dst=peer[0]) / UDP(),
+                                                                   ARP(hwsrc=mac, psrc=ip, pdst=GW_IP)]))
+    elif cls == "ip":
+        pkt = Ether(src=mac, dst=dst) / IP(src=evil_ip, dst=draw(st.sampled_from([peer[0], GW_IP, VIPS[0]]))) / UDP(
+            sport=40000, dport=53)
+    elif cls in ("arp_mac", "arp_eth"):          # the ARP sender MAC lies, or the Ethernet source does
+        hw, src = (evil_mac, mac) if cls == "arp_mac" else (mac, evil_mac)
+        pkt = Ether(src=src, dst=BCAST) / ARP(op=draw(st.sampled_from([1, 2])), hwsrc=hw, psrc=ip, pdst=GW_IP)
+    elif cls == "arp_ip":
+        pkt = Ether(src=mac, dst=BCAST) / ARP(op=draw(st.sampled_from([1, 2])), hwsrc=mac,
+                                              psrc=draw(st.sampled_from([peer[0], GW_IP, "10.244.0.66"])), pdst=GW_IP)
+    else:
+        pkt = Ether(src=mac, dst=BCAST) / ARP(op=1, hwsrc=mac, psrc="0.0.0.0", pdst=draw(st.sampled_from([ip, GW_IP])))
+    return Frame(port, bytes(pkt), None, "spoof:" + cls)
+
+
+@st.composite
+def bad_uplink_frame(draw, cfg):
+    """A frame from the fabric with exactly one defect, and its drop reason."""
+    cls = draw(st.sampled_from(["uplink_not_ours", "uplink_unsupported", "vxlan_fragment", "vxlan_inner", "vxlan_flags",
+                                "vxlan_vni", "vxlan_not_routed", "no_route", "ttl_exceeded"]))
+    src_pod = draw(st.sampled_from(REMOTE_PODS[:2]))        # behind the resolved VTEP (static MAC)
+    inner_eth = Ether(src=REMOTE_GW_MAC, dst=GW_MAC)
+    inner_ip = IP(src=src_pod, dst=draw(st.sampled_from(PODS))[0], id=draw(u16), ttl=63)
+    inner_l4 = UDP(sport=draw(ports), dport=9) / draw(st.binary(max_size=16))
+    eth = Ether(src=PEER_MAC, dst=NODE_MAC)
+    outer = IP(src=PEER_IP, dst=NODE_IP, flags="DF", id=draw(u16))
+    udp = UDP(sport=draw(st.integers(49152, 65535)), dport=cfg.vxlan_port)
+    vx = VXLAN(flags=0x08, vni=1)
+    if cls == "uplink_not_ours":
+        if draw(st.booleans()):
+            eth = Ether(src=PEER_MAC, dst=draw(st.sampled_from([PEER2_MAC, GW_MAC, "0a:5a:ac:1e:fa:99"])))
+        else:
+            outer = IP(src=PEER_IP, dst=draw(st.sampled_from([PEER2_IP, "172.30.250.99", PODS[0][0]])))
+    elif cls == "uplink_unsupported":
+        what = draw(st.sampled_from(["tcp", "port", "icmp", "ip6"]))
+        if what == "ip6":
+            return Frame(UPLINK, bytes(ip6(PEER_MAC, NODE_MAC)), None, "bad:" + cls, cls)
+        l4 = {"tcp": TCP(dport=cfg.vxlan_port), "port": UDP(sport=50000, dport=cfg.vxlan_port ^ 1) / vx / inner_eth
+              / inner_ip / inner_l4, "icmp": ICMP(type=draw(st.sampled_from([0, 13, 3])))}[what]
+        return Frame(UPLINK, bytes(eth / outer / l4), None, "bad:" + cls, cls)
+    elif cls == "vxlan_fragment":
+        flags, frag = draw(st.sampled_from([("MF", 0), ("MF", 1), (0, 1), (0, 100), ("MF", 8191)]))
+        outer = IP(src=PEER_IP, dst=NODE_IP, flags=flags, frag=frag)
+    elif cls == "vxlan_inner":
+        if draw(st.booleans()):
+            inner = bytes(inner_eth / inner_ip / inner_l4)[:draw(st.integers(0, 13))]   # shorter than 30 with VXLAN
+        else:                                        # parses as too short inside: IPv4 cut, IHL wrong
+            b = bytearray(bytes(inner_eth / inner_ip / inner_l4))
+            b[14] = 0x43
+            inner = bytes(b) if draw(st.booleans()) else bytes(b[:14 + 10])
+        return Frame(UPLINK, bytes(eth / outer / udp / vx / inner), None, "bad:" + cls, cls)
+    elif cls == "vxlan_flags":
+        vx = VXLAN(flags=draw(st.sampled_from([0x00, 0x80, 0xf7])), vni=1)
+    elif cls == "vxlan_vni":
+        vx = VXLAN(flags=0x08, vni=draw(st.sampled_from([0, 2, 0xffffff])))
+    elif cls == "vxlan_not_routed":
+        if draw(st.booleans()):
+            inner_eth = Ether(src=REMOTE_GW_MAC, dst=draw(st.sampled_from([PODS[0][1], BCAST])))
+        else:
+            return Frame(UPLINK, bytes(eth / outer / udp / vx / ip6(REMOTE_GW_MAC, GW_MAC)), None, "bad:" + cls, cls)
+    elif cls == "no_route":
+        inner_ip = IP(src=src_pod, dst=draw(st.sampled_from(["10.244.9.9", "8.8.8.8", REMOTE_PODS[1]])), ttl=63)
+    else:                                            # ttl_exceeded: answered back into the tunnel
+        inner_ip = IP(src=src_pod, dst=draw(st.sampled_from(PODS))[0], id=draw(u16), ttl=draw(st.sampled_from([0, 1])))
+    return Frame(UPLINK, bytes(eth / outer / udp / vx / inner_eth / inner_ip / inner_l4), None, "bad:" + cls, cls)
+
+
 # ---- frames from the fabric -------------------------------------------------
 
 @st.composite
@@ -200,7 +394,9 @@ def inner_frame(draw):
 
 @st.composite
 def uplink_frame(draw, cfg):
-    kind = draw(st.sampled_from(["vxlan", "vxlan", "vxlan", "arp", "ping", "other", "random"]))
+    kind = draw(st.sampled_from(["vxlan", "vxlan", "vxlan", "arp", "ping", "other", "random", "bad"]))
+    if kind == "bad":
+        return draw(bad_uplink_frame(cfg))
     if kind == "vxlan":
         inner = draw(inner_frame())
         pkt = Ether(src=PEER_MAC, dst=draw(st.sampled_from([NODE_MAC] * 6 + [BCAST, PEER2_MAC]))) / draw(ip4(
@@ -341,7 +537,7 @@ def with_vnet(draw, frame, n):
         outer, inner_nh = draw(st.one_of(near, u16)), draw(st.one_of(near, u16))
     h = struct.pack("<BBHHHH", flags, gso, hdr_len & 0xffff, gso_size, start, off)
     h += bytes(2) if n == 12 else (bytes(10) + struct.pack("<HH", outer, inner_nh) if n == 24 else b"")
-    return Frame(frame.port, data, h[:n], f"{frame.label}+vnet-{kind}")
+    return Frame(frame.port, data, h[:n], f"{frame.label}+vnet-{kind}", frame.expect)
 
 
 # ---- one input --------------------------------------------------------------
@@ -350,6 +546,6 @@ def with_vnet(draw, frame, n):
 def frames(draw, cfg, vnet=True):
     """One input frame for cfg's node, from a pod or from the fabric."""
     f = draw(st.one_of(pod_frame(cfg), uplink_frame(cfg)))
-    if not f.label.endswith("random"):
+    if not f.label.endswith("random") and f.expect is None and not f.label.startswith("spoof"):
         f = Frame(f.port, draw(mutated(f.data)), None, f.label)
     return draw(with_vnet(f, cfg.vnet_len(f.port) if vnet and f.port < 256 else 0))

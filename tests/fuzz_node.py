@@ -1,7 +1,14 @@
 """The node the fuzzing harness drives: three pods on the bridge with the
 gateway, an uplink with the VXLAN overlay (one peer resolved, one not), and
 ClusterIP services (backends local, remote and hairpin; one without
-endpoints). What varies per example is in Config."""
+endpoints). What varies per example is in Config: vnet header sizes, slot
+sizes, MTU, table sizes, whether pods 0 and 1 have the anti-spoofing guard
+(pod 2 never does at set-up), and whether the scenario may use the I/O loop.
+
+The live changes a scenario makes between bursts (CHANGES: services set and
+removed, route tables replaced, pod 2's port removed and added back, guards
+set and cleared) are applied by change(), identically to every dataplane of
+a twin."""
 from dataclasses import dataclass
 
 from fastpath import Dataplane
@@ -12,13 +19,18 @@ PODS = [("10.244.0.2", "0a:58:0a:f4:00:02", 0),
         ("10.244.0.3", "0a:58:0a:f4:00:03", 1),
         ("10.244.0.4", "0a:58:0a:f4:00:04", 2)]
 POD_PORTS = [p for _, _, p in PODS]
+GUARDED = (0, 1)                       # pods guarded at set-up when Config.guard
 UPLINK, UPLINK_DOMAIN = 255, 4095
 NODE_IP, NODE_MAC = "172.30.250.1", "0a:5a:ac:1e:fa:01"
 PEER_IP, PEER_MAC = "172.30.250.2", "0a:5a:ac:1e:fa:02"        # VTEP of 10.244.1.0/24
 PEER2_IP, PEER2_MAC = "172.30.250.3", "0a:5a:ac:1e:fa:03"      # VTEP of 10.244.2.0/24, learned by ARP
+PEER3_IP, PEER3_MAC = "172.30.250.4", "0a:5a:ac:1e:fa:04"      # VTEP of 10.244.3.0/24 (a route added live)
 REMOTE_GW_MAC = "0a:58:0a:f4:01:01"
 REMOTE_PODS = ["10.244.1.2", "10.244.1.3", "10.244.2.2"]
+NO_NEIGH_IP = "10.244.0.77"            # in the subnet, never a neighbour (nothing ARPs from it)
 VNI = 1
+PROTO = {"TCP": 6, "UDP": 17}
+MAGLEV_SIZE = 251                      # the smallest prime table: cheap to build per example
 VIPS = ["10.96.0.10", "10.96.0.11", "10.96.0.12"]
 # (vip, port, proto, backends, lb, affinity seconds)
 SERVICES = [
@@ -28,6 +40,36 @@ SERVICES = [
     (VIPS[2], 443, "TCP", [(PODS[0][0], 443)], "random", 30),    # hairpin for pod 0, affinity
     (VIPS[2], 53, "UDP", [(PODS[2][0], 5353)], "random", 0),
 ]
+# Live service changes: (vip, port, proto, backends, lb, affinity). The
+# affinity service keeps one backend (snapshots do not carry affinity).
+SERVICE_CHANGES = [
+    (VIPS[0], 80, "TCP", [(PODS[1][0], 8080)], "random", 0),                           # remote backend gone
+    (VIPS[0], 53, "UDP", [(PODS[1][0], 53), (REMOTE_PODS[0], 53), (PODS[2][0], 53)], "maglev", 0),  # one more
+    (VIPS[0], 53, "UDP", [(REMOTE_PODS[2], 53)], "maglev", 0),                         # behind the unresolved VTEP
+    (VIPS[1], 80, "TCP", [(PODS[2][0], 80), (REMOTE_PODS[1], 80)], "random", 0),      # endpoints at last
+    (VIPS[2], 443, "TCP", [(PODS[1][0], 443)], "random", 30),                          # hairpin no longer
+] + SERVICES
+
+
+def routes(variant, static):
+    """Route table variant (0 = the set-up's); static: every VTEP MAC given
+    (I/O-loop scenarios run on real time, where ARP retry timing would differ)."""
+    r1 = {"cidr": "10.244.1.0/24", "vtep": PEER_IP, "inner_mac": REMOTE_GW_MAC, "vtep_mac": PEER_MAC}
+    r2 = {"cidr": "10.244.2.0/24", "vtep": PEER2_IP, "inner_mac": REMOTE_GW_MAC}
+    r3 = {"cidr": "10.244.3.0/24", "vtep": PEER3_IP, "inner_mac": REMOTE_GW_MAC}
+    if static:
+        r2, r3 = dict(r2, vtep_mac=PEER2_MAC), dict(r3, vtep_mac=PEER3_MAC)
+    return [[r1, r2], [r1], [r1, r2, r3], [dict(r1, inner_mac="0a:58:0a:f4:01:09"), r3]][variant]
+
+
+N_ROUTES = 4
+
+# Live changes: ("svc", i) sets SERVICE_CHANGES[i]; ("svc_rm", i) removes
+# SERVICES[i]'s port; ("routes", v); ("port_rm", 2) / ("port_add", 2);
+# ("guard", port, on).
+CHANGES = ([("svc", i) for i in range(len(SERVICE_CHANGES))] + [("svc_rm", i) for i in range(len(SERVICES))]
+           + [("routes", v) for v in range(N_ROUTES)] + [("port_rm", 2), ("port_add", 2)]
+           + [("guard", p, on) for p in POD_PORTS for on in (True, False)])
 
 
 @dataclass(frozen=True)
@@ -40,6 +82,8 @@ class Config:
     fdb_capacity: int = 1024
     conntrack_capacity: int = 1024
     prelearn: bool = True      # the pods' MACs are in the FDB before the first frame
+    guard: bool = False        # pods 0 and 1 guarded (anti-spoofing) from the start
+    io: bool = False           # real clock, static VTEPs: bursts may go through the I/O loop
 
     @property
     def pod_vnet(self):
@@ -53,8 +97,15 @@ class Config:
         return self.uplink_vnet if port == UPLINK else self.pod_vnet
 
 
-def build(cfg, clock):
-    """A Dataplane configured as the agent would for cfg (no frames sent yet)."""
+def set_service(dp, vip, port, proto, backends, lb, aff):
+    dp.services.set(vip, port, proto, backends, lb=lb, affinity_timeout=aff,
+                    **({"maglev_size": MAGLEV_SIZE} if lb == "maglev" else {}))
+
+
+def build(cfg, clock, services=True, route_table=True):
+    """A Dataplane configured as the agent would for cfg (no frames sent
+    yet); without services / route_table, as a restarted agent before its
+    snapshot is restored."""
     dp = Dataplane(nslots=cfg.nslots, slot_size=cfg.slot_size, fdb_capacity=cfg.fdb_capacity,
                    conntrack_capacity=cfg.conntrack_capacity, service_capacity=16, clock=clock)
     dp.gateway.configure(GW_IP, GW_MAC, SUBNET)
@@ -67,12 +118,48 @@ def build(cfg, clock):
     for ip, mac, port in PODS:
         dp.add_port(port)
         dp.gateway.add_neighbor(ip, mac)
-    dp.overlay.set_routes([
-        {"cidr": "10.244.1.0/24", "vtep": PEER_IP, "inner_mac": REMOTE_GW_MAC, "vtep_mac": PEER_MAC},
-        {"cidr": "10.244.2.0/24", "vtep": PEER2_IP, "inner_mac": REMOTE_GW_MAC},
-    ], local=SUBNET)
-    for vip, port, proto, backends, lb, aff in SERVICES:
-        dp.services.set(vip, port, proto, backends, lb=lb, affinity_timeout=aff,
-                        **({"maglev_size": 251} if lb == "maglev" else {}))
+        if cfg.guard and port in GUARDED:
+            dp.set_port_guard(port, mac, ip)
+    if route_table:
+        dp.overlay.set_routes(routes(0, cfg.io), local=SUBNET)
+    if services:
+        for s in SERVICES:
+            set_service(dp, *s)
     dp.services.seed(7)
     return dp
+
+
+def change(dp, op, cfg):
+    """Apply one live change; returns the error it raised (type name) or None,
+    so that twins can be compared on refusals too."""
+    try:
+        # as the agent's services_apply: connections to a backend that left
+        # are ended (UDP deleted, TCP marked for a RST)
+        if op[0] == "svc":
+            vip, port, proto, backends = SERVICE_CHANGES[op[1]][:4]
+            old = dp.services.get(vip, port, proto)
+            set_service(dp, *SERVICE_CHANGES[op[1]])
+            for ip, bport in set(old["backends"] if old else []) - set(backends):
+                dp.conntrack.flush(vip=vip, vport=port, proto=PROTO[proto], backend=ip, bport=bport,
+                                   mark_tcp_dead=True)
+        elif op[0] == "svc_rm":
+            vip, port, proto = SERVICES[op[1]][:3]
+            dp.services.remove(vip, port, proto)
+            dp.conntrack.flush(vip=vip, vport=port, proto=PROTO[proto], mark_tcp_dead=True)
+        elif op[0] == "routes":
+            dp.overlay.set_routes(routes(op[1], cfg.io), local=SUBNET)
+        elif op[0] == "port_rm":
+            dp.remove_port(op[1])
+        elif op[0] == "port_add":
+            dp.add_port(op[1])
+        elif op[0] == "guard":
+            ip, mac, port = PODS[op[1]]
+            if op[2]:
+                dp.set_port_guard(port, mac, ip)
+            else:
+                dp.clear_port_guard(port)
+        else:
+            raise AssertionError(op)
+    except (KeyError, ValueError) as e:
+        return type(e).__name__
+    return None

@@ -3,8 +3,12 @@
 B runs one frame per burst in a slot whose bytes past the frame were just
 filled with 0xa5, so each verdict and counter change belongs to one frame:
   - a dropped frame raised exactly its reason's counter; a frame that leaves
-    (port, flood, local) raised none, except the drops that are answered
-    (ICMP frag-needed, the ARP request for a VTEP, a service's RST/ICMP);
+    (port, flood, local) raised none, unless one of its outputs is an answer
+    the fast path wrote in its place, which then counts its drop: ICMP time
+    exceeded (ttl_exceeded), fragmentation needed (too_big), a service's RST
+    or port unreachable (service_rejected), the ARP request for an
+    unresolved VTEP (vtep_unresolved; with ttl_exceeded too when that VTEP
+    was to carry the time exceeded of a tunnelled frame);
   - it sits in the TX queue of its port, or of every other port of its
     domain for a flood, and nowhere else;
   - what the fast path writes itself (ICMP errors, RSTs, the VXLAN outer
@@ -12,18 +16,58 @@ filled with 0xa5, so each verdict and counter change belongs to one frame:
     header; what it rewrites (routing, NAT, encap, decap) keeps the IP and
     L4 checksums that were right (complete or partial, as the vnet header
     says) right, and a vnet header that fitted the frame fitting it.
-A runs the same frames in multi-frame bursts through load/run_burst or
-process(), with whatever the slots held before: its outputs and all its
-counters must equal B's (so no result depends on bytes outside the frame,
-on burst grouping, or on the entry point)."""
+Expectations of its own, independent of the fast path's code:
+  - a frame malformed on purpose (Frame.expect) gets its drop reason (or,
+    for TTL expiry and a service without endpoints, its answer);
+  - a frame to a port that does not exist is a bad_port drop, one longer
+    than a slot a too_long drop;
+  - on a guarded port, a frame that passes parsing is dropped as spoof_mac /
+    spoof_ip exactly when its Ethernet source, IPv4 source, ARP sender MAC
+    or ARP sender IP (0.0.0.0 allowed) is not the pod's;
+  - a routed frame leaves with its TTL decremented exactly once (encap and
+    decap included), a bridged one with it unchanged, an echo reply with 64;
+  - ARP requests for the gateway (pod side) or the node (uplink) are
+    answered in place (op 2, sender the gateway/node, target the asker,
+    Ethernet to the asker, the rest unchanged); ARP replies to them consumed;
+  - a new service flow goes to one of the service's backends, to the one
+    services.maglev_table (Python) gives for a Maglev service, SNATed to the
+    gateway when the backend is the client.
+A runs the same frames in multi-frame bursts through load/run_burst,
+process(), the traced copy of the loop (Dataplane.trace, on the live tables
+and sometimes in its forked copy, which must leave them untouched), or the
+C I/O loop (IOLoop over AF_UNIX datagram socketpairs, one per port, with a
+capture running on pod 0's port): its outputs and all its counters must
+equal B's (so no result depends on bytes outside the frame, on burst
+grouping, or on the entry point). Live changes (services, routes, ports,
+guards) go to both. A snapshot of B restored into a freshly built node C
+must give C B's tables and, on the next burst, B's verdicts and outputs;
+a corrupted or cut snapshot must be refused or skipped with a message."""
+import socket
 import struct
+import time
+from collections import Counter
+from pathlib import Path
 
-from fuzz_node import NODE_IP, PODS, UPLINK, build
-from fuzz_wire import ip_header_ok, ip_layers, l4_status, vnet_fields
+from dataplane import snapshot
+from fastpath.counters import DROP_NAMES
+from fastpath.ioloop import IOLoop
+from fastpath.services import maglev_table
+from fuzz_node import (GW_IP, GW_MAC, MAGLEV_SIZE, NO_NEIGH_IP, NODE_IP, NODE_MAC, PODS, SUBNET, UPLINK,
+                       VIPS, build, change, set_service)
+from fuzz_wire import (arp_at, ip4_arp_ok, ip4n, ip4s, ip_header_ok, ip_layers, l3_offset, l4_status, mix64,
+                       vnet_fields)
 
-# Drops that still send something: the frame became the answer.
 ANSWERED = {"too_big", "ttl_exceeded", "vtep_unresolved", "service_rejected"}
+# Decided before the guard: a frame dropped for one of these never met it.
+BEFORE_GUARD = {"bad_port", "runt", "too_long", "vlan_truncated", "vlan_depth", "src_mac_multicast",
+                "arp_truncated", "ip4_truncated", "ip4_version", "ip4_ihl", "ip4_length", "ip6_truncated",
+                "ip6_length", "l4_truncated", "tcp_data_offset", "udp_length"}
+SPOOF = {"spoof_mac", "spoof_ip"}
 FILL = 0xa5
+META = {"cluster": "fuzz", "node": "n"}
+GW_MAC_B, NODE_MAC_B = bytes.fromhex(GW_MAC.replace(":", "")), bytes.fromhex(NODE_MAC.replace(":", ""))
+GW_IP_B, NODE_IP_B = bytes(map(int, GW_IP.split("."))), bytes(map(int, NODE_IP.split(".")))
+CAPTURED_PORT = PODS[0][2]
 
 
 class Clock:
@@ -34,8 +78,16 @@ class Clock:
         return self.t
 
 
-def drop_counts(dp):
-    return {k: v for k, v in dp.counters()["drops"].items() if v}
+class RealClock:
+    """The I/O loop runs bursts on CLOCK_MONOTONIC: so must every dataplane of its twin."""
+    t = None
+
+    def __call__(self):
+        return time.monotonic()
+
+
+def drop_counts(c):
+    return {k: v for k, v in c["drops"].items() if v}
 
 
 def delta(before, after):
@@ -43,24 +95,112 @@ def delta(before, after):
             if after.get(k, 0) != before.get(k, 0)}
 
 
+class IoRig:
+    """An IOLoop on a dataplane, each port's fd one end of an AF_UNIX
+    SOCK_DGRAM socketpair (frame boundaries kept, a short read truncates, as
+    on a TAP); the harness holds the other ends."""
+
+    def __init__(self, dp, ports, snaplen):
+        self.dp, self.io, self.socks = dp, IOLoop(dp), {}
+        self.snaplen = snaplen
+        for p in ports:
+            self.attach(p)
+        if CAPTURED_PORT in self.socks:
+            self.io.capture_start([CAPTURED_PORT], snaplen=snaplen)
+
+    def attach(self, port):
+        ours, loop = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        for s in (ours, loop):                 # room for a burst of 64 KB super-frames each way
+            for opt in (getattr(socket, "SO_SNDBUFFORCE", 32), getattr(socket, "SO_RCVBUFFORCE", 33)):
+                try:
+                    s.setsockopt(socket.SOL_SOCKET, opt, 8 << 20)
+                except OSError:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        ours.setblocking(False)
+        self.io.attach(port, loop.fileno())
+        self.socks[port] = (ours, loop)
+
+    def detach(self, port):
+        if port in self.socks:
+            if self.io.capture_info()["running"] and port == CAPTURED_PORT:
+                self.io.capture_stop()
+            self.io.detach(port)
+            for s in self.socks.pop(port):
+                s.close()
+
+    def close(self):
+        for p in list(self.socks):
+            self.detach(p)
+
+    def send(self, port, wire):
+        while True:
+            try:
+                self.socks[port][0].send(wire)
+                return
+            except BlockingIOError:
+                self.io.poll(0)                # let the loop drain what is queued, then retry
+
+    def drain(self, got, captured):
+        """Run the loop until every socket is read (poll(0) returns once no fd
+        is ready), then collect what it wrote: got[port] += frames, and
+        captured += those written to CAPTURED_PORT."""
+        self.io.poll(0)
+        for p, (ours, _) in self.socks.items():
+            while True:
+                try:
+                    w = ours.recv(1 << 17)
+                except BlockingIOError:
+                    break
+                got.setdefault(p, []).append(w)
+                if p == CAPTURED_PORT:
+                    captured.append(w)
+
+
 class Twin:
-    def __init__(self, cfg):
+    def __init__(self, cfg, tmpdir):
         self.cfg = cfg
-        self.clock = Clock()
+        self.clock = RealClock() if cfg.io else Clock()
+        self.wall = time.time if cfg.io else (lambda: 5000.0)
         self.a = build(cfg, self.clock)
         self.b = build(cfg, self.clock)
         self.fill = bytes([FILL]) * cfg.slot_size
         self.frames = 0
-        if cfg.prelearn and cfg.slot_size >= 60:
+        self.tmp = Path(tmpdir)
+        self.changes = []           # port and guard changes, replayed on a node built to restore a snapshot
+        self.rig = None             # A's I/O loop, made at the first I/O burst
+        self.shadow = None          # (C restored from B's snapshot, compare?) for the next burst
+        self.reached = Counter()    # what this scenario exercised, for the run's summary
+        self.maglev = {}
+        if cfg.prelearn:
             for ip, mac, port in PODS:
                 arp = (bytes.fromhex("ff" * 6 + mac.replace(":", "")) + b"\x08\x06\x00\x01\x08\x00\x06\x04\x00\x01"
                        + bytes.fromhex(mac.replace(":", "")) + bytes(map(int, ip.split(".")))
                        + bytes(6) + bytes([10, 244, 0, 250]) + bytes(18))
                 assert self.a.process(arp, port) == self.b.process(arp, port)
 
+    def close(self):
+        if self.rig is not None:
+            self.rig.close()
+
     # ---- control steps ------------------------------------------------------
 
     def control(self, op):
+        if op[0] == "change":
+            ra, rb = change(self.a, op[1], self.cfg), change(self.b, op[1], self.cfg)
+            assert ra == rb, f"live change {op[1]}: {ra} on A, {rb} on B"
+            self.reached["change:" + op[1][0] + ("" if ra is None else "-refused")] += 1
+            if op[1][0] in ("port_rm", "port_add", "guard"):
+                self.changes.append(op[1])
+            if self.rig is not None and ra is None:
+                if op[1][0] == "port_rm":
+                    self.rig.detach(op[1][1])
+                elif op[1][0] == "port_add":
+                    self.rig.attach(op[1][1])
+            self.same_counters()
+            return
+        if op[0] == "restore":
+            self.restore(op[1])
+            return
         for dp in (self.a, self.b):
             if op[0] == "advance":
                 pass
@@ -72,7 +212,7 @@ class Twin:
                 dp.conntrack.flush(backend=op[1], mark_tcp_dead=True)
             elif op[0] == "flush":
                 dp.fdb.flush()
-        if op[0] == "advance":
+        if op[0] == "advance" and not self.cfg.io:
             self.clock.t += op[1]
         self.same_counters()
 
@@ -80,14 +220,101 @@ class Twin:
         ca, cb = self.a.counters(), self.b.counters()
         assert ca == cb, f"counters differ between burst shapes/entry points:\nA={ca}\nB={cb}"
 
+    # ---- snapshots ------------------------------------------------------------
+
+    def fresh(self):
+        """A node as a restarted agent builds it before restoring: ports,
+        gateway, overlay and guards as configured, no services or routes."""
+        c = build(self.cfg, self.clock, services=False, route_table=False)
+        for op in self.changes:
+            change(c, op, self.cfg)
+        return c
+
+    def restore(self, corrupt):
+        """Save B's snapshot (as the agent does), restore it into a fresh node
+        C; the next burst runs through C too. corrupt: None, ("cut", frac) or
+        ("flip", frac, bit): then C must come up with a message and no crash."""
+        path = self.tmp / "snapshot"
+        saver = snapshot.Snapshotter(self.b, path, META, clock=self.clock, wall=self.wall)
+        saver.restore()                      # nothing on disk yet: arms saving
+        assert saver.save(force=True)
+        c, logs = self.fresh(), []
+        if corrupt:
+            data = path.read_bytes()
+            if corrupt[0] == "cut":
+                data = data[:int(len(data) * corrupt[1])]
+            else:
+                pos = min(len(data) - 1, int(len(data) * corrupt[1]))
+                data = data[:pos] + bytes([data[pos] ^ (1 << corrupt[2])]) + data[pos + 1:]
+            path.write_bytes(data)
+            try:
+                snapshot.read(path)
+                refused = False
+            except snapshot.SnapshotError:
+                refused = True
+            assert refused or corrupt[0] == "flip", f"a snapshot cut to {len(data)} bytes was read as whole"
+            got = snapshot.Snapshotter(c, path, META, clock=self.clock, wall=self.wall,
+                                       log=logs.append).restore(local_subnet=SUBNET)
+            assert isinstance(got, dict)
+            if refused:
+                assert got == {} and len(logs) == 1 and "unreadable, ignored" in logs[0], (got, logs)
+            self.reached["restore-corrupt-" + ("refused" if refused else "read")] += 1
+            self.shadow = (c, False)
+            return
+        got = snapshot.Snapshotter(c, path, META, clock=self.clock, wall=self.wall,
+                                   log=logs.append).restore(local_subnet=SUBNET)
+        assert not logs, f"a whole snapshot restored with complaints: {logs}"
+        self.same_tables(self.b, c)
+        # Not in a snapshot: the Maglev table size (the agent always uses the
+        # default; the harness uses a small one), the random generator and
+        # affinity (the affinity service has one backend).
+        for s in c.services.list():
+            if s["lb"] == "maglev":
+                set_service(c, s["vip"], s["port"], s["protocol"], s["backends"], "maglev", s["affinity_timeout"])
+        seed = self.frames + 11
+        for dp in (self.a, self.b, c):
+            dp.services.seed(seed)
+        self.reached["restore"] += 1
+        self.shadow = (c, True)
+
+    def same_tables(self, b, c):
+        """C holds what B had that is still live."""
+        io = self.cfg.io
+
+        def fdb(dp, only_live):
+            return [dict(e, age=0) if io else e for e in dp.fdb_dump()
+                    if not only_live or e["static"] or e["age"] <= 300.0]
+
+        def ct(dp, only_live):
+            return sorted((dict(e, expires_in=0) if io else e for e in dp.conntrack_dump()
+                           if not only_live or e["expires_in"] > 0), key=lambda e: (e["proto"], e["client"], e["service"]))
+
+        assert fdb(c, False) == fdb(b, True), "FDB after restore"
+        assert ct(c, False) == ct(b, True), "conntrack after restore"
+        assert c.services.list() == b.services.list(), "services after restore"
+        assert c.overlay.routes() == b.overlay.routes(), "routes after restore"
+        assert c.gateway.neighbors() == b.gateway.neighbors(), "neighbours after restore"
+
     # ---- bursts ------------------------------------------------------------
 
     def burst(self, frames, mode, start, slots):
-        """frames through A as one burst (mode 'run' or 'process') and through
-        B one by one (frame k in slots[k]); compare, check B's verdicts."""
-        want = []
+        """frames through A as one burst (mode 'run', 'process', 'trace',
+        'trace-fork' or 'io') and through B one by one (frame k in slots[k]);
+        compare, check B's verdicts."""
+        want, self.verdicts = [], []
         for k, f in enumerate(frames):
             want += [(k, p, w) for p, w in self.one(f, slots[k])]
+        self.shadow = None
+        self.reached["burst:" + mode] += 1
+        if mode == "io":
+            got = self.run_io(frames)
+            by_port = {}
+            for k, p, w in want:
+                by_port.setdefault(p, []).append(w)
+            got = {p: ws for p, ws in got.items() if ws}
+            assert got == by_port, f"burst of {len(frames)} via the I/O loop differs from one-by-one:\n{got}\n{by_port}"
+            self.same_counters()
+            return
         got = self.run_a(frames, mode, start)
         if mode == "process":
             want = [(p, w[self.cfg.vnet_len(p):]) for k, p, w in want]
@@ -99,6 +326,8 @@ class Twin:
         if mode == "process":
             assert len({f.port for f in frames}) == 1, "process() takes frames of one port"
             return dp.process([f.data for f in frames], frames[0].port)
+        if mode.startswith("trace"):
+            return self.run_traced(frames, fork=mode == "trace-fork")
         out = []
         live = []
         for k, f in enumerate(frames):
@@ -121,16 +350,118 @@ class Twin:
                 res.append((s - start, p, wire_vnet(dp, s, p) + dp.frame(s)))
         return res
 
+    def run_traced(self, frames, fork):
+        """Each frame through Dataplane.trace on A's live tables (the traced
+        copy of the loop); with fork, the first one first in the forked copy,
+        which must give the same and leave A untouched."""
+        dp, out = self.a, []
+        for k, f in enumerate(frames):
+            if f.port >= 256:                  # trace refuses it: plain run
+                out += [(k, p, w) for _, p, w in self.run_a([f], "run", 0)]
+                continue
+            if fork and k == 0:
+                before = tables(dp)
+                r0 = dp.trace(f.data, f.port, f.vnet)
+                assert tables(dp) == before, \
+                    "a trace in the forked copy changed the live tables"
+                self.reached["trace-fork"] += 1
+            r = dp.trace(f.data, f.port, f.vnet, commit=True)
+            if fork and k == 0:
+                assert r0 == r, f"forked trace {r0} differs from the live one {r}"
+            self.check_trace(f, r, self.verdicts[k])
+            self.reached["traced"] += 1
+            out += sorted(((k, p, h + b) for p, b, h in r["outputs"]), key=lambda x: x[1])
+        return out
+
+    def check_trace(self, f, r, verdict):
+        assert r["verdict"] == verdict, f"traced verdict {r['verdict']}, untraced {verdict}"
+        assert r["lost_events"] == 0, r
+        ev = r["events"]
+        if verdict[0] == "drop":
+            reason = verdict[1]
+            if reason == "service_rejected":
+                assert ev[-1][0] == "reject", ev
+            else:
+                assert ev[-1][:2] == ("drop", DROP_NAMES.index(reason)), (ev, reason)
+        else:
+            assert ev[0][0] == "rx", ev
+            assert sorted(e[1] for e in ev if e[0] == "tx") == sorted(p for p, _, _ in r["outputs"]), ev
+
+    def run_io(self, frames):
+        """frames written into their ports' sockets, through A's I/O loop;
+        returns {port: [vnet header + frame written to it]}. Frames the loop
+        cannot take (no such port, or not fitting a slot: read() then fills the
+        slot and the loop drops it as truncated) go through load/run_burst
+        after the loop's queue is drained, so A stays B's twin."""
+        cfg, dp = self.cfg, self.a
+        if self.rig is None:
+            ports = [p for p in range(256) if p in dp.ports]
+            self.rig = IoRig(dp, ports, 64 if cfg.nslots in (1, 8) else 65535)
+        rig, got = self.rig, {}
+        sent, written = [], []                  # frames the loop read from / wrote to the captured port
+        io0 = rig.io.counters()
+        truncated, last = 0, None
+        for f in frames:
+            wire = (f.vnet if f.vnet is not None else bytes(cfg.vnet_len(f.port) if f.port < 256 else 0)) + f.data
+            if f.port not in rig.socks:
+                rig.drain(got, written)
+                last = None
+                for _, p, w in self.run_a([f], "run", 0):
+                    got.setdefault(p, []).append(w)
+                continue
+            if len(f.data) >= cfg.slot_size:
+                rig.drain(got, written)
+                last = None
+                before = dp.counters()
+                rig.send(f.port, wire)
+                rig.drain(got, written)
+                truncated += 1
+                assert dp.counters() == before, "a frame the I/O loop truncated reached the fast path"
+                for _, p, w in self.run_a([f], "run", 0):
+                    got.setdefault(p, []).append(w)
+                continue
+            if f.port != last:
+                # one port at a time: in one wakeup the loop reads the ready
+                # ports in epoll's order, not in the order frames were sent
+                rig.drain(got, written)
+                last = f.port
+            rig.send(f.port, wire)
+            if f.port == CAPTURED_PORT:
+                sent.append(f.data)
+        rig.drain(got, written)
+        io1 = rig.io.counters()
+        for p, c in io1["ports"].items():
+            assert (c["rx_errors"], c["tx_errors"], c["tx_no_fd"]) == (0, 0, 0), f"I/O loop errors on port {p}: {c}"
+        trunc = sum(c["rx_truncated"] for c in io1["ports"].values()) - \
+            sum(c["rx_truncated"] for c in io0["ports"].values())
+        assert trunc == truncated, f"{trunc} frames truncated by the I/O loop, {truncated} expected"
+        self.reached["io-frames"] += len(frames) - truncated
+        self.reached["io-truncated"] += truncated
+        if rig.io.capture_info()["running"]:
+            recs = rig.io.capture_read()
+            n = rig.snaplen
+            hl = dp.port_vnet(CAPTURED_PORT)
+            rx = [(r[1], r[3], r[4]) for r in recs if r[2] == 0]
+            tx = [(r[1], r[3], r[4]) for r in recs if r[2] == 1]
+            assert rx == [(CAPTURED_PORT, len(d), d[:n]) for d in sent], "capture of received frames"
+            assert tx == [(CAPTURED_PORT, len(w) - hl, w[hl:hl + n]) for w in written], "capture of sent frames"
+            self.reached["captured"] += len(recs)
+        return got
+
     def one(self, f, slot):
         """f alone through B in slot; returns [(port, vnet + frame)] after checking it."""
         dp, cfg = self.b, self.cfg
-        before = drop_counts(dp)
+        expect = self.expected(f)
+        guard = dp.guard.get(f.port) if f.port < 256 and f.port != UPLINK else None
+        c0 = dp.counters()
         dp.load(slot, self.fill, 0)
         ok = dp.load(slot, f.data, f.port, vnet=f.vnet)
         if ok:
             dp.run_burst(slot, 1)
-        d = delta(before, drop_counts(dp))
+        c1 = dp.counters()
+        d = delta(drop_counts(c0), drop_counts(c1))
         v = dp.verdict(slot)
+        self.verdicts.append(v)
         outs = []
         if ok:
             for p in dp.tx_ports():
@@ -140,18 +471,214 @@ class Twin:
         else:
             assert v == ("drop", "too_long") and len(f.data) > cfg.slot_size, (v, len(f.data))
         outs.sort(key=lambda o: o[0])
-        self.check_accounting(f, v, d, [p for p, _, _ in outs])
+        self.check_accounting(f, v, d, outs)
+        self.check_expected(f, expect, v, d, outs)
+        self.check_guard(f, guard, v)
+        self.check_arp(f, v, outs)
         for p, h, b in outs:
             self.check_output(f, v, d, p, h, b)
+            self.check_ttl(f, p, b)
+        self.check_service(f, v, outs, c0, c1)
+        if self.shadow is not None:
+            self.run_shadow(f, slot, v, outs, c0, c1)
         self.frames += 1
         return [(p, h + b) for p, h, b in outs]
 
+    def run_shadow(self, f, slot, v, outs, c0, c1):
+        """The same frame through C, restored from B's snapshot: same verdict
+        and outputs (the outer IP id of encapsulated frames aside: it restarts
+        with the process), until a table eviction may make them diverge."""
+        c, compare = self.shadow
+        e0 = (c.counters()["conntrack"]["evictions"], c.counters()["fdb"]["full"])
+        ok = c.load(slot, f.data, f.port, vnet=f.vnet)
+        if ok:
+            c.run_burst(slot, 1)
+        cv = c.verdict(slot)
+        couts = sorted((p, wire_vnet(c, slot, p), c.frame(slot)) for p in c.tx_ports()) if ok else []
+        if not compare:
+            return
+        evicted = (c.counters()["conntrack"]["evictions"], c.counters()["fdb"]["full"]) != e0 or \
+            (c1["conntrack"]["evictions"], c1["fdb"]["full"]) != (c0["conntrack"]["evictions"], c0["fdb"]["full"])
+        if evicted:
+            self.shadow = (c, False)
+            return
+        if v == ("drop", "vtep_unresolved") and cv == (UPLINK, None):
+            return                 # B asked for that VTEP within the second; C (restarted) asks again
+        assert cv == v, f"after restore: verdict {cv}, before {v} ({f!r})"
+        assert [(p, h, outer_id_zeroed(b)) for p, h, b in couts] == [(p, h, outer_id_zeroed(b)) for p, h, b in outs], \
+            f"after restore the outputs differ ({f!r})"
+        self.reached["restored-frames"] += 1
+
+    # ---- expectations of its own ---------------------------------------------------
+
+    def expected(self, f):
+        """The drop reason f must get, from how it was made and the node's
+        configuration now (None: no expectation)."""
+        dp, cfg = self.b, self.cfg
+        if len(f.data) > cfg.slot_size:
+            return "too_long"
+        if f.port >= 256 or f.port not in dp.ports:
+            return "bad_port"
+        e = f.expect
+        if e == "no_neighbor" and any(n["ip"] == NO_NEIGH_IP for n in dp.gateway.neighbors()):
+            return None
+        if e in ("service_rejected", "conntrack_invalid"):
+            vip = VIPS[1] if e == "service_rejected" else VIPS[0]
+            ip = l3_offset(f.data)[0]
+            cip, sport = ip4s(int.from_bytes(f.data[ip + 12:ip + 16], "big")), struct.unpack("!H", f.data[ip + 20:ip + 22])[0]
+            if any(c["client"] == f"{cip}:{sport}" and c["service"] == f"{vip}:80" and c["proto"] == "TCP"
+                   for c in dp.conntrack_dump()):
+                return None                # a connection from earlier (the generator's ports may repeat)
+            svc = dp.services.get(vip, 80, "TCP")
+            if svc is None:
+                return "service_rejected"
+            if e == "service_rejected" and svc["backends"]:
+                return None                # a live change gave it endpoints
+        return e
+
+    def check_expected(self, f, expect, v, d, outs):
+        if expect is None:
+            return
+        self.reached["expect:" + expect] += 1
+        if expect in ("ttl_exceeded", "service_rejected") and v[0] != "drop":
+            assert d == {expect: 1}, f"{f.label}: answered, drop counters moved by {d}, expected {expect}"
+            assert [p for p, _, _ in outs] == [f.port], f"{f.label}: answered on {[p for p, _, _ in outs]}"
+            assert answers(f, outs[0][0], outs[0][2], self.cfg) == [expect], f"{f.label}: the answer is not one"
+            return
+        assert v == ("drop", expect), f"{f.label}: verdict {v}, expected a {expect} drop ({f!r})"
+
+    def check_guard(self, f, guard, v):
+        """The guard's rule, computed here from the frame's bytes."""
+        if v[0] == "drop" and v[1] in BEFORE_GUARD:
+            return
+        if guard is None:
+            assert v[1] not in SPOOF, f"{v[1]} on an unguarded port {f.port}"
+            return
+        self.reached["guarded"] += 1
+        mac, ip = bytes.fromhex(guard["mac"].replace(":", "")), bytes(map(int, guard["ip"].split(".")))
+        data, why = f.data, None
+        l3 = l3_offset(data)
+        if data[6:12] != mac:
+            why = "spoof_mac"
+        elif l3[1] == 0x0800 and data[l3[0] + 12:l3[0] + 16] != ip:
+            why = "spoof_ip"
+        elif l3[1] == 0x0806:
+            a = data[l3[0]:l3[0] + 28]
+            if a[8:14] != mac:
+                why = "spoof_mac"
+            elif a[14:18] not in (ip, bytes(4)):
+                why = "spoof_ip"
+        if why:
+            self.reached["spoof-dropped"] += 1
+            assert v == ("drop", why), f"guarded port {f.port} ({guard}): verdict {v}, expected {why} ({f!r})"
+        else:
+            assert v[1] not in SPOOF, f"guarded port {f.port} ({guard}) dropped its pod's own frame as {v[1]}"
+
+    def check_arp(self, f, v, outs):
+        """ARP for the gateway (pods) or the node (uplink): answered in place,
+        replies to them consumed."""
+        got = arp_at(f.data)
+        if got is None or (v[0] == "drop" and (v[1] in BEFORE_GUARD or v[1] in SPOOF)):
+            return
+        off, a = got
+        op, tpa = a[6:8], a[24:28]
+        if f.port == UPLINK:
+            mac, ip = NODE_MAC_B, NODE_IP_B
+            if not ip4_arp_ok(a):
+                assert v == ("drop", "uplink_unsupported"), v
+                return
+            if op != b"\x00\x01" or tpa != ip:
+                assert v == ("local", None), f"ARP on the uplink not consumed: {v}"
+                return
+        else:
+            mac, ip = GW_MAC_B, GW_IP_B
+            if not ip4_arp_ok(a):
+                return
+            if op == b"\x00\x02" and f.data[:6] == mac:
+                assert v == ("local", None), f"ARP reply to the gateway not consumed: {v}"
+                return
+            if op != b"\x00\x01" or tpa != ip:
+                return
+        assert v == (f.port, None), f"ARP request for {'the node' if f.port == UPLINK else 'the gateway'}: verdict {v}"
+        [(p, h, b)] = outs
+        want = (a[8:14] + mac + f.data[12:off] + a[:6] + b"\x00\x02" + mac + ip + a[8:18] + f.data[off + 28:])
+        assert b == want, f"ARP reply {b.hex()}, expected {want.hex()}"
+        assert h == bytes(len(h)), "ARP reply with a vnet header"
+        self.reached["arp-answered"] += 1
+
+    def check_ttl(self, f, port, frame):
+        """The same packet after the fast path: TTL one less if it was routed
+        (sent to the gateway MAC, here or inside the tunnel), the same if
+        bridged; an echo reply's is 64."""
+        cfg = self.cfg
+        ins, outs = ip_layers(f.data, cfg.vxlan_port), ip_layers(frame, cfg.vxlan_port)
+        if not ins or not outs:
+            return
+        if port == UPLINK and f.port != UPLINK and len(outs) == 2 and outs[0].src == ip4n(NODE_IP):
+            i, o = ins[0], outs[1]                  # encapsulated
+        elif f.port == UPLINK and port != UPLINK:
+            if len(ins) != 2:
+                return
+            i, o = ins[1], outs[0]                  # decapsulated
+        elif f.port == UPLINK or (port == UPLINK and len(outs) == 2 and outs[0].src == ip4n(NODE_IP)):
+            return                                  # answers into the tunnel, and the node's own
+        else:
+            i, o = ins[0], outs[0]
+        if generated(i, f.data, o, frame):
+            return
+        if i.proto == 1 and o.proto == 1 and i.l4_len >= 1 and o.l4_len >= 1 and f.data[i.l4] == 8 and frame[o.l4] == 0:
+            assert o.ttl == 64 and o.dst == i.src, "echo reply"
+            return
+        if o.proto != i.proto or frame[o.off + 4:o.off + 6] != f.data[i.off + 4:i.off + 6]:
+            return                                  # not the same packet
+        routed = f.data[i.eth:i.eth + 6] == GW_MAC_B
+        want = (i.ttl - 1) & 0xff if routed else i.ttl
+        assert o.ttl == want, f"TTL {i.ttl} -> {o.ttl}, {'routed' if routed else 'bridged'} ({f!r})"
+        self.reached["ttl-routed" if routed else "ttl-bridged"] += 1
+
+    def check_service(self, f, v, outs, c0, c1):
+        """A new service flow: a backend of the service, Maglev's by the table."""
+        if c1["conntrack"]["inserts"] == c0["conntrack"]["inserts"] or v[0] == "drop" or f.port == UPLINK:
+            return
+        cfg = self.cfg
+        ins = ip_layers(f.data, cfg.vxlan_port)
+        i = ins[0]
+        proto = {6: "TCP", 17: "UDP"}[i.proto]
+        sport, vport = struct.unpack("!HH", f.data[i.l4:i.l4 + 4])
+        svc = self.b.services.get(ip4s(i.dst), vport, proto)
+        assert svc is not None, f"a new flow to {ip4s(i.dst)}:{vport}/{proto}, no such service"
+        for p, h, b in outs:
+            outl = ip_layers(b, cfg.vxlan_port)
+            if not outl:
+                continue                               # the ARP request for the backend's VTEP
+            o = outl[1] if p == UPLINK and len(outl) == 2 and outl[0].src == ip4n(NODE_IP) else outl[0]
+            if generated(i, f.data, o, b):
+                continue                               # e.g. too big for the tunnel
+            backend = (ip4s(o.dst), struct.unpack("!H", b[o.l4 + 2:o.l4 + 4])[0])
+            assert backend in svc["backends"], f"new flow to {backend}, backends {svc['backends']}"
+            if svc["lb"] == "maglev":
+                key = tuple(svc["backends"])
+                if key not in self.maglev:
+                    self.maglev[key] = maglev_table(list(key), MAGLEV_SIZE)
+                flow = mix64(((i.src << 32) | i.dst) ^ (sport << 16) ^ i.proto)
+                want = svc["backends"][self.maglev[key][mix64(flow) % MAGLEV_SIZE]]
+                assert backend == want, f"Maglev sent the flow to {backend}, its table says {want}"
+                self.reached["maglev-checked"] += 1
+            if backend[0] == ip4s(i.src):
+                assert o.src == ip4n(GW_IP), "hairpin flow not SNATed to the gateway"
+                self.reached["hairpin"] += 1
+            self.reached["new-flow-checked"] += 1
+
     # ---- invariants ----------------------------------------------------------
 
-    def check_accounting(self, f, v, d, ports):
+    def check_accounting(self, f, v, d, outs):
         where = v[0]
+        ports = [p for p, _, _ in outs]
         if where == "drop":
-            assert d == {v[1]: 1}, f"dropped as {v[1]} but drop counters moved by {d}"
+            want = {v[1]: 1}
+            if f.port == UPLINK and v[1] in ("vtep_unresolved", "no_route") and tunnelled_ttl_expired(f, self.cfg):
+                want["ttl_exceeded"] = 1           # its time exceeded could not go back into the tunnel
+            assert d == want, f"dropped as {v[1]} but drop counters moved by {d}"
             assert ports == [], f"dropped frame queued on {ports}"
             return
         if where == "flood":
@@ -163,8 +690,12 @@ class Twin:
             assert ports == [], f"consumed frame queued on {ports}"
         else:
             assert ports == [where], f"verdict port {where}, queued on {ports}"
-        assert d == {} or (len(d) == 1 and list(d.values()) == [1] and set(d) <= ANSWERED), \
-            f"frame left ({where}) yet drop counters moved by {d}"
+        want = Counter()
+        for p, _, b in outs:
+            want.update(answers(f, p, b, self.cfg))
+        assert d == dict(want), f"frame left ({where}); drop counters moved by {d}, its outputs answer {dict(want)}"
+        for r in want:
+            self.reached["answered:" + r] += 1
 
     def check_output(self, f, v, d, port, hdr, frame):
         cfg = self.cfg
@@ -214,6 +745,46 @@ class Twin:
             assert len(frame) <= cfg.mtu + 14, f"{len(frame)}-byte encapsulated frame, fabric MTU {cfg.mtu}"
 
 
+def tables(dp):
+    """Counters, FDB and conntrack, without the times a dump reads off the clock."""
+    return (dp.counters(), [dict(e, age=None) for e in dp.fdb_dump()],
+            [dict(e, expires_in=None) for e in dp.conntrack_dump()])
+
+
+def answers(f, port, frame, cfg):
+    """The drops an output stands for: [] for a forwarded frame, else what
+    the fast path answered in the frame's place."""
+    l3 = l3_offset(frame)
+    if port == UPLINK and l3 is not None and l3[1] == 0x0806 and frame[l3[0] + 6:l3[0] + 8] == b"\x00\x01" \
+            and frame[l3[0] + 14:l3[0] + 18] == NODE_IP_B and arp_at(f.data) is None:
+        # the ARP request for the VTEP, in place of what was to be encapsulated
+        return ["vtep_unresolved"] + (["ttl_exceeded"] if f.port == UPLINK and tunnelled_ttl_expired(f, cfg) else [])
+    outs = ip_layers(frame, cfg.vxlan_port)
+    if not outs:
+        return []
+    ins = ip_layers(f.data, cfg.vxlan_port)
+    o, i = outs[-1], (ins[-1] if ins else None)
+    if not generated(i, f.data, o, frame):
+        return []
+    if o.proto == 6:
+        return ["service_rejected"]
+    t, code = frame[o.l4], frame[o.l4 + 1]
+    return [{(11, 0): "ttl_exceeded", (3, 4): "too_big", (3, 3): "service_rejected"}[(t, code)]]
+
+
+def tunnelled_ttl_expired(f, cfg):
+    """A frame from the fabric whose inner IPv4 packet, routed, has no TTL left."""
+    ins = ip_layers(f.data, cfg.vxlan_port)
+    return len(ins) == 2 and ins[1].ttl <= 1 and ins[1].dst != ip4n(GW_IP)
+
+
+def outer_id_zeroed(frame):
+    """An encapsulated frame with its outer IP id and checksum zeroed."""
+    if len(frame) >= 34 and frame[12:14] == b"\x08\x00" and frame[26:30] == NODE_IP_B:
+        return frame[:18] + b"\0\0" + frame[20:24] + b"\0\0" + frame[26:]
+    return frame
+
+
 def wire_vnet(dp, slot, port):
     """The vnet header the I/O loop writes with slot's frame on port: the
     port's header size, ending at the frame. (vnet_hdr() sizes a flooded
@@ -222,10 +793,6 @@ def wire_vnet(dp, slot, port):
     n = dp.port_vnet(port)
     assert n <= len(h), f"port {port} takes {n}-byte vnet headers, only {len(h)} known"
     return h[len(h) - n:]
-
-
-def ip4n(s):
-    return int.from_bytes(bytes(map(int, s.split("."))), "big")
 
 
 def generated(i, indata, o, frame):

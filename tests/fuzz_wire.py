@@ -80,7 +80,8 @@ def l3_offset(frame):
 
 def ip_layers(frame, vxlan_port):
     """The IPv4 layers of a frame, outermost first: the frame's own, and the
-    inner frame's when it is VXLAN to vxlan_port."""
+    inner frame's when it is VXLAN to vxlan_port (each with .eth, the offset
+    of the Ethernet header in front of it)."""
     out = []
     l3 = l3_offset(frame)
     if l3 is None or l3[1] != 0x0800:
@@ -88,6 +89,7 @@ def ip_layers(frame, vxlan_port):
     ip = Ip4.at(frame, l3[0])
     if ip is None:
         return out
+    ip.eth = 0
     out.append(ip)
     if ip.proto == 17 and not ip.fragment and ip.l4_len >= 8 + 8 + 14:
         dport, = struct.unpack("!H", frame[ip.l4 + 2:ip.l4 + 4])
@@ -97,6 +99,7 @@ def ip_layers(frame, vxlan_port):
             sub = l3_offset(inner)
             if sub is not None and sub[1] == 0x0800 and Ip4.at(inner, sub[0]) is not None:
                 out.append(Ip4.at(frame, start + sub[0]))
+                out[-1].eth = start               # where its Ethernet header starts
     return out
 
 
@@ -138,3 +141,37 @@ def set_partial_csum(frame, ip):
     sum, as a sender with checksum offload leaves it."""
     at = ip.l4 + CSUM_FIELD[ip.proto]
     return frame[:at] + struct.pack("!H", fold(pseudo_sum(ip))) + frame[at + 2:]
+
+
+def arp_at(frame):
+    """(offset, 28 bytes) of an Ethernet/any ARP body after up to two VLAN
+    tags, or None (not ARP, or cut short)."""
+    l3 = l3_offset(frame)
+    if l3 is None or l3[1] != 0x0806 or len(frame) < l3[0] + 28:
+        return None
+    return l3[0], frame[l3[0]:l3[0] + 28]
+
+
+def ip4_arp_ok(a):
+    """An ARP body the gateway and node answer: Ethernet/IPv4, lengths 6 and 4."""
+    return a[0:2] == b"\x00\x01" and a[2:4] == b"\x08\x00" and a[4] == 6 and a[5] == 4
+
+
+def mix64(x):
+    """services.pxd's mix64, for the Maglev expectation."""
+    m = (1 << 64) - 1
+    x &= m
+    x ^= x >> 33
+    x = (x * 0xff51afd7ed558ccd) & m
+    x ^= x >> 33
+    x = (x * 0xc4ceb9fe1a85ec53) & m
+    x ^= x >> 33
+    return x
+
+
+def ip4n(s):
+    return int.from_bytes(bytes(map(int, s.split("."))), "big")
+
+
+def ip4s(n):
+    return ".".join(str(b) for b in n.to_bytes(4, "big"))
