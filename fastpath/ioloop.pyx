@@ -273,6 +273,13 @@ cdef class IOLoop:
                         self.frames += n
                 if nwatched:
                     break
+                # Ports that stay ready (sustained traffic, or a TAP whose
+                # device is gone: EPOLLERR for ever) must not keep poll() from
+                # returning: the agent's timers (aging, snapshots, an idle
+                # capture) run between polls. Before, only an idle epoll_wait
+                # ended the loop, so under load they never ran.
+                if mono_ms() >= deadline:
+                    break
         if nev < 0 and not interrupted:
             raise OSError(errno, os.strerror(errno))
         return [watched[i] for i in range(nwatched)]

@@ -6,15 +6,22 @@ Every poll() here runs exactly one round (one epoll_wait, one burst): a
 watched pipe is kept readable, and poll() returns after the first wakeup that
 finds a watched fd ready. So assertions are about which frames come out of
 which round and about counters, never about time."""
+import json
 import os
 import socket
+import subprocess
+import sys
+import textwrap
 
 import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
+from conftest import require_root
 from fastpath import Dataplane
 from fastpath.ioloop import IOLoop
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
 
 OUT_MAC = "02:00:00:00:00:99"          # the station behind the output port (static FDB entry)
 
@@ -225,20 +232,97 @@ def test_a_read_shorter_than_the_vnet_header_is_counted_rx_errors(rig):
     assert [tag(f) for f in r.drain(9)] == [(1, 1)]
 
 
-def test_a_port_at_end_of_file_cannot_hold_the_loop(rig):
+def bounded(code, *args, timeout=30, netns=None):
+    """Run code in a child Python and return what it prints (JSON): a loop
+    that never returns must fail the test, not hang the suite."""
+    cmd = [sys.executable, "-c", "import sys; sys.path.insert(0, %r)\n" % TESTS + textwrap.dedent(code), *args]
+    if netns:
+        cmd = ["ip", "netns", "exec", netns, *cmd]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"the I/O loop did not return within {timeout} s") from None
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_a_port_at_end_of_file_cannot_hold_the_loop():
     """A vnet port whose other end is gone reads 0 bytes forever. Each such
     read counts against the port's share of the burst, so the round ends
     (it used to retry without bound inside the C loop: poll() never returned)."""
-    r = rig(nslots=8)
-    r.port(1, vnet=12)
-    r.port(2)
-    r.port(9)
-    r.dp.fdb.add_static(OUT_MAC, 9)
-    r.peer.pop(1).close()                        # nothing unread: plain end of file
-    r.peer[2].send(frame(2, 0))
-    r.round()
-    assert port_counters(r.io, 1) == dict(ZERO, rx_errors=4)     # its share: 8 // 2 ready ports
-    assert [tag(f) for f in r.drain(9)] == [(2, 0)]
+    got = bounded("""
+        import json
+        from test_ioloop import OUT_MAC, Rig, frame, port_counters, tag
+        r = Rig(nslots=8)
+        r.port(1, vnet=12)
+        r.port(2)
+        r.port(9)
+        r.dp.fdb.add_static(OUT_MAC, 9)
+        r.peer.pop(1).close()                     # nothing unread: plain end of file
+        r.peer[2].send(frame(2, 0))
+        r.round()
+        print(json.dumps([port_counters(r.io, 1), [tag(f) for f in r.drain(9)]]))
+        """)
+    assert got == [dict(ZERO, rx_errors=4), [[2, 0]]]      # its share: 8 // 2 ready ports
+
+
+def test_poll_returns_at_its_deadline_while_a_port_stays_ready():
+    """poll(timeout) with no watched fd ready returns once timeout passes even
+    if a port never stops being ready (here: at end of file; under sustained
+    traffic alike). It used to return only after an idle epoll_wait, so the
+    agent's timers between polls (FDB aging, snapshots, the idle-capture
+    stop) never ran while traffic kept coming."""
+    got = bounded("""
+        import json
+        from test_ioloop import Rig, port_counters
+        r = Rig(nslots=8)
+        r.io.unwatch(r.wake_r)                    # nothing watched: only the deadline ends poll()
+        r.port(1, vnet=12)
+        r.peer.pop(1).close()
+        ready = r.io.poll(50)
+        print(json.dumps([ready, port_counters(r.io, 1), r.io.counters()["wakeups"]]))
+        """)
+    ready, c, wakeups = got
+    assert ready == [] and wakeups >= 1
+    assert c["rx_errors"] == 8 * wakeups and c["rx_truncated"] == c["tx_errors"] == c["tx_no_fd"] == 0
+
+
+def test_a_tap_whose_link_is_down_or_gone_counts_tx_errors_and_rx_errors():
+    """A real TAP in a namespace of this test's own: a frame forwarded to it
+    while its link is down fails (EIO, tx_errors); once the interface is
+    deleted every read fails (EBADFD, rx_errors) and epoll reports the fd
+    for ever, yet poll() returns at its deadline."""
+    require_root()
+    ns = "pnioloop-tap"
+    subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        got = bounded("""
+            import json, subprocess
+            from tap.device import Tap
+            from test_ioloop import OUT_MAC, Rig, frame, port_counters
+            r = Rig(nslots=8)
+            r.dp.set_vnet_len(12)
+            tap = Tap("pniotap0", vnet_hdr=True)
+            r.dp.add_port(0)
+            r.io.attach(0, tap.fileno())
+            r.port(1)
+            r.dp.fdb.add_static(OUT_MAC, 0)
+            subprocess.run(["ip", "link", "set", "pniotap0", "up"], check=True)
+            subprocess.run(["ip", "link", "set", "pniotap0", "down"], check=True)
+            r.peer[1].send(bytes(12) + frame(1, 0))
+            r.round()
+            down = port_counters(r.io, 0)
+            subprocess.run(["ip", "link", "del", "pniotap0"], check=True)
+            r.io.unwatch(r.wake_r)
+            ready = r.io.poll(50)
+            print(json.dumps([down, ready, port_counters(r.io, 0)]))
+            """, netns=ns)
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=True)
+    down, ready, gone = got
+    assert down == dict(ZERO, tx_errors=1)
+    assert ready == [] and gone["rx_errors"] >= 1 and gone["tx_errors"] == 1
 
 
 # ---- tx_errors, tx_no_fd -----------------------------------------------------
