@@ -1,11 +1,14 @@
 """The C I/O loop (fastpath/ioloop.pyx) on real fds: AF_UNIX SOCK_SEQPACKET
 socketpairs keep frame boundaries as a TAP does, so one end is attached to a
-port and the test reads and writes frames at the other. No root needed.
+port and the test reads and writes frames at the other (no root needed);
+one test uses a real TAP in a namespace of its own (root).
 
-Every poll() here runs exactly one round (one epoll_wait, one burst): a
+poll() here mostly runs exactly one round (one epoll_wait, one burst): a
 watched pipe is kept readable, and poll() returns after the first wakeup that
 finds a watched fd ready. So assertions are about which frames come out of
-which round and about counters, never about time."""
+which round and about counters, never about time. The cases where the loop
+used to never return run in a child process with a bound, so a regression
+fails instead of hanging the suite."""
 import json
 import os
 import socket
