@@ -133,7 +133,7 @@ def pod_frame(draw, cfg):
     ip, mac, port = draw(st.sampled_from(PODS))
     peer = draw(st.sampled_from([p for p in PODS if p[2] != port]))
     kind = draw(st.sampled_from(["bridged", "arp", "gateway", "routed", "remote", "pmtu", "service", "reply",
-                                 "super", "ip6", "random", "bad", "bad", "spoof"]))
+                                 "super", "ip6", "random", "bad", "bad", "spoof", "service"]))
     if kind == "bad":
         return draw(bad_pod_frame(ip, mac, port, peer))
     if kind == "spoof":

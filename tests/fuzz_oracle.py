@@ -194,7 +194,7 @@ class Twin:
             if self.rig is not None and ra is None:
                 if op[1][0] == "port_rm":
                     self.rig.detach(op[1][1])
-                elif op[1][0] == "port_add":
+                elif op[1][0] == "port_add" and op[1][1] not in self.rig.socks:   # adding a port that is there changes nothing
                     self.rig.attach(op[1][1])
             self.same_counters()
             return
@@ -773,9 +773,10 @@ def answers(f, port, frame, cfg):
 
 
 def tunnelled_ttl_expired(f, cfg):
-    """A frame from the fabric whose inner IPv4 packet, routed, has no TTL left."""
+    """A frame from the fabric whose inner IPv4 packet, routed to a local pod
+    (no transit: others are no_route drops first), has no TTL left."""
     ins = ip_layers(f.data, cfg.vxlan_port)
-    return len(ins) == 2 and ins[1].ttl <= 1 and ins[1].dst != ip4n(GW_IP)
+    return len(ins) == 2 and ins[1].ttl <= 1 and ins[1].dst != ip4n(GW_IP) and ins[1].dst >> 8 == ip4n(GW_IP) >> 8
 
 
 def outer_id_zeroed(frame):

@@ -1,7 +1,11 @@
 """The fuzzing harness (tests/fuzz_*.py) on the fast path built with
 AddressSanitizer: a CI-sized, derandomized run (PODNET_FUZZ_EXAMPLES
 scenarios), after checking that the child process really runs the ASan build
-with ASan active. `make fuzz` runs the long version."""
+with ASan active, and that the run reached every entry the harness claims:
+guarded ports (forged frames dropped), the traced copy of the loop (also
+forked), the I/O loop (with a capture), live changes of each kind, snapshot
+restores (whole, and corrupt ones refused), and each independent expectation.
+`make fuzz` runs the long version."""
 import os
 from pathlib import Path
 
@@ -52,3 +56,16 @@ def test_fuzz_under_asan(asan_build, tmp_path, monkeypatch):
         pytest.fail(f"fuzzing failed (exit {r.returncode})\n--- stdout\n{r.stdout[-6000:]}\n--- stderr\n"
                     f"{r.stderr[-12000:]}\n--- last scenario\n{scenario}", pytrace=False)
     assert f"{EXAMPLES} scenarios" in r.stdout and "no failure" in r.stdout, r.stdout
+    if EXAMPLES >= 250:
+        [line] = [ln for ln in r.stdout.splitlines() if ln.startswith("reached: ")]
+        reached = dict((k, int(v)) for k, v in (item.rsplit(" ", 1) for item in line[len("reached: "):].split(", ")))
+        missing = [k for k in REACHED if not any(v for name, v in reached.items()
+                                                 if name == k or (k.endswith(":") and name.startswith(k)))]
+        assert not missing, f"the fuzz run never reached {missing}:\n{line}"
+
+
+# What a CI-sized run must exercise (names as fuzz_oracle.Twin.reached counts them).
+REACHED = ["guarded", "spoof-dropped", "traced", "trace-fork", "burst:io", "io-frames", "io-truncated", "captured",
+           "change:svc", "change:svc_rm", "change:routes", "change:port_rm", "change:port_add", "change:guard",
+           "restore", "restored-frames", "restore-corrupt-refused",
+           "expect:", "arp-answered", "ttl-routed", "ttl-bridged", "answered:"]   # "x:": any x:...
