@@ -235,8 +235,9 @@ class Twin:
         C; the next burst runs through C too. corrupt: None, ("cut", frac) or
         ("flip", frac, bit): then C must come up with a message and no crash."""
         path = self.tmp / "snapshot"
+        path.unlink(missing_ok=True)         # an earlier one would be restored into B by the arming below
         saver = snapshot.Snapshotter(self.b, path, META, clock=self.clock, wall=self.wall)
-        saver.restore()                      # nothing on disk yet: arms saving
+        saver.restore()                      # nothing on disk: only arms saving
         assert saver.save(force=True)
         c, logs = self.fresh(), []
         if corrupt:
