@@ -48,16 +48,20 @@ while True:
 CLIENT = """
 import json, socket, sys, time
 vip, n = sys.argv[1], int(sys.argv[2])
-out = []
+out, failed = [], []
 for i in range(n + 20):                        # 20 warm-up connections first
     t = time.perf_counter()
-    c = socket.create_connection((vip, 80), timeout=5)
+    try:
+        c = socket.create_connection((vip, 80), timeout=5)
+    except OSError as e:                       # counted and reported, not hidden in a median
+        failed.append(f"{type(e).__name__}: {e}")
+        continue
     d = time.perf_counter() - t
     c.close()
     if i >= 20:
         out.append(d * 1e6)
     time.sleep(0.002)
-print(json.dumps(out))
+print(json.dumps({"us": out, "failed": failed}))
 """
 
 
@@ -70,14 +74,17 @@ def measure(client_ns, server_ns, target, connects):
     try:
         assert srv.stdout.readline().strip() == "ready"
         r = subprocess.run(ns_exec(client_ns, sys.executable, "-c", CLIENT, target, str(connects)),
-                           capture_output=True, text=True, timeout=300, check=True)
-        us = json.loads(r.stdout)
+                           capture_output=True, text=True, timeout=300)
+        if r.returncode != 0:
+            raise RuntimeError(f"connect client to {target} failed: {r.stderr.strip().splitlines()[-1:]}")
+        got = json.loads(r.stdout)
+        us = got["us"]
     finally:
         srv.kill()
         srv.wait()
     us.sort()
     return {"median_us": statistics.median(us), "p90_us": us[int(len(us) * 0.9)], "min_us": us[0],
-            "connects": len(us)}
+            "connects": len(us), "failed": len(got["failed"]), "errors": sorted(set(got["failed"]))}
 
 
 def podnet_load(pc, have, n):
@@ -188,6 +195,7 @@ def main():
     doc["podnet_vs_iptables"] = {n: spread([a["median_us"] / b["median_us"]
                                             for a, b in zip(raw["podnet"][n], raw["iptables"][n])])
                                  for n in raw["podnet"]}
+    doc["failed_connects"] = {p: {n: sum(x["failed"] for x in runs) for n, runs in per.items()} for p, per in raw.items()}
     doc["raw"] = raw
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "connect_latency.json").write_text(json.dumps(doc, indent=2) + "\n")

@@ -161,6 +161,10 @@ def connect():
         out.append(f"| {label} | " + " | ".join(fig(d[p][n]["median_us"], digits=0) for n in sizes)
                    + f" | {fig(d['growth'][p], digits=2)}× |")
     out.append("| podnet / iptables | " + " | ".join(fig(d["podnet_vs_iptables"][n], digits=2) for n in sizes) + " | |")
+    fails = d.get("failed_connects", {})
+    for p in ("podnet", "iptables"):
+        out.append(f"| connects that failed (5 s timeout), {p} | "
+                   + " | ".join(str(fails.get(p, {}).get(n, "–")) for n in sizes) + " | |")
     return "\n".join(out)
 
 

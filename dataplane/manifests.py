@@ -484,6 +484,9 @@ class ServiceStore:
     def delete(self, objects):
         """Deletes objects by kind, namespace and name, all or none; a Service takes its slices along."""
         errors, doomed = [], {}  # ref -> (dict, key), in order
+        by_service = {}          # one pass over the slices, not one per deleted Service
+        for sl in self.slices.values():
+            by_service.setdefault((sl.namespace, sl.service_name), []).append(sl)
         for obj in objects:
             store = self.services if isinstance(obj, Service) else self.slices
             if obj.key not in store:
@@ -492,9 +495,8 @@ class ServiceStore:
                 continue
             doomed[obj.ref] = store, obj.key
             if isinstance(obj, Service):
-                for sl in self.slices.values():
-                    if (sl.namespace, sl.service_name) == obj.key:
-                        doomed[sl.ref] = self.slices, sl.key
+                for sl in by_service.get(obj.key, ()):
+                    doomed[sl.ref] = self.slices, sl.key
         if errors:
             raise ManifestError(errors)
         for store, key in doomed.values():
