@@ -325,6 +325,25 @@ cdef void service(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk, uint32_t cu
         nc.flags = CT_SNAT if bip == cip else 0
         nc.packets = 0
         nc.expires = self.now + (ct.timeout_ms[0] if proto == 6 else ct.timeout_ms[4])
+        # The reply tuple may belong to another connection already: the client
+        # reused its port towards another ClusterIP with the same backend. To
+        # the backend both are one 4-tuple, so the two cannot coexist (replies
+        # would be reverse-NATed for the old one). An old one that is over
+        # (expired, or TCP closing and not owed a RST) makes way; a live one
+        # keeps its tuple and the new flow is refused, counted. (netfilter
+        # remaps the client's port here; podnet does not.)
+        t = ct_find(ct, tuple_a(bip, nc.sip), tuple_b(bport, cport, proto))
+        if unlikely(t != NULL):
+            k = &ct.conns[t.conn]
+            if k.expires <= self.now or (proto == 6 and k.state >= CT_FIN and not (k.flags & CT_DEAD)):
+                if mode_t is traced_t:
+                    tr_note(self.tr, EV_CT, CT_EV_REUSED, t.conn, k.state)
+                ct_delete(ct, t.conn)
+                ct.deleted += 1
+                k = NULL
+            else:
+                drop(self, md, pk, DROP_CT_CLASH)
+                return
         c = ct_insert(ct, &nc, self.now)
         if unlikely(c < 0):
             drop(self, md, pk, DROP_CT_FULL)

@@ -40,6 +40,7 @@ DROP_NAMES = (
     "conntrack_full",
     "spoof_mac",
     "spoof_ip",
+    "conntrack_clash",
 )
 
 N_DROP_REASONS = N_DROP

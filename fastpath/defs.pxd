@@ -71,6 +71,7 @@ cdef enum:
     DROP_CT_FULL         # conntrack table full: new flow refused
     DROP_SPOOF_MAC       # guarded pod port: source MAC (or ARP sender MAC) not the pod's
     DROP_SPOOF_IP        # guarded pod port: IPv4 source (or ARP sender IP) not the pod's
+    DROP_CT_CLASH        # new flow whose reply tuple a live connection holds (client port reused to another ClusterIP, same backend)
     N_DROP
 
 ctypedef struct meta_t:

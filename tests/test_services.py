@@ -361,3 +361,43 @@ def test_agent_backend_removal_touches_only_the_changed_ports(tmp_path):
         assert (ct["deleted"], ct["entries"], ct["inserts"]) == (2, 2, 5)     # UDP :53 and :54 by the agent
     finally:
         agent.close()
+
+
+def reply_from(backend, to, sport, dport, flags):
+    return bytes(Ether(src=backend[1], dst=GW_MAC) / IP(src=backend[0], dst=to[0])
+                 / TCP(sport=sport, dport=dport, flags=flags, seq=7000, ack=1001))
+
+
+def test_a_reused_client_port_to_another_clusterip_with_the_same_backend():
+    """Both ClusterIPs lead to B:8080, so to B the two connections from A's
+    port 40000 are one 4-tuple: the reply tuple clashes. A closed old
+    connection makes way (the SYN-ACK is reverse-NATed for the new ClusterIP,
+    not the old); a live one keeps it and the new flow is refused, counted."""
+    from conftest import Clock
+    d = Dataplane(nslots=64, clock=Clock(), conntrack_capacity=1024, service_capacity=64)
+    for _, _, p in (A, B):
+        d.add_port(p)
+    d.gateway.configure(GW_IP, GW_MAC, "10.244.0.0/24")
+    for ip, mac, port in (A, B):
+        d.gateway.add_neighbor(ip, mac)
+        d.process(bytes(Ether(src=mac, dst="ff:ff:ff:ff:ff:ff") / ARP(psrc=ip, pdst="10.244.0.250")), port)
+    vip2 = "10.96.0.20"
+    for v in (VIP, vip2):
+        d.services.set(v, 80, "TCP", [(B[0], 8080)])
+    [(port, out)] = d.process(syn(), A[2])
+    assert port == B[2] and Ether(out)[IP].dst == B[0]
+    d.process(reply_from(B, A, 8080, 40000, "SA"), B[2])
+    # while the first connection is live, the same port to the other ClusterIP is refused
+    assert d.process(syn(dst=vip2), A[2]) == []
+    c = d.counters()
+    assert c["drops"]["conntrack_clash"] == 1 and c["conntrack"]["entries"] == 1
+    # the first one ends (RST from B): now the new one takes the tuple
+    d.process(reply_from(B, A, 8080, 40000, "R"), B[2])
+    [(port, out)] = d.process(syn(dst=vip2), A[2])
+    assert port == B[2]
+    [(port, out)] = d.process(reply_from(B, A, 8080, 40000, "SA"), B[2])
+    e = Ether(out)
+    assert port == A[2] and (e[IP].src, e[TCP].sport) == (vip2, 80)      # the new ClusterIP, not the old
+    c = d.counters()
+    assert c["drops"]["conntrack_clash"] == 1 and c["conntrack"]["entries"] == 1 and c["conntrack"]["deleted"] == 1
+    assert [x["service"] for x in d.conntrack_dump()] == [f"{vip2}:80"]
