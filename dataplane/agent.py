@@ -16,7 +16,8 @@ import sys
 import time
 
 from dataplane import netns
-from dataplane.control import ControlServer
+from dataplane import ctdump
+from dataplane.control import ControlServer, Stream
 from dataplane.metrics import MetricsServer, exposition
 from dataplane.snapshot import Snapshotter
 from fastpath import Dataplane
@@ -64,6 +65,7 @@ class Agent:
         self.taps = {}             # port -> Tap
         self.pods = {}             # port -> pod config
         self.server = None
+        self._services = (None, [])   # (service map generation, its list): see handle()
         self.stop = False
         self.started = time.time()
         self.capture_seen = 0.0
@@ -101,7 +103,7 @@ class Agent:
             print(f"agent {self.node}: restored from snapshot {self.restored}", flush=True)
         if self.cfg.get("uplink"):
             self.solicit()
-        self.server = ControlServer(self.cfg["socket"], self.handle)
+        self.server = ControlServer(self.cfg["socket"], self.handle, clock=self.clock, interest=self.io.interest)
         for fd in self.server.fds():
             self.io.watch(fd)
         m = self.cfg.get("metrics")
@@ -161,11 +163,17 @@ class Agent:
         if op == "neighbors":
             return self.dp.gateway.neighbors()
         if op == "services":
-            return self.dp.services.list()
+            # Building the list takes ~0.25 s at 10k services x 10 endpoints,
+            # inside the forwarding loop: once per change of the map, not per
+            # request (clients polling `services` would stall forwarding).
+            gen = self.dp.services.generation
+            if self._services[0] != gen:
+                self._services = (gen, self.dp.services.list())
+            return self._services[1]
         if op == "services_apply":
             return self.services_apply(args.get("upsert", []), args.get("delete", []))
-        if op == "conntrack":
-            return self.dp.conntrack_dump()
+        if op == "conntrack":             # decoded as the socket drains (dataplane/ctdump.py)
+            return Stream(ctdump.rows(self.dp.conntrack.export(), int(self.clock() * 1000)))
         if op == "routes":
             return self.dp.overlay.routes() if self.dp.overlay.enabled else []
         if op == "route_add":
@@ -303,7 +311,12 @@ class Agent:
         return {"port": port, "pod": pod["name"], "guarded": self.dp.guard.get(port) is not None}
 
     def counters(self):
-        return {**self.dp.counters(), "io": self.io.counters(), "capture": self.io.capture_info()}
+        # The control socket's counters sit with the I/O loop's, which serves
+        # it (and, like the loop's wakeups, control traffic itself moves them).
+        io = self.io.counters()
+        if self.server:
+            io.update({f"control_{k}": v for k, v in self.server.counters().items()})
+        return {**self.dp.counters(), "io": io, "capture": self.io.capture_info()}
 
     def metrics_text(self):
         return exposition(self.node, self.counters(), {p: pod["name"] for p, pod in self.pods.items()})
@@ -365,6 +378,7 @@ class Agent:
                 for a in added:
                     self.io.watch(a)
                 # closed fds left epoll by themselves
+            self.server.tick()                   # clients that stopped reading are dropped
             now = self.clock()
             if self.capture_seen and now - self.capture_seen > CAPTURE_IDLE:
                 self.capture_stop()

@@ -8,6 +8,17 @@ import socket
 GAUGES = {"entries", "capacity", "service_ports", "frames_per_burst", "fd"}
 SECTIONS = ("bridge", "fdb", "gateway", "overlay", "services", "conntrack")
 MAX_HEADER = 8192
+CONTROL_HELP = {
+    "clients_accepted": "Control socket connections accepted.",
+    "requests": "Control requests answered.",
+    "errors": "Control requests answered with an error.",
+    "slow_clients_dropped": "Control clients disconnected for not reading their reply.",
+    "replies_abandoned": "Control clients that went away with a reply pending.",
+    "reply_bytes": "Control reply bytes written.",
+    "accept_errors": "Control connections that could not be accepted.",
+    "clients": "Control clients connected.",
+    "clients_pending": "Control clients with a reply pending.",
+}
 
 
 def _labels(**kv):
@@ -40,6 +51,13 @@ def exposition(node, counters, pods=None):
     for key in ("wakeups", "bursts", "frames"):
         if key in io:
             family(f"podnet_io_{key}_total", "counter", f"I/O loop {key}.", [({"node": node}, io[key])])
+    # the control socket (dataplane/control.py), served by the same loop
+    for key in ("clients_accepted", "requests", "errors", "slow_clients_dropped", "replies_abandoned",
+                "reply_bytes", "accept_errors", "clients", "clients_pending"):
+        if f"control_{key}" in io:
+            gauge = key in ("clients", "clients_pending")
+            family(f"podnet_control_{key}{'' if gauge else '_total'}", "gauge" if gauge else "counter",
+                   CONTROL_HELP[key], [({"node": node}, io[f"control_{key}"])])
     for key in ("rx_errors", "rx_truncated", "tx_errors", "tx_no_fd"):
         family(f"podnet_io_{key}_total", "counter", f"Per-port I/O {key.replace('_', ' ')}.",
                [({"node": node, "port": p}, c[key]) for p, c in sorted(io.get("ports", {}).items(),

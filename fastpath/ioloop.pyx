@@ -2,7 +2,8 @@
 
     io = IOLoop(dp)
     io.attach(port, fd)          # non-blocking TAP fd for a fast-path port
-    io.watch(ctl_fd)             # a Python-managed fd (control socket)
+    io.watch(ctl_fd)             # a Python-managed fd (control socket), readable
+    io.interest(ctl_fd, read, write)  # what to wait for on a watched fd from now on
     ready = io.poll(timeout_ms)  # runs bursts until a watched fd is ready or time is up
 """
 import os
@@ -30,7 +31,9 @@ cdef extern from "<sys/epoll.h>" nogil:
     int epoll_wait(int epfd, epoll_event *events, int maxevents, int timeout)
     enum:
         EPOLLIN
+        EPOLLOUT
         EPOLL_CTL_ADD
+        EPOLL_CTL_MOD
         EPOLL_CTL_DEL
         EPOLL_CLOEXEC
 
@@ -136,9 +139,9 @@ cdef class IOLoop:
         return {"running": bool(self.capturing), "ports": [p for p in range(MAX_PORTS) if self.cap_on[p]],
                 "frames": self.cap_frames, "lost": self.cap_lost, "buffered_bytes": self.cap_used}
 
-    def _ctl(self, int op, int fd, uint32_t tag):
+    def _ctl(self, int op, int fd, uint32_t tag, uint32_t events=EPOLLIN):
         cdef epoll_event ev
-        ev.events = EPOLLIN
+        ev.events = events
         ev.data.u64 = 0
         ev.data.u32 = tag
         if epoll_ctl(self.epfd, op, fd, &ev) != 0:
@@ -163,8 +166,17 @@ cdef class IOLoop:
             pass                        # fd already closed: epoll forgot it
         self.fd[port] = -1
 
-    def watch(self, int fd):
-        self._ctl(EPOLL_CTL_ADD, fd, WATCH_TAG + fd)
+    def watch(self, int fd, bint read=True, bint write=False):
+        """poll() returns fd when it is readable (read) and/or writable
+        (write); a hang-up or error always counts as ready."""
+        self._ctl(EPOLL_CTL_ADD, fd, WATCH_TAG + fd, (EPOLLIN if read else 0) | (EPOLLOUT if write else 0))
+
+    def interest(self, int fd, bint read=True, bint write=False):
+        """Change what a watched fd waits for. The control socket asks for
+        writability only while a reply is pending: a socket with room in its
+        buffer is always writable, so watching it for ever would make every
+        poll() return at once."""
+        self._ctl(EPOLL_CTL_MOD, fd, WATCH_TAG + fd, (EPOLLIN if read else 0) | (EPOLLOUT if write else 0))
 
     def unwatch(self, int fd):
         self._ctl(EPOLL_CTL_DEL, fd, WATCH_TAG + fd)
@@ -236,8 +248,8 @@ cdef class IOLoop:
                     self.st[port].tx_errors += 1
 
     def poll(self, int timeout_ms=100):
-        """Move frames until a watched fd is readable or timeout_ms passes.
-        Returns the readable watched fds (maybe empty)."""
+        """Move frames until a watched fd is ready (as watch()/interest()
+        asked) or timeout_ms passes. Returns the ready watched fds (maybe empty)."""
         cdef epoll_event ev[MAX_EVENTS]
         cdef int ready[MAX_EVENTS]
         cdef int nev, i, wait
