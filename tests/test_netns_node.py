@@ -186,6 +186,13 @@ def test_up_refuses_while_running(cl):
     assert r.returncode == 1 and "already up" in r.stderr
 
 
+def _alive(pid):
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def test_down_after_sigkill_leaves_nothing(tmp_path):
     from dataplane import cluster, netns
     spec = SPEC.replace("pntest", "pnkill")
@@ -193,7 +200,11 @@ def test_down_after_sigkill_leaves_nothing(tmp_path):
         srv = spawn_in_pod(state, "a", "import time; time.sleep(60)")   # a process in a pod
         for n in state["nodes"].values():
             os.kill(n["pid"], 9)
-        time.sleep(0.2)
+        for n in state["nodes"].values():                               # dead (a zombie until down reaps it)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and _alive(n["pid"]):
+                time.sleep(0.01)
+            assert not _alive(n["pid"])
         assert cluster.down(quiet=True)
         assert srv.wait(timeout=10) is not None                          # pod processes ended
         assert [n for n in netns.listing() if n.startswith("pnkill-")] == []
