@@ -12,6 +12,7 @@ so its backlog is one reply plus at most MAX_REQUEST bytes of input. A
 client that drains nothing for STALL_TIMEOUT seconds (the agent's clock) is
 disconnected and counted, and so is one whose buffered output passes
 MAX_PENDING."""
+import itertools
 import json
 import os
 import socket
@@ -39,7 +40,7 @@ PIECE = 16 << 10               # encode ahead of the socket by about this much
 SLICE_SECONDS = 0.0005
 SLICE_MIN_BYTES = 16 << 10
 SLICE_MIN_REQUESTS = 16
-LIST_STREAM = 16               # lists longer than this are encoded element by element
+BATCH = 64                     # long lists are encoded this many elements at a time
 
 
 class ControlError(RuntimeError):
@@ -100,27 +101,24 @@ def _key(k):
 
 def pieces(obj, depth=2):
     """str pieces whose concatenation is json.dumps(obj, default=str):
-    Streams and long lists element by element (each element in one C call),
-    the top dict's values likewise, anything else whole."""
-    if isinstance(obj, Stream) or depth > 0:
-        if isinstance(obj, Stream) or (isinstance(obj, (list, tuple)) and len(obj) > LIST_STREAM):
-            yield "["
-            first = True
-            for item in obj:
-                if not first:
-                    yield ", "
-                first = False
-                yield from pieces(item, depth - 1)
-            yield "]"
-            return
-        if isinstance(obj, dict) and depth >= 2:
-            yield "{"
-            for i, (k, v) in enumerate(obj.items()):
-                yield (", " if i else "") + _key(k) + ": "
-                yield from pieces(v, depth - 1)
-            yield "}"
-            return
-    yield _dumps(obj)
+    Streams and long lists BATCH elements at a time (each batch in one C
+    call), the top dict's values likewise, anything else whole."""
+    if isinstance(obj, Stream) or (depth > 0 and isinstance(obj, (list, tuple)) and len(obj) > BATCH):
+        it = iter(obj)
+        yield "["
+        sep = ""
+        while batch := list(itertools.islice(it, BATCH)):
+            yield sep + _dumps(batch)[1:-1]
+            sep = ", "
+        yield "]"
+    elif depth >= 2 and isinstance(obj, dict):
+        yield "{"
+        for i, (k, v) in enumerate(obj.items()):
+            yield (", " if i else "") + _key(k) + ": "
+            yield from pieces(v, depth - 1)
+        yield "}"
+    else:
+        yield _dumps(obj)
 
 
 def _reply_pieces(reply):
@@ -134,7 +132,8 @@ def _reply_pieces(reply):
 
 
 class _Client:
-    __slots__ = ("sock", "fd", "inbuf", "head", "scan", "out", "pieces", "closing", "since", "want")
+    __slots__ = ("sock", "fd", "inbuf", "head", "scan", "out", "pieces", "begun", "closing", "since",
+                 "want")
 
     def __init__(self, sock):
         self.sock = sock
@@ -144,6 +143,7 @@ class _Client:
         self.scan = 0                  # no newline in inbuf[head:scan]
         self.out = bytearray()         # encoded, not yet taken by the socket
         self.pieces = None             # the rest of the current reply, lazily
+        self.begun = False             # a byte of the current reply was sent
         self.closing = False           # close once the output is written
         self.since = 0.0               # the reply started or last made progress (agent's clock)
         self.want = (True, False)      # epoll interest: read, write
@@ -308,6 +308,7 @@ class ControlServer:
         if not reply.get("ok"):
             self.stats["errors"] += 1
         cl.pieces = _reply_pieces(reply)
+        cl.begun = False
         cl.since = self.clock()
 
     def _write(self, cl, over):
@@ -321,11 +322,16 @@ class ControlServer:
                         cl.out += next(cl.pieces).encode()
                     except StopIteration:
                         cl.pieces = None
-            except Exception as e:             # a bug in a lazy result: the line cannot be ended
+            except Exception as e:             # a bug in a lazy result
                 print(f"control: encoding a reply failed: {type(e).__name__}: {e}", file=sys.stderr,
                       flush=True)
                 self.stats["errors"] += 1
-                return _DROPPED
+                if cl.begun:                   # part of the line is out: it cannot be ended well
+                    return _DROPPED
+                cl.out.clear()                 # nothing sent yet: an error reply instead
+                cl.pieces = _reply_pieces({"ok": False, "error": "internal error encoding the reply "
+                                                                 f"({type(e).__name__}: {e})"})
+                continue
             if len(cl.out) > MAX_PENDING:
                 self.stats["slow_clients_dropped"] += 1
                 print(f"control: client fd {cl.fd}: {len(cl.out)} bytes of output pending, more than "
@@ -341,6 +347,7 @@ class ControlServer:
                 self.stats["replies_abandoned"] += 1
                 return _DROPPED
             del cl.out[:n]
+            cl.begun = True
             self.stats["reply_bytes"] += n
             cl.since = self.clock()
             if cl.pending() and over():
