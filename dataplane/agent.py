@@ -108,7 +108,8 @@ class Agent:
             self.io.watch(fd)
         m = self.cfg.get("metrics")
         if m:
-            self.metrics = MetricsServer(self.metrics_text, unix_path=m.get("socket"), tcp_sock=self.metrics_tcp)
+            self.metrics = MetricsServer(self.metrics_text, unix_path=m.get("socket"), tcp_sock=self.metrics_tcp,
+                                         clock=self.clock, interest=self.io.interest)
             for fd in self.metrics.fds():
                 self.io.watch(fd)
 
@@ -316,6 +317,8 @@ class Agent:
         io = self.io.counters()
         if self.server:
             io.update({f"control_{k}": v for k, v in self.server.counters().items()})
+            if self.metrics:
+                io["metrics_slow_clients_dropped"] = self.metrics.slow_clients_dropped
         return {**self.dp.counters(), "io": io, "capture": self.io.capture_info()}
 
     def metrics_text(self):
@@ -379,6 +382,8 @@ class Agent:
                     self.io.watch(a)
                 # closed fds left epoll by themselves
             self.server.tick()                   # clients that stopped reading are dropped
+            if self.metrics:
+                self.metrics.tick()
             now = self.clock()
             if self.capture_seen and now - self.capture_seen > CAPTURE_IDLE:
                 self.capture_stop()

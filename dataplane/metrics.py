@@ -4,10 +4,12 @@ directory, and on 127.0.0.1:PORT when asked. Driven by the agent's loop like
 the control socket, so a slow scraper never blocks forwarding."""
 import os
 import socket
+import time
 
 GAUGES = {"entries", "capacity", "service_ports", "frames_per_burst", "fd"}
 SECTIONS = ("bridge", "fdb", "gateway", "overlay", "services", "conntrack")
 MAX_HEADER = 8192
+STALL_TIMEOUT = 10.0        # seconds without progress before a metrics client is dropped
 CONTROL_HELP = {
     "clients_accepted": "Control socket connections accepted.",
     "requests": "Control requests answered.",
@@ -58,6 +60,10 @@ def exposition(node, counters, pods=None):
             gauge = key in ("clients", "clients_pending")
             family(f"podnet_control_{key}{'' if gauge else '_total'}", "gauge" if gauge else "counter",
                    CONTROL_HELP[key], [({"node": node}, io[f"control_{key}"])])
+    if "metrics_slow_clients_dropped" in io:
+        family("podnet_metrics_slow_clients_dropped_total", "counter",
+               "Metrics scrapers disconnected for making no progress.",
+               [({"node": node}, io["metrics_slow_clients_dropped"])])
     for key in ("rx_errors", "rx_truncated", "tx_errors", "tx_no_fd"):
         family(f"podnet_io_{key}_total", "counter", f"Per-port I/O {key.replace('_', ' ')}.",
                [({"node": node, "port": p}, c[key]) for p, c in sorted(io.get("ports", {}).items(),
@@ -66,12 +72,21 @@ def exposition(node, counters, pods=None):
 
 
 class MetricsServer:
-    """fds() to watch, ready(fd) when one is readable; render() gives the body."""
+    """fds() to watch, ready(fd) when one is readable or writable; render()
+    gives the body. Like the control socket, it never blocks the agent's loop:
+    a response is written with non-blocking sends, the rest kept and sent as
+    the fd turns writable (interest(fd, read, write) is told, IOLoop.interest),
+    and tick() drops clients that make no progress for STALL_TIMEOUT seconds
+    on the agent's clock (a request never finished, a response never read),
+    counted in slow_clients_dropped."""
 
-    def __init__(self, render, unix_path=None, tcp_sock=None):
+    def __init__(self, render, unix_path=None, tcp_sock=None, clock=time.monotonic, interest=None):
         self.render = render
+        self.clock = clock
+        self.interest = interest
         self.listeners = {}
-        self.clients = {}                     # fd -> (socket, request bytes so far)
+        self.clients = {}                     # fd -> [socket, request bytes so far, output left, last progress]
+        self.slow_clients_dropped = 0
         self.path = unix_path
         if unix_path:
             if os.path.exists(unix_path):
@@ -94,32 +109,63 @@ class MetricsServer:
         return list(self.listeners)
 
     def ready(self, fd):
+        """Returns (fds added, fds removed)."""
         if fd in self.listeners:
             try:
                 c, _ = self.listeners[fd].accept()
-            except BlockingIOError:
+            except (BlockingIOError, OSError):   # EAGAIN, or out of fds: the listener stays
                 return [], []
             c.setblocking(False)
-            self.clients[c.fileno()] = (c, b"")
+            self.clients[c.fileno()] = [c, b"", None, self.clock()]
             return [c.fileno()], []
-        c, buf = self.clients[fd]
+        cl = self.clients.get(fd)
+        if cl is None:
+            return [], []
+        if cl[2] is not None:                 # writable: more of the response
+            return [], self._send(fd, cl)
+        c = cl[0]
         try:
             data = c.recv(4096)
         except BlockingIOError:
             return [], []
         except OSError:
             data = b""
-        buf += data
-        if data and b"\r\n\r\n" not in buf and b"\n\n" not in buf and len(buf) < MAX_HEADER:
-            self.clients[fd] = (c, buf)
+        if not data:
+            return [], [self._drop(fd)]
+        cl[1] += data
+        cl[3] = self.clock()
+        buf = cl[1]
+        if b"\r\n\r\n" not in buf and b"\n\n" not in buf and len(buf) < MAX_HEADER:
             return [], []
-        if data:
-            self._answer(c, buf)
-        self.clients.pop(fd)
-        c.close()
-        return [], [fd]
+        cl[2] = memoryview(self._answer(buf))
+        return [], self._send(fd, cl)
 
-    def _answer(self, c, buf):
+    def _send(self, fd, cl):
+        c, _, out, _ = cl
+        try:
+            n = c.send(out)
+        except BlockingIOError:
+            n = 0
+        except OSError:                       # the client went away
+            return [self._drop(fd)]
+        if n:
+            cl[3] = self.clock()
+        cl[2] = out = out[n:]
+        if not out:                           # HTTP/1.0: one response, then close
+            return [self._drop(fd)]
+        if self.interest:
+            self.interest(fd, False, True)    # wake when it drains, not before
+        return []
+
+    def tick(self):
+        """Drop clients that made no progress for STALL_TIMEOUT (agent's clock)."""
+        now = self.clock()
+        for fd, cl in list(self.clients.items()):
+            if now - cl[3] > STALL_TIMEOUT:
+                self._drop(fd)
+                self.slow_clients_dropped += 1
+
+    def _answer(self, buf):
         line = buf.split(b"\r\n", 1)[0].split(b"\n", 1)[0].split()
         if len(line) >= 2 and line[0] == b"GET" and line[1].split(b"?")[0] in (b"/metrics", b"/"):
             body = self.render().encode()
@@ -127,16 +173,16 @@ class MetricsServer:
         else:
             body = b"podnet serves GET /metrics\n"
             head = b"HTTP/1.0 404 Not Found\r\nContent-Type: text/plain\r\n"
-        c.setblocking(True)
-        c.settimeout(2.0)
-        try:
-            c.sendall(head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
-        except OSError:
-            pass
+        return head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+    def _drop(self, fd):
+        cl = self.clients.pop(fd)
+        cl[0].close()                         # a closed fd leaves epoll by itself
+        return fd
 
     def close(self):
-        for c, _ in self.clients.values():
-            c.close()
+        for cl in self.clients.values():
+            cl[0].close()
         for s in self.listeners.values():
             s.close()
         if self.path:
