@@ -3,16 +3,19 @@ kept in the run directory so an agent restarted after a crash (SIGKILL
 included) resumes where it was instead of starting empty.
 
 Saved: the FDB, conntrack (tuples, NAT fields, state, flags, expiry),
-services, overlay routes (those added at run time by `podnet node add`
-included), peer VTEP MACs and ARP-learned neighbours. Not saved: ClientIP
-affinity entries (a new connection after a restart may pick another
-backend) and counters.
+services (Maglev table size included), overlay routes (those added at run
+time by `podnet node add` included), peer VTEP MACs, ARP-learned neighbours
+and ClientIP affinity entries (client, service port, backend, expiry), so a
+client pinned to a backend keeps it across a restart. Not saved: counters
+and the random generator's state.
 
 The file: a magic line, one line of JSON (meta, save time, services, routes,
-VTEPs, neighbours, record sizes and counts), then the FDB and conntrack
-records as the Cython tables export them (fixed-size, native byte order: a
-snapshot never leaves its host). Binary because 100k connections would
-otherwise cost ~80 ms of base64 and JSON a second in the agent's only thread.
+VTEPs, neighbours, record sizes and counts), then the FDB, conntrack and
+affinity records as the Cython tables export them (fixed-size, native byte
+order: a snapshot never leaves its host). Binary because 100k connections
+would otherwise cost ~80 ms of base64 and JSON a second in the agent's only
+thread. Version 1 files (before affinity records) have no affinity section
+and restore as they did; a version 2 file must have all three sections.
 
 The agent calls tick() from its loop; every EVERY seconds it writes the file
 (to a temporary file renamed over the old one, so a crash mid-write leaves
@@ -23,7 +26,10 @@ EVERY seconds before a SIGKILL can be missing from the snapshot: its next
 packet after the restart is then a mid-stream packet of an unknown flow.
 
 Timers are restored as remaining time less the time the agent was down
-(wall clock): a connection that would have expired meanwhile is not restored.
+(wall clock): a connection or affinity entry that would have expired
+meanwhile is not restored. Affinity entries are restored after the services,
+and only those whose service port is there with affinity and still has that
+backend.
 """
 import json
 import os
@@ -32,8 +38,12 @@ from pathlib import Path
 
 from fastpath.conntrack import RECORD_SIZE as CT_RECORD
 from fastpath.fdb import RECORD_SIZE as FDB_RECORD
+from fastpath.services import AFFINITY_RECORD_SIZE as AFF_RECORD
 
-VERSION = 1
+VERSION = 2
+READABLE = (1, 2)          # 1: no affinity section (and no Maglev sizes: the default is used)
+# the binary sections, in file order, by version
+SECTIONS = {1: ("fdb", "conntrack"), 2: ("fdb", "conntrack", "affinity")}
 EVERY = 1.0                # seconds between snapshots
 SERVICES_EVERY = 30.0       # seconds between re-encodings of a changing service map
 MAGIC = b"podnet-snapshot\n"
@@ -52,7 +62,8 @@ def boot_id():
 
 
 def read(path):
-    """A snapshot file -> (header dict, {"fdb": records, "conntrack": records})."""
+    """A snapshot file -> (header dict, {"fdb": records, "conntrack": records,
+    "affinity": records}); a version 1 file's affinity records are empty."""
     data = Path(path).read_bytes()
     if not data.startswith(MAGIC):
         raise SnapshotError("not a podnet snapshot")
@@ -61,17 +72,22 @@ def read(path):
         raise SnapshotError("truncated header")
     try:
         head = json.loads(data[len(MAGIC):end])
-        pos, tables = end + 1, {}
-        for name in ("fdb", "conntrack"):
+        if not isinstance(head, dict):
+            raise SnapshotError("bad header")
+        pos, tables = end + 1, {"affinity": b""}
+        version = head.get("version")
+        if isinstance(version, bool) or version not in SECTIONS:      # JSON true == 1
+            raise SnapshotError(f"format version {version!r}, this build reads {READABLE}")
+        for name in SECTIONS[version]:
             size = int(head[name]["record"]) * int(head[name]["count"])
             tables[name] = data[pos:pos + size]
             if len(tables[name]) != size:
                 raise SnapshotError(f"{name} records truncated")
             pos += size
+    except SnapshotError:
+        raise
     except (ValueError, KeyError, TypeError) as e:
         raise SnapshotError(f"bad header: {e}") from None
-    if not isinstance(head, dict):
-        raise SnapshotError("bad header")
     return head, tables
 
 
@@ -86,7 +102,8 @@ def _routes(dp):
 
 def _services(dp):
     return [{"vip": s["vip"], "port": s["port"], "protocol": s["protocol"], "lb": s["lb"],
-             "affinity_timeout": s["affinity_timeout"], "backends": s["backends"]}
+             "affinity_timeout": s["affinity_timeout"], "backends": s["backends"],
+             **({"maglev_size": s["maglev_size"]} if "maglev_size" in s else {})}
             for s in dp.services.list()]
 
 
@@ -118,7 +135,7 @@ class Snapshotter:
 
     def body(self, force_services=False):
         """Everything but the save time: (JSON text without braces, FDB
-        records, conntrack records)."""
+        records, conntrack records, affinity records)."""
         dp = self.dp
         gen = dp.services.generation
         now = time.monotonic()
@@ -129,13 +146,15 @@ class Snapshotter:
             self._svc = (gen, json.dumps(_services(dp), separators=(",", ":")))
             self._svc_at = now
         fdb, ct = dp.fdb.export(), dp.conntrack.export()
+        aff = dp.services.export_affinity(int(self.clock() * 1000))   # live entries only
         parts = {**self.meta,
                  "fdb": {"record": FDB_RECORD, "count": len(fdb) // FDB_RECORD},
                  "conntrack": {"record": CT_RECORD, "count": len(ct) // CT_RECORD},
+                 "affinity": {"record": AFF_RECORD, "count": len(aff) // AFF_RECORD},
                  "routes": _routes(dp),
                  "vteps": dp.overlay.learned_vteps() if dp.overlay.enabled else [],
                  "neighbors": [[n["ip"], n["mac"]] for n in dp.gateway.neighbors() if n["state"] == "learned"]}
-        return json.dumps(parts, separators=(",", ":"))[1:-1] + ',"services":' + self._svc[1], fdb, ct
+        return json.dumps(parts, separators=(",", ":"))[1:-1] + ',"services":' + self._svc[1], fdb, ct, aff
 
     def save(self, force=False):
         """Write the snapshot if it changed (or force). Returns True if written."""
@@ -150,6 +169,7 @@ class Snapshotter:
             f.write(MAGIC + (head[:-1] + "," + body[0] + "}\n").encode())
             f.write(body[1])
             f.write(body[2])
+            f.write(body[3])
         os.replace(tmp, self.path)
         self.last = body
         self.writes += 1
@@ -183,7 +203,10 @@ class Snapshotter:
             self.log(f"snapshot {self.path} unreadable, ignored: {e}")
             return None
         snap["records"] = tables
-        for k in ("version", "cluster", "node", "boot_id"):
+        if snap.get("version") not in READABLE:     # read() refuses these already; kept for dicts made by hand
+            self.log(f"snapshot {self.path} ignored: version is {snap.get('version')!r}, this build reads {READABLE}")
+            return None
+        for k in ("cluster", "node", "boot_id"):
             if snap.get(k) != self.meta.get(k):
                 self.log(f"snapshot {self.path} ignored: {k} is {snap.get(k)!r}, expected {self.meta.get(k)!r}")
                 return None
@@ -205,7 +228,9 @@ class Snapshotter:
 def restore(dp, snap, clock=time.monotonic, local_subnet=None, log=print, wall=time.time):
     """Put a snapshot (Snapshotter.read()'s dict) into dp, whose ports, gateway
     and overlay are configured already. Timers: remaining time at the save,
-    less the wall-clock time since. FDB entries for ports dp lacks are dropped."""
+    less the wall-clock time since. FDB entries for ports dp lacks are dropped;
+    affinity entries whose service port is gone, has no affinity or lacks
+    their backend too (they come after the services for that)."""
     out = {}
     now = int(clock() * 1000)
     # expiry (absolute) - saved_clock_ms = remaining at the save; less the time since
@@ -230,25 +255,29 @@ def restore(dp, snap, clock=time.monotonic, local_subnet=None, log=print, wall=t
         for s in snap.get("services", []):
             try:
                 dp.services.set(s["vip"], s["port"], s["protocol"], [tuple(b) for b in s["backends"]],
-                                s["lb"], s["affinity_timeout"])
+                                s["lb"], s["affinity_timeout"],
+                                # version 1 did not save it: the default, as it was built then
+                                s.get("maglev_size", 16381))
                 n += 1
             except (ValueError, TypeError, KeyError, OverflowError) as e:
                 log(f"snapshot: service {s!r} not restored: {e}")
         return n
 
-    def table(name, record, obj, *extra):
+    def table(name, record, restore_fn, *extra):
         sec = snap.get(name) or {}
         if sec.get("record") != record:
             raise ValueError(f"record size {sec.get('record')}, this build uses {record}")
-        restored, skipped = obj.restore(snap["records"][name], offset, now, *extra)
+        restored, skipped = restore_fn(snap["records"][name], offset, now, *extra)
         return restored
 
     part("routes", routes)
     part("vteps", lambda: dp.overlay.restore_vteps(snap.get("vteps", [])) if dp.overlay.enabled else 0)
     part("neighbors", lambda: sum(bool(_learn(dp, ip, mac)) for ip, mac in snap.get("neighbors", [])))
     part("services", services)
-    part("fdb", lambda: table("fdb", FDB_RECORD, dp.fdb, [p for p, _ in dp.ports.list()]))
-    part("conntrack", lambda: table("conntrack", CT_RECORD, dp.conntrack))
+    part("fdb", lambda: table("fdb", FDB_RECORD, dp.fdb.restore, [p for p, _ in dp.ports.list()]))
+    part("conntrack", lambda: table("conntrack", CT_RECORD, dp.conntrack.restore))
+    if "affinity" in snap:                       # version 1: none saved, nothing to restore
+        part("affinity", lambda: table("affinity", AFF_RECORD, dp.services.restore_affinity))
     return out
 
 

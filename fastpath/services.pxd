@@ -73,26 +73,34 @@ cdef inline int svc_pick(svcmap_t *m, svc_t *s, uint32_t cip, uint64_t flow, uin
     cdef uint64_t k, i
     cdef uint32_t j
     cdef aff_t *a = NULL
+    cdef aff_t *e
     if s.nb == 0:
         return -1
     if s.affinity_ms and m.aff != NULL:
         k = (<uint64_t>cip << 32) | (mix64(s.key) & 0xffffffffULL) | 1
         i = mix64(k) & m.aff_mask
-        for j in range(8):                       # a short probe; a miss just skips affinity
-            a = &m.aff[(i + j) & m.aff_mask]
-            if a.key == k and a.svc == s.key:
-                if a.expires > now:
+        # A short probe; a miss just skips affinity. The whole window is
+        # searched (not only up to the first expired slot), so an entry is
+        # found wherever it was put: past a neighbour's entry that expired
+        # since, or where a snapshot restore placed it (restore_affinity).
+        # New entries go to the window's first empty or expired slot.
+        for j in range(8):
+            e = &m.aff[(i + j) & m.aff_mask]
+            if e.key == k and e.svc == s.key:
+                a = e
+                if e.expires > now:
                     for i in range(s.nb):        # the backend must still be there
-                        if s.b[i].ip == a.ip and s.b[i].port == a.port:
-                            bip[0] = a.ip
-                            bport[0] = a.port
-                            a.expires = now + s.affinity_ms
+                        if s.b[i].ip == e.ip and s.b[i].port == e.port:
+                            bip[0] = e.ip
+                            bport[0] = e.port
+                            e.expires = now + s.affinity_ms
                             m.affinity_hits += 1
                             return 0
                 break
-            if a.key == 0 or a.expires <= now:
-                break
-            a = NULL
+            if a == NULL and (e.key == 0 or e.expires <= now):
+                a = e
+            if e.key == 0:
+                break                            # nothing was ever put beyond an empty slot
     if s.lb == LB_MAGLEV and s.maglev != NULL:
         j = s.maglev[mix64(flow) % s.msize]
     else:

@@ -1,5 +1,6 @@
 """Control side of the service map: add/replace/remove one service port at a
-time (validated first, swapped in whole), Maglev tables, listing, counters."""
+time (validated first, swapped in whole), Maglev tables, listing, counters,
+and the ClientIP affinity table's export/restore for snapshots."""
 import hashlib
 import ipaddress
 import socket
@@ -49,6 +50,19 @@ def _is_int(v):
 cdef inline str _ip(uint32_t v):
     # dotted quad without ipaddress objects: list() and snapshots format 100k of them
     return f"{v >> 24}.{(v >> 16) & 255}.{(v >> 8) & 255}.{v & 255}"
+
+
+# One ClientIP affinity entry in a snapshot (export/restore): native byte
+# order (snapshots never leave the host), expiry absolute on the map's clock.
+cdef packed struct aff_rec_t:
+    uint64_t svc             # the service port's key (svc_key)
+    uint64_t expires
+    uint32_t client
+    uint32_t ip              # the backend
+    uint16_t port
+    uint16_t pad
+
+AFFINITY_RECORD_SIZE = sizeof(aff_rec_t)
 
 
 cdef class Services:
@@ -176,7 +190,9 @@ cdef class Services:
         s.b = arr
         s.nb = len(bl)
         s.maglev = mg
-        s.msize = maglev_size if mg != NULL else 0
+        # kept without backends too (no table then): a snapshot saves the size
+        # asked for, and backends added later get a table of that size
+        s.msize = maglev_size if lb == "maglev" else 0
         s.lb = LB_MAGLEV if lb == "maglev" else LB_RANDOM
         s.affinity_ms = <uint32_t>(affinity_timeout * 1000)
         self.generation += 1
@@ -219,10 +235,13 @@ cdef class Services:
         return self._describe(s)
 
     cdef dict _describe(self, svc_t *s):
-        return {"vip": _ip(<uint32_t>(s.key >> 32)), "port": (s.key >> 16) & 0xffff,
-                "protocol": PROTO_NAME.get((s.key >> 8) & 0xff), "lb": "maglev" if s.lb == LB_MAGLEV else "random",
-                "affinity_timeout": s.affinity_ms // 1000,
-                "backends": [(_ip(s.b[i].ip), s.b[i].port) for i in range(s.nb)]}
+        d = {"vip": _ip(<uint32_t>(s.key >> 32)), "port": (s.key >> 16) & 0xffff,
+             "protocol": PROTO_NAME.get((s.key >> 8) & 0xff), "lb": "maglev" if s.lb == LB_MAGLEV else "random",
+             "affinity_timeout": s.affinity_ms // 1000,
+             "backends": [(_ip(s.b[i].ip), s.b[i].port) for i in range(s.nb)]}
+        if s.lb == LB_MAGLEV:
+            d["maglev_size"] = s.msize
+        return d
 
     def list(self):
         return sorted((self._describe(&self.m.slots[i]) for i in range(self.m.mask + 1) if self.m.slots[i].key),
@@ -238,6 +257,103 @@ cdef class Services:
             raise KeyError("no Maglev service there")
         j = s.maglev[mix64(flow) % s.msize]
         return (str(ipaddress.IPv4Address(s.b[j].ip)), s.b[j].port)
+
+    # ---- ClientIP affinity: snapshots and dumps ------------------------------
+
+    def export_affinity(self, uint64_t now):
+        """The live affinity entries (expiry after now, ms) as
+        AFFINITY_RECORD_SIZE-byte records, for a snapshot. One C pass over
+        the table, no Python object per entry; expired ones are left out
+        (the table never empties them, they are only overwritten)."""
+        cdef uint64_t i, n = 0
+        for i in range(self.m.aff_mask + 1):
+            if self.m.aff[i].key != 0 and self.m.aff[i].expires > now:
+                n += 1
+        cdef bytearray out = bytearray(n * sizeof(aff_rec_t))
+        cdef aff_rec_t *r = <aff_rec_t *>(<char *>out) if n else NULL
+        cdef aff_t *a
+        cdef uint64_t w = 0
+        for i in range(self.m.aff_mask + 1):
+            a = &self.m.aff[i]
+            if a.key == 0 or a.expires <= now or w == n:
+                continue
+            r[w].svc = a.svc; r[w].expires = a.expires
+            r[w].client = <uint32_t>(a.key >> 32); r[w].ip = a.ip; r[w].port = a.port; r[w].pad = 0
+            w += 1
+        return out
+
+    def restore_affinity(self, const unsigned char[:] records, long long offset, uint64_t now):
+        """Insert affinity entries from export_affinity() records, each
+        expiry moved by offset ms (to this map's clock, less the time spent
+        down) and never beyond the service's current timeout. Skipped:
+        expired; a service port that is not here or has no affinity now; a
+        backend the service no longer has (a restored entry must never send
+        a client where the service does not go); a client already pinned
+        here; no room in its probe window. Placed as svc_pick would place
+        it, so the fast path finds it. Returns (restored, skipped)."""
+        if records.shape[0] % sizeof(aff_rec_t):
+            raise ValueError(f"affinity records: {records.shape[0]} bytes is not a multiple of {sizeof(aff_rec_t)}")
+        cdef uint64_t n = records.shape[0] // sizeof(aff_rec_t), i, k, h, restored = 0
+        cdef const aff_rec_t *r
+        cdef svc_t *s
+        cdef aff_t *a
+        cdef aff_t *e
+        cdef long long expires
+        cdef uint32_t j, b
+        cdef bint present
+        for i in range(n):
+            r = <const aff_rec_t *>(&records[0] + i * sizeof(aff_rec_t))
+            expires = <long long>r.expires + offset
+            if expires <= <long long>now or (r.svc & 0xff) != 1:
+                continue
+            s = svc_find(&self.m, r.svc)
+            if s == NULL or s.affinity_ms == 0:
+                continue
+            present = False
+            for b in range(s.nb):
+                if s.b[b].ip == r.ip and s.b[b].port == r.port:
+                    present = True
+                    break
+            if not present:
+                continue
+            if <unsigned long long>expires > now + s.affinity_ms:
+                expires = <long long>(now + s.affinity_ms)   # the timeout was shortened since
+            k = (<uint64_t>r.client << 32) | (mix64(s.key) & 0xffffffffULL) | 1
+            h = mix64(k) & self.m.aff_mask
+            a = NULL
+            present = False
+            for j in range(8):                   # svc_pick's window and placement rule
+                e = &self.m.aff[(h + j) & self.m.aff_mask]
+                if e.key == k and e.svc == s.key:
+                    present = e.expires > now
+                    a = NULL if present else e
+                    break
+                if a == NULL and (e.key == 0 or e.expires <= now):
+                    a = e
+                if e.key == 0:
+                    break
+            if present or a == NULL:
+                continue
+            a.key = k
+            a.svc = s.key
+            a.ip = r.ip
+            a.port = r.port
+            a.expires = <uint64_t>expires
+            restored += 1
+        return restored, n - restored
+
+    def affinity(self, uint64_t now):
+        """The live affinity entries: [{client, service, backend, expires_in (s)}]."""
+        out = []
+        cdef aff_t *a
+        for i in range(self.m.aff_mask + 1):
+            a = &self.m.aff[i]
+            if a.key != 0 and a.expires > now:
+                out.append({"client": _ip(<uint32_t>(a.key >> 32)),
+                            "service": f"{_ip(<uint32_t>(a.svc >> 32))}:{(a.svc >> 16) & 0xffff}/"
+                                       f"{PROTO_NAME.get((a.svc >> 8) & 0xff)}",
+                            "backend": f"{_ip(a.ip)}:{a.port}", "expires_in": (a.expires - now) / 1000})
+        return sorted(out, key=lambda d: (d["service"], d["client"]))
 
     def counters(self):
         return {"service_ports": self.m.count, "capacity": self.m.capacity, "no_service": self.m.no_service,

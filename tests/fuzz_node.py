@@ -38,16 +38,19 @@ SERVICES = [
     (VIPS[0], 53, "UDP", [(PODS[1][0], 53), (REMOTE_PODS[0], 53)], "maglev", 0),
     (VIPS[1], 80, "TCP", [], "random", 0),                       # no endpoints: rejected
     (VIPS[2], 443, "TCP", [(PODS[0][0], 443)], "random", 30),    # hairpin for pod 0, affinity
-    (VIPS[2], 53, "UDP", [(PODS[2][0], 5353)], "random", 0),
+    (VIPS[2], 53, "UDP", [(PODS[2][0], 5353)], "random", 30),    # affinity made by any datagram
 ]
 # Live service changes: (vip, port, proto, backends, lb, affinity). The
-# affinity service keeps one backend (snapshots do not carry affinity).
+# affinity service gets two backends too: a restored snapshot carries its
+# affinity entries, so a restored node must pin clients as the original does.
 SERVICE_CHANGES = [
     (VIPS[0], 80, "TCP", [(PODS[1][0], 8080)], "random", 0),                           # remote backend gone
     (VIPS[0], 53, "UDP", [(PODS[1][0], 53), (REMOTE_PODS[0], 53), (PODS[2][0], 53)], "maglev", 0),  # one more
     (VIPS[0], 53, "UDP", [(REMOTE_PODS[2], 53)], "maglev", 0),                         # behind the unresolved VTEP
     (VIPS[1], 80, "TCP", [(PODS[2][0], 80), (REMOTE_PODS[1], 80)], "random", 0),      # endpoints at last
     (VIPS[2], 443, "TCP", [(PODS[1][0], 443)], "random", 30),                          # hairpin no longer
+    (VIPS[2], 443, "TCP", [(PODS[0][0], 443), (PODS[1][0], 443)], "random", 30),      # affinity picks one of two
+    (VIPS[2], 53, "UDP", [(PODS[2][0], 5353), (REMOTE_PODS[1], 5353)], "random", 30),  # likewise
 ] + SERVICES
 
 

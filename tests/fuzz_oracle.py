@@ -52,8 +52,9 @@ from dataplane import snapshot
 from fastpath.counters import DROP_NAMES
 from fastpath.ioloop import IOLoop
 from fastpath.services import maglev_table
+from fuzz_frames import Frame
 from fuzz_node import (GW_IP, GW_MAC, MAGLEV_SIZE, NO_NEIGH_IP, NODE_IP, NODE_MAC, PODS, SUBNET, UPLINK,
-                       VIPS, build, change, set_service)
+                       VIPS, build, change)
 from fuzz_wire import (arp_at, ip4_arp_ok, ip4n, ip4s, ip_header_ok, ip_layers, l3_offset, l4_status, mix64,
                        vnet_fields)
 
@@ -234,6 +235,7 @@ class Twin:
         """Save B's snapshot (as the agent does), restore it into a fresh node
         C; the next burst runs through C too. corrupt: None, ("cut", frac) or
         ("flip", frac, bit): then C must come up with a message and no crash."""
+        self.new_flows()
         path = self.tmp / "snapshot"
         path.unlink(missing_ok=True)         # an earlier one would be restored into B by the arming below
         saver = snapshot.Snapshotter(self.b, path, META, clock=self.clock, wall=self.wall)
@@ -266,17 +268,25 @@ class Twin:
                                    log=logs.append).restore(local_subnet=SUBNET)
         assert not logs, f"a whole snapshot restored with complaints: {logs}"
         self.same_tables(self.b, c)
-        # Not in a snapshot: the Maglev table size (the agent always uses the
-        # default; the harness uses a small one), the random generator and
-        # affinity (the affinity service has one backend).
-        for s in c.services.list():
-            if s["lb"] == "maglev":
-                set_service(c, s["vip"], s["port"], s["protocol"], s["backends"], "maglev", s["affinity_timeout"])
+        # Not in a snapshot: the random generator's state (Maglev table sizes
+        # and affinity entries are, and same_tables checked them).
         seed = self.frames + 11
         for dp in (self.a, self.b, c):
             dp.services.seed(seed)
         self.reached["restore"] += 1
         self.shadow = (c, True)
+
+    def new_flows(self):
+        """Clean first packets from each pod to the ClientIP ports and the
+        Maglev one, through A and B like any burst: generated service frames
+        are rarely clean first packets, and the snapshot should hold
+        connections, affinity entries and Maglev choices to carry over."""
+        sport = 40000 + self.frames % 8
+        for ip, mac, port in PODS:
+            for vip, vport, l4 in ((VIPS[2], 53, b"\x11"), (VIPS[2], 443, b"\x06"), (VIPS[0], 53, b"\x11")):
+                self.burst([Frame(port, service_packet(mac, ip, vip, sport, vport, l4[0]), None, "new-flow")],
+                           "process", 0, [0])
+                self.reached["new-flow-sent"] += 1
 
     def same_tables(self, b, c):
         """C holds what B had that is still live."""
@@ -295,6 +305,28 @@ class Twin:
         assert c.services.list() == b.services.list(), "services after restore"
         assert c.overlay.routes() == b.overlay.routes(), "routes after restore"
         assert c.gateway.neighbors() == b.gateway.neighbors(), "neighbours after restore"
+
+        def usable(e, svc):
+            # what a restore keeps: the service port is there with affinity
+            # and still has the backend (B may hold live entries to a backend
+            # that left: its fast path skips them, a restore drops them)
+            return svc is not None and svc["affinity_timeout"] and \
+                tuple(e["backend"].rsplit(":", 1)) in {(ip, str(p)) for ip, p in svc["backends"]}
+
+        def aff(dp, only_usable):
+            now = int(self.clock() * 1000)
+            out = []
+            for e in dp.services.affinity(now):
+                vip, rest = e["service"].split(":")
+                port, proto = rest.split("/")
+                svc = dp.services.get(vip, int(port), proto)
+                if only_usable and not usable(e, svc):
+                    continue
+                left = 0 if io else min(e["expires_in"], svc["affinity_timeout"])
+                out.append(dict(e, expires_in=left))
+            return out
+        assert aff(c, False) == aff(b, True), "affinity after restore"
+        self.reached["restore-affinity"] += bool(aff(c, False))
 
     # ---- bursts ------------------------------------------------------------
 
@@ -744,6 +776,34 @@ class Twin:
         if not vout or vout["gso_type"] == 0:
             assert outer.tot == len(frame) - 14 and ulen == len(frame) - 34, (outer.tot, ulen, len(frame))
             assert len(frame) <= cfg.mtu + 14, f"{len(frame)}-byte encapsulated frame, fabric MTU {cfg.mtu}"
+
+
+def service_packet(mac, ip, vip, sport, dport, proto):
+    """Ethernet/IPv4 to the gateway's MAC: a UDP datagram or a TCP SYN."""
+    if proto == 17:
+        l4 = struct.pack("!HHHH", sport, dport, 9, 0) + b"q"
+    else:
+        l4 = struct.pack("!HHIIBBHHH", sport, dport, 1, 0, 0x50, 0x02, 65535, 0, 0)
+    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 1, 0, 64, proto, 0, ip4b(ip), ip4b(vip))
+    hdr = hdr[:10] + struct.pack("!H", inet_checksum(hdr)) + hdr[12:]
+    ph = ip4b(ip) + ip4b(vip) + struct.pack("!BBH", 0, proto, len(l4))
+    csum = inet_checksum(ph + l4)
+    at = 6 if proto == 17 else 16
+    l4 = l4[:at] + struct.pack("!H", csum or (0xffff if proto == 17 else 0)) + l4[at + 2:]
+    return bytes.fromhex(GW_MAC.replace(":", "") + mac.replace(":", "")) + b"\x08\x00" + hdr + l4
+
+
+def ip4b(ip):
+    return bytes(map(int, ip.split(".")))
+
+
+def inet_checksum(b):
+    if len(b) % 2:
+        b += b"\0"
+    s = sum(struct.unpack(f"!{len(b) // 2}H", b))
+    while s >> 16:
+        s = (s & 0xffff) + (s >> 16)
+    return ~s & 0xffff
 
 
 def tables(dp):

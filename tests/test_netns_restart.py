@@ -310,3 +310,66 @@ def test_restart_brings_back_node_add_routes_and_state_json_services_win_over_th
         finally:
             server.kill()
             server.wait()
+
+
+AFF_SPEC = """
+cluster: {name: pnaff, podCIDR: 10.231.0.0/16, serviceCIDR: 10.87.0.0/16, fabricCIDR: 172.30.231.0/24}
+nodes: [{name: n1}]
+pods:
+  - {name: c1, node: n1}
+  - {name: c2, node: n1}
+  - {name: c3, node: n1}
+  - {name: w1, node: n1, labels: {app: who}}
+  - {name: w2, node: n1, labels: {app: who}}
+  - {name: w3, node: n1, labels: {app: who}}
+services:
+  - {name: who, selector: {app: who}, sessionAffinity: ClientIP, ports: [{port: 80, targetPort: 8080}]}
+"""
+WHO_SERVER = """
+import socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 8080)); s.listen(16)
+while True:
+    c, _ = s.accept(); c.sendall(c.getsockname()[0].encode()); c.close()
+"""
+
+
+def test_clientip_affinity_survives_sigkill_and_restart(tmp_path):
+    """Three clients of a ClientIP service with three backends, each pinned
+    to one: after the agent is SIGKILLed and `podnet up` restarts it, each
+    new connection still lands on the client's backend (the agent restored
+    the affinity entries from its snapshot; a fresh random choice would
+    keep all three with probability 1/27)."""
+    from netns_helpers import py_in_pod, wait_listening
+    clients, backends = ("c1", "c2", "c3"), ("w1", "w2", "w3")
+    with running_cluster(tmp_path, AFF_SPEC) as st:
+        vip = st["plan"]["services"]["who"]
+        servers = [spawn_in_pod(st, w, WHO_SERVER) for w in backends]
+        try:
+            for w in backends:
+                wait_listening(st, w, 8080)
+
+            def who(c):
+                return py_in_pod(st, c, CONNECT, vip, 80).stdout.strip()
+            pinned = {c: who(c) for c in clients}
+            assert set(pinned.values()) <= {st["plan"]["pods"][w]["ip"] for w in backends}, pinned
+            assert {c: who(c) for c in clients} == pinned                 # pinned already
+            snap = tmp_path / "run" / "n1.snapshot"
+
+            def saved_affinity():
+                try:
+                    return read(snap)[0]["affinity"]["count"]
+                except (OSError, ValueError, KeyError):
+                    return 0
+            wait_for(lambda: saved_affinity() == 3, what="three affinity entries in n1's snapshot")
+
+            kill_agent(st, "n1")
+            out = podnet("up").stdout
+            assert re.search(r"node n1: agent was dead, restarted", out), out
+            st = json.loads((tmp_path / "run" / "state.json").read_text())
+            assert agent(st, "n1", "status")["restored"]["affinity"] == 3
+            assert {c: who(c) for c in clients} == pinned
+        finally:
+            for s in servers:
+                s.kill()
+                s.wait()

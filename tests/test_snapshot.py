@@ -6,13 +6,17 @@ same: mid-stream packets of old connections keep their backend, replies are
 un-NATed, a dead connection is reset. Timers lose the time spent down; only
 changes are written; foreign, corrupt or partial snapshots are refused part
 by part."""
+import ipaddress
+import json
+
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import ARP, Ether
 
-from dataplane.snapshot import Snapshotter, read, restore
+from dataplane.snapshot import MAGIC, SnapshotError, Snapshotter, read, restore
 from fastpath import Dataplane
 from fastpath.conntrack import RECORD_SIZE as CT_RECORD
+from fastpath.services import AFFINITY_RECORD_SIZE as AFF_RECORD
 
 GW_IP, GW_MAC = "10.244.0.1", "0a:58:0a:f4:00:01"
 A = ("10.244.0.2", "0a:58:0a:f4:00:02", 0)      # client pod
@@ -187,17 +191,20 @@ def test_foreign_or_corrupt_snapshots_are_ignored(tmp_path, clock):
     path = tmp_path / "s"
     saved(busy(clock), path, clock)
     logs = []
-    for change in ({"node": "n2"}, {"cluster": "other"}, {"boot_id": "elsewhere"}, {"version": 99}):
+    for change in ({"node": "n2"}, {"cluster": "other"}, {"boot_id": "elsewhere"}):
         after = configured(clock)
         s = Snapshotter(after, path, META, clock=clock, wall=clock, log=logs.append)
-        s.meta.update(change)                   # the file is another node's, boot's, format's
+        s.meta.update(change)                   # the file is another node's, boot's
         assert s.restore() == {}
         assert len(after.conntrack) == 0
     data = path.read_bytes()
-    for broken in (data[:100], data[:-3], b"{}" + data):
+    future = data.replace(b'"version":2,', b'"version":99,', 1)          # a format this build does not know
+    assert future != data
+    for broken in (data[:100], data[:-3], b"{}" + data, future):
         path.write_bytes(broken)
         assert Snapshotter(configured(clock), path, META, clock=clock, wall=clock, log=logs.append).restore() == {}
-    assert len(logs) == 7 and all("unreadable" in m for m in logs[4:]), logs
+    assert len(logs) == 7 and all("unreadable" in m for m in logs[3:]), logs
+    assert "format version 99" in logs[-1], logs
 
 
 def test_a_bad_part_is_skipped_the_rest_restored(tmp_path, clock):
@@ -358,3 +365,275 @@ def test_a_clean_stop_writes_the_snapshot(tmp_path, clock):
     head, tables = read(tmp_path / "n1.snapshot")
     assert (head["node"], head["conntrack"]["count"]) == ("n1", 1)
     assert [(s["vip"], s["port"], s["backends"]) for s in head["services"]] == [(VIP, 80, [[B[0], 8080]])]
+
+
+# ---- ClientIP affinity and Maglev table sizes --------------------------------
+
+CLIENTS = [f"10.244.0.{100 + n}" for n in range(40)]      # sources on pod A's port (no guard)
+AFF_PORT = {B[2]: B[0], C[2]: C[0]}                      # output port -> backend
+
+
+def pick(d, client, sport, vip=VIP2):
+    """The backend a new TCP flow from client to vip:80 is sent to (by the
+    port the DNATed SYN leaves on and its destination)."""
+    [(port, out)] = d.process(tcp((client, A[1]), vip, sport, 80, "S"), A[2])
+    assert Ether(out)[IP].dst == AFF_PORT[port]
+    return AFF_PORT[port]
+
+
+def learned(clock):
+    """configured(), the pods' MACs learned (so DNATed frames are not flooded)."""
+    d = configured(clock)
+    for ip, mac, port in (A, B, C):
+        d.process(bytes(Ether(src=mac, dst="ff:ff:ff:ff:ff:ff") / ARP(psrc=ip, pdst="10.244.0.250")), port)
+    return d
+
+
+def affine(clock, timeout=60):
+    """A node with a ClientIP service of two backends and 40 pinned clients."""
+    d = learned(clock)
+    d.services.set(VIP2, 80, "TCP", [(B[0], 8080), (C[0], 8080)], affinity_timeout=timeout)
+    return d, {c: pick(d, c, 20000) for c in CLIENTS}
+
+
+def now_ms(clock):
+    return int(clock() * 1000)
+
+
+def v1_file(path):
+    """The file a build before affinity records wrote for the same state:
+    version 1, no affinity section, no Maglev sizes."""
+    head, tables = read(path)
+    head.pop("affinity")
+    head["version"] = 1
+    for s in head["services"]:
+        s.pop("maglev_size", None)
+    path.write_bytes(MAGIC + json.dumps(head).encode() + b"\n" + tables["fdb"] + tables["conntrack"])
+
+
+def test_affinity_survives_a_restore(tmp_path, clock):
+    """40 clients pinned to B or C keep their backend for new connections
+    after a save and a restore into a fresh node whose random generator is
+    seeded otherwise; without the affinity records the same fresh node
+    sends some of them elsewhere (so keeping them is not luck)."""
+    before, pinned = affine(clock)
+    assert set(pinned.values()) == {B[0], C[0]}
+    path = tmp_path / "s"
+    snap = saved(before, path, clock)
+    assert snap["affinity"] == {"record": AFF_RECORD, "count": 40}
+
+    def restarted(snapshot, seed):
+        after = configured(clock)
+        after.services.seed(seed)
+        got = restore(after, snapshot, clock, "10.244.0.0/24", log=pytest.fail, wall=clock)
+        return after, got
+    for seed in (1, 2, 3):
+        after, got = restarted(load(path), seed)
+        assert got["affinity"] == 40
+        assert {c: pick(after, c, 20001 + seed) for c in CLIENTS} == pinned
+        assert after.counters()["services"]["affinity_hits"] == 40
+    # the control: the same restart without affinity records
+    bare = load(path)
+    bare["records"]["affinity"], bare["affinity"]["count"] = b"", 0
+    moved = 0
+    for seed in (1, 2, 3):
+        after, got = restarted(bare, seed)
+        assert got["affinity"] == 0
+        moved += sum(pick(after, c, 20001 + seed) != b for c, b in pinned.items())
+    assert moved > 0
+
+
+def test_affinity_timers_lose_the_time_spent_down(tmp_path, clock):
+    before = learned(clock)
+    before.services.set(VIP2, 80, "TCP", [(B[0], 8080), (C[0], 8080)], affinity_timeout=30)
+    early = pick(before, CLIENTS[0], 20000)            # 30 s left now, 15 s at the save
+    clock.advance(15)
+    late = pick(before, CLIENTS[1], 20000)             # 30 s left at the save
+    path = tmp_path / "s"
+    saved(before, path, clock)
+    snap = load(path)
+    clock.advance(20)                                  # down for 20 s
+    after = configured(clock)
+    got = restore(after, snap, clock, "10.244.0.0/24", log=pytest.fail, wall=clock)
+    assert got["affinity"] == 1                        # the early client's entry ran out while down
+    assert after.services.affinity(now_ms(clock)) == [
+        {"client": CLIENTS[1], "service": f"{VIP2}:80/TCP", "backend": f"{late}:8080",
+         "expires_in": pytest.approx(10, abs=0.01)}]
+    clock.advance(9.9)
+    assert pick(after, CLIENTS[1], 20001) == late
+    assert early in (B[0], C[0])
+
+
+def test_affinity_to_a_backend_the_service_lost_is_not_restored(tmp_path, clock):
+    """The service left C (saved with the change, the affinity table still
+    holding entries to C): only the entries to B come back. Likewise none
+    for a service port that is gone or no longer has affinity."""
+    before, pinned = affine(clock)
+    before.services.set(VIP2, 80, "TCP", [(B[0], 8080)], affinity_timeout=60)
+    before.services.set(VIP, 80, "TCP", [(B[0], 8080), (C[0], 8080)], affinity_timeout=60)
+    via_vip = {c: pick(before, c, 21000, vip=VIP) for c in CLIENTS[:10]}
+    path = tmp_path / "s"
+    s = Snapshotter(before, path, META, clock=clock, wall=clock)
+    s.restore()
+    assert s.save(force=True)
+    snap = load(path)
+    assert snap["affinity"]["count"] == 50                    # C's entries are live, only unusable
+    to_b = sorted(c for c, b in pinned.items() if b == B[0])
+    after = configured(clock)
+    got = restore(after, snap, clock, "10.244.0.0/24", log=pytest.fail, wall=clock)
+    assert got["affinity"] == len(to_b) + 10
+    entries = after.services.affinity(now_ms(clock))
+    assert {e["backend"] for e in entries if e["service"] == f"{VIP2}:80/TCP"} == {f"{B[0]}:8080"}
+    assert sorted(e["client"] for e in entries if e["service"] == f"{VIP2}:80/TCP") == to_b
+    assert {e["client"]: e["backend"] for e in entries if e["service"] == f"{VIP}:80/TCP"} == \
+        {c: f"{b}:8080" for c, b in via_vip.items()}
+    # VIP:80 gone, VIP2:80 without affinity when the snapshot is restored
+    snap = load(path)
+    snap["services"] = [dict(x, affinity_timeout=0) if x["vip"] == VIP2 else x
+                        for x in snap["services"] if (x["vip"], x["port"]) != (VIP, 80)]
+    after = configured(clock)
+    assert restore(after, snap, clock, "10.244.0.0/24", log=pytest.fail, wall=clock)["affinity"] == 0
+    assert after.services.affinity(now_ms(clock)) == []
+
+
+def test_a_shortened_affinity_timeout_caps_restored_entries(clock):
+    before, pinned = affine(clock, timeout=600)
+    recs = before.services.export_affinity(now_ms(clock))
+    after = configured(clock)
+    after.services.set(VIP2, 80, "TCP", [(B[0], 8080), (C[0], 8080)], affinity_timeout=60)
+    assert after.services.restore_affinity(recs, 0, now_ms(clock)) == (40, 0)
+    assert {e["expires_in"] for e in after.services.affinity(now_ms(clock))} == {60}
+    assert after.services.restore_affinity(recs, 0, now_ms(clock)) == (0, 40)   # pinned already
+    with pytest.raises(ValueError, match="multiple"):
+        after.services.restore_affinity(recs[:-1], 0, now_ms(clock))
+
+
+def test_a_version_1_snapshot_restores_as_before(tmp_path, clock):
+    """A file written before affinity records (no affinity section, no
+    Maglev sizes) restores every table it has; Maglev tables at the default
+    size, as they were built then."""
+    before = busy(clock)
+    before.services.set(VIP2, 80, "TCP", [(A[0], 8080), (B[0], 8080), (C[0], 8080)], lb="maglev",
+                        affinity_timeout=30, maglev_size=4099)
+    path = tmp_path / "s"
+    saved(before, path, clock)
+    v1_file(path)
+    assert read(path)[1]["affinity"] == b""
+    logs = []
+    after = configured(clock)
+    got = Snapshotter(after, path, META, clock=clock, wall=clock, log=logs.append).restore("10.244.0.0/24")
+    assert not logs and "affinity" not in got
+    assert {k: got[k] for k in ("fdb", "conntrack", "services", "routes", "vteps", "neighbors")} == \
+        {"fdb": 4, "conntrack": 5, "services": 3, "routes": 2, "vteps": 1, "neighbors": 1}
+    assert after.conntrack_dump() == before.conntrack_dump() and after.fdb_dump() == before.fdb_dump()
+    assert after.services.get(VIP2, 80, "TCP")["maglev_size"] == 16381
+    # and the agent's next save writes the current version
+    s = Snapshotter(after, path, META, clock=clock, wall=clock)
+    s.restore()
+    assert s.save(force=True) and read(path)[0]["version"] == 2
+
+
+def test_a_cut_or_bad_affinity_section_is_refused(tmp_path, clock):
+    before, _ = affine(clock)
+    path = tmp_path / "s"
+    saved(before, path, clock)
+    data = path.read_bytes()
+    logs = []
+    for cut in (1, AFF_RECORD, AFF_RECORD + 3):          # the last bytes are the affinity records
+        path.write_bytes(data[:-cut])
+        with pytest.raises(SnapshotError, match="affinity records truncated"):
+            read(path)
+        after = configured(clock)
+        assert Snapshotter(after, path, META, clock=clock, wall=clock, log=logs.append).restore() == {}
+        assert after.services.affinity(now_ms(clock)) == [] and len(after.services) == 0
+    assert len(logs) == 3 and all("unreadable, ignored: affinity records truncated" in m for m in logs), logs
+    # a version 2 header without its affinity section
+    path.write_bytes(data)
+    head, tables = read(path)
+    del head["affinity"]
+    path.write_bytes(MAGIC + json.dumps(head).encode() + b"\n" + tables["fdb"] + tables["conntrack"])
+    with pytest.raises(SnapshotError, match="bad header: 'affinity'"):
+        read(path)
+    # a record size this build does not use, or records not a whole number of
+    # them: that part is skipped, the rest restored
+    for bad in ("size", "length"):
+        path.write_bytes(data)
+        snap = load(path)
+        if bad == "size":
+            snap["affinity"]["record"] = AFF_RECORD + 4
+        else:
+            snap["records"]["affinity"] = snap["records"]["affinity"][:-1]
+        logs = []
+        after = configured(clock)
+        got = restore(after, snap, clock, "10.244.0.0/24", log=logs.append, wall=clock)
+        assert "affinity" not in got and got["services"] == 1
+        assert len(logs) == 1 and logs[0].startswith("snapshot: affinity not restored"), logs
+        assert after.services.affinity(now_ms(clock)) == []
+
+
+def test_maglev_table_size_survives_a_round_trip(tmp_path, clock):
+    """A 4099-slot Maglev service comes back at 4099: the same backend for
+    the same flows, by the table and by the frames (at 16381 some flows
+    would go elsewhere)."""
+    backends = [(A[0], 8080), (B[0], 8080), (C[0], 8080)]
+    before = learned(clock)
+    before.services.set(VIP2, 80, "TCP", backends, lb="maglev", maglev_size=4099)
+    before.services.set(VIP, 80, "TCP", [], lb="maglev", maglev_size=251)     # no table yet, size kept
+    path = tmp_path / "s"
+    snap = saved(before, path, clock)
+    assert {(s["vip"], s["maglev_size"]) for s in snap["services"]} == {(VIP2, 4099), (VIP, 251)}
+    after = configured(clock)
+    restore(after, load(path), clock, "10.244.0.0/24", log=pytest.fail, wall=clock)
+    assert after.services.list() == before.services.list()
+    assert after.services.get(VIP2, 80, "TCP")["maglev_size"] == 4099
+    flows = range(0, 2000 * 0x9E3779B97F4A7C15, 0x9E3779B97F4A7C15)
+    assert [after.services.maglev_choice(VIP2, 80, "TCP", f & (2**64 - 1)) for f in flows] == \
+        [before.services.maglev_choice(VIP2, 80, "TCP", f & (2**64 - 1)) for f in flows]
+    default = learned(clock)
+    default.services.set(VIP2, 80, "TCP", backends, lb="maglev")
+    assert any(default.services.maglev_choice(VIP2, 80, "TCP", f & (2**64 - 1)) !=
+               before.services.maglev_choice(VIP2, 80, "TCP", f & (2**64 - 1)) for f in flows)
+    port_of = {A[0]: A[2], B[0]: B[2], C[0]: C[2]}
+
+    def sent(d, client, sport):
+        [(port, out)] = d.process(tcp((client, A[1]), VIP2, sport, 80, "S"), A[2])
+        assert port == port_of[Ether(out)[IP].dst]
+        return Ether(out)[IP].dst
+    flows = [(c, sp) for c in CLIENTS for sp in (30000, 30001, 30002)]
+    got = [sent(after, c, sp) for c, sp in flows]
+    assert got == [sent(before, c, sp) for c, sp in flows]
+    assert got != [sent(default, c, sp) for c, sp in flows]
+    assert len(set(got)) == 3
+
+
+def mix64(x):
+    m = 2**64 - 1
+    x ^= x >> 33
+    x = (x * 0xff51afd7ed558ccd) & m
+    x ^= x >> 33
+    x = (x * 0xc4ceb9fe1a85ec53) & m
+    return x ^ (x >> 33)
+
+
+def test_affinity_is_found_past_an_expired_neighbour(clock):
+    """Entries are looked for in their whole probe window, as restore places
+    them: a client whose entry sits after another client's that expired
+    since keeps its backend (the probe used to stop at the expired one)."""
+    def start(client, vip):
+        key = (int(ipaddress.IPv4Address(vip)) << 32) | (80 << 16) | (6 << 8) | 1
+        k = (int(ipaddress.IPv4Address(client)) << 32) | (mix64(key) & 0xffffffff) | 1
+        return mix64(k) & 65535                  # the default table's 65536 slots
+    clients = [f"10.244.{n >> 8}.{n & 255}" for n in range(256, 65536)]
+    firsts = {start(c, VIP): c for c in clients}
+    x, y = next((firsts[start(c, VIP2)], c) for c in clients if start(c, VIP2) in firsts)
+    d = learned(clock)
+    d.services.set(VIP, 80, "TCP", [(B[0], 8080), (C[0], 8080)], affinity_timeout=10)
+    d.services.set(VIP2, 80, "TCP", [(B[0], 8080), (C[0], 8080)], affinity_timeout=600)
+    AFF_PORT_VIP = pick(d, x, 20000, vip=VIP)           # x's entry takes the window's first slot
+    pinned = pick(d, y, 20000)                          # y's goes to the next
+    clock.advance(20)                                   # x's runs out
+    hits = d.counters()["services"]["affinity_hits"]
+    for sp in range(20001, 20021):
+        assert pick(d, y, sp) == pinned
+    assert d.counters()["services"]["affinity_hits"] == hits + 20
+    assert AFF_PORT_VIP in (B[0], C[0])
