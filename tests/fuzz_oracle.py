@@ -39,9 +39,12 @@ C I/O loop (IOLoop over AF_UNIX datagram socketpairs, one per port, with a
 capture running on pod 0's port): its outputs and all its counters must
 equal B's (so no result depends on bytes outside the frame, on burst
 grouping, or on the entry point). Live changes (services, routes, ports,
-guards) go to both. A snapshot of B restored into a freshly built node C
-must give C B's tables and, on the next burst, B's verdicts and outputs;
-a corrupted or cut snapshot must be refused or skipped with a message."""
+guards) go to both. Before each snapshot, clean new flows from every pod
+to the ClientIP and Maglev ports go to both (so there is state to carry).
+A snapshot of B restored into a freshly built node C must give C B's tables
+(affinity entries whose backend is still the service's, Maglev sizes) and,
+on the next burst, B's verdicts and outputs; a corrupted or cut snapshot
+must be refused or skipped with a message."""
 import socket
 import struct
 import time

@@ -2,7 +2,8 @@
 eth0 in place; `podnet up` restarts just that agent, which re-attaches to the
 TAPs and restores its snapshot, so ping works again and a TCP connection
 through a ClusterIP (backend on the other node, DNAT state on the client's)
-carries on where it was. `podnet up` with every agent alive still refuses.
+carries on where it was, and ClientIP-affine clients keep their backend.
+`podnet up` with every agent alive still refuses.
 `podnet down` after a crash, or racing a restart, leaves nothing behind."""
 import json
 import os

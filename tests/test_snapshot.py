@@ -1,11 +1,14 @@
 """Agent snapshots in memory: a fast path with learned and configured state
-(FDB, conntrack with NAT/SNAT/dead flags and every state, services, a run-time
-route, an ARP-resolved VTEP, an ARP-learned neighbour) is saved, a fresh one
-configured as a restarted agent would be restores it, and then behaves the
-same: mid-stream packets of old connections keep their backend, replies are
-un-NATed, a dead connection is reset. Timers lose the time spent down; only
-changes are written; foreign, corrupt or partial snapshots are refused part
-by part."""
+(FDB, conntrack with NAT/SNAT/dead flags and every state, services with their
+Maglev table sizes, ClientIP affinity entries, a run-time route, an
+ARP-resolved VTEP, an ARP-learned neighbour) is saved, a fresh one configured
+as a restarted agent would be restores it, and then behaves the same:
+mid-stream packets of old connections keep their backend, replies are
+un-NATed, a dead connection is reset, pinned clients keep their backend,
+Maglev flows theirs. Timers lose the time spent down; affinity to a backend
+the service lost is dropped; only changes are written; version 1 files (no
+affinity section) still restore; foreign, corrupt or partial snapshots are
+refused part by part."""
 import ipaddress
 import json
 
