@@ -114,12 +114,15 @@ cdef inline int gw_icmp_error(gw_t *g, pkt_t *pk, uint8_t type, uint8_t code,
                               uint16_t mtu, uint16_t drop) noexcept nogil:
     """Turn the frame into an ICMP error (RFC 792: time exceeded; RFC 1191:
     fragmentation needed with the next-hop MTU) to its sender, quoting its IP
-    header + 8 bytes. Never answers an ICMP error: returns -drop instead."""
+    header + 8 bytes. Never answers an ICMP error or a non-initial fragment:
+    returns -drop instead."""
     cdef uint8_t quote[68]
     cdef uint8_t *ip = pk.data + pk.m.l3_off
     cdef uint8_t *icmp
     cdef uint32_t ihl = (ip[0] & 0x0f) * 4u, qlen
     cdef uint8_t t
+    if get16(ip + 6) & 0x1fff:
+        return -drop                     # a non-initial fragment: never an ICMP error (RFC 1812 4.3.2.7)
     if ip[9] == 1 and (pk.m.flags & F_L4):
         t = ip[ihl]
         if t != 0 and t != 8 and t != 13 and t != 15 and t != 17:

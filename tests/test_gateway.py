@@ -128,6 +128,19 @@ def test_no_time_exceeded_about_an_icmp_error(gw):
     assert gw.counters()["drops"]["ttl_exceeded"] == 1
 
 
+def test_no_time_exceeded_about_a_non_initial_fragment(gw):
+    """RFC 1812 4.3.2.7: no ICMP error for a fragment other than the first;
+    the first one is answered."""
+    later = IP(src=A[0], dst=B[0], ttl=1, frag=1, proto=17) / (b"x" * 16)
+    assert gw.process(bytes(Ether(src=A[1], dst=GW_MAC) / later), 0) == []
+    c = gw.counters()
+    assert c["drops"]["ttl_exceeded"] == 1 and c["gateway"]["icmp_errors_sent"] == 0
+    first = IP(src=A[0], dst=B[0], ttl=1, flags="MF") / UDP(sport=1, dport=2) / (b"x" * 16)
+    [(port, out)] = gw.process(bytes(Ether(src=A[1], dst=GW_MAC) / first), 0)
+    assert port == 0 and (Ether(out)[ICMP].type, Ether(out)[ICMP].code) == (11, 0)
+    assert gw.counters()["gateway"]["icmp_errors_sent"] == 1
+
+
 @pytest.mark.parametrize("frame,reason", [
     (Ether(src=A[1], dst=GW_MAC) / IP(src=A[0], dst=C[0]) / UDP(), "no_neighbor"),
     (Ether(src=A[1], dst=GW_MAC) / IP(src=A[0], dst="10.244.0.255") / UDP(), "no_neighbor"),
