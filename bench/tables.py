@@ -168,7 +168,26 @@ def connect():
     return "\n".join(out)
 
 
-TABLES = {"stages": stages, "pods": pods, "overlay": overlay, "services": services, "connect": connect}
+def pause():
+    d = load("pause")
+    s, delta = d["summary"]["pause"], d["worst_minus_idle_ms"]
+    labels = {"idle": "idle", "apply10k": "10,000 services × 10 endpoints applied (socket)",
+              "dump100k": "conntrack dump at 100k connections", "unread3": "three clients that never read",
+              "snap100k": "snapshot saves with 100k connections", "metrics10": "metrics scraped 10 times a second"}
+    out = [f"{d['rounds']} interleaved rounds of {d['seconds']} s per case, a ping every 10 ms; {machine_line(d)}.", "",
+           "| during | worst round trip, ms | p99, ms | worst − idle worst (same round), ms | pings lost "
+           "| target: within 1 ms of idle, none lost |", "|---|---|---|---|---|---|"]
+    for c in d["cases"]:
+        t = d["target"].get(c)
+        met = "–" if t is None else ("met" if all(t.values()) else "**not met**")
+        out.append(f"| {labels.get(c, c)} | {fig(s[c]['worst_ms'], digits=2)} | {fig(s[c]['p99_ms'], digits=2)} "
+                   f"| {fig(delta.get(c), digits=2)} | {fig(s[c]['lost'], digits=0)} of {s[c]['sent']['median']:.0f} "
+                   f"| {met} |")
+    return "\n".join(out)
+
+
+TABLES = {"stages": stages, "pods": pods, "overlay": overlay, "services": services, "connect": connect,
+          "pause": pause}
 
 
 def render():
