@@ -31,7 +31,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 from e2e_pods import iperf, plot, print_summary  # noqa: E402
 from kernel_node import Fabric, KernelNode  # noqa: E402
 from podnet_cluster import PodnetCluster  # noqa: E402
-from rounds import interleave, ratio, summarize  # noqa: E402
+from rounds import all_up, measure_paths, ratio, summarize  # noqa: E402
 
 FABRIC_MTU = 1500
 
@@ -133,18 +133,9 @@ def main(argv=None):
         sys.exit("needs root (network namespaces)")
     from machine import machine
     paths = {name: PATHS[name]() for name in (args.path or list(PATHS))}
-    entered, setup = [], {}
-    try:
-        for p in paths.values():
-            p.__enter__()
-            entered.append(p)
-        raw = interleave(list(paths), KINDS, args.rounds,
-                         lambda name, kind: measure_kind(paths[name], kind, args.seconds),
-                         log=lambda m: print(m, file=sys.stderr, flush=True))
+    with all_up(paths):
+        raw = measure_paths(paths, KINDS, args.rounds, lambda p, kind: measure_kind(p, kind, args.seconds))
         setup = {n: p.describe() for n, p in paths.items()}
-    finally:
-        for p in reversed(entered):
-            p.__exit__(None, None, None)
     doc = {"bench": "overlay", "seconds": args.seconds, "rounds": args.rounds, "fabric_mtu": FABRIC_MTU,
            "machine": machine(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "labels": {n: p.label for n, p in paths.items()}, "setup": setup,

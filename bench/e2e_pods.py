@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from podnet_cluster import PodnetCluster
-from rounds import interleave, ratio, summarize, wait_listening
+from rounds import all_up, measure_paths, ratio, summarize, wait_listening
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -222,19 +222,10 @@ def main():
     from machine import machine
     budget = args.rounds * len(KINDS) * (args.seconds + 10) + 60
     paths = {p.name: p for p in (Kernel(), TapFwd(budget), Podnet())}
-    entered = []
-    try:
-        for p in paths.values():
-            p.__enter__()
-            entered.append(p)
-        raw = interleave(list(paths), KINDS, args.rounds,
-                         lambda name, kind: measure_kind(paths[name], kind, args.seconds),
-                         log=lambda m: print(m, file=sys.stderr, flush=True))
+    with all_up(paths):
+        raw = measure_paths(paths, KINDS, args.rounds, lambda p, kind: measure_kind(p, kind, args.seconds))
         c = paths["podnet"].counters()
         agent = {"frames_per_burst": c["io"]["frames_per_burst"], "drops": {k: v for k, v in c["drops"].items() if v}}
-    finally:
-        for p in reversed(entered):
-            p.__exit__(None, None, None)
     ratios = {
         "podnet_vs_kernel_tcp1": ratio(raw, "tcp1", "gbps", "podnet", "kernel"),
         "podnet_vs_kernel_tcp4": ratio(raw, "tcp4", "gbps", "podnet", "kernel"),

@@ -4,8 +4,10 @@ machine's phases as much as the paths. Here every path is up at once and a
 round measures each kind of traffic on every path back to back (the order
 rotated each round); a ratio is taken pair by pair within a round, and each
 figure is reported as the median and min-max over the rounds."""
+import contextlib
 import statistics
 import subprocess
+import sys
 import time
 
 
@@ -29,6 +31,22 @@ def interleave(paths, kinds, rounds, measure, log=None):
                     log(f"round {r + 1}/{rounds}: {kind} on {p} ...")
                 out[kind][p].append(measure(p, kind))
     return out
+
+
+@contextlib.contextmanager
+def all_up(paths):
+    """Every path of a comparison ({name: context manager}) up at once; the
+    ones that came up are taken down again, last first, whatever happens."""
+    with contextlib.ExitStack() as stack:
+        for p in paths.values():
+            stack.enter_context(p)
+        yield paths
+
+
+def measure_paths(paths, kinds, rounds, measure):
+    """interleave() over {name: path}, measure(path, kind), progress on stderr."""
+    return interleave(list(paths), kinds, rounds, lambda name, kind: measure(paths[name], kind),
+                      log=lambda m: print(m, file=sys.stderr, flush=True))
 
 
 def summarize(raw, metrics):
