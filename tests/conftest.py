@@ -48,6 +48,21 @@ def dissect(result):
     return [(p, Ether(b)) for p, b in result]
 
 
+class FakeTap:
+    """A TAP stand-in for an Agent's ports: the loop's end of a socketpair
+    (SOCK_DGRAM or SEQPACKET keep frame boundaries, as a TAP does)."""
+    offloads = 0
+
+    def __init__(self, sock):
+        self.sock = sock
+
+    def fileno(self):
+        return self.sock.fileno()
+
+    def close(self):
+        self.sock.close()
+
+
 def require_root():
     """Netns tests need root and /dev/net/tun: skip on a developer box, fail in CI."""
     ok = os.geteuid() == 0 and os.path.exists("/dev/net/tun")

@@ -20,7 +20,7 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 from scapy.utils import RawPcapReader
 
-from conftest import Clock
+from conftest import Clock, FakeTap
 from dataplane import capture, cli
 from dataplane.agent import CAPTURE_IDLE, UPLINK_DOMAIN, UPLINK_PORT, Agent
 from dataplane.control import request
@@ -51,18 +51,7 @@ def seq_of(raw):
     return int(raw[OFF + 1:OFF + 7])
 
 
-class Fake:
-    """A TAP stand-in for the agent: the loop's end of a socketpair."""
-    offloads = 0
-
-    def __init__(self, sock):
-        self.sock = sock
-
-    def fileno(self):
-        return self.sock.fileno()
-
-    def close(self):
-        self.sock.close()
+Fake = FakeTap
 
 
 class Node:

@@ -21,7 +21,7 @@ import pytest
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import ARP, Ether
 
-from conftest import Clock
+from conftest import Clock, FakeTap
 from dataplane import control, ctdump
 from dataplane.agent import Agent
 from dataplane.control import STALL_TIMEOUT, ControlServer, Stream, request
@@ -317,18 +317,7 @@ def test_ioloop_reports_a_watched_fd_writable_only_while_asked():
 
 # ---- the agent ---------------------------------------------------------------
 
-class Fake:
-    """A TAP stand-in: the loop's end of a socketpair."""
-    offloads = 0
-
-    def __init__(self, sock):
-        self.sock = sock
-
-    def fileno(self):
-        return self.sock.fileno()
-
-    def close(self):
-        self.sock.close()
+Fake = FakeTap
 
 
 class Node:
