@@ -10,7 +10,6 @@ says how many frames were lost."""
 import functools
 import json
 import os
-import socket
 import struct
 import threading
 import time
@@ -20,12 +19,12 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 from scapy.utils import RawPcapReader
 
-from conftest import Clock, FakeTap
+from agent_harness import AgentNode
+from conftest import Clock
 from dataplane import capture, cli
-from dataplane.agent import CAPTURE_IDLE, UPLINK_DOMAIN, UPLINK_PORT, Agent
+from dataplane.agent import CAPTURE_IDLE, UPLINK_DOMAIN, UPLINK_PORT
 from dataplane.control import request
 
-GW = {"ip": "10.244.0.1", "mac": "0a:58:0a:f4:00:01", "subnet": "10.244.0.0/24"}
 POD = {"name": "c1", "netns": "-", "ip": "10.244.0.2", "mac": "0a:58:0a:f4:00:02"}
 
 
@@ -51,31 +50,13 @@ def seq_of(raw):
     return int(raw[OFF + 1:OFF + 7])
 
 
-Fake = FakeTap
-
-
-class Node:
+class Node(AgentNode):
     def __init__(self, tmp_path, clock):
-        cfg = {"node": "n1", "netns": "-", "socket": str(tmp_path / "n1.sock"), "vnet": False, "gateway": GW,
-               "pods": [], "burst": 64, "fdb_capacity": 1024, "service_capacity": 1024,
-               "conntrack_capacity": 1024}
-        self.agent = a = Agent(cfg, clock=clock)
-        self.socket = cfg["socket"]
-        a.setup()
-        self.peer = {}
-        for port, domain in ((0, 0), (UPLINK_PORT, UPLINK_DOMAIN)):
-            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            a.dp.add_port(port, domain=domain)
-            a.io.attach(port, ours.fileno())
-            self.peer[port] = theirs
-            if port == UPLINK_PORT:
-                a.uplink_tap = Fake(ours)
-            else:
-                a.taps[port] = Fake(ours)
-                a.pods[port] = POD
+        super().__init__(tmp_path, clock)
+        self.attach(0, pod=POD)
+        self.attach(UPLINK_PORT, domain=UPLINK_DOMAIN, uplink=True)
         self.wake_r, self.wake_w = os.pipe()
         os.write(self.wake_w, b"x")
-        self.thread = None
 
     def round(self):
         """One burst of the I/O loop (the test drives it; no thread)."""
@@ -103,19 +84,8 @@ class Node:
         finally:
             agent.io = io
 
-    def serve(self):
-        """The agent's own loop in a thread, as `podnet up` runs it."""
-        self.thread = threading.Thread(target=self.agent.run, daemon=True)
-        self.thread.start()
-
     def close(self):
-        if self.thread:
-            self.agent.stop = True
-            self.thread.join(5)
-            assert not self.thread.is_alive()
-        self.agent.close()
-        for s in self.peer.values():
-            s.close()
+        super().close()
         os.close(self.wake_r)
         os.close(self.wake_w)
 

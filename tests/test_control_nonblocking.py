@@ -14,21 +14,19 @@ import json
 import socket
 import struct
 import termios
-import threading
 import time
 
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import ARP, Ether
 
-from conftest import Clock, FakeTap
+from agent_harness import GW, AgentNode
+from conftest import Clock
 from dataplane import control, ctdump
-from dataplane.agent import Agent
 from dataplane.control import STALL_TIMEOUT, ControlServer, Stream, request
 from fastpath import Dataplane
 from fastpath.ioloop import IOLoop
 
-GW = {"ip": "10.244.0.1", "mac": "0a:58:0a:f4:00:01", "subnet": "10.244.0.0/24"}
 A = ("10.244.0.2", "0a:58:0a:f4:00:02", 0)       # a client pod on port 0
 B = ("10.244.0.3", "0a:58:0a:f4:00:03", 1)       # a backend pod on port 1
 VIP = "10.96.0.10"
@@ -317,40 +315,18 @@ def test_ioloop_reports_a_watched_fd_writable_only_while_asked():
 
 # ---- the agent ---------------------------------------------------------------
 
-Fake = FakeTap
-
-
-class Node:
+class Node(AgentNode):
     """The real Agent with pod ports 0 and 1 on socketpairs, served by its
     own loop in a thread once serve() is called."""
 
     def __init__(self, tmp_path, clock):
-        cfg = {"node": "n1", "netns": "-", "socket": str(tmp_path / "n1.sock"), "vnet": False, "gateway": GW,
-               "pods": [], "burst": 64, "fdb_capacity": 1024, "service_capacity": 4096,
-               "conntrack_capacity": 65536, "service_cidr": "10.96.0.0/12"}
-        self.agent = a = Agent(cfg, clock=clock)
-        self.socket = cfg["socket"]
-        a.setup()
-        self.peer = {}
+        super().__init__(tmp_path, clock, service_capacity=4096, conntrack_capacity=65536,
+                         service_cidr="10.96.0.0/12")
         for ip, mac, port in (A, B):
-            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            a.dp.add_port(port)
-            a.io.attach(port, ours.fileno())
-            a.taps[port] = Fake(ours)
-            self.peer[port] = theirs
-            a.dp.gateway.add_neighbor(ip, mac)
-            a.dp.process(bytes(Ether(src=mac, dst="ff:ff:ff:ff:ff:ff") / ARP(psrc=ip, pdst="10.244.0.250")), port)
-        self.thread = None
-        self.crashed = []
-
-    def serve(self):
-        def run():
-            try:
-                self.agent.run()
-            except BaseException as e:       # the test fails if the loop ever dies
-                self.crashed.append(e)
-        self.thread = threading.Thread(target=run, daemon=True)
-        self.thread.start()
+            self.attach(port)
+            self.agent.dp.gateway.add_neighbor(ip, mac)
+            self.agent.dp.process(bytes(Ether(src=mac, dst="ff:ff:ff:ff:ff:ff") / ARP(psrc=ip, pdst="10.244.0.250")),
+                                  port)
 
     def counters(self):
         return request(self.socket, "counters")["io"]
@@ -366,16 +342,6 @@ class Node:
             self.peer[A[2]].send(f)
             got.append(self.peer[B[2]].recv(65536))
         assert got == frames
-
-    def close(self):
-        if self.thread:
-            self.agent.stop = True
-            self.thread.join(10)
-            assert not self.thread.is_alive()
-        self.agent.close()
-        for s in self.peer.values():
-            s.close()
-        assert not self.crashed
 
 
 @pytest.fixture
