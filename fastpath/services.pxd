@@ -67,40 +67,54 @@ cdef inline svc_t *svc_find(svcmap_t *m, uint64_t key) noexcept nogil:
 cdef inline bint svc_is_vip(const svcmap_t *m, uint32_t ip) noexcept nogil:
     return m.slots != NULL and (ip & m.netmask) == m.net
 
+cdef inline uint64_t aff_key(uint32_t cip, uint64_t svc) noexcept nogil:
+    """An affinity entry's key: the client, and the service port hashed (never 0)."""
+    return (<uint64_t>cip << 32) | (mix64(svc) & 0xffffffffULL) | 1
+
+cdef inline aff_t *aff_slot(svcmap_t *m, uint64_t k, uint64_t svc, uint64_t now, aff_t **match) noexcept nogil:
+    """The affinity table's probe window for key k of service port svc, the
+    one rule svc_pick and a snapshot restore share: *match is the entry for
+    (k, svc) if the window holds one, live or not, else NULL; returns the
+    slot an entry for it goes to: the match itself, else the window's first
+    empty or expired slot (NULL: no room, affinity is skipped). The whole
+    window is searched, not only up to the first expired slot, so an entry is
+    found wherever it was put, past a neighbour's entry that expired since."""
+    cdef uint64_t i = mix64(k) & m.aff_mask
+    cdef uint32_t j
+    cdef aff_t *e
+    cdef aff_t *free = NULL
+    match[0] = NULL
+    for j in range(8):
+        e = &m.aff[(i + j) & m.aff_mask]
+        if e.key == k and e.svc == svc:
+            match[0] = e
+            return e
+        if free == NULL and (e.key == 0 or e.expires <= now):
+            free = e
+        if e.key == 0:
+            break                                # nothing was ever put beyond an empty slot
+    return free
+
 cdef inline int svc_pick(svcmap_t *m, svc_t *s, uint32_t cip, uint64_t flow, uint64_t now,
                          uint32_t *bip, uint16_t *bport) noexcept nogil:
     """Choose a backend for a new flow; returns 0, or -1 without backends."""
-    cdef uint64_t k, i
-    cdef uint32_t j
+    cdef uint64_t k = 0
+    cdef uint32_t i, j
     cdef aff_t *a = NULL
     cdef aff_t *e
     if s.nb == 0:
         return -1
     if s.affinity_ms and m.aff != NULL:
-        k = (<uint64_t>cip << 32) | (mix64(s.key) & 0xffffffffULL) | 1
-        i = mix64(k) & m.aff_mask
-        # A short probe; a miss just skips affinity. The whole window is
-        # searched (not only up to the first expired slot), so an entry is
-        # found wherever it was put: past a neighbour's entry that expired
-        # since, or where a snapshot restore placed it (restore_affinity).
-        # New entries go to the window's first empty or expired slot.
-        for j in range(8):
-            e = &m.aff[(i + j) & m.aff_mask]
-            if e.key == k and e.svc == s.key:
-                a = e
-                if e.expires > now:
-                    for i in range(s.nb):        # the backend must still be there
-                        if s.b[i].ip == e.ip and s.b[i].port == e.port:
-                            bip[0] = e.ip
-                            bport[0] = e.port
-                            e.expires = now + s.affinity_ms
-                            m.affinity_hits += 1
-                            return 0
-                break
-            if a == NULL and (e.key == 0 or e.expires <= now):
-                a = e
-            if e.key == 0:
-                break                            # nothing was ever put beyond an empty slot
+        k = aff_key(cip, s.key)
+        a = aff_slot(m, k, s.key, now, &e)
+        if e != NULL and e.expires > now:
+            for i in range(s.nb):                # the backend must still be there
+                if s.b[i].ip == e.ip and s.b[i].port == e.port:
+                    bip[0] = e.ip
+                    bport[0] = e.port
+                    e.expires = now + s.affinity_ms
+                    m.affinity_hits += 1
+                    return 0
     if s.lb == LB_MAGLEV and s.maglev != NULL:
         j = s.maglev[mix64(flow) % s.msize]
     else:
@@ -111,7 +125,7 @@ cdef inline int svc_pick(svcmap_t *m, svc_t *s, uint32_t cip, uint64_t flow, uin
     bip[0] = s.b[j].ip
     bport[0] = s.b[j].port
     if a != NULL:
-        a.key = (<uint64_t>cip << 32) | (mix64(s.key) & 0xffffffffULL) | 1
+        a.key = k
         a.svc = s.key
         a.ip = bip[0]
         a.port = bport[0]

@@ -293,13 +293,13 @@ cdef class Services:
         it, so the fast path finds it. Returns (restored, skipped)."""
         if records.shape[0] % sizeof(aff_rec_t):
             raise ValueError(f"affinity records: {records.shape[0]} bytes is not a multiple of {sizeof(aff_rec_t)}")
-        cdef uint64_t n = records.shape[0] // sizeof(aff_rec_t), i, k, h, restored = 0
+        cdef uint64_t n = records.shape[0] // sizeof(aff_rec_t), i, k, restored = 0
         cdef const aff_rec_t *r
         cdef svc_t *s
         cdef aff_t *a
         cdef aff_t *e
         cdef long long expires
-        cdef uint32_t j, b
+        cdef uint32_t b
         cdef bint present
         for i in range(n):
             r = <const aff_rec_t *>(&records[0] + i * sizeof(aff_rec_t))
@@ -318,22 +318,10 @@ cdef class Services:
                 continue
             if <unsigned long long>expires > now + s.affinity_ms:
                 expires = <long long>(now + s.affinity_ms)   # the timeout was shortened since
-            k = (<uint64_t>r.client << 32) | (mix64(s.key) & 0xffffffffULL) | 1
-            h = mix64(k) & self.m.aff_mask
-            a = NULL
-            present = False
-            for j in range(8):                   # svc_pick's window and placement rule
-                e = &self.m.aff[(h + j) & self.m.aff_mask]
-                if e.key == k and e.svc == s.key:
-                    present = e.expires > now
-                    a = NULL if present else e
-                    break
-                if a == NULL and (e.key == 0 or e.expires <= now):
-                    a = e
-                if e.key == 0:
-                    break
-            if present or a == NULL:
-                continue
+            k = aff_key(r.client, s.key)
+            a = aff_slot(&self.m, k, s.key, now, &e)      # svc_pick's window and placement rule
+            if a == NULL or (e != NULL and e.expires > now):
+                continue                         # no room, or the client is pinned here already
             a.key = k
             a.svc = s.key
             a.ip = r.ip
