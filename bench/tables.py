@@ -156,16 +156,34 @@ def services():
 def connect():
     d = load("connect_latency")
     sizes = sorted(d["podnet"], key=int)
+    # nftables rows only where the results file has that path (files from before it rendered as they did)
+    paths = [p for p in ("podnet", "iptables", "nftables") if p in d]
+    labels = {"podnet": "podnet (hash map + conntrack), µs", "iptables": "iptables DNAT rules, µs",
+              "nftables": "nftables (kube-proxy nftables mode: vmap dispatch, numgen per service), µs"}
     out = [f"{d['rounds']} interleaved rounds of {d['connects']} connects per figure (each figure a round's median); "
            f"{machine_line(d)}.", "",
            "| services | " + " | ".join(f"{int(n):,}" for n in sizes) + " | growth, smallest → largest |",
            "|---" * (len(sizes) + 2) + "|"]
-    for p, label in (("podnet", "podnet (hash map + conntrack), µs"), ("iptables", "iptables DNAT rules, µs")):
-        out.append(f"| {label} | " + " | ".join(fig(d[p][n]["median_us"], digits=0) for n in sizes)
+    for p in paths:
+        out.append(f"| {labels[p]} | " + " | ".join(fig(d[p][n]["median_us"], digits=0) for n in sizes)
                    + f" | {fig(d['growth'][p], digits=2)}× |")
     out.append("| podnet / iptables | " + " | ".join(fig(d["podnet_vs_iptables"][n], digits=2) for n in sizes) + " | |")
+    if "nftables" in d:
+        out.append("| podnet / nftables | " + " | ".join(fig(d["podnet_vs_nftables"][n], digits=2) for n in sizes)
+                   + " | |")
+        # issue 13's target is at the largest size; the smaller ones are shown for the trend
+        out.append(f"| target: podnet / nftables ≤ 1 at {int(sizes[-1]):,} services | "
+                   + " | ".join([""] * (len(sizes) - 1) + [target(d["podnet_vs_nftables"][sizes[-1]], "<=", 1.0)])
+                   + " | |")
+        load_s = d.get("load_s", {})
+        how = {"podnet": "podnet, the new services applied", "iptables": "iptables, iptables-restore of all N",
+               "nftables": "nftables, one nft -f of the new services"}
+        for p in paths:
+            out.append(f"| time to load, s: {how[p]} | "
+                       + " | ".join(f"{load_s[p][n]:,.1f}" if n in load_s.get(p, {}) else "–" for n in sizes)
+                       + " | |")
     fails = d.get("failed_connects", {})
-    for p in ("podnet", "iptables"):
+    for p in paths:
         out.append(f"| connects that failed (5 s timeout), {p} | "
                    + " | ".join(str(fails.get(p, {}).get(n, "–")) for n in sizes) + " | |")
     return "\n".join(out)
