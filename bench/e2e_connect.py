@@ -20,10 +20,12 @@ nf_tables bytecode), which walks the rule list in order like the legacy one.
 
 The nftables table is loaded with `nft -f` in one transaction per size: the
 whole table for the first size, then only the services added (as kube-proxy's
-partial sync does). Even so 10,000 services take tens of seconds on this
-kernel (each per-service `numgen ... vmap` is an anonymous set, and adding
-one walks the table's sets and the transaction: kubernetes issue 139513); the
-load time of each path is in the JSON as `load_s`, beside the latencies.
+partial sync does). Even so 10,000 services take more than a minute on this
+kernel (about 80 s to add 9,000 to 1,000; a rewrite of all 10,000 took 166 s):
+each per-service `numgen ... vmap` is an anonymous set, and adding one walks
+the table's sets and the transaction (perf: __nft_set_trans_bind,
+nf_tables_newset; kubernetes issue 139513 reports the same growth). Each
+path's load time is in the JSON as `load_s`, beside the latencies.
 
 All paths are up at once; at each size they are measured in interleaved
 rounds (bench/rounds.py, the order rotated each round), so each figure is the
