@@ -3,7 +3,7 @@ cimport cython
 # where each goes and fills per-port transmit queues with slot indices.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from fastpath.defs cimport pkt_t, MAX_PORTS
-from fastpath.counters cimport stats_t
+from fastpath.counters cimport stats_t, port_stats_t
 from fastpath.fdb cimport Fdb, fdb_t
 from fastpath.ports cimport Ports, ports_t
 from fastpath.gateway cimport Gateway, gw_t
@@ -12,6 +12,7 @@ from fastpath.services cimport Services, svcmap_t
 from fastpath.conntrack cimport Conntrack, ct_t, conn_t
 from fastpath.trace cimport trace_t
 from fastpath.guard cimport PortGuard, guard_t
+from fastpath.sync cimport pn_sync_t
 
 @cython.final
 cdef class Dataplane:
@@ -44,7 +45,22 @@ cdef class Dataplane:
     cdef trace_t *tr                     # NULL, or notes every decision (trace())
     cdef readonly PortGuard guard        # per-port anti-spoofing (off until set)
     cdef guard_t *pg
+    # Workers (fastpath/sync.pxd): a worker is a Dataplane of its own slots,
+    # TX queues, counters, random state and outer IP ids over the tables of
+    # the one it was made from (its `primary`), which lists them.
+    cdef pn_sync_t *sy                   # the table lock, owned by the primary
+    cdef readonly uint32_t wid           # reader word of this worker (PN_NO_READER: the primary)
+    cdef readonly Dataplane primary      # None for the primary itself
+    cdef list workers_                   # the primary's workers
+    cdef uint64_t rng                    # a worker's xorshift state for random backend choice
+    cdef uint64_t *rngp                  # the state used: the services' own (seed()) for the primary
+    cdef uint16_t ip_id                  # outer IPv4 id of the frames this one encapsulates
 
     cdef void run(self, uint32_t start, uint32_t n, uint64_t now) noexcept nogil
+    cdef void run_locked(self, uint32_t start, uint32_t n, uint64_t now) noexcept nogil
+    cdef void _share(self, Dataplane p)
+    cdef void _set_pvnet(self, int port, uint32_t n)
+    cdef void _sum_stats(self, stats_t *out)
+    cdef dict _port_dict(self, port_stats_t *ps)
     cdef inline void ct_update(self, conn_t *k, uint8_t proto, uint8_t flags) noexcept nogil
     cdef uint64_t now_ms(self) except? 0

@@ -21,11 +21,12 @@ from fastpath.conntrack cimport *
 from fastpath.conntrack cimport Conntrack
 from fastpath.nat cimport *
 from fastpath.vnet cimport VNET_F_NEEDS_CSUM
-from fastpath.counters cimport port_stats_t
+from fastpath.counters cimport port_stats_t, stats_t
 from fastpath.counters import DROP_NAMES
 from fastpath.trace cimport *
 from fastpath.trace import EVENT_NAMES
 from fastpath.guard cimport guard_check, PortGuard
+from fastpath.sync cimport *
 
 
 # ---- the burst loop ---------------------------------------------------
@@ -37,11 +38,11 @@ from fastpath.guard cimport guard_check, PortGuard
 cdef inline void drop(Dataplane self, mode_t *md, pkt_t *pk, uint16_t reason) noexcept nogil:
     pk.out = OUT_DROP
     pk.reason = reason
-    self.stats.drops[reason] += 1
+    inc(&self.stats.drops[reason])
     if mode_t is traced_t:
         tr_note(self.tr, EV_DROP, reason, 0, 0)
     if pk.in_port < MAX_PORTS:
-        self.stats.port[pk.in_port].rx_dropped += 1
+        inc(&self.stats.port[pk.in_port].rx_dropped)
 
 cdef inline void enqueue(Dataplane self, mode_t *md, uint16_t port, uint32_t i, uint32_t length) noexcept nogil:
     if self.txq_len[port] == 0:
@@ -49,8 +50,8 @@ cdef inline void enqueue(Dataplane self, mode_t *md, uint16_t port, uint32_t i, 
         self.n_active += 1
     self.txq[<size_t>port * self.nslots + self.txq_len[port]] = <uint16_t>i
     self.txq_len[port] += 1
-    self.stats.port[port].tx_packets += 1
-    self.stats.port[port].tx_bytes += length
+    inc(&self.stats.port[port].tx_packets)
+    add(&self.stats.port[port].tx_bytes, length)
     if mode_t is traced_t:
         tr_note(self.tr, EV_TX, port, length, 0)
 
@@ -79,8 +80,10 @@ cdef inline int gateway_ip4(Dataplane self, mode_t *md, pkt_t *pk) noexcept nogi
     cdef int a = gw_ip4(self.gw, pk)
     if mode_t is traced_t:
         tr_note(self.tr, EV_GW, <uint32_t>a, get32(pk.data + pk.m.l3_off + 16), 0)
-    if a == GW_TIME_EXCEEDED:
-        self.stats.drops[DROP_TTL] += 1
+    if a == GW_ROUTE or a == GW_REMOTE:
+        inc(&self.stats.routed)
+    elif a == GW_TIME_EXCEEDED:
+        inc(&self.stats.drops[DROP_TTL])
         return GW_REPLY
     return a
 
@@ -101,7 +104,7 @@ cdef inline void forward(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk, uint
             pk.out = out
             pk.reason = DROP_NONE
             enqueue(self, md, <uint16_t>out, i, pk.len)
-            self.stats.forwarded += 1
+            inc(&self.stats.forwarded)
             return
     flood(self, md, i, pk, d)
 
@@ -117,7 +120,7 @@ cdef void flood(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk, uint16_t d) n
         return
     pk.out = OUT_FLOOD
     pk.reason = DROP_NONE
-    self.stats.flooded += 1
+    inc(&self.stats.flooded)
     if mode_t is traced_t:
         tr_note(self.tr, EV_FLOOD, d, c - 1, 0)
     for k in range(s, s + c):
@@ -138,8 +141,8 @@ cdef inline void bridge(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk, uint6
         drop(self, md, pk, DROP_BAD_PORT)
         return
     ps = &self.stats.port[port]
-    ps.rx_packets += 1
-    ps.rx_bytes += length
+    inc(&ps.rx_packets)
+    add(&ps.rx_bytes, length)
     if mode_t is traced_t:
         tr_note(self.tr, EV_RX, port, length, (data - self.pvnet[port])[0] | ((data - self.pvnet[port])[1] << 8)
                 if self.pvnet[port] else 0)
@@ -168,7 +171,7 @@ cdef inline void bridge(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk, uint6
     if gw.enabled and d == gw.domain:
         a = GW_PASS
         if pk.m.flags & F_ARP:
-            a = gw_arp(gw, pk)
+            a = gw_arp(gw, pk, self.sy, self.wid)
             if mode_t is traced_t:
                 tr_note(self.tr, EV_ARP, <uint32_t>a, 0, 0)
         elif gw_is_dst(gw, data):
@@ -178,7 +181,7 @@ cdef inline void bridge(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk, uint6
             if svc_is_vip(self.sm, get32(data + pk.m.l3_off + 16)):
                 service(self, md, i, pk, self.pvnet[port])
                 return
-            if self.ct.count:
+            if ld(&self.ct.count):
                 unnat(self, md, pk, self.pvnet[port])     # e.g. a hairpin reply to the gateway
             a = gateway_ip4(self, md, pk)
         if a < 0:
@@ -196,7 +199,7 @@ cdef inline void bridge(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk, uint6
         if a == GW_REMOTE:
             encap(self, md, i, pk, self.pvnet[port])
             return
-    if self.ct.count and (pk.m.flags & F_IP4):
+    if ld(&self.ct.count) and (pk.m.flags & F_IP4):
         unnat(self, md, pk, self.pvnet[port])         # a local backend answering a local client
     forward(self, md, i, pk, d, False)
 
@@ -224,11 +227,11 @@ cdef inline void route(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk, uint32
 cdef void reject(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk) noexcept nogil:
     """What kube-proxy does for a service without endpoints: TCP RST,
     UDP ICMP port unreachable, from the service address."""
-    self.stats.drops[DROP_SVC_REJECTED] += 1
+    inc(&self.stats.drops[DROP_SVC_REJECTED])
     if mode_t is traced_t:
         tr_note(self.tr, EV_REJECT, pk.m.l4_proto, 0, 0)
     if pk.in_port < MAX_PORTS:
-        self.stats.port[pk.in_port].rx_dropped += 1
+        inc(&self.stats.port[pk.in_port].rx_dropped)
     if pk.m.l4_proto == 6:
         if tcp_reset(pk, self.gw.mac) == 0:
             reply(self, md, i, pk)
@@ -252,8 +255,9 @@ cdef void service(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk, uint32_t cu
     cdef uint8_t *ip = pk.data + pk.m.l3_off
     cdef uint8_t *l4 = pk.data + pk.m.l4_off
     cdef uint8_t proto = pk.m.l4_proto, flags = 0
-    cdef uint32_t cip = get32(ip + 12), vip = get32(ip + 16), bip
+    cdef uint32_t cip = get32(ip + 12), vip = get32(ip + 16), bip, sip
     cdef uint16_t cport, vport, bport
+    cdef uint8_t snat
     cdef tuple_t *t
     cdef conn_t *k = NULL
     cdef conn_t nc
@@ -270,6 +274,10 @@ cdef void service(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk, uint32_t cu
     vport = get16(l4 + 2)
     if proto == 6:
         flags = l4[13]
+    # One hold of the conntrack lock from lookup to the NAT fields copied
+    # out (nat below works on locals): other workers insert, and forward
+    # this connection's replies, meanwhile.
+    pn_spin_lock(&ct.lock)
     t = ct_find(ct, tuple_a(cip, vip), tuple_b(cport, vport, proto))
     if t != NULL and t.dir == CT_ORIG:
         k = &ct.conns[t.conn]
@@ -292,27 +300,31 @@ cdef void service(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk, uint32_t cu
             tr_note(self.tr, EV_CT, CT_EV_DEAD, t.conn, k.state)
         # its backend is gone: end the connection (kube-proxy's stale-flow RST)
         ct_delete(ct, <uint32_t>(k - ct.conns))
+        pn_spin_unlock(&ct.lock)
         reject(self, md, i, pk)
         return
     if k == NULL:
         s = svc_find(self.sm, svc_key(vip, vport, proto))
         if unlikely(s == NULL):
-            self.sm.no_service += 1
+            pn_spin_unlock(&ct.lock)
+            ainc(&self.sm.no_service)
             reject(self, md, i, pk)
             return
         if unlikely(proto == 6 and (flags & 0x17) != 0x02):     # not a bare SYN
             ct.invalid += 1
+            pn_spin_unlock(&ct.lock)
             drop(self, md, pk, DROP_CT_INVALID)
             return
-        hits = self.sm.affinity_hits
+        hits = ld(&self.sm.affinity_hits)
         if unlikely(svc_pick(self.sm, s, cip, mix64(tuple_a(cip, vip) ^ (<uint64_t>cport << 16) ^ proto),
-                             self.now, &bip, &bport) < 0):
-            self.sm.no_endpoints += 1
+                             self.now, &bip, &bport, self.rngp) < 0):
+            pn_spin_unlock(&ct.lock)
+            ainc(&self.sm.no_endpoints)
             reject(self, md, i, pk)
             return
         if mode_t is traced_t:
             tr_note(self.tr, EV_PICK, bip, bport,
-                    s.nb | (<uint32_t>s.lb << 16) | (<uint32_t>(hits != self.sm.affinity_hits) << 24))
+                    s.nb | (<uint32_t>s.lb << 16) | (<uint32_t>(hits != ld(&self.sm.affinity_hits)) << 24))
         nc.cip = cip
         nc.vip = vip
         nc.bip = bip
@@ -342,10 +354,12 @@ cdef void service(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk, uint32_t cu
                 ct.deleted += 1
                 k = NULL
             else:
+                pn_spin_unlock(&ct.lock)
                 drop(self, md, pk, DROP_CT_CLASH)
                 return
         c = ct_insert(ct, &nc, self.now)
         if unlikely(c < 0):
+            pn_spin_unlock(&ct.lock)
             drop(self, md, pk, DROP_CT_FULL)
             return
         k = &ct.conns[c]
@@ -356,14 +370,19 @@ cdef void service(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk, uint32_t cu
             tr_note(self.tr, EV_CT, CT_EV_HIT, <uint32_t>(k - ct.conns), k.state)
         self.ct_update(k, proto, flags)
     k.packets += 1
+    bip = k.bip
+    bport = k.bport
+    sip = k.sip
+    snat = k.flags & CT_SNAT
+    pn_spin_unlock(&ct.lock)
     if mode_t is traced_t:
-        tr_note(self.tr, EV_DNAT, k.bip, k.bport, 0)
-        if k.flags & CT_SNAT:
-            tr_note(self.tr, EV_SNAT, k.sip, 0, 0)
-    nat_ip(pk, 16, k.bip, partial)
-    nat_port(pk, 2, k.bport, partial)
-    if k.flags & CT_SNAT:
-        nat_ip(pk, 12, k.sip, partial)
+        tr_note(self.tr, EV_DNAT, bip, bport, 0)
+        if snat:
+            tr_note(self.tr, EV_SNAT, sip, 0, 0)
+    nat_ip(pk, 16, bip, partial)
+    nat_port(pk, 2, bport, partial)
+    if snat:
+        nat_ip(pk, 12, sip, partial)
     route(self, md, i, pk, cur_vnet)
 
 cdef void unnat(Dataplane self, mode_t *md, pkt_t *pk, uint32_t cur_vnet) noexcept nogil:
@@ -375,19 +394,24 @@ cdef void unnat(Dataplane self, mode_t *md, pkt_t *pk, uint32_t cur_vnet) noexce
     cdef uint8_t *l4
     cdef tuple_t *t
     cdef conn_t *k
-    cdef uint8_t proto = pk.m.l4_proto
+    cdef uint8_t proto = pk.m.l4_proto, snat
+    cdef uint32_t vip, cip
+    cdef uint16_t vport
     cdef bint partial
     if (proto != 6 and proto != 17) or not (pk.m.flags & F_L4) or (pk.m.flags & F_FRAG):
         return
     ip = pk.data + pk.m.l3_off
     l4 = pk.data + pk.m.l4_off
+    pn_spin_lock(&ct.lock)
     t = ct_find(ct, tuple_a(get32(ip + 12), get32(ip + 16)), tuple_b(get16(l4), get16(l4 + 2), proto))
     if t == NULL or t.dir != CT_REPLY:
+        pn_spin_unlock(&ct.lock)
         return
     k = &ct.conns[t.conn]
     if k.expires <= self.now:
         ct_delete(ct, t.conn)
         ct.expired += 1
+        pn_spin_unlock(&ct.lock)
         return
     partial = cur_vnet > 0 and ((pk.data - cur_vnet)[0] & VNET_F_NEEDS_CSUM)
     if proto == 6:
@@ -402,12 +426,17 @@ cdef void unnat(Dataplane self, mode_t *md, pkt_t *pk, uint32_t cur_vnet) noexce
         k.state = CT_ESTABLISHED
         k.expires = self.now + ct.udp_stream_ms
     k.packets += 1
+    vip = k.vip
+    vport = k.vport
+    cip = k.cip
+    snat = k.flags & CT_SNAT
+    pn_spin_unlock(&ct.lock)
     if mode_t is traced_t:
-        tr_note(self.tr, EV_UNNAT, k.vip, k.vport, k.cip if k.flags & CT_SNAT else 0)
-    nat_ip(pk, 12, k.vip, partial)
-    nat_port(pk, 0, k.vport, partial)
-    if k.flags & CT_SNAT:
-        nat_ip(pk, 16, k.cip, partial)
+        tr_note(self.tr, EV_UNNAT, vip, vport, cip if snat else 0)
+    nat_ip(pk, 12, vip, partial)
+    nat_port(pk, 0, vport, partial)
+    if snat:
+        nat_ip(pk, 16, cip, partial)
 
 cdef void encap(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk, uint32_t cur_vnet) noexcept nogil:
     """A routed frame for another node: VXLAN toward its VTEP, out of the uplink."""
@@ -418,8 +447,11 @@ cdef void encap(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk, uint32_t cur_
         drop(self, md, pk, DROP_NO_ROUTE)
         return
     df = pk.data[pk.m.l3_off + 6] & 0x40
-    r = ov_encap(ov, pk, self.gw.mac, cur_vnet, self.pvnet[ov.uplink], self.now)
-    if r == 0:
+    r = ov_encap(ov, pk, self.gw.mac, cur_vnet, self.pvnet[ov.uplink], self.now, &self.ip_id, self.sy, self.wid)
+    if r == 0 or r == 2:
+        inc(&self.stats.encapsulated)
+        if r == 2:
+            inc(&self.stats.gso_encapsulated)
         pk.out = ov.uplink
         pk.reason = DROP_NONE
         if mode_t is traced_t:
@@ -427,7 +459,7 @@ cdef void encap(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk, uint32_t cur_
         enqueue(self, md, ov.uplink, i, pk.len)
         return
     if r == 1:                           # the frame became an ARP request for the VTEP
-        self.stats.drops[DROP_VTEP_UNRESOLVED] += 1
+        inc(&self.stats.drops[DROP_VTEP_UNRESOLVED])
         if mode_t is traced_t:
             tr_note(self.tr, EV_VTEP_ARP, 0, 0, 0)
         if self.pvnet[ov.uplink]:
@@ -441,7 +473,7 @@ cdef void encap(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk, uint32_t cur_
         # (Counted here only if answered: an ICMP error gets no answer
         # and is counted by drop() below, once.)
         if gw_icmp_error(self.gw, pk, 3, 4, <uint16_t>(ov.mtu - VXLAN_OVERHEAD), DROP_TOO_BIG) == GW_REPLY:
-            self.stats.drops[DROP_TOO_BIG] += 1
+            inc(&self.stats.drops[DROP_TOO_BIG])
             reply(self, md, i, pk)
             return
     drop(self, md, pk, <uint16_t>(-r))
@@ -454,7 +486,7 @@ cdef void uplink_rx(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk) noexcept 
     if mode_t is traced_t:
         if pk.m.l4_proto == 17 and (pk.m.flags & F_L4) and pk.m.l4_len >= 16:
             vni = get32(pk.data + pk.m.l4_off + 12) >> 8  # the decap reuses these bytes
-    a = ov_uplink(self.ov, pk, self.pvnet[pk.in_port], pod_vnet)
+    a = ov_uplink(self.ov, pk, self.pvnet[pk.in_port], pod_vnet, self.sy, self.wid)
     if a < 0:
         drop(self, md, pk, <uint16_t>(-a))
         return
@@ -464,6 +496,7 @@ cdef void uplink_rx(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk) noexcept 
     if a == OV_LOCAL:
         local(self, md, pk)
         return
+    inc(&self.stats.decapsulated)
     if mode_t is traced_t:
         tr_note(self.tr, EV_DECAP, vni, 0, 0)
     r = parse_frame(pk.data, pk.len, &pk.m)
@@ -476,7 +509,7 @@ cdef void uplink_rx(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk) noexcept 
     if not self.gw.enabled or not gw_is_dst(self.gw, pk.data) or not (pk.m.flags & F_IP4):
         drop(self, md, pk, DROP_VXLAN_NOT_ROUTED)
         return
-    if self.ct.count:
+    if ld(&self.ct.count):
         unnat(self, md, pk, pod_vnet)         # a remote backend's reply to a local client
     if not gw_in_subnet(self.gw, get32(pk.data + pk.m.l3_off + 16)) and \
             get32(pk.data + pk.m.l3_off + 16) != self.gw.ip:
@@ -499,7 +532,7 @@ cdef class Dataplane:
     def __cinit__(self, uint32_t nslots=256, uint32_t slot_size=2048,
                   uint64_t fdb_capacity=65536, double aging=300.0, clock=None,
                   uint64_t service_capacity=131072, uint32_t conntrack_capacity=262144,
-                  service_cidr="10.96.0.0/12"):
+                  service_cidr="10.96.0.0/12", Dataplane primary=None):
         cdef void *mem = NULL
         if not 1 <= nslots <= 65536:
             raise ValueError(f"nslots must be 1..65536, got {nslots}")
@@ -526,6 +559,16 @@ cdef class Dataplane:
         self.n_active = 0
         for i in range(nslots):
             self.pkts[i].data = self.mem + <size_t>i * self.stride + HEADROOM
+        self.tr = NULL
+        self.workers_ = []
+        if primary is not None:
+            self._share(primary)
+            return
+        self.wid = PN_NO_READER
+        if posix_memalign(&mem, 64, sizeof(pn_sync_t)) != 0:
+            raise MemoryError("table lock")
+        memset(mem, 0, sizeof(pn_sync_t))
+        self.sy = <pn_sync_t *>mem
         self.fdb = Fdb(fdb_capacity, aging)
         self.ports = Ports()
         self.gateway = Gateway()
@@ -543,12 +586,55 @@ cdef class Dataplane:
         self.ft = &self.fdb.t
         self.pt = &self.ports.p
         self.clock = clock if clock is not None else time.monotonic
-        self.tr = NULL
+        self.fdb.sy = self.ports.sy = self.gateway.sy = self.overlay.sy = self.sy
+        self.services.sy = self.guard.sy = self.sy
+        self.rngp = &self.sm.rng
+
+    cdef void _share(self, Dataplane p):
+        # A worker: the primary's tables, its own everything else.
+        if p.primary is not None:
+            raise ValueError("a worker is made from the primary dataplane, not from another worker")
+        if p.sy.nreaders >= PN_MAX_WORKERS:
+            raise ValueError(f"at most {PN_MAX_WORKERS} workers")
+        self.primary = p
+        self.sy = p.sy
+        self.fdb, self.ports, self.gateway, self.overlay = p.fdb, p.ports, p.gateway, p.overlay
+        self.services, self.conntrack, self.guard = p.services, p.conntrack, p.guard
+        self.ft, self.pt, self.gw, self.ov, self.sm, self.ct, self.pg = p.ft, p.pt, p.gw, p.ov, p.sm, p.ct, p.pg
+        self.clock = p.clock
+        self.vnet_len = p.vnet_len
+        memcpy(self.pvnet, p.pvnet, sizeof(self.pvnet))
+        self.wid = p.sy.nreaders
+        self.rng = mix64(p.sm.rng + self.wid + 1) | 1
+        self.rngp = &self.rng
+        # Outer IP ids: each worker counts from its own place in the 16-bit
+        # space, so two workers' frames to one VTEP do not share ids soon.
+        self.ip_id = <uint16_t>((self.wid + 1) * 16411)
+        p.workers_.append(self)
+        st32(&p.sy.nreaders, p.sy.nreaders + 1)
 
     def __dealloc__(self):
         free(self.mem)
         free(self.pkts)
         free(self.txq)
+        if self.primary is None and self.sy != NULL:
+            free(self.sy)
+
+    def worker(self):
+        """A new worker over this dataplane's tables: its own slots, TX
+        queues and counters (summed into this one's counters()). Bursts it
+        runs while other threads run theirs go through run_locked()."""
+        return Dataplane(self.nslots, self.slot_size, primary=self)
+
+    @property
+    def workers(self):
+        return list(self.workers_)
+
+    def lock_stats(self):
+        """How often the table lock was taken as a writer, and of those by a
+        worker learning a neighbour or VTEP (fastpath/sync.pxd)."""
+        return {"write_locks": self.sy.write_locks, "upgrades": self.sy.upgrades,
+                "readers": self.sy.nreaders}
 
     cdef uint64_t now_ms(self) except? 0:
         return <uint64_t>(self.clock() * 1000.0)
@@ -601,8 +687,8 @@ cdef class Dataplane:
             pk.len = 0
             drop(self, &plain, pk, DROP_TOO_LONG)
             if in_port < MAX_PORTS:
-                self.stats.port[in_port].rx_packets += 1
-                self.stats.port[in_port].rx_bytes += n
+                inc(&self.stats.port[in_port].rx_packets)
+                add(&self.stats.port[in_port].rx_bytes, n)
             return False
         if n:
             memcpy(pk.data, &frame[0], n)
@@ -614,11 +700,21 @@ cdef class Dataplane:
         if start + n > self.nslots:
             raise IndexError(f"burst {start}+{n} exceeds {self.nslots} slots")
         cdef uint64_t now = self.now_ms()
-        if n < 16:
-            self.run(start, n, now)     # dropping the GIL costs more than a few frames
+        # A worker runs it as a reader of the tables; the primary, when it
+        # has workers (process, trace on a live agent), as the writer, so
+        # its bursts see and change the tables while no worker is mid-burst.
+        with nogil:
+            self.run_locked(start, n, now)
+
+    cdef void run_locked(self, uint32_t start, uint32_t n, uint64_t now) noexcept nogil:
+        if self.wid == PN_NO_READER:
+            pn_write_lock(self.sy)
+            self.run(start, n, now)
+            pn_write_unlock(self.sy)
         else:
-            with nogil:
-                self.run(start, n, now)
+            pn_read_lock(self.sy, self.wid)
+            self.run(start, n, now)
+            pn_read_unlock(self.sy, self.wid)
 
     def tx_ports(self):
         """Ports with frames queued by the last burst."""
@@ -672,7 +768,16 @@ cdef class Dataplane:
         if commit:
             return self._trace_one(frame, in_port, vnet)
         rfd, wfd = os.pipe()
-        pid = os.fork()
+        # Forked with the table lock held: no worker is mid-burst, so the copy
+        # inherits no half-made change and no spinlock held by a thread that
+        # does not exist there (only the forking thread is copied).
+        pid = -1
+        pn_write_lock(self.sy)
+        try:
+            pid = os.fork()
+        finally:
+            if pid != 0:
+                pn_write_unlock(self.sy)
         if pid == 0:                                  # the copy: run, report, vanish
             code = 0
             try:
@@ -791,7 +896,9 @@ cdef class Dataplane:
         with nogil:
             for it in range(iters):
                 if run:
+                    pn_read_lock(self.sy, self.wid)      # as a worker's burst (nothing for the primary)
                     self.run(0, n, now)
+                    pn_read_unlock(self.sy, self.wid)
                 for i in range(n):
                     self.pkts[i].data = data[i]
                     self.pkts[i].len = lens[i]
@@ -804,9 +911,19 @@ cdef class Dataplane:
 
     # ---- ports, counters ------------------------------------------------
 
+    cdef void _set_pvnet(self, int port, uint32_t n):
+        # one port's header size in this dataplane and its workers' copies
+        # (the caller holds the table lock)
+        cdef Dataplane w
+        self.pvnet[port] = n
+        for w in self.workers_:
+            w.pvnet[port] = n
+
     def add_port(self, int port, int domain=0):
         self.ports.add(port, domain)
-        self.pvnet[port] = self.vnet_len
+        pn_write_lock(self.sy)
+        self._set_pvnet(port, self.vnet_len)
+        pn_write_unlock(self.sy)
 
     def remove_port(self, int port):
         """Remove a port and every FDB entry pointing at it, static included."""
@@ -827,10 +944,16 @@ cdef class Dataplane:
         for every port, and ports added later (the uplink may differ)."""
         if n not in (0, 10, 12):
             raise ValueError(f"pod vnet header length must be 0, 10 or 12, got {n}")
+        cdef Dataplane w
+        cdef int p
+        pn_write_lock(self.sy)
         self.vnet_len = n
+        for w in self.workers_:
+            w.vnet_len = n
         for p in range(MAX_PORTS):
             if self.pvnet[p] == 0 or p != self.ov.uplink or not self.ov.enabled:
-                self.pvnet[p] = n
+                self._set_pvnet(p, n)
+        pn_write_unlock(self.sy)
 
     def set_port_vnet(self, int port, uint32_t n):
         """One port's header size (the uplink's is 24 with UDP-tunnel GSO)."""
@@ -838,7 +961,9 @@ cdef class Dataplane:
             raise ValueError(f"port must be 0..{MAX_PORTS - 1}, got {port}")
         if n not in (0, 10, 12, 24):
             raise ValueError(f"vnet header length must be 0, 10, 12 or 24, got {n}")
-        self.pvnet[port] = n
+        pn_write_lock(self.sy)
+        self._set_pvnet(port, n)
+        pn_write_unlock(self.sy)
 
     def port_vnet(self, int port):
         return self.pvnet[port]
@@ -860,23 +985,54 @@ cdef class Dataplane:
     def port_counters(self, int port):
         if not 0 <= port < MAX_PORTS:
             raise ValueError(f"port must be 0..{MAX_PORTS - 1}, got {port}")
-        cdef port_stats_t *ps = &self.stats.port[port]
+        cdef stats_t t
+        self._sum_stats(&t)
+        return self._port_dict(&t.port[port])
+
+    cdef dict _port_dict(self, port_stats_t *ps):
         return {"rx_packets": ps.rx_packets, "rx_bytes": ps.rx_bytes,
                 "tx_packets": ps.tx_packets, "tx_bytes": ps.tx_bytes,
                 "rx_dropped": ps.rx_dropped}
 
+    cdef void _sum_stats(self, stats_t *out):
+        # This dataplane's counters and its workers', read while they run:
+        # each is a uint64 with one writer, loaded atomically (no worker stops).
+        cdef Dataplane w
+        cdef size_t k, n = sizeof(stats_t) // sizeof(uint64_t)
+        cdef uint64_t *o = <uint64_t *>out
+        cdef uint64_t *src
+        for k in range(n):
+            o[k] = ld(&(<uint64_t *>&self.stats)[k])
+        for w in self.workers_:
+            src = <uint64_t *>&w.stats
+            for k in range(n):
+                o[k] += ld(&src[k])
+
     def counters(self):
-        """All counters: drops by reason, bridge totals, FDB, and per port."""
+        """All counters: drops by reason, bridge totals, FDB, and per port,
+        summed over this dataplane and its workers."""
+        cdef stats_t t
+        self._sum_stats(&t)
+        gw = self.gateway.counters()
+        gw["routed"] = t.routed
+        ov = self.overlay.counters()
+        ov.update(encapsulated=t.encapsulated, decapsulated=t.decapsulated, gso_encapsulated=t.gso_encapsulated)
         return {
-            "drops": {DROP_NAMES[r]: self.stats.drops[r] for r in range(1, N_DROP)},
-            "bridge": {"forwarded": self.stats.forwarded, "flooded": self.stats.flooded},
+            "drops": {DROP_NAMES[r]: t.drops[r] for r in range(1, N_DROP)},
+            "bridge": {"forwarded": t.forwarded, "flooded": t.flooded},
             "fdb": self.fdb.counters(),
-            "gateway": self.gateway.counters(),
-            "overlay": self.overlay.counters(),
+            "gateway": gw,
+            "overlay": ov,
             "services": self.services.counters(),
             "conntrack": self.conntrack.counters(),
-            "ports": {p: self.port_counters(p) for p, _ in self.ports.list()},
+            "ports": {p: self._port_dict(&t.port[p]) for p, _ in self.ports.list()},
         }
 
     def reset_counters(self):
-        memset(&self.stats, 0, sizeof(self.stats))
+        cdef Dataplane w
+        cdef size_t k, n = sizeof(stats_t) // sizeof(uint64_t)
+        pn_write_lock(self.sy)           # no worker mid-burst: its next add starts from 0
+        for w in [self] + self.workers_:
+            for k in range(n):
+                st(&(<uint64_t *>&w.stats)[k], 0)
+        pn_write_unlock(self.sy)

@@ -4,10 +4,17 @@
 # timeouts, lazy expiry on lookup plus a periodic sweep. A full table makes
 # room like netfilter's early_drop (ct_evict): never at an established
 # connection's expense.
+# Shared by workers (fastpath/sync.pxd): every access to tuples and
+# connections holds ct_t.lock, a spinlock, for one lookup-and-update (the
+# burst loop) or one chunk of CT_CHUNK connections (sweeps, flushes, dumps,
+# snapshots), so a worker waits at most that long. count is also read
+# without it (ld) to skip the lookup when nothing is tracked.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from fastpath.sync cimport pn_spin_lock, pn_spin_unlock, ld, st
 
 cdef enum:
     CT_EVICT_SCAN = 8        # entries a full-table insert examines for a victim (netfilter: 8)
+    CT_CHUNK = 4096          # connections a control-side pass handles per hold of the lock
     CT_ORIG = 0
     CT_REPLY = 1
     # states
@@ -41,6 +48,7 @@ ctypedef struct tuple_t:     # hash entry: a tuple -> (connection, direction)
     uint8_t dir
 
 ctypedef struct ct_t:
+    uint32_t lock            # see above
     conn_t *conns
     uint32_t *free_list
     uint32_t nfree

@@ -4,7 +4,7 @@ removal, dumps and counters."""
 import ipaddress
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
-from libc.stdlib cimport calloc, free
+from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memset
 from fastpath.hugemem cimport huge_calloc, huge_free
 
@@ -56,7 +56,7 @@ cdef void ct_delete(ct_t *t, uint32_t c) noexcept nogil:
     k.used = 0
     t.free_list[t.nfree] = c
     t.nfree += 1
-    t.count -= 1
+    st(&t.count, t.count - 1)
 
 
 cdef bint ct_evict(ct_t *t, uint64_t now) noexcept nogil:
@@ -107,7 +107,7 @@ cdef int ct_insert(ct_t *t, conn_t *proto_conn, uint64_t now) noexcept nogil:
     t.conns[c].used = 1
     ct_put(t, tuple_a(proto_conn.cip, proto_conn.vip), tuple_b(proto_conn.cport, proto_conn.vport, proto_conn.proto), c, CT_ORIG)
     ct_put(t, tuple_a(proto_conn.bip, proto_conn.sip), tuple_b(proto_conn.bport, proto_conn.cport, proto_conn.proto), c, CT_REPLY)
-    t.count += 1
+    st(&t.count, t.count + 1)
     t.inserts += 1
     return <int>c
 
@@ -173,18 +173,25 @@ cdef class Conntrack:
             if not (isinstance(v, (int, float)) and 0 < v <= 10 * 86400):
                 raise ValueError(f"conntrack timeout {k} must be 0 < seconds <= 864000, got {v!r}")
             t[k] = v
+        cdef uint64_t ms[5]
+        cdef uint64_t stream = <uint64_t>(t["udp_stream"] * 1000)
         for idx, k in enumerate(("tcp_new", "tcp_established", "tcp_fin", "tcp_closed", "udp")):
-            self.t.timeout_ms[idx] = <uint64_t>(t[k] * 1000)
-        self.t.udp_stream_ms = <uint64_t>(t["udp_stream"] * 1000)
+            ms[idx] = <uint64_t>(t[k] * 1000)
+        pn_spin_lock(&self.t.lock)
+        for idx in range(5):
+            self.t.timeout_ms[idx] = ms[idx]
+        self.t.udp_stream_ms = stream
+        pn_spin_unlock(&self.t.lock)
 
     def timeouts(self):
         names = ("tcp_new", "tcp_established", "tcp_fin", "tcp_closed", "udp")
+        # written only by this (control) thread: read without the lock
         out = {k: self.t.timeout_ms[i] / 1000 for i, k in enumerate(names)}
         out["udp_stream"] = self.t.udp_stream_ms / 1000
         return out
 
     def __len__(self):
-        return self.t.count
+        return ld(&self.t.count)
 
     @property
     def capacity(self):
@@ -193,11 +200,17 @@ cdef class Conntrack:
     def gc(self, uint64_t now):
         """Remove expired connections; returns how many."""
         cdef uint32_t c, n = 0
-        for c in range(self.t.capacity):
-            if self.t.conns[c].used and self.t.conns[c].expires <= now:
-                ct_delete(&self.t, c)
-                n += 1
-        self.t.expired += n
+        with nogil:
+            for c in range(self.t.capacity):
+                if c % CT_CHUNK == 0:
+                    if c:
+                        pn_spin_unlock(&self.t.lock)
+                    pn_spin_lock(&self.t.lock)
+                if self.t.conns[c].used and self.t.conns[c].expires <= now:
+                    ct_delete(&self.t, c)
+                    n += 1
+            self.t.expired += n
+            pn_spin_unlock(&self.t.lock)
         return n
 
     def flush(self, vip=None, int vport=-1, int proto=-1, backend=None, int bport=-1, bint udp_only=False,
@@ -207,71 +220,109 @@ cdef class Conntrack:
         cdef uint32_t c, v = int(ipaddress.IPv4Address(vip)) if vip is not None else 0
         cdef uint32_t b = int(ipaddress.IPv4Address(backend)) if backend is not None else 0
         cdef conn_t *k
-        deleted = marked = 0
-        for c in range(self.t.capacity):
-            k = &self.t.conns[c]
-            if not k.used:
-                continue
-            if (vip is not None and k.vip != v) or (vport >= 0 and k.vport != vport) \
-                    or (proto >= 0 and k.proto != proto) or (backend is not None and k.bip != b) \
-                    or (bport >= 0 and k.bport != bport):
-                continue
-            if k.proto == 6 and mark_tcp_dead:
-                k.flags |= CT_DEAD
-                marked += 1
-            elif not (udp_only and k.proto != 17):
-                ct_delete(&self.t, c)
-                deleted += 1
-        self.t.deleted += deleted
+        cdef bint by_vip = vip is not None, by_backend = backend is not None
+        cdef uint64_t deleted = 0, marked = 0
+        with nogil:
+            for c in range(self.t.capacity):
+                if c % CT_CHUNK == 0:
+                    if c:
+                        pn_spin_unlock(&self.t.lock)
+                    pn_spin_lock(&self.t.lock)
+                k = &self.t.conns[c]
+                if not k.used:
+                    continue
+                if (by_vip and k.vip != v) or (vport >= 0 and k.vport != vport) \
+                        or (proto >= 0 and k.proto != proto) or (by_backend and k.bip != b) \
+                        or (bport >= 0 and k.bport != bport):
+                    continue
+                if k.proto == 6 and mark_tcp_dead:
+                    k.flags |= CT_DEAD
+                    marked += 1
+                elif not (udp_only and k.proto != 17):
+                    ct_delete(&self.t, c)
+                    deleted += 1
+            self.t.deleted += deleted
+            pn_spin_unlock(&self.t.lock)
         return deleted, marked
 
     def clear(self):
-        """Forget every connection at once (memset, no per-entry work)."""
-        memset(self.t.conns, 0, self.t.capacity * sizeof(conn_t))
-        memset(self.t.slots, 0, (self.t.mask + 1) * sizeof(tuple_t))
-        for i in range(self.t.capacity):
-            self.t.free_list[i] = self.t.capacity - 1 - i
-        self.t.nfree = self.t.capacity
-        self.t.deleted += self.t.count
-        self.t.count = 0
+        """Forget every connection at once (memset, no per-entry work; the
+        one whole-table hold of the lock: a reset, not a routine operation)."""
+        cdef uint32_t i
+        with nogil:
+            pn_spin_lock(&self.t.lock)
+            memset(self.t.conns, 0, self.t.capacity * sizeof(conn_t))
+            memset(self.t.slots, 0, (self.t.mask + 1) * sizeof(tuple_t))
+            for i in range(self.t.capacity):
+                self.t.free_list[i] = self.t.capacity - 1 - i
+            self.t.nfree = self.t.capacity
+            self.t.deleted += self.t.count
+            st(&self.t.count, 0)
+            pn_spin_unlock(&self.t.lock)
 
     def dump(self, uint64_t now=0, int limit=100000):
         out = []
-        cdef uint32_t c
+        cdef uint32_t c, n = 0, j
         cdef conn_t *k
-        for c in range(self.t.capacity):
-            k = &self.t.conns[c]
-            if not k.used:
-                continue
-            out.append({"proto": PROTOS.get(k.proto, str(k.proto)), "state": STATES[k.state] if k.proto == 6 else
+        cdef conn_t *buf = <conn_t *>malloc(CT_CHUNK * sizeof(conn_t))
+        if buf == NULL:
+            raise MemoryError("conntrack dump buffer")
+        c = 0
+        while c < self.t.capacity and len(out) < limit:
+            # a chunk copied under the lock, formatted without it
+            n = 0
+            with nogil:
+                pn_spin_lock(&self.t.lock)
+                j = c
+                while j < self.t.capacity and j < c + CT_CHUNK:
+                    if self.t.conns[j].used:
+                        buf[n] = self.t.conns[j]
+                        n += 1
+                    j += 1
+                pn_spin_unlock(&self.t.lock)
+            c = j
+            for j in range(n):
+                k = &buf[j]
+                if len(out) >= limit:
+                    break
+                out.append({"proto": PROTOS.get(k.proto, str(k.proto)), "state": STATES[k.state] if k.proto == 6 else
                         ("replied" if k.state == CT_ESTABLISHED else "unreplied"),
                         "client": f"{_ip(k.cip)}:{k.cport}", "service": f"{_ip(k.vip)}:{k.vport}",
                         "backend": f"{_ip(k.bip)}:{k.bport}",
                         "snat": _ip(k.sip) if k.flags & CT_SNAT else None,
                         "dead": bool(k.flags & CT_DEAD), "packets": k.packets,
                         "expires_in": max(0, <long long>(k.expires - now)) / 1000.0})
-            if len(out) >= limit:
-                break
+        free(buf)
         return out
 
     def export(self):
         """Every connection as RECORD_SIZE-byte records (for a snapshot):
         tuples, NAT fields, state, flags, packets and expiry time. One C pass,
         no Python object per connection."""
-        cdef bytearray out = bytearray(self.t.count * sizeof(ct_rec_t))
-        cdef ct_rec_t *r = <ct_rec_t *>(<char *>out) if self.t.count else NULL
+        # Chunk by chunk under the lock (workers keep forwarding between
+        # chunks), into room for every connection the table can hold; a
+        # connection made or ended meanwhile is in or out, never torn.
+        cdef bytearray out = bytearray(<size_t>self.t.capacity * sizeof(ct_rec_t))
+        cdef ct_rec_t *r = <ct_rec_t *>(<char *>out)
         cdef uint32_t c, n = 0
         cdef conn_t *k
-        for c in range(self.t.capacity):
-            k = &self.t.conns[c]
-            if not k.used or n == self.t.count:
-                continue
-            r[n].cip = k.cip; r[n].vip = k.vip; r[n].bip = k.bip; r[n].sip = k.sip
-            r[n].cport = k.cport; r[n].vport = k.vport; r[n].bport = k.bport
-            r[n].proto = k.proto; r[n].state = k.state; r[n].flags = k.flags; r[n].pad = 0
-            r[n].expires = k.expires
-            r[n].packets = k.packets
-            n += 1
+        with nogil:
+            for c in range(self.t.capacity):
+                if c % CT_CHUNK == 0:
+                    if c:
+                        pn_spin_unlock(&self.t.lock)
+                    pn_spin_lock(&self.t.lock)
+                k = &self.t.conns[c]
+                if not k.used:
+                    continue
+                r[n].cip = k.cip; r[n].vip = k.vip; r[n].bip = k.bip; r[n].sip = k.sip
+                r[n].cport = k.cport; r[n].vport = k.vport; r[n].bport = k.bport
+                r[n].proto = k.proto; r[n].state = k.state; r[n].flags = k.flags; r[n].pad = 0
+                r[n].expires = k.expires
+                r[n].packets = k.packets
+                n += 1
+            pn_spin_unlock(&self.t.lock)
+        del out[<size_t>n * sizeof(ct_rec_t):]
         return out
 
     def restore(self, const unsigned char[:] records, long long offset, uint64_t now):
@@ -287,14 +338,14 @@ cdef class Conntrack:
         cdef conn_t nc
         cdef long long expires
         cdef int c
+        cdef bint full = False
         for i in range(n):
+            if full:
+                break
             r = <const ct_rec_t *>(&records[0] + i * sizeof(ct_rec_t))
             expires = <long long>r.expires + offset
             if (r.proto != 6 and r.proto != 17) or r.state > CT_CLOSED or (r.flags & ~(CT_SNAT | CT_DEAD)) \
                     or expires <= <long long>now:
-                continue
-            if ct_find(&self.t, tuple_a(r.cip, r.vip), tuple_b(r.cport, r.vport, r.proto)) != NULL \
-                    or ct_find(&self.t, tuple_a(r.bip, r.sip), tuple_b(r.bport, r.cport, r.proto)) != NULL:
                 continue
             memset(&nc, 0, sizeof(nc))
             nc.cip = r.cip; nc.vip = r.vip; nc.bip = r.bip; nc.sip = r.sip
@@ -302,17 +353,30 @@ cdef class Conntrack:
             nc.proto = r.proto; nc.state = r.state; nc.flags = r.flags
             nc.expires = <uint64_t>expires
             nc.packets = r.packets
+            pn_spin_lock(&self.t.lock)
+            if ct_find(&self.t, tuple_a(r.cip, r.vip), tuple_b(r.cport, r.vport, r.proto)) != NULL \
+                    or ct_find(&self.t, tuple_a(r.bip, r.sip), tuple_b(r.bport, r.cport, r.proto)) != NULL:
+                pn_spin_unlock(&self.t.lock)
+                continue
             if self.t.nfree == 0:
-                break                           # full: the rest are skipped, nothing evicted for them
-            c = ct_insert(&self.t, &nc, now)
-            if c < 0:
-                self.t.insert_failed -= 1       # not traffic's failure
-                break
-            self.t.inserts -= 1                 # restored, not created by traffic
-            restored += 1
+                full = True                     # full: the rest are skipped, nothing evicted for them
+            else:
+                c = ct_insert(&self.t, &nc, now)
+                if c < 0:
+                    self.t.insert_failed -= 1   # not traffic's failure
+                    full = True
+                else:
+                    self.t.inserts -= 1         # restored, not created by traffic
+                    restored += 1
+            pn_spin_unlock(&self.t.lock)
         return restored, n - restored
 
     def counters(self):
-        return {"entries": self.t.count, "capacity": self.t.capacity, "inserts": self.t.inserts,
-                "insert_failed": self.t.insert_failed, "expired": self.t.expired,
-                "deleted": self.t.deleted, "invalid": self.t.invalid, "evictions": self.t.evictions}
+        cdef uint64_t v[6]
+        pn_spin_lock(&self.t.lock)      # written under it by workers: copied under it
+        v[0] = self.t.inserts; v[1] = self.t.insert_failed; v[2] = self.t.expired
+        v[3] = self.t.deleted; v[4] = self.t.invalid; v[5] = self.t.evictions
+        pn_spin_unlock(&self.t.lock)
+        return {"entries": ld(&self.t.count), "capacity": self.t.capacity, "inserts": v[0],
+                "insert_failed": v[1], "expired": v[2],
+                "deleted": v[3], "invalid": v[4], "evictions": v[5]}

@@ -3,11 +3,21 @@
 # half full; the key packs MAC<<16 | VALID | domain into one uint64, so a probe
 # is one compare. Deletion shifts entries back (no tombstones), which keeps
 # probe chains short under churn.
+# Shared by workers (fastpath/sync.pxd): they learn concurrently, so a new
+# entry's slot is claimed by a compare-and-swap of its key from 0 to the key
+# with FDB_BUSY set (no reader matches it, another learner of the same MAC
+# waits the few stores it takes), filled in, then published by a release
+# store of the plain key. Refreshes and moves are relaxed atomic stores of
+# seen and port. Deletions (aging, flushes) shift entries, which a probing
+# reader must not see half done: they happen only under the table lock,
+# with every worker between bursts.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from fastpath.defs cimport MAX_DOMAINS
+from fastpath.sync cimport ld, st, ld16, st16, ld8, ld_acq, st_rel, cas, ainc, aadd, pn_sync_t
 
 cdef enum:
     FDB_VALID = 0x8000
+    FDB_BUSY = 0x4000     # slot claimed by a learner, not filled in yet (never in a lookup key)
     FDB_STATIC = 1
 
 ctypedef struct fdb_entry_t:
@@ -52,58 +62,69 @@ cdef inline uint64_t fdb_home(const fdb_t *t, uint64_t key) noexcept nogil:
 cdef inline fdb_entry_t *fdb_find(fdb_t *t, uint64_t key) noexcept nogil:
     cdef uint64_t i = fdb_home(t, key)
     cdef fdb_entry_t *e
+    cdef uint64_t k
     while True:
         e = &t.slots[i]
-        if e.key == key:
+        k = ld_acq(&e.key)
+        if k == key:
             return e
-        if e.key == 0:
+        if k == 0:
             return NULL
         i = (i + 1) & t.mask
 
 cdef inline bint fdb_live(const fdb_t *t, const fdb_entry_t *e, uint64_t now) noexcept nogil:
-    return (e.flags & FDB_STATIC) or t.aging_ms == 0 or now - e.seen <= t.aging_ms
+    return (ld8(&e.flags) & FDB_STATIC) or t.aging_ms == 0 or now - ld(&e.seen) <= t.aging_ms
 
 cdef inline int fdb_lookup(fdb_t *t, uint64_t key, uint64_t now) noexcept nogil:
     """Port for key, or -1 if unknown or aged out."""
     cdef fdb_entry_t *e = fdb_find(t, key)
     if e == NULL or not fdb_live(t, e, now):
         return -1
-    return e.port
+    return ld16(&e.port)
 
 cdef inline void fdb_learn(fdb_t *t, uint64_t key, uint16_t port, uint64_t now) noexcept nogil:
-    cdef uint64_t i = fdb_home(t, key)
+    cdef uint64_t i = fdb_home(t, key), k
     cdef fdb_entry_t *e
+    cdef uint8_t flags
     while True:
         e = &t.slots[i]
-        if e.key == key:
-            if e.port == port and not (e.flags & FDB_STATIC):
-                e.seen = now            # the common case: a known station, same port
+        k = ld_acq(&e.key)
+        if k == (key | FDB_BUSY):
+            continue                    # another worker is filling it in: a few stores
+        if k == key:
+            flags = ld8(&e.flags)
+            if ld16(&e.port) == port and not (flags & FDB_STATIC):
+                if ld(&e.seen) != now:  # the common case: a known station, same port;
+                    st(&e.seen, now)    # written once per ms, not per frame
                 return
-            if e.flags & FDB_STATIC:
-                if e.port != port:
-                    t.static_conflicts += 1
+            if flags & FDB_STATIC:
+                if ld16(&e.port) != port:
+                    ainc(&t.static_conflicts)
                 return
-            if e.port != port:
-                e.port = port
-                t.moved += 1
-            e.seen = now
+            if ld16(&e.port) != port:
+                st16(&e.port, port)
+                ainc(&t.moved)
+            st(&e.seen, now)
             return
-        if e.key == 0:
-            break
+        if k == 0:
+            if ld(&t.count) >= t.capacity:
+                ainc(&t.full)
+                return
+            if not cas(&e.key, 0, key | FDB_BUSY):
+                continue                # another learner took this slot: look at it again
+            st(&e.seen, now)
+            st16(&e.port, port)
+            e.flags = 0
+            st_rel(&e.key, key)
+            aadd(&t.count, 1)
+            ainc(&t.learned)
+            return
         i = (i + 1) & t.mask
-    if t.count >= t.capacity:
-        t.full += 1
-        return
-    e.key = key
-    e.seen = now
-    e.port = port
-    e.flags = 0
-    t.count += 1
-    t.learned += 1
 
 cdef void fdb_remove_slot(fdb_t *t, uint64_t i) noexcept nogil
 
 cdef class Fdb:
     cdef fdb_t t
+    cdef pn_sync_t *sy                   # the table lock of the dataplane it belongs to (NULL: alone)
     cdef uint64_t _remove_where(self, int port, int domain, bint dynamic_only,
                                 bint expired_only, uint64_t now) noexcept nogil

@@ -3,6 +3,7 @@ The per-frame lookup/learn are inline in fdb.pxd."""
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from fastpath.defs cimport MAX_DOMAINS, MAX_PORTS
+from fastpath.sync cimport pn_write_lock, pn_write_unlock
 
 
 cdef void fdb_remove_slot(fdb_t *t, uint64_t i) noexcept nogil:
@@ -101,10 +102,12 @@ cdef class Fdb:
     def aging(self, double seconds):
         if seconds < 0:
             raise ValueError(f"FDB aging time must be >= 0 seconds, got {seconds}")
+        pn_write_lock(self.sy)
         self.t.aging_ms = <uint64_t>(seconds * 1000.0)
+        pn_write_unlock(self.sy)
 
     def __len__(self):
-        return self.t.count
+        return ld(&self.t.count)
 
     def add_static(self, mac, int port, int domain=0, uint64_t now=0):
         """Install a static entry: never ages, never moves. Replaces a dynamic one."""
@@ -113,9 +116,12 @@ cdef class Fdb:
         if not 0 <= domain < MAX_DOMAINS:
             raise ValueError(f"bridge domain must be 0..{MAX_DOMAINS - 1}, got {domain}")
         cdef uint64_t key = key_of(mac, domain)
-        cdef fdb_entry_t *e = fdb_find(&self.t, key)
+        cdef fdb_entry_t *e
+        pn_write_lock(self.sy)          # it may turn a dynamic entry static under a learner
+        e = fdb_find(&self.t, key)
         if e == NULL:
             if self.t.count >= self.t.capacity:
+                pn_write_unlock(self.sy)
                 raise OverflowError(f"FDB full ({self.t.capacity} entries): static entry {mac} not added")
             fdb_learn(&self.t, key, port, now)
             self.t.learned -= 1        # not learned from traffic
@@ -123,15 +129,18 @@ cdef class Fdb:
         e.port = port
         e.flags = FDB_STATIC
         e.seen = now
+        pn_write_unlock(self.sy)
 
     def delete(self, mac, int domain=0):
         """Remove one entry; returns True if it existed."""
         cdef uint64_t key = key_of(mac, domain)
-        cdef fdb_entry_t *e = fdb_find(&self.t, key)
-        if e == NULL:
-            return False
-        fdb_remove_slot(&self.t, e - self.t.slots)
-        return True
+        cdef fdb_entry_t *e
+        pn_write_lock(self.sy)          # deletions shift entries: no reader may probe meanwhile
+        e = fdb_find(&self.t, key)
+        if e != NULL:
+            fdb_remove_slot(&self.t, e - self.t.slots)
+        pn_write_unlock(self.sy)
+        return e != NULL
 
     def lookup(self, mac, int domain=0, uint64_t now=0):
         cdef int p = fdb_lookup(&self.t, key_of(mac, domain), now)
@@ -141,7 +150,13 @@ cdef class Fdb:
                                 bint expired_only, uint64_t now) noexcept nogil:
         cdef uint64_t i = 0, n = 0
         cdef fdb_entry_t *e
+        # Under the table lock, in chunks: deletions shift entries, which no
+        # worker may probe through, and a worker waits at most one chunk.
+        pn_write_lock(self.sy)
         while i <= self.t.mask:
+            if (i & 4095) == 4095:
+                pn_write_unlock(self.sy)
+                pn_write_lock(self.sy)
             e = &self.t.slots[i]
             if (e.key != 0
                     and (port < 0 or e.port == port)
@@ -152,6 +167,7 @@ cdef class Fdb:
                 n += 1
                 continue            # a shifted entry now sits at i: look again
             i += 1
+        pn_write_unlock(self.sy)
         return n
 
     def flush(self, port=None, domain=None, bint include_static=False):
@@ -165,43 +181,52 @@ cdef class Fdb:
         if self.t.aging_ms == 0:
             return 0
         cdef uint64_t n = self._remove_where(-1, -1, True, True, now)
-        self.t.aged += n
+        aadd(&self.t.aged, n)
         return n
 
     def dump(self, uint64_t now=0):
+        # No lock: only the control thread deletes (under the table lock), so
+        # while it reads nothing moves; workers' inserts and refreshes are
+        # atomic stores, read atomically here (an entry learned meanwhile
+        # may or may not be listed).
         out = []
-        cdef uint64_t i
+        cdef uint64_t i, k
         cdef fdb_entry_t *e
         for i in range(self.t.mask + 1):
             e = &self.t.slots[i]
-            if e.key == 0:
+            k = ld_acq(&e.key)
+            if k == 0 or (k & FDB_BUSY):
                 continue
-            static = bool(e.flags & FDB_STATIC)
+            static = bool(ld8(&e.flags) & FDB_STATIC)
             out.append({
-                "mac": mac_str(e.key),
-                "domain": int(e.key & (MAX_DOMAINS - 1)),
-                "port": e.port,
+                "mac": mac_str(k),
+                "domain": int(k & (MAX_DOMAINS - 1)),
+                "port": ld16(&e.port),
                 "static": static,
-                "age": 0.0 if static else max(0, <long long>(now - e.seen)) / 1000.0,
+                "age": 0.0 if static else max(0, <long long>(now - ld(&e.seen))) / 1000.0,
             })
         out.sort(key=lambda d: (d["domain"], d["mac"]))
         return out
 
     def export(self):
         """Every entry as RECORD_SIZE-byte records, for a snapshot."""
-        cdef bytearray out = bytearray(self.t.count * sizeof(fdb_rec_t))
-        cdef fdb_rec_t *r = <fdb_rec_t *>(<char *>out) if self.t.count else NULL
-        cdef uint64_t i, n = 0
+        # Read as dump() reads (no lock); entries learned during the scan
+        # beyond the count taken first are left for the next snapshot.
+        cdef uint64_t cap = ld(&self.t.count)
+        cdef bytearray out = bytearray(cap * sizeof(fdb_rec_t))
+        cdef fdb_rec_t *r = <fdb_rec_t *>(<char *>out) if cap else NULL
+        cdef uint64_t i, n = 0, k
         for i in range(self.t.mask + 1):
-            if self.t.slots[i].key == 0 or n == self.t.count:
+            k = ld_acq(&self.t.slots[i].key)
+            if k == 0 or (k & FDB_BUSY) or n == cap:
                 continue
-            r[n].key = self.t.slots[i].key
-            r[n].seen = self.t.slots[i].seen
-            r[n].port = self.t.slots[i].port
-            r[n].flags = self.t.slots[i].flags
+            r[n].key = k
+            r[n].seen = ld(&self.t.slots[i].seen)
+            r[n].port = ld16(&self.t.slots[i].port)
+            r[n].flags = ld8(&self.t.slots[i].flags)
             r[n].pad = 0
             n += 1
-        return out
+        return out[:n * sizeof(fdb_rec_t)]
 
     def restore(self, const unsigned char[:] records, long long offset, uint64_t now, ports=None):
         """Insert entries from export() records, `seen` moved by offset ms.
@@ -219,6 +244,7 @@ cdef class Fdb:
         cdef const fdb_rec_t *r
         cdef fdb_entry_t *e
         cdef long long seen
+        pn_write_lock(self.sy)                  # sets flags of entries workers can already see
         for i in range(n):
             r = <const fdb_rec_t *>(&records[0] + i * sizeof(fdb_rec_t))
             seen = <long long>r.seen + offset
@@ -236,15 +262,16 @@ cdef class Fdb:
             e = fdb_find(&self.t, r.key)
             e.flags = r.flags
             restored += 1
+        pn_write_unlock(self.sy)
         return restored, n - restored
 
     def counters(self):
         return {
-            "entries": self.t.count,
+            "entries": ld(&self.t.count),
             "capacity": self.t.capacity,
-            "learned": self.t.learned,
-            "moved": self.t.moved,
-            "full": self.t.full,
-            "aged": self.t.aged,
-            "static_conflicts": self.t.static_conflicts,
+            "learned": ld(&self.t.learned),
+            "moved": ld(&self.t.moved),
+            "full": ld(&self.t.full),
+            "aged": ld(&self.t.aged),
+            "static_conflicts": ld(&self.t.static_conflicts),
         }

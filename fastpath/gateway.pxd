@@ -7,6 +7,7 @@ from libc.string cimport memcpy, memcmp
 from fastpath.defs cimport *
 from fastpath.checksum cimport *
 from fastpath.fdb cimport load_be64
+from fastpath.sync cimport pn_sync_t, pn_upgrade, pn_downgrade, ainc
 
 # Actions returned to the burst loop (negative: -DROP_*).
 cdef enum:
@@ -40,7 +41,6 @@ ctypedef struct gw_t:
     uint64_t arp_learned
     uint64_t neigh_conflicts   # ARP claiming an IPAM address with another MAC
     uint64_t icmp_replies
-    uint64_t routed
     uint64_t icmp_errors_sent   # time exceeded, fragmentation needed
 
 cdef inline void icmp_echo_reply(pkt_t *pk, const uint8_t *mac, uint32_t addr) noexcept nogil:
@@ -71,21 +71,29 @@ cdef inline bint gw_is_dst(const gw_t *g, const uint8_t *frame) noexcept nogil:
 cdef inline bint gw_in_subnet(const gw_t *g, uint32_t ip) noexcept nogil:
     return (ip & g.mask) == g.net
 
-cdef inline void gw_learn(gw_t *g, uint32_t ip, const uint8_t *mac) noexcept nogil:
+cdef inline void gw_learn(gw_t *g, uint32_t ip, const uint8_t *mac, pn_sync_t *sy, uint32_t wid) noexcept nogil:
+    # Reads under the worker's read side; only a change is written, as a
+    # writer (pn_upgrade: the table lock, for this one entry), so ARP from
+    # known neighbours, the steady state, writes nothing shared.
     cdef neigh_t *n
     if not gw_in_subnet(g, ip) or ip == g.ip or (mac[0] & 1):
         return
     n = &g.neigh[ip & ~g.mask]
     if n.state == NEIGH_STATIC:
         if memcmp(n.mac, mac, 6) != 0:
-            g.neigh_conflicts += 1
+            ainc(&g.neigh_conflicts)
         return
-    if n.state == NEIGH_NONE:
-        g.arp_learned += 1
-    memcpy(n.mac, mac, 6)
-    n.state = NEIGH_LEARNED
+    if n.state == NEIGH_LEARNED and memcmp(n.mac, mac, 6) == 0:
+        return
+    pn_upgrade(sy, wid)
+    if n.state != NEIGH_STATIC:          # looked at again: it may have changed meanwhile
+        if n.state == NEIGH_NONE:
+            ainc(&g.arp_learned)
+        memcpy(n.mac, mac, 6)
+        n.state = NEIGH_LEARNED
+    pn_downgrade(sy, wid)
 
-cdef inline int gw_arp(gw_t *g, pkt_t *pk) noexcept nogil:
+cdef inline int gw_arp(gw_t *g, pkt_t *pk, pn_sync_t *sy, uint32_t wid) noexcept nogil:
     """ARP seen on the gateway's domain: learn the sender; answer requests
     for the gateway IP in place; consume replies addressed to the gateway."""
     cdef uint8_t *a = pk.data + pk.m.l3_off
@@ -96,7 +104,7 @@ cdef inline int gw_arp(gw_t *g, pkt_t *pk) noexcept nogil:
     op = get16(a + 6)
     spa = get32(a + 14)
     tpa = get32(a + 24)
-    gw_learn(g, spa, a + 8)
+    gw_learn(g, spa, a + 8, sy, wid)
     if op == 1 and tpa == g.ip:
         memcpy(pk.data, a + 8, 6)        # eth dst = requester
         memcpy(pk.data + 6, g.mac, 6)
@@ -104,7 +112,7 @@ cdef inline int gw_arp(gw_t *g, pkt_t *pk) noexcept nogil:
         memcpy(a + 18, a + 8, 10)        # target = old sender (MAC + IP)
         memcpy(a + 8, g.mac, 6)
         put32(a + 14, g.ip)
-        g.arp_replies += 1
+        ainc(&g.arp_replies)
         return GW_REPLY
     if op == 2 and gw_is_dst(g, pk.data):
         return GW_LOCAL
@@ -154,7 +162,7 @@ cdef inline int gw_icmp_error(gw_t *g, pkt_t *pk, uint8_t type, uint8_t code,
     pk.m.l4_off = pk.m.l3_off + 20
     pk.m.l4_proto = 1
     pk.m.flags = (pk.m.flags & ~F_FRAG) | F_IP4 | F_L4
-    g.icmp_errors_sent += 1
+    ainc(&g.icmp_errors_sent)
     return GW_REPLY
 
 cdef inline int gw_ip4(gw_t *g, pkt_t *pk) noexcept nogil:
@@ -171,7 +179,7 @@ cdef inline int gw_ip4(gw_t *g, pkt_t *pk) noexcept nogil:
                 or icmp[0] != 8 or icmp[1] != 0):
             return -DROP_GW_UNSUPPORTED
         icmp_echo_reply(pk, g.mac, g.ip)
-        g.icmp_replies += 1
+        ainc(&g.icmp_replies)
         return GW_REPLY
     if ip[8] <= 1:
         a = gw_icmp_error(g, pk, 11, 0, 0, DROP_TTL)
@@ -189,8 +197,8 @@ cdef inline int gw_ip4(gw_t *g, pkt_t *pk) noexcept nogil:
     old = get16(ip + 8)
     ip[8] -= 1
     csum_update16(ip + 10, old, get16(ip + 8))
-    g.routed += 1
     return GW_ROUTE if gw_in_subnet(g, dst) else GW_REMOTE
 
 cdef class Gateway:
     cdef gw_t g
+    cdef pn_sync_t *sy               # the dataplane's table lock (NULL: alone)

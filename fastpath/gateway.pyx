@@ -5,6 +5,7 @@ from libc.stdint cimport uint32_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy
 from fastpath.defs cimport MAX_DOMAINS
+from fastpath.sync cimport pn_write_lock, pn_write_unlock, ld
 from fastpath.fdb import mac_bytes, mac_str
 
 MAX_SUBNET_HOSTS = 1 << 16      # a /16 at most: the neighbour table is indexed directly
@@ -30,15 +31,21 @@ cdef class Gateway:
         table = <neigh_t *>calloc(net.num_addresses, sizeof(neigh_t))
         if table == NULL:
             raise MemoryError("neighbour table")
-        free(self.g.neigh)
+        cdef uint64_t mk = int.from_bytes(m + b"\0\0", "big")
+        cdef uint32_t a = int(addr), nw = int(net.network_address), nm = int(net.netmask)
+        cdef neigh_t *old
+        pn_write_lock(self.sy)          # the table swap; the old one is freed once no worker can hold it
+        old = self.g.neigh
         self.g.neigh = table
         memcpy(self.g.mac, <const char *>m, 6)
-        self.g.mac_key = int.from_bytes(m + b"\0\0", "big")
-        self.g.ip = int(addr)
-        self.g.net = int(net.network_address)
-        self.g.mask = int(net.netmask)
+        self.g.mac_key = mk
+        self.g.ip = a
+        self.g.net = nw
+        self.g.mask = nm
         self.g.domain = domain
         self.g.enabled = 1
+        pn_write_unlock(self.sy)
+        free(old)
 
     def _slot(self, ip):
         if not self.g.enabled:
@@ -52,36 +59,51 @@ cdef class Gateway:
         """A static neighbour (from IPAM): ARP does not override it."""
         cdef uint32_t i = self._slot(ip)
         m = mac_bytes(mac)
+        pn_write_lock(self.sy)
         memcpy(self.g.neigh[i].mac, <const char *>m, 6)
         self.g.neigh[i].state = NEIGH_STATIC
+        pn_write_unlock(self.sy)
 
     def learn_neighbor(self, ip, mac):
         """A neighbour as ARP would teach it (restoring a snapshot): never
         overrides a static one. Returns True if set."""
         cdef uint32_t i = self._slot(ip)
         m = mac_bytes(mac)
-        if m[0] & 1 or self.g.neigh[i].state == NEIGH_STATIC:
+        if m[0] & 1:
             return False
-        memcpy(self.g.neigh[i].mac, <const char *>m, 6)
-        self.g.neigh[i].state = NEIGH_LEARNED
-        return True
+        pn_write_lock(self.sy)
+        done = self.g.neigh[i].state != NEIGH_STATIC
+        if done:
+            memcpy(self.g.neigh[i].mac, <const char *>m, 6)
+            self.g.neigh[i].state = NEIGH_LEARNED
+        pn_write_unlock(self.sy)
+        return done
 
     def remove_neighbor(self, ip):
         cdef uint32_t i = self._slot(ip)
+        pn_write_lock(self.sy)
         existed = self.g.neigh[i].state != NEIGH_NONE
         self.g.neigh[i].state = NEIGH_NONE
+        pn_write_unlock(self.sy)
         return existed
 
     def neighbors(self):
         if not self.g.enabled:
             return []
         out = []
-        n = (~self.g.mask & 0xffffffff) + 1
+        cdef uint32_t i, n = (~self.g.mask & 0xffffffff) + 1
+        cdef neigh_t *copy = <neigh_t *>calloc(n, sizeof(neigh_t))
+        if copy == NULL:
+            raise MemoryError("neighbour table copy")
+        pn_write_lock(self.sy)          # a worker may be learning one (as a writer): copy, then format
+        memcpy(copy, self.g.neigh, n * sizeof(neigh_t))
+        pn_write_unlock(self.sy)
         for i in range(n):
-            if self.g.neigh[i].state != NEIGH_NONE:
+            if copy[i].state != NEIGH_NONE:
                 out.append({"ip": str(ipaddress.IPv4Address(self.g.net + i)),
-                            "mac": mac_str(int.from_bytes((<char *>self.g.neigh[i].mac)[:6] + b"\0\0", "big")),
-                            "state": "static" if self.g.neigh[i].state == NEIGH_STATIC else "learned"})
+                            "mac": mac_str(int.from_bytes((<char *>copy[i].mac)[:6] + b"\0\0", "big")),
+                            "state": "static" if copy[i].state == NEIGH_STATIC else "learned"})
+        free(copy)
         return out
 
     def info(self):
@@ -93,6 +115,7 @@ cdef class Gateway:
                 "domain": self.g.domain}
 
     def counters(self):
-        return {"arp_replies": self.g.arp_replies, "arp_learned": self.g.arp_learned,
-                "neigh_conflicts": self.g.neigh_conflicts, "icmp_replies": self.g.icmp_replies,
-                "routed": self.g.routed, "icmp_errors_sent": self.g.icmp_errors_sent}
+        # "routed" is per worker (the dataplane sums it into its counters)
+        return {"arp_replies": ld(&self.g.arp_replies), "arp_learned": ld(&self.g.arp_learned),
+                "neigh_conflicts": ld(&self.g.neigh_conflicts), "icmp_replies": ld(&self.g.icmp_replies),
+                "icmp_errors_sent": ld(&self.g.icmp_errors_sent)}

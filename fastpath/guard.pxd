@@ -5,6 +5,7 @@
 # Off per port until set; the uplink is never guarded (VXLAN has its own
 # checks). IPv6 is checked by MAC only (podnet routes IPv4 only).
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from fastpath.sync cimport pn_sync_t
 from fastpath.defs cimport *
 from fastpath.checksum cimport get32
 from fastpath.fdb cimport load_be64
@@ -37,3 +38,4 @@ cdef inline uint16_t guard_check(const guard_t *g, uint16_t port, const uint8_t 
 
 cdef class PortGuard:
     cdef guard_t g
+    cdef pn_sync_t *sy               # the dataplane's table lock (NULL: alone)

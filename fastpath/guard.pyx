@@ -1,8 +1,10 @@
 """Control side of the per-port anti-spoofing guard: set, clear, list."""
 import ipaddress
 
+from libc.stdint cimport uint32_t, uint64_t
 from libc.string cimport memset
 from fastpath.defs cimport MAX_PORTS
+from fastpath.sync cimport pn_write_lock, pn_write_unlock
 from fastpath.fdb import mac_bytes, mac_str
 
 
@@ -21,16 +23,22 @@ cdef class PortGuard:
             addr = ipaddress.IPv4Address(str(ip))
         except ValueError:
             raise ValueError(f"guard IP must be an IPv4 address, got {ip!r}") from None
-        self.g.mac[port] = int.from_bytes(m + b"\0\0", "big")
-        self.g.ip[port] = int(addr)
+        cdef uint64_t mk = int.from_bytes(m + b"\0\0", "big")
+        cdef uint32_t ip4 = int(addr)
+        pn_write_lock(self.sy)          # MAC and IP change together for a worker
+        self.g.mac[port] = mk
+        self.g.ip[port] = ip4
         self.g.on[port] = 1
+        pn_write_unlock(self.sy)
 
     def clear(self, int port):
         if not 0 <= port < MAX_PORTS:
             raise ValueError(f"port must be 0..{MAX_PORTS - 1}, got {port}")
+        pn_write_lock(self.sy)
         self.g.on[port] = 0
         self.g.mac[port] = 0
         self.g.ip[port] = 0
+        pn_write_unlock(self.sy)
 
     def get(self, int port):
         """{"mac", "ip"} of a guarded port, or None."""

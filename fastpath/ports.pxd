@@ -2,6 +2,7 @@
 # lists whenever a port is added, removed or changes domain; the burst loop
 # only reads them.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t
+from fastpath.sync cimport pn_sync_t
 from fastpath.defs cimport MAX_PORTS, MAX_DOMAINS
 
 ctypedef struct ports_t:
@@ -14,4 +15,5 @@ ctypedef struct ports_t:
 
 cdef class Ports:
     cdef ports_t p
+    cdef pn_sync_t *sy               # the dataplane's table lock (NULL: alone)
     cdef void rebuild(self) noexcept nogil

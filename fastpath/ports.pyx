@@ -1,6 +1,7 @@
 """Control side of the port table: add/remove ports, set bridge domains."""
 from libc.string cimport memset
 from fastpath.defs cimport MAX_PORTS, MAX_DOMAINS
+from fastpath.sync cimport pn_write_lock, pn_write_unlock
 
 
 cdef class Ports:
@@ -28,15 +29,19 @@ cdef class Ports:
             raise ValueError(f"port must be 0..{MAX_PORTS - 1}, got {port}")
         if not 0 <= domain < MAX_DOMAINS:
             raise ValueError(f"bridge domain must be 0..{MAX_DOMAINS - 1}, got {domain}")
+        pn_write_lock(self.sy)          # workers read the flood lists mid-burst
         self.p.up[port] = 1
         self.p.domain[port] = domain
         self.rebuild()
+        pn_write_unlock(self.sy)
 
     def remove(self, int port):
         if not 0 <= port < MAX_PORTS or not self.p.up[port]:
             raise KeyError(f"no port {port}")
+        pn_write_lock(self.sy)
         self.p.up[port] = 0
         self.rebuild()
+        pn_write_unlock(self.sy)
 
     def __contains__(self, int port):
         return 0 <= port < MAX_PORTS and self.p.up[port] != 0

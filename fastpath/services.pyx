@@ -8,6 +8,7 @@ import socket
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset
+from fastpath.sync cimport pn_write_lock, pn_write_unlock, ld
 
 PROTO = {"TCP": 6, "UDP": 17}
 PROTO_NAME = {6: "TCP", 17: "UDP"}
@@ -78,7 +79,8 @@ cdef class Services:
             aslots <<= 1
         self.m.slots = <svc_t *>calloc(slots, sizeof(svc_t))
         self.m.aff = <aff_t *>calloc(aslots, sizeof(aff_t))
-        if self.m.slots == NULL or self.m.aff == NULL:
+        self.m.aff_lock = <uint32_t *>calloc(aslots // AFF_WAYS, sizeof(uint32_t))
+        if self.m.slots == NULL or self.m.aff == NULL or self.m.aff_lock == NULL:
             raise MemoryError("service map")
         self.m.mask = slots - 1
         self.m.shift = 64 - bits
@@ -93,6 +95,7 @@ cdef class Services:
                 self._free_slot(&self.m.slots[i])
         free(self.m.slots)
         free(self.m.aff)
+        free(self.m.aff_lock)
 
     cdef void _free_slot(self, svc_t *s) noexcept nogil:
         free(s.b)
@@ -102,8 +105,11 @@ cdef class Services:
 
     def set_cidr(self, cidr):
         net = ipaddress.IPv4Network(str(cidr))
-        self.m.net = int(net.network_address)
-        self.m.netmask = int(net.netmask)
+        cdef uint32_t a = int(net.network_address), mk = int(net.netmask)
+        pn_write_lock(self.sy)
+        self.m.net = a
+        self.m.netmask = mk
+        pn_write_unlock(self.sy)
 
     def seed(self, uint64_t seed):
         self.m.rng = seed or 1
@@ -178,6 +184,14 @@ cdef class Services:
             for i, v in enumerate(table):
                 mg[i] = v
         cdef uint64_t idx
+        cdef uint32_t nb = len(bl), amsec = <uint32_t>(affinity_timeout * 1000)
+        cdef uint32_t msize = maglev_size if lb == "maglev" else 0
+        cdef uint8_t lbv = LB_MAGLEV if lb == "maglev" else LB_RANDOM
+        cdef backend_t *old_b = NULL
+        cdef uint16_t *old_mg = NULL
+        # Swapped in under the table lock (no worker is mid-burst), the old
+        # arrays freed after it: no worker can still hold them.
+        pn_write_lock(self.sy)
         if s == NULL:
             idx = (key * 0x9E3779B97F4A7C15ULL) >> self.m.shift
             while self.m.slots[idx].key != 0:
@@ -186,15 +200,19 @@ cdef class Services:
             s.key = key
             self.m.count += 1
         else:
-            self._free_slot(s)
+            old_b = s.b
+            old_mg = s.maglev
         s.b = arr
-        s.nb = len(bl)
+        s.nb = nb
         s.maglev = mg
         # kept without backends too (no table then): a snapshot saves the size
         # asked for, and backends added later get a table of that size
-        s.msize = maglev_size if lb == "maglev" else 0
-        s.lb = LB_MAGLEV if lb == "maglev" else LB_RANDOM
-        s.affinity_ms = <uint32_t>(affinity_timeout * 1000)
+        s.msize = msize
+        s.lb = lbv
+        s.affinity_ms = amsec
+        pn_write_unlock(self.sy)
+        free(old_b)
+        free(old_mg)
         self.generation += 1
 
     def remove(self, vip, int port, proto="TCP"):
@@ -202,9 +220,13 @@ cdef class Services:
         cdef svc_t *s = svc_find(&self.m, key)
         if s == NULL:
             raise KeyError(f"no service {vip}:{port}/{proto}")
-        self._free_slot(s)
         cdef uint64_t i = s - self.m.slots, j, home
+        cdef backend_t *old_b = s.b
+        cdef uint16_t *old_mg = s.maglev
+        pn_write_lock(self.sy)           # the shift moves entries a probing worker would miss
         s.key = 0
+        s.b = NULL
+        s.maglev = NULL
         j = i
         while True:                      # backward shift
             j = (j + 1) & self.m.mask
@@ -218,6 +240,9 @@ cdef class Services:
                 self.m.slots[j].maglev = NULL
                 i = j
         self.m.count -= 1
+        pn_write_unlock(self.sy)
+        free(old_b)
+        free(old_mg)
         self.generation += 1
 
     @property
@@ -265,21 +290,25 @@ cdef class Services:
         AFFINITY_RECORD_SIZE-byte records, for a snapshot. One C pass over
         the table, no Python object per entry; expired ones are left out
         (the table never empties them, they are only overwritten)."""
-        cdef uint64_t i, n = 0
-        for i in range(self.m.aff_mask + 1):
-            if self.m.aff[i].key != 0 and self.m.aff[i].expires > now:
-                n += 1
-        cdef bytearray out = bytearray(n * sizeof(aff_rec_t))
-        cdef aff_rec_t *r = <aff_rec_t *>(<char *>out) if n else NULL
+        # Bucket by bucket under each bucket's lock, as workers write them:
+        # no worker is stopped, none waits longer than one bucket's copy.
+        cdef uint64_t i, b, nb = (self.m.aff_mask + 1) // AFF_WAYS
+        cdef bytearray out = bytearray((self.m.aff_mask + 1) * sizeof(aff_rec_t))
+        cdef aff_rec_t *r = <aff_rec_t *>(<char *>out)
         cdef aff_t *a
         cdef uint64_t w = 0
-        for i in range(self.m.aff_mask + 1):
-            a = &self.m.aff[i]
-            if a.key == 0 or a.expires <= now or w == n:
-                continue
-            r[w].svc = a.svc; r[w].expires = a.expires
-            r[w].client = <uint32_t>(a.key >> 32); r[w].ip = a.ip; r[w].port = a.port; r[w].pad = 0
-            w += 1
+        with nogil:
+            for b in range(nb):
+                pn_spin_lock(&self.m.aff_lock[b])
+                for i in range(b * AFF_WAYS, (b + 1) * AFF_WAYS):
+                    a = &self.m.aff[i]
+                    if a.key == 0 or a.expires <= now:
+                        continue
+                    r[w].svc = a.svc; r[w].expires = a.expires
+                    r[w].client = <uint32_t>(a.key >> 32); r[w].ip = a.ip; r[w].port = a.port; r[w].pad = 0
+                    w += 1
+                pn_spin_unlock(&self.m.aff_lock[b])
+        del out[w * sizeof(aff_rec_t):]
         return out
 
     def restore_affinity(self, const unsigned char[:] records, long long offset, uint64_t now):
@@ -300,6 +329,7 @@ cdef class Services:
         cdef aff_t *e
         cdef long long expires
         cdef uint32_t b
+        cdef uint32_t *lk
         cdef bint present
         for i in range(n):
             r = <const aff_rec_t *>(&records[0] + i * sizeof(aff_rec_t))
@@ -319,14 +349,18 @@ cdef class Services:
             if <unsigned long long>expires > now + s.affinity_ms:
                 expires = <long long>(now + s.affinity_ms)   # the timeout was shortened since
             k = aff_key(r.client, s.key)
+            lk = &self.m.aff_lock[aff_bucket(&self.m, k)]
+            pn_spin_lock(lk)
             a = aff_slot(&self.m, k, s.key, now, &e)      # svc_pick's window and placement rule
             if a == NULL or (e != NULL and e.expires > now):
+                pn_spin_unlock(lk)
                 continue                         # no room, or the client is pinned here already
             a.key = k
             a.svc = s.key
             a.ip = r.ip
             a.port = r.port
             a.expires = <uint64_t>expires
+            pn_spin_unlock(lk)
             restored += 1
         return restored, n - restored
 
@@ -334,8 +368,13 @@ cdef class Services:
         """The live affinity entries: [{client, service, backend, expires_in (s)}]."""
         out = []
         cdef aff_t *a
+        cdef aff_t c
+        cdef uint64_t i
         for i in range(self.m.aff_mask + 1):
-            a = &self.m.aff[i]
+            pn_spin_lock(&self.m.aff_lock[i // AFF_WAYS])
+            c = self.m.aff[i]
+            pn_spin_unlock(&self.m.aff_lock[i // AFF_WAYS])
+            a = &c
             if a.key != 0 and a.expires > now:
                 out.append({"client": _ip(<uint32_t>(a.key >> 32)),
                             "service": f"{_ip(<uint32_t>(a.svc >> 32))}:{(a.svc >> 16) & 0xffff}/"
@@ -344,5 +383,5 @@ cdef class Services:
         return sorted(out, key=lambda d: (d["service"], d["client"]))
 
     def counters(self):
-        return {"service_ports": self.m.count, "capacity": self.m.capacity, "no_service": self.m.no_service,
-                "no_endpoints": self.m.no_endpoints, "affinity_hits": self.m.affinity_hits}
+        return {"service_ports": self.m.count, "capacity": self.m.capacity, "no_service": ld(&self.m.no_service),
+                "no_endpoints": ld(&self.m.no_endpoints), "affinity_hits": ld(&self.m.affinity_hits)}

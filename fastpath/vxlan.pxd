@@ -4,12 +4,13 @@
 # headers into the headroom in front of the frame: the inner frame is never
 # copied. Decap moves the frame start past the outer headers.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
-from libc.string cimport memcpy, memset
+from libc.string cimport memcpy, memset, memcmp
 from fastpath.defs cimport *
 from fastpath.checksum cimport *
 from fastpath.vnet cimport *
 from fastpath.fdb cimport load_be64
 from fastpath.gateway cimport icmp_echo_reply
+from fastpath.sync cimport pn_sync_t, pn_upgrade, pn_downgrade, ainc
 
 cdef enum:
     MAX_ROUTES = 256
@@ -51,14 +52,10 @@ ctypedef struct overlay_t:
     uint16_t port                # UDP destination port (4789, or flannel's 8472)
     uint16_t mtu                 # fabric MTU
     uint8_t tunnel_gso           # the uplink TAP takes UDP-tunnel GSO super-frames
-    uint16_t ip_id
     uint32_t nroutes             # routes[] sorted by prefix length, longest first
     route_t routes[MAX_ROUTES]
     vtep_t vteps[MAX_VTEPS]
-    # counters
-    uint64_t encapsulated
-    uint64_t decapsulated
-    uint64_t gso_encapsulated    # super-frames sent whole with UDP-tunnel GSO
+    # counters (encapsulated, decapsulated, gso_encapsulated: per worker, in stats_t)
     uint64_t arp_requests
     uint64_t arp_replies
     uint64_t arp_learned
@@ -119,13 +116,16 @@ cdef inline void ov_arp_request(overlay_t *ov, pkt_t *pk, uint32_t target) noexc
     put32(p + 38, target)
     memset(p + 42, 0, 18)            # pad to the 60-byte minimum
     pk.len = 60
-    ov.arp_requests += 1
+    ainc(&ov.arp_requests)
 
 cdef inline int ov_encap(overlay_t *ov, pkt_t *pk, const uint8_t *gw_mac, uint32_t in_vnet,
-                         uint32_t out_vnet, uint64_t now) noexcept nogil:
+                         uint32_t out_vnet, uint64_t now, uint16_t *ip_id,
+                         pn_sync_t *sy, uint32_t wid) noexcept nogil:
     """Encapsulate a routed IPv4 frame (TTL already decremented) toward the
-    VTEP that owns its destination. Returns 0, or -DROP_* (the frame may have
-    become an ARP request for the VTEP: pk.out is then set by the caller)."""
+    VTEP that owns its destination. Returns 0 (2: sent whole as a GSO
+    super-frame), or -DROP_* (1: the frame became an ARP request for the
+    VTEP: pk.out is then set by the caller). ip_id: the worker's outer IP id
+    counter (workers start theirs apart)."""
     cdef uint8_t *ip = pk.data + pk.m.l3_off
     cdef route_t *r = ov_route(ov, get32(ip + 16))
     cdef vtep_t *v
@@ -137,10 +137,17 @@ cdef inline int ov_encap(overlay_t *ov, pkt_t *pk, const uint8_t *gw_mac, uint32
     v = &ov.vteps[r.vtep]
     if v.state < VTEP_REACHABLE:
         if v.state == VTEP_FREE or now - v.asked >= ARP_RETRY_MS or v.asked == 0:
-            v.state = VTEP_INCOMPLETE
-            v.asked = now if now else 1
-            ov_arp_request(ov, pk, v.ip)
-            return 1                      # caller sends the ARP request, counts the drop
+            pn_upgrade(sy, wid)          # a rare write: as a writer, looked at again
+            if v.state < VTEP_REACHABLE and (v.state == VTEP_FREE or now - v.asked >= ARP_RETRY_MS
+                                              or v.asked == 0):
+                v.state = VTEP_INCOMPLETE
+                v.asked = now if now else 1
+                pn_downgrade(sy, wid)
+                ov_arp_request(ov, pk, v.ip)
+                return 1                  # caller sends the ARP request, counts the drop
+            pn_downgrade(sy, wid)
+            if v.state >= VTEP_REACHABLE:
+                return -DROP_VTEP_UNRESOLVED   # learned meanwhile: this frame is still lost
         return -DROP_VTEP_UNRESOLVED
     vnet_read(pk.data - in_vnet, in_vnet, &h)
     inner_len = pk.m.l3_off + pk.m.l3_len     # drops Ethernet padding
@@ -160,10 +167,10 @@ cdef inline int ov_encap(overlay_t *ov, pkt_t *pk, const uint8_t *gw_mac, uint32
     memcpy(o, v.hdr, VXLAN_OVERHEAD)
     # The kernel rewrites length, id and checksum per segment when it splits
     # a GSO super-frame; for a plain frame these are final.
-    ov.ip_id += 1
+    ip_id[0] += 1
     put16(o + 16, <uint16_t>(inner_len + 36))
-    put16(o + 18, ov.ip_id)
-    put16(o + 24, <uint16_t>(~csum_fold(v.hsum + ((inner_len + 36) & 0xffff) + ov.ip_id) & 0xffff))
+    put16(o + 18, ip_id[0])
+    put16(o + 24, <uint16_t>(~csum_fold(v.hsum + ((inner_len + 36) & 0xffff) + ip_id[0]) & 0xffff))
     put16(o + 34, ov_src_port(pk))
     put16(o + 38, <uint16_t>(inner_len + 16))
     # offload metadata, moved by the outer header length
@@ -174,7 +181,6 @@ cdef inline int ov_encap(overlay_t *ov, pkt_t *pk, const uint8_t *gw_mac, uint32
         h.hdr_len = VXLAN_OVERHEAD + pk.m.l4_off + l4hdr
         h.outer_th_offset = 34
         h.inner_nh_offset = VXLAN_OVERHEAD + pk.m.l3_off
-        ov.gso_encapsulated += 1
     else:
         h.hdr_len = 0
         h.outer_th_offset = 0
@@ -183,22 +189,29 @@ cdef inline int ov_encap(overlay_t *ov, pkt_t *pk, const uint8_t *gw_mac, uint32
     vnet_write(o - out_vnet, out_vnet, &h)
     pk.data = o
     pk.len = inner_len + VXLAN_OVERHEAD
-    ov.encapsulated += 1
-    return 0
+    return 2 if h.gso_type != VNET_GSO_NONE else 0
 
-cdef inline void ov_learn(overlay_t *ov, uint32_t ip, const uint8_t *mac) noexcept nogil:
+cdef inline void ov_learn(overlay_t *ov, uint32_t ip, const uint8_t *mac, pn_sync_t *sy, uint32_t wid) noexcept nogil:
+    # As gw_learn: only a change is written, as a writer (the header template
+    # other workers copy must never be seen half rebuilt).
     cdef uint32_t k
     for k in range(MAX_VTEPS):
         if ov.vteps[k].state != VTEP_FREE and ov.vteps[k].ip == ip:
-            if ov.vteps[k].state != VTEP_STATIC:
+            if ov.vteps[k].state == VTEP_STATIC or \
+                    (ov.vteps[k].state == VTEP_REACHABLE and memcmp(ov.vteps[k].mac, mac, 6) == 0):
+                return
+            pn_upgrade(sy, wid)
+            if ov.vteps[k].state != VTEP_STATIC and ov.vteps[k].ip == ip:
                 if ov.vteps[k].state != VTEP_REACHABLE:
-                    ov.arp_learned += 1
+                    ainc(&ov.arp_learned)
                 memcpy(ov.vteps[k].mac, mac, 6)
                 ov.vteps[k].state = VTEP_REACHABLE
                 ov_vtep_template(ov, &ov.vteps[k])
+            pn_downgrade(sy, wid)
             return
 
-cdef inline int ov_uplink(overlay_t *ov, pkt_t *pk, uint32_t up_vnet, uint32_t pod_vnet) noexcept nogil:
+cdef inline int ov_uplink(overlay_t *ov, pkt_t *pk, uint32_t up_vnet, uint32_t pod_vnet,
+                          pn_sync_t *sy, uint32_t wid) noexcept nogil:
     """A frame from the fabric: ARP and ICMP echo for the node IP, or VXLAN to
     decapsulate. On OV_INNER, pk describes the inner frame (unparsed) and a
     pod_vnet-byte header in front of it carries the offload metadata."""
@@ -214,7 +227,7 @@ cdef inline int ov_uplink(overlay_t *ov, pkt_t *pk, uint32_t up_vnet, uint32_t p
         if get16(a) != 1 or get16(a + 2) != 0x0800 or a[4] != 6 or a[5] != 4:
             return -DROP_UPLINK_UNSUPPORTED
         spa = get32(a + 14)
-        ov_learn(ov, spa, a + 8)
+        ov_learn(ov, spa, a + 8, sy, wid)
         if get16(a + 6) == 1 and get32(a + 24) == ov.ip:
             memcpy(p, a + 8, 6)
             memcpy(p + 6, ov.mac, 6)
@@ -222,7 +235,7 @@ cdef inline int ov_uplink(overlay_t *ov, pkt_t *pk, uint32_t up_vnet, uint32_t p
             memcpy(a + 18, a + 8, 10)
             memcpy(a + 8, ov.mac, 6)
             put32(a + 14, ov.ip)
-            ov.arp_replies += 1
+            ainc(&ov.arp_replies)
             return OV_REPLY
         return OV_LOCAL
     if (load_be64(p) & 0xFFFFFFFFFFFF0000ULL) != ov.mac_key:
@@ -237,7 +250,7 @@ cdef inline int ov_uplink(overlay_t *ov, pkt_t *pk, uint32_t up_vnet, uint32_t p
         if icmp[0] != 8 or icmp[1] != 0:
             return -DROP_UPLINK_UNSUPPORTED
         icmp_echo_reply(pk, ov.mac, ov.ip)
-        ov.icmp_replies += 1
+        ainc(&ov.icmp_replies)
         return OV_REPLY
     if ip[9] != 17:
         return -DROP_UPLINK_UNSUPPORTED
@@ -273,10 +286,10 @@ cdef inline int ov_uplink(overlay_t *ov, pkt_t *pk, uint32_t up_vnet, uint32_t p
     pk.data = p + start
     pk.len = end - start
     vnet_write(pk.data - pod_vnet, pod_vnet, &h)
-    ov.decapsulated += 1
     return OV_INNER
 
 cdef class Overlay:
     cdef overlay_t ov
+    cdef pn_sync_t *sy               # the dataplane's table lock (NULL: alone)
     cdef dict names              # route CIDR -> node name, for display
     cdef readonly uint64_t generation   # bumped by every route change (snapshots)

@@ -4,7 +4,9 @@ a bad request changes nothing."""
 import ipaddress
 
 from libc.string cimport memcpy, memset
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from fastpath.defs cimport MAX_PORTS
+from fastpath.sync cimport pn_write_lock, pn_write_unlock, ld
 from fastpath.fdb import mac_bytes, mac_str
 
 STATES = {VTEP_FREE: "free", VTEP_INCOMPLETE: "incomplete", VTEP_REACHABLE: "reachable",
@@ -34,15 +36,19 @@ cdef class Overlay:
             raise ValueError(f"fabric MTU must be 576..9216, got {mtu}")
         addr = ipaddress.IPv4Address(str(ip))
         m = _mac(mac, "underlay MAC")
+        cdef uint32_t a = int(addr)
+        cdef uint64_t mk = int.from_bytes(m + b"\0\0", "big")
+        pn_write_lock(self.sy)
         self.ov.uplink = uplink
-        self.ov.ip = int(addr)
+        self.ov.ip = a
         memcpy(self.ov.mac, <const char *>m, 6)
-        self.ov.mac_key = int.from_bytes(m + b"\0\0", "big")
+        self.ov.mac_key = mk
         self.ov.vni = vni
         self.ov.port = port
         self.ov.mtu = mtu
         self.ov.tunnel_gso = tunnel_gso
         self.ov.enabled = 1
+        pn_write_unlock(self.sy)
 
     @property
     def enabled(self):
@@ -105,50 +111,71 @@ cdef class Overlay:
         if not self.ov.enabled:
             raise ValueError("overlay not configured on this node")
         norm, vteps = self._validate(routes, local)
-        cdef vtep_t old[MAX_VTEPS]
-        memcpy(old, self.ov.vteps, sizeof(old))
-        memset(self.ov.vteps, 0, sizeof(self.ov.vteps))
+        # Built off to the side (Python work, no lock), then merged with what
+        # ARP taught us and copied in under the table lock: workers see the
+        # old table or the new one, whole.
+        cdef vtep_t nv[MAX_VTEPS]
+        cdef route_t nr[MAX_ROUTES]
+        cdef uint8_t has_static[MAX_VTEPS]
+        cdef uint32_t nvteps = len(vteps), nroutes = len(norm), k, j
+        memset(nv, 0, sizeof(nv))
+        memset(nr, 0, sizeof(nr))
         index = {}
         for k, (ip, static) in enumerate(vteps.items()):
             index[ip] = k
-            self.ov.vteps[k].ip = ip
-            for j in range(MAX_VTEPS):         # keep what ARP already taught us
-                if old[j].state >= VTEP_INCOMPLETE and old[j].ip == ip:
-                    self.ov.vteps[k] = old[j]
-                    break
-            self.ov.vteps[k].ip = ip
+            nv[k].ip = ip
+            has_static[k] = static is not None
             if static is not None:
-                memcpy(self.ov.vteps[k].mac, <const char *>static, 6)
-                self.ov.vteps[k].state = VTEP_STATIC
-            elif self.ov.vteps[k].state in (VTEP_STATIC, VTEP_FREE):
-                # to be resolved: an ARP reply for it is now learned
-                self.ov.vteps[k].state = VTEP_INCOMPLETE
-                self.ov.vteps[k].asked = 0
-            self.ov.vteps[k].refs = 0
-        for k in range(len(vteps)):
-            if self.ov.vteps[k].state >= VTEP_REACHABLE:
-                ov_vtep_template(&self.ov, &self.ov.vteps[k])
+                memcpy(nv[k].mac, <const char *>static, 6)
         norm.sort(key=lambda r: -r[0].prefixlen)
         for k, (net, ip, inner, vni, _, _) in enumerate(norm):
-            self.ov.routes[k].net = int(net.network_address)
-            self.ov.routes[k].mask = int(net.netmask)
-            self.ov.routes[k].plen = net.prefixlen
-            memcpy(self.ov.routes[k].inner_mac, <const char *>inner, 6)
-            self.ov.routes[k].vni = vni
-            self.ov.routes[k].vtep = index[ip]
-            self.ov.vteps[index[ip]].refs += 1
-        self.ov.nroutes = len(norm)
+            nr[k].net = int(net.network_address)
+            nr[k].mask = int(net.netmask)
+            nr[k].plen = net.prefixlen
+            memcpy(nr[k].inner_mac, <const char *>inner, 6)
+            nr[k].vni = vni
+            nr[k].vtep = index[ip]
+            nv[nr[k].vtep].refs += 1
+        pn_write_lock(self.sy)
+        for k in range(nvteps):
+            for j in range(MAX_VTEPS):         # keep what ARP already taught us
+                if self.ov.vteps[j].state >= VTEP_INCOMPLETE and self.ov.vteps[j].ip == nv[k].ip:
+                    if not has_static[k]:
+                        memcpy(nv[k].mac, self.ov.vteps[j].mac, 6)
+                    nv[k].state = self.ov.vteps[j].state
+                    nv[k].asked = self.ov.vteps[j].asked
+                    break
+            if has_static[k]:
+                nv[k].state = VTEP_STATIC
+            elif nv[k].state == VTEP_STATIC or nv[k].state == VTEP_FREE:
+                # to be resolved: an ARP reply for it is now learned
+                nv[k].state = VTEP_INCOMPLETE
+                nv[k].asked = 0
+            if nv[k].state >= VTEP_REACHABLE:
+                ov_vtep_template(&self.ov, &nv[k])
+        memcpy(self.ov.vteps, nv, sizeof(nv))
+        memcpy(self.ov.routes, nr, sizeof(nr))
+        self.ov.nroutes = nroutes
+        pn_write_unlock(self.sy)
         self.names = {str(n[0]): n[5] for n in norm}
         self.generation += 1
 
     def routes(self):
         cdef route_t *r
         cdef vtep_t *v
+        cdef route_t rs[MAX_ROUTES]
+        cdef vtep_t vs[MAX_VTEPS]
+        cdef uint32_t n
         out = []
         names = self.names or {}
-        for k in range(self.ov.nroutes):
-            r = &self.ov.routes[k]
-            v = &self.ov.vteps[r.vtep]
+        pn_write_lock(self.sy)           # a worker may be learning a VTEP: copy, then format
+        memcpy(rs, self.ov.routes, sizeof(rs))
+        memcpy(vs, self.ov.vteps, sizeof(vs))
+        n = self.ov.nroutes
+        pn_write_unlock(self.sy)
+        for k in range(n):
+            r = &rs[k]
+            v = &vs[r.vtep]
             cidr = f"{ipaddress.IPv4Address(r.net)}/{r.plen}"
             out.append({"cidr": cidr, "name": names.get(cidr, ""),
                         "vtep": str(ipaddress.IPv4Address(v.ip)),
@@ -161,28 +188,39 @@ cdef class Overlay:
 
     def learned_vteps(self):
         """[(VTEP IP, MAC)] resolved by ARP, for a snapshot."""
-        return [(str(ipaddress.IPv4Address(self.ov.vteps[k].ip)),
-                 mac_str(int.from_bytes((<char *>self.ov.vteps[k].mac)[:6] + b"\0\0", "big")))
-                for k in range(MAX_VTEPS) if self.ov.vteps[k].state == VTEP_REACHABLE]
+        cdef vtep_t vs[MAX_VTEPS]
+        pn_write_lock(self.sy)
+        memcpy(vs, self.ov.vteps, sizeof(vs))
+        pn_write_unlock(self.sy)
+        return [(str(ipaddress.IPv4Address(vs[k].ip)),
+                 mac_str(int.from_bytes((<char *>vs[k].mac)[:6] + b"\0\0", "big")))
+                for k in range(MAX_VTEPS) if vs[k].state == VTEP_REACHABLE]
 
     def restore_vteps(self, vteps):
         """Take [(VTEP IP, MAC)] as if ARP had just answered, for VTEPs the
         routes use that are not resolved yet (a static MAC stays). Returns
         how many were set; bad entries are skipped."""
         n = 0
+        cdef uint32_t a, k
+        cdef bint hit
         for ip, mac in vteps:
             try:
                 a = int(ipaddress.IPv4Address(str(ip)))
                 m = _mac(mac, "VTEP MAC")
             except ValueError:
                 continue
+            hit = False
+            pn_write_lock(self.sy)
             for k in range(MAX_VTEPS):
-                if self.ov.vteps[k].ip == a and self.ov.vteps[k].state in (VTEP_INCOMPLETE, VTEP_REACHABLE):
+                if self.ov.vteps[k].ip == a and (self.ov.vteps[k].state == VTEP_INCOMPLETE
+                                                 or self.ov.vteps[k].state == VTEP_REACHABLE):
                     memcpy(self.ov.vteps[k].mac, <const char *>m, 6)
                     self.ov.vteps[k].state = VTEP_REACHABLE
                     ov_vtep_template(&self.ov, &self.ov.vteps[k])
-                    n += 1
+                    hit = True
                     break
+            pn_write_unlock(self.sy)
+            n += hit
         return n
 
     def solicit(self, now_ms=None):
@@ -195,17 +233,26 @@ cdef class Overlay:
         (without it, the agent's periodic solicit and traffic each asked
         once a second)."""
         frames = []
+        cdef uint32_t ask[MAX_VTEPS]
+        cdef uint32_t nask = 0, k
+        cdef uint64_t now = now_ms if now_ms is not None else 0
+        cdef bint timed = now_ms is not None
+        pn_write_lock(self.sy)           # marks VTEPs asked, as a worker's encap does
         for k in range(MAX_VTEPS):
             if self.ov.vteps[k].state == VTEP_INCOMPLETE:
-                if now_ms is not None:
-                    if self.ov.vteps[k].asked and now_ms - self.ov.vteps[k].asked < ARP_RETRY_MS:
+                if timed:
+                    if self.ov.vteps[k].asked and now - self.ov.vteps[k].asked < ARP_RETRY_MS:
                         continue
-                    self.ov.vteps[k].asked = now_ms if now_ms else 1
-                target = ipaddress.IPv4Address(self.ov.vteps[k].ip).packed
-                mac = bytes((<char *>self.ov.mac)[:6])
-                ip = ipaddress.IPv4Address(self.ov.ip).packed
-                frames.append(b"\xff" * 6 + mac + b"\x08\x06" + b"\x00\x01\x08\x00\x06\x04\x00\x01"
-                              + mac + ip + bytes(6) + target + bytes(18))
+                    self.ov.vteps[k].asked = now if now else 1
+                ask[nask] = self.ov.vteps[k].ip
+                nask += 1
+        pn_write_unlock(self.sy)
+        mac = bytes((<char *>self.ov.mac)[:6])
+        ip = ipaddress.IPv4Address(self.ov.ip).packed
+        for k in range(nask):
+            target = ipaddress.IPv4Address(ask[k]).packed
+            frames.append(b"\xff" * 6 + mac + b"\x08\x06" + b"\x00\x01\x08\x00\x06\x04\x00\x01"
+                          + mac + ip + bytes(6) + target + bytes(18))
         return frames
 
     def info(self):
@@ -216,7 +263,6 @@ cdef class Overlay:
                 "mtu": self.ov.mtu, "gso": "udp-tunnel-gso" if self.ov.tunnel_gso else "none"}
 
     def counters(self):
-        return {"encapsulated": self.ov.encapsulated, "decapsulated": self.ov.decapsulated,
-                "gso_encapsulated": self.ov.gso_encapsulated, "arp_requests": self.ov.arp_requests,
-                "arp_replies": self.ov.arp_replies, "arp_learned": self.ov.arp_learned,
-                "icmp_replies": self.ov.icmp_replies}
+        # encapsulated, decapsulated, gso_encapsulated: per worker (the dataplane sums them in)
+        return {"arp_requests": ld(&self.ov.arp_requests), "arp_replies": ld(&self.ov.arp_replies),
+                "arp_learned": ld(&self.ov.arp_learned), "icmp_replies": ld(&self.ov.icmp_replies)}
