@@ -61,7 +61,12 @@ class Agent:
                             service_capacity=int(cfg.get("service_capacity", 131072)),
                             conntrack_capacity=int(cfg.get("conntrack_capacity", 262144)),
                             service_cidr=cfg.get("service_cidr", "10.96.0.0/12"), clock=clock)
-        self.io = IOLoop(self.dp)
+        # Forwarding threads; 0 forwards inside the control thread's poll()
+        # (in-process tests that step the loop themselves), never `podnet up`.
+        self.workers = cfg.get("workers", 1)
+        if type(self.workers) is not int or not 0 <= self.workers <= 16:
+            raise ValueError(f"workers must be 0..16, got {self.workers!r}")
+        self.io = IOLoop(self.dp, workers=self.workers)
         self.taps = {}             # port -> Tap
         self.pods = {}             # port -> pod config
         self.server = None
@@ -86,6 +91,7 @@ class Agent:
             if port and port % 16 == 0:          # `podnet up` follows these lines in the log
                 print(f"placed {port}/{npods} pods", flush=True)
             tap, again = open_tap(pod["netns"], "eth0", f"tap{port}", vnet_hdr=self.vnet, offloads=pod_offloads,
+                                  queues=max(1, self.workers),
                                   mac=pod["mac"], ip=pod["ip"], prefixlen=pod["prefixlen"],
                                   mtu=pod["mtu"], gateway=gw["ip"])
             self.reattached += again
@@ -94,7 +100,7 @@ class Agent:
             # anti-spoofing: the pod sends only from its own MAC and IP
             self.dp.set_port_guard(port, pod["mac"], pod["ip"])
             self.dp.gateway.add_neighbor(pod["ip"], pod["mac"])
-            self.io.attach(port, tap.fileno())
+            self.io.attach(port, tap.filenos())
             self.pods[port] = pod
         if self.cfg.get("uplink"):
             self.dp.overlay.set_routes(self.cfg.get("routes", []), local=gw["subnet"])
@@ -112,6 +118,7 @@ class Agent:
                                          clock=self.clock, interest=self.io.interest)
             for fd in self.metrics.fds():
                 self.io.watch(fd)
+        self.io.start()                       # the workers forward from here on
 
     def setup_uplink(self):
         """The node's port on the fabric: a TAP enslaved to the fabric bridge.
@@ -122,7 +129,7 @@ class Agent:
         # Named as it will be in the fabric namespace: agents move their
         # uplinks there concurrently, so a common temporary name would clash.
         tap, again = open_tap(up["fabric_netns"], up["ifname"], up["ifname"], vnet_hdr=self.vnet,
-                              offloads=UPLINK_OFFLOADS, vnet_len=UPLINK_VNET_HDR_LEN,
+                              offloads=UPLINK_OFFLOADS, vnet_len=UPLINK_VNET_HDR_LEN, queues=max(1, self.workers),
                               mtu=up["mtu"], master=up["bridge"])
         self.reattached += again
         tunnel_gso = self.vnet and bool(tap.offloads & TUN_F_UDP_TUNNEL_GSO)
@@ -133,7 +140,7 @@ class Agent:
         self.dp.set_port_vnet(UPLINK_PORT, tap.vnet_len)
         self.dp.overlay.configure(UPLINK_PORT, up["ip"], up["mac"], vni=up["vni"], port=up["port"],
                                   mtu=up["mtu"], tunnel_gso=tunnel_gso)
-        self.io.attach(UPLINK_PORT, tap.fileno())
+        self.io.attach(UPLINK_PORT, tap.filenos())
         self.gso_path = "udp-tunnel-gso" if tunnel_gso else ("mtu-frames" if self.vnet else "plain")
         return POD_OFFLOADS if tunnel_gso else TUN_F_CSUM
 
@@ -363,6 +370,7 @@ class Agent:
             "gateway": self.dp.gateway.info(),
             "overlay": self.dp.overlay.info(), "gso_path": getattr(self, "gso_path", None),
             "vnet_hdr": self.dp.vnet_len, "offloads": t.offloads if t else 0,
+            "workers": self.workers, "table_lock": self.dp.lock_stats(),
             "restored": self.restored, "reattached": self.reattached,
             "ports": [{"port": p, "pod": pod["name"], "netns": pod["netns"], "ip": pod["ip"],
                        "mac": pod["mac"], "tap": f"tap{p}", "guarded": self.dp.guard.get(p) is not None}
@@ -396,6 +404,7 @@ class Agent:
             self.snapshots.tick()
 
     def close(self):
+        self.io.stop()                        # each worker ends its burst: no fd is closed under one
         try:
             self.snapshots.save(force=True)          # only once restore() ran: never clobbers an unread one
         except OSError as e:

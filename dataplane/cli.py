@@ -11,9 +11,22 @@ def _out(args, rows, columns):
     print(render(rows, columns, "json" if args.output == "json" else "table"))
 
 
+def _workers_arg(v):
+    if v == "auto":
+        return v
+    try:
+        n = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of workers or auto, got {v!r}") from None
+    if not 1 <= n <= 16:
+        raise argparse.ArgumentTypeError(f"workers must be 1..16 or auto, got {n}")
+    return n
+
+
 def cmd_up(args):
     from dataplane import cluster
-    cluster.up(args.file, vnet=not args.plain, metrics=args.metrics, metrics_port=args.metrics_port)
+    cluster.up(args.file, vnet=not args.plain, metrics=args.metrics, metrics_port=args.metrics_port,
+               workers=args.workers)
     return cmd_status(argparse.Namespace(output="table"))
 
 
@@ -198,6 +211,8 @@ def build_parser():
     s = add("up", cmd_up, "create the cluster (embedded default spec unless -f)")
     s.add_argument("-f", "--file", help="cluster spec (YAML)")
     s.add_argument("--plain", action="store_true", help="TAPs without vnet headers/offloads (comparison mode)")
+    s.add_argument("--workers", type=_workers_arg, default=None, metavar="N|auto",
+                   help="forwarding threads per node (default: the spec's cluster.workers, else auto)")
     s.add_argument("--metrics", action="store_true",
                    help="serve Prometheus metrics on RUN_DIR/NODE.metrics.sock (HTTP)")
     s.add_argument("--metrics-port", type=int, metavar="PORT",

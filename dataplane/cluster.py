@@ -134,22 +134,41 @@ def _exclusive():
         os.close(fd)
 
 
-def up(spec_path=None, vnet=True, progress=print, metrics=False, metrics_port=None):
+def workers_for(spec_workers, override=None):
+    """Forwarding threads per node: --workers, else the spec's cluster.workers;
+    "auto" is one per two CPUs, at least one and at most 8. Measured on a
+    2-CPU machine (README, "Workers"): a second worker there only takes CPU
+    from the pods' own stacks (iperf3, the kernel's TAP receive), so "auto"
+    means 1 there; on a bigger machine each worker gets a core of its own
+    beside the pods'."""
+    w = override if override is not None else spec_workers
+    if w == "auto" or w is None:
+        return max(1, min(8, (os.cpu_count() or 1) // 2))
+    if type(w) is not int or not 1 <= w <= 16:
+        raise ClusterError(f"workers must be 1..16 or auto, got {w!r}")
+    return w
+
+
+def up(spec_path=None, vnet=True, progress=print, metrics=False, metrics_port=None, workers=None):
     """Bring the cluster up; raises ClusterError (and leaves nothing) on failure.
     If it is up already, restart the agents that died (restart()).
     metrics: each agent serves Prometheus text on {run_dir}/{node}.metrics.sock,
-    and on 127.0.0.1:metrics_port+index if metrics_port is given."""
+    and on 127.0.0.1:metrics_port+index if metrics_port is given.
+    workers: forwarding threads per node (overrides the spec's cluster.workers)."""
     if metrics_port is not None and not 1024 <= metrics_port <= 65535 - MAX_NODES:
         raise ClusterError(f"metrics port must be 1024..{65535 - MAX_NODES}, got {metrics_port}")
+    if workers is not None:
+        workers_for(None, workers)                    # a bad count: refused before anything
     with _exclusive():
         state = load_state()
         if state is not None:
             return restart(state, spec_path, progress)
-        return _up(spec_path, vnet, progress, metrics or metrics_port is not None, metrics_port)
+        return _up(spec_path, vnet, progress, metrics or metrics_port is not None, metrics_port, workers)
 
 
-def _up(spec_path, vnet, progress, metrics=False, metrics_port=None):
+def _up(spec_path, vnet, progress, metrics=False, metrics_port=None, workers=None):
     spec = load_spec(spec_path)                       # SpecError: nothing created
+    nworkers = workers_for(spec.workers, workers)
     names = ([fabric_ns(spec.name)] + [node_ns(spec.name, n.name) for n in spec.nodes]
              + [pod_ns(spec.name, p.name) for p in spec.pods])
     clash = [n for n in names if netns.exists(n)]
@@ -159,7 +178,7 @@ def _up(spec_path, vnet, progress, metrics=False, metrics_port=None):
     plan = Ipam(state_dir() / "ipam.json").plan(spec)
     state = {"cluster": spec.name, "source": spec.source, "spec": spec.to_dict(),
              "pod_labels": {p.name: dict(p.labels) for p in spec.pods},
-             "plan": plan.to_dict(), "namespaces": names, "nodes": {}, "vnet": vnet,
+             "plan": plan.to_dict(), "namespaces": names, "nodes": {}, "vnet": vnet, "workers": nworkers,
              "fabric": {"namespace": fabric_ns(spec.name), "bridge": FABRIC_BRIDGE,
                         "subnet": str(spec.fabric_cidr), "mtu": spec.mtu},
              "vni": spec.vni, "vxlan_port": spec.vxlan_port, "external": {}, "created": time.time()}
@@ -211,7 +230,7 @@ def _start_agent(spec, plan, node, state, vnet, metrics=False, metrics_port=None
     uip, umac = underlay(spec, np.index)
     cfg = {
         "cluster": spec.name, "node": node, "netns": node_ns(spec.name, node),
-        "socket": str(rd / f"{node}.sock"), "vnet": vnet,
+        "socket": str(rd / f"{node}.sock"), "vnet": vnet, "workers": state.get("workers", 1),
         "gateway": {"ip": str(np.gateway_ip), "mac": np.gateway_mac, "subnet": str(np.subnet)},
         "pods": [{"name": p.name, "netns": pod_ns(spec.name, p.name), "ip": str(plan.pods[p.name].ip),
                   "mac": plan.pods[p.name].mac, "prefixlen": plan.pods[p.name].prefixlen,
@@ -450,7 +469,8 @@ def status():
         if alive:
             try:
                 st = request(n["socket"], "status", timeout=3.0)
-                entry.update(vnet_hdr=st["vnet_hdr"], offloads=st["offloads"], gso_path=st.get("gso_path"))
+                entry.update(vnet_hdr=st["vnet_hdr"], offloads=st["offloads"], gso_path=st.get("gso_path"),
+                             workers=st.get("workers"))
             except ControlError as e:
                 entry["agent"] = f"unreachable: {e}"
         nodes.append(entry)

@@ -44,6 +44,7 @@ services:
 """
 
 NAME_MAX = 20          # cluster, node and pod names end up inside namespace and device names
+MAX_WORKERS = 16       # forwarding threads per node (fastpath/ioloop.pyx MAX_WORKERS)
 LABEL_MAX = 63         # service and port names: a plain DNS-1123 label
 MAX_NODES = 64
 MAX_PODS_PER_NODE = 253  # a node's /24 less the network, the gateway .1 and the broadcast
@@ -56,7 +57,7 @@ DEFAULT_AFFINITY_TIMEOUT = 10800  # kube-proxy's default: 3 hours
 _LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _KEYS = {
     "(document)": ("cluster", "nodes", "pods", "services"),
-    "cluster": ("name", "podCIDR", "serviceCIDR", "fabricCIDR", "mtu", "podMTU", "vni", "vxlanPort"),
+    "cluster": ("name", "podCIDR", "serviceCIDR", "fabricCIDR", "mtu", "podMTU", "vni", "vxlanPort", "workers"),
     "node": ("name", "podCIDR"),
     "pod": ("name", "node", "labels"),
     "service": ("name", "clusterIP", "selector", "sessionAffinity", "sessionAffinityTimeout", "ports"),
@@ -120,6 +121,7 @@ class ClusterSpec:
     vni: int
     vxlan_port: int
     nodes: tuple[NodeSpec, ...]
+    workers: object = "auto"      # forwarding threads per node: an integer, or "auto" (cluster.workers_for)
     pods: tuple[PodSpec, ...] = ()
     services: tuple[ServiceSpec, ...] = ()
     source: str = field(default="<spec>", compare=False)
@@ -139,7 +141,8 @@ class ClusterSpec:
             "cluster": {"name": self.name, "podCIDR": str(self.pod_cidr),
                         "serviceCIDR": str(self.service_cidr), "fabricCIDR": str(self.fabric_cidr),
                         "mtu": self.mtu,
-                        "podMTU": self.pod_mtu, "vni": self.vni, "vxlanPort": self.vxlan_port},
+                        "podMTU": self.pod_mtu, "vni": self.vni, "vxlanPort": self.vxlan_port,
+                        "workers": self.workers},
             "nodes": [{"name": n.name, "podCIDR": str(n.pod_cidr) if n.pod_cidr else "auto"}
                       for n in self.nodes],
             "pods": [{"name": p.name, "node": p.node, "labels": dict(p.labels)} for p in self.pods],
@@ -368,6 +371,9 @@ class _Parser:
                                         f" (at most mtu {mtu} less {VXLAN_OVERHEAD} bytes of VXLAN)")
         c["vni"] = self.integer("cluster.vni", _get(m, "vni", 1), 1, MAX_VNI)
         c["vxlan_port"] = self.integer("cluster.vxlanPort", _get(m, "vxlanPort", 4789), 1, 65535)
+        w = _get(m, "workers", "auto")
+        c["workers"] = w if w == "auto" else self.integer("cluster.workers", w, 1, MAX_WORKERS,
+                                                          ' (or "auto")')
         return c
 
     def nodes(self, value, pod_cidr):

@@ -18,16 +18,37 @@ ctypedef struct cap_rec_t:      # one captured frame in the capture buffer, data
     uint16_t port
     uint16_t dir              # 0 received from the port, 1 sent to it
 
-cdef class IOLoop:
+cdef class Worker:
+    # One forwarding thread (or, with no workers, the control thread's
+    # poll()): an epoll over its queue fd of every port, read into its own
+    # dataplane's slots, the fast path run as a reader of the tables, its TX
+    # queues written back to the same queue fds.
+    cdef IOLoop io
     cdef Dataplane dp
     cdef int epfd
+    cdef int evfd                 # eventfd: wakes the thread to stop
     cdef int fd[MAX_PORTS]
     cdef io_stats_t st[MAX_PORTS]
     cdef uint64_t wakeups
     cdef uint64_t bursts
     cdef uint64_t frames
+    cdef uint32_t stopping
+    cdef object thread
+    cdef uint32_t round_burst(self, int *ready, uint32_t nready) noexcept nogil
+    cdef void flush(self) noexcept nogil
+    cdef void loop(self) noexcept nogil
+
+cdef class IOLoop:
+    cdef Dataplane dp
+    cdef int epfd                 # the control thread's: watched fds (and ports, with no workers)
+    cdef Worker inline            # forwarding inside poll() when there are no workers
+    cdef list wk                  # the worker threads' Workers
+    cdef readonly uint32_t nworkers
+    cdef bint running
     # capture: frames crossing the chosen ports are copied into one bounded
-    # buffer that the agent drains between polls (podnet capture)
+    # buffer that the agent drains between polls (podnet capture); workers
+    # append under cap_lock
+    cdef uint32_t cap_lock
     cdef uint8_t cap_on[MAX_PORTS]
     cdef uint8_t *cap_buf
     cdef size_t cap_size
@@ -37,5 +58,5 @@ cdef class IOLoop:
     cdef uint64_t cap_lost     # did not fit: the reader was too slow
     cdef bint capturing
     cdef void capture(self, uint16_t port, uint16_t dir, const uint8_t *data, uint32_t length) noexcept nogil
-    cdef uint32_t round_burst(self, int *ready, uint32_t nready) noexcept nogil
-    cdef void flush(self) noexcept nogil
+    cdef bint _attached(self, int port)
+    cdef void _detach_one(self, Worker w, int port)

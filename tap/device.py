@@ -4,7 +4,14 @@ namespace as eth0. Created with python-pytun; the vnet/offload ioctls it
 lacks are issued directly (see ../shared/TAP-OFFLOADS.md for what was measured).
 
 Agents make their TAPs persistent (TUNSETPERSIST): a pod keeps its eth0 when
-its agent dies, and the restarted agent re-attaches to it (open_tap)."""
+its agent dies, and the restarted agent re-attaches to it (open_tap).
+
+TAPs are multi-queue (IFF_MULTI_QUEUE): one fd per queue, one queue per
+forwarding worker. The kernel picks the queue a frame the pod sends is read
+from by its flow hash, so each flow stays on one worker. Every TAP is made
+multi-queue even with one worker, so an agent restarted with another worker
+count re-attaches to it; a single-queue TAP left by an older agent is
+re-attached with one queue."""
 import contextlib
 import errno
 import fcntl
@@ -64,27 +71,49 @@ class Tap:
     vnet_hdr=False gives the plain mode (one MTU frame per read/write, full
     checksums), kept for comparison."""
 
-    def __init__(self, name, vnet_hdr=True, offloads=POD_OFFLOADS, vnet_len=VNET_HDR_LEN, persist=False):
+    def __init__(self, name, vnet_hdr=True, offloads=POD_OFFLOADS, vnet_len=VNET_HDR_LEN, persist=False,
+                 queues=1):
         """Create TAP name, or attach to the existing TAP of that name (in the
         namespace the calling thread is in): TUNSETIFF does either. persist:
-        the device outlives this fd (set last, so a failure leaves nothing)."""
+        the device outlives this fd (set last, so a failure leaves nothing).
+        queues: fds to open (queue 0 is fileno(); filenos() has them all)."""
         if not 1 <= len(name) <= 15:
             raise ValueError(f"interface name {name!r} must be 1..15 characters")
-        flags = pytun.IFF_TAP | pytun.IFF_NO_PI | (pytun.IFF_VNET_HDR if vnet_hdr else 0)
+        if type(queues) is not int or not 1 <= queues <= 16:
+            raise ValueError(f"TAP queues must be 1..16, got {queues!r}")
+        base = pytun.IFF_TAP | pytun.IFF_NO_PI | (pytun.IFF_VNET_HDR if vnet_hdr else 0)
+        flags = base | pytun.IFF_MULTI_QUEUE
+        self.devs = []
         try:
             self.dev = pytun.TunTapDevice(name=name, flags=flags)
         except pytun.Error as e:
-            hint = ("attached to another process: is its agent still running?" if "[Errno 16]" in str(e)
-                    else "needs root and /dev/net/tun")
-            raise TapError(f"cannot create TAP {name}: {e} ({hint})") from None
+            if "[Errno 22]" in str(e) and queues == 1:
+                # a single-queue TAP of that name (an older agent's): attach as it is
+                flags = base
+                try:
+                    self.dev = pytun.TunTapDevice(name=name, flags=flags)
+                except pytun.Error as e2:
+                    raise TapError(f"cannot create TAP {name}: {e2} (needs root and /dev/net/tun)") from None
+            else:
+                hint = ("attached to another process: is its agent still running?" if "[Errno 16]" in str(e)
+                        else "a single-queue TAP made by an older agent: `podnet down` and up again"
+                        if "[Errno 22]" in str(e) else "needs root and /dev/net/tun")
+                raise TapError(f"cannot create TAP {name}: {e} ({hint})") from None
+        self.devs = [self.dev]
         self.name = self.dev.name
         self.vnet_len = 0
         self.offloads = 0
         self.persistent = False
         try:
+            for _ in range(queues - 1):
+                try:
+                    self.devs.append(pytun.TunTapDevice(name=self.name, flags=flags))
+                except pytun.Error as e:
+                    raise TapError(f"cannot open queue {len(self.devs)} of TAP {self.name}: {e}") from None
             if vnet_hdr:
                 self.configure(vnet_len, offloads)
-            os.set_blocking(self.dev.fileno(), False)
+            for d in self.devs:
+                os.set_blocking(d.fileno(), False)
             if persist:
                 fcntl.ioctl(self.dev.fileno(), TUNSETPERSIST, 1)
                 self.persistent = True
@@ -95,12 +124,15 @@ class Tap:
     def configure(self, vnet_len, offloads):
         """(Re)apply the virtio-net header size and offloads: they belong to
         the device, but a re-attached one is set again rather than trusted."""
-        fcntl.ioctl(self.dev.fileno(), TUNSETVNETHDRSZ, struct.pack("i", vnet_len))
+        for d in self.devs:                 # the device's settings; set through every queue alike
+            fcntl.ioctl(d.fileno(), TUNSETVNETHDRSZ, struct.pack("i", vnet_len))
         self.vnet_len = vnet_len
         self.offloads = set_offloads(self.dev.fileno(), offloads)
+        for d in self.devs[1:]:
+            set_offloads(d.fileno(), self.offloads)
 
     @classmethod
-    def attach(cls, netns, ifname, vnet_hdr=True, offloads=POD_OFFLOADS, vnet_len=VNET_HDR_LEN):
+    def attach(cls, netns, ifname, vnet_hdr=True, offloads=POD_OFFLOADS, vnet_len=VNET_HDR_LEN, queues=1):
         """Re-open the persistent TAP ifname that a previous agent left in
         netns; None if there is none. TUNSETIFF looks the name up in the
         namespace the /dev/net/tun fd was opened in, so it is opened from
@@ -113,7 +145,8 @@ class Tap:
                 return None
             if info is None or info.get_attr("IFLA_INFO_KIND") != "tun":
                 raise TapError(f"{ifname} in {netns} exists but is not a TAP; not touching it")
-            return cls(ifname, vnet_hdr=vnet_hdr, offloads=offloads, vnet_len=vnet_len, persist=True)
+            return cls(ifname, vnet_hdr=vnet_hdr, offloads=offloads, vnet_len=vnet_len, persist=True,
+                       queues=queues)
 
     def destroy(self):
         """Close and delete the device even if persistent."""
@@ -126,6 +159,10 @@ class Tap:
 
     def fileno(self):
         return self.dev.fileno()
+
+    def filenos(self):
+        """One fd per queue, queue 0 first."""
+        return [d.fileno() for d in self.devs]
 
     def place(self, netns, ifname="eth0", mac=None, ip=None, prefixlen=24, mtu=1500,
               gateway=None, txqueuelen=TXQUEUELEN, master=None):
@@ -196,10 +233,11 @@ class Tap:
         return fixed
 
     def close(self):
-        """Close our fd; a persistent device stays (with its pod's namespace)."""
-        if self.dev is not None:
-            self.dev.close()
-            self.dev = None
+        """Close our fds; a persistent device stays (with its pod's namespace)."""
+        for d in self.devs:
+            d.close()
+        self.devs = []
+        self.dev = None
 
 
 @contextlib.contextmanager
@@ -230,12 +268,12 @@ def _remove_link(netns, ifname):
 
 
 def open_tap(netns, ifname, tmpname, vnet_hdr=True, offloads=POD_OFFLOADS, vnet_len=VNET_HDR_LEN,
-             **placement):
+             queues=1, **placement):
     """The persistent TAP that is ifname in netns: re-attached if an earlier
     agent left it there, otherwise created as tmpname here and placed (an
     earlier agent's half-placed tmpname is re-used or removed). placement:
     place()'s arguments. Returns (tap, reattached)."""
-    tap = Tap.attach(netns, ifname, vnet_hdr=vnet_hdr, offloads=offloads, vnet_len=vnet_len)
+    tap = Tap.attach(netns, ifname, vnet_hdr=vnet_hdr, offloads=offloads, vnet_len=vnet_len, queues=queues)
     if tap is not None:
         try:
             tap.ensure(netns, **placement)
@@ -245,7 +283,7 @@ def open_tap(netns, ifname, tmpname, vnet_hdr=True, offloads=POD_OFFLOADS, vnet_
         return tap, True
     if tmpname != ifname:
         _remove_link(netns, tmpname)           # moved there, not yet renamed, when its agent died
-    tap = Tap(tmpname, vnet_hdr=vnet_hdr, offloads=offloads, vnet_len=vnet_len, persist=True)
+    tap = Tap(tmpname, vnet_hdr=vnet_hdr, offloads=offloads, vnet_len=vnet_len, persist=True, queues=queues)
     try:
         tap.place(netns, ifname=ifname, **placement)
     except Exception:

@@ -59,6 +59,9 @@ class FakeTap:
     def fileno(self):
         return self.sock.fileno()
 
+    def filenos(self):
+        return [self.sock.fileno()]
+
     def close(self):
         self.sock.close()
 
