@@ -1,7 +1,9 @@
 """Builds the Cython fast path: one extension per .pyx in fastpath/, optimised.
 
 PODNET_SANITIZE=address builds it with AddressSanitizer instead (for the
-fuzzing harness); build it out of place so the normal .so files stay:
+fuzzing harness), PODNET_SANITIZE=thread with ThreadSanitizer (for the
+workers' stress test, tests/stress_tsan.py); build it out of place so the
+normal .so files stay:
     PODNET_SANITIZE=address python setup.py build_ext --build-lib build/asan --build-temp build/asan-tmp
 """
 import os
@@ -12,8 +14,8 @@ from setuptools import Extension, setup
 
 HERE = Path(__file__).parent
 SANITIZE = os.environ.get("PODNET_SANITIZE", "")
-if SANITIZE not in ("", "address"):
-    raise SystemExit(f"PODNET_SANITIZE must be 'address' or unset, got {SANITIZE!r}")
+if SANITIZE not in ("", "address", "thread"):
+    raise SystemExit(f"PODNET_SANITIZE must be 'address', 'thread' or unset, got {SANITIZE!r}")
 compile_args = ["-O3", "-march=x86-64-v2"]
 # The burst loop (compiled twice, see fastpath/trace.pxd): let GCC inline the
 # per-frame helpers (parse, gateway, overlay, NAT) into both copies rather than
@@ -24,6 +26,9 @@ link_args = []
 if SANITIZE:
     # -O0: half the build time of -O1 (CI builds it from scratch); exact reports, full stacks.
     compile_args = ["-O0", "-g", "-march=x86-64-v2", f"-fsanitize={SANITIZE}", "-fno-omit-frame-pointer"]
+    if SANITIZE == "thread":
+        # -O1: the stress test runs many frames; TSan needs no -O0 for exact reports
+        compile_args[0] = "-O1"
     link_args = [f"-fsanitize={SANITIZE}"]
 extensions = [
     Extension(
