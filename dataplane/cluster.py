@@ -162,6 +162,9 @@ def up(spec_path=None, vnet=True, progress=print, metrics=False, metrics_port=No
     with _exclusive():
         state = load_state()
         if state is not None:
+            if workers is not None and workers_for(None, workers) != state.get("workers", 1):
+                raise ClusterError(f"cluster {state['cluster']} is up with {state.get('workers', 1)} "
+                                   f"workers per node; `podnet down` first to change it")
             return restart(state, spec_path, progress)
         return _up(spec_path, vnet, progress, metrics or metrics_port is not None, metrics_port, workers)
 

@@ -870,14 +870,16 @@ cdef class Dataplane:
             dst += 1
         self.run_burst(0, dst)
 
-    def bench_stage(self, uint32_t n, uint32_t iters, uint32_t snap=64, bint run=True, uint32_t sport_off=0):
+    def bench_stage(self, uint32_t n, uint32_t iters, uint32_t snap=64, bint run=True, uint32_t sport_off=0,
+                    uint32_t sport_base=0):
         """For bench/: run slots 0..n-1 `iters` times in one nogil loop. Stages
         that rewrite headers in place (routing, encap, decap) would not see the
         same frames twice, so after each burst the descriptors and the first
         `snap` bytes of each frame are restored from a snapshot (run=False
         times the restore alone, to subtract). With sport_off, the 16-bit
         source port at that offset changes every burst so each burst brings
-        new flows (UDP frames with checksum 0). Returns seconds."""
+        new flows (UDP frames with checksum 0), from sport_base on (workers
+        benchmarked side by side take bases apart). Returns seconds."""
         if n > self.nslots or n == 0:
             raise ValueError(f"n must be 1..{self.nslots}")
         cdef uint8_t *snapbuf = <uint8_t *>calloc(<size_t>n * snap + 1, 1)
@@ -904,7 +906,7 @@ cdef class Dataplane:
                     self.pkts[i].len = lens[i]
                     memcpy(data[i], snapbuf + <size_t>i * snap, snap if snap < lens[i] else lens[i])
                     if sport_off:
-                        put16(data[i] + sport_off, <uint16_t>(1024 + (it * n + i) % 64000))
+                        put16(data[i] + sport_off, <uint16_t>(1024 + (sport_base + it * n + i) % 64000))
         t1 = time.perf_counter()
         free(snapbuf); free(data); free(lens)
         return t1 - t0
