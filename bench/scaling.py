@@ -82,7 +82,7 @@ def main():
                 raw[name][str(n)].append(run_workers(name, ns, off, n, a.cpus, a.iters))
             print(f"round {r + 1} {name}: 1 worker {raw[name]['1'][-1]:.1f} Mpps, "
                   f"{a.workers} workers {raw[name][str(a.workers)][-1]:.1f} Mpps", flush=True)
-    result = {"machine": machine(), "workers": a.workers, "cpus": a.cpus, "rounds": a.rounds,
+    result = {"machine": machine(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "workers": a.workers, "cpus": a.cpus, "rounds": a.rounds,
               "iters": a.iters, "unit": "Mpps (all workers together)", "stages": {}}
     met = True
     for name, _, _ in STAGES:

@@ -207,8 +207,21 @@ def pause():
     return "\n".join(out)
 
 
+def scaling():
+    d = load("scaling")
+    n = d["workers"]
+    out = [f"{d['rounds']} rounds, 1 and {n} workers alternating within each, {d['iters']} bursts of 256 per "
+           f"worker, CPUs {','.join(map(str, d['cpus']))}; {machine_line(d)}.", "",
+           f"| stage | 1 worker, Mpps | {n} workers, Mpps | {n} workers / 1 (same round) | target: ≥ 1.8× |",
+           "|---|---|---|---|---|"]
+    for name, st in d["stages"].items():
+        out.append(f"| {name.replace('_', ' ')} | {fig(st['one_worker'])} | {fig(st[f'{n}_workers'])} "
+                   f"| {fig(st['ratio'], digits=2)} | {target(st['ratio'], '>=', 1.8)} |")
+    return "\n".join(out)
+
+
 TABLES = {"stages": stages, "pods": pods, "overlay": overlay, "services": services, "connect": connect,
-          "pause": pause}
+          "pause": pause, "scaling": scaling}
 
 
 def render():
