@@ -17,23 +17,29 @@ BUILD = ROOT / "build" / "asan"
 TESTS = ROOT / "tests"
 
 
-def build():
-    """Build (or bring up to date) the ASan extensions; returns the output dir."""
-    env = dict(os.environ, PODNET_SANITIZE="address")
-    cmd = [sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(BUILD),
-           "build_ext", "--build-lib", str(BUILD), "--build-temp", str(ROOT / "build" / "asan-tmp"), "-j", "2"]
+def build(sanitize="address", out=BUILD):
+    """Build (or bring up to date) the extensions with a sanitizer (setup.py's
+    PODNET_SANITIZE) into out, beside a copy of the packages; returns out."""
+    env = dict(os.environ, PODNET_SANITIZE=sanitize)
+    cmd = [sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(out),
+           "build_ext", "--build-lib", str(out), "--build-temp", f"{out}-tmp", "-j", "2"]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if r.returncode != 0:
-        raise RuntimeError(f"ASan build failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
-    return BUILD
+        raise RuntimeError(f"{sanitize} sanitizer build failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    return out
+
+
+def runtime(lib="libasan.so", package="libasan8"):
+    """The sanitizer's runtime library, to preload into a child Python."""
+    path = subprocess.run(["gcc", f"-print-file-name={lib}"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    if not os.path.isabs(path) or not os.path.exists(path):
+        raise RuntimeError(f"gcc has no {lib} (Debian: apt-get install {package})")
+    return os.path.realpath(path)
 
 
 def libasan():
-    path = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True,
-                          check=True).stdout.strip()
-    if not os.path.isabs(path) or not os.path.exists(path):
-        raise RuntimeError("gcc has no libasan.so (Debian: apt-get install libasan8)")
-    return os.path.realpath(path)
+    return runtime()
 
 
 def env():

@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import fuzz_asan
+
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "build" / "tsan"
 TESTS = ROOT / "tests"
@@ -23,21 +25,11 @@ OPTIONS = "halt_on_error=1:exitcode=66:report_signal_unsafe=0:second_deadlock_st
 
 
 def build():
-    env = dict(os.environ, PODNET_SANITIZE="thread")
-    cmd = [sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(BUILD),
-           "build_ext", "--build-lib", str(BUILD), "--build-temp", str(ROOT / "build" / "tsan-tmp"), "-j", "2"]
-    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise RuntimeError(f"TSan build failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
-    return BUILD
+    return fuzz_asan.build("thread", BUILD)
 
 
 def libtsan():
-    path = subprocess.run(["gcc", "-print-file-name=libtsan.so"], capture_output=True, text=True,
-                          check=True).stdout.strip()
-    if not os.path.isabs(path) or not os.path.exists(path):
-        raise RuntimeError("gcc has no libtsan.so (Debian: apt-get install libtsan2)")
-    return os.path.realpath(path)
+    return fuzz_asan.runtime("libtsan.so", "libtsan2")
 
 
 def env():
