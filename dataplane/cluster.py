@@ -414,21 +414,28 @@ def _down(quiet, progress):
 
 def _stop_pod_processes(state):
     """Processes left in the pods (servers started with `podnet exec`) go with
-    their pods, as containers do: SIGTERM, then SIGKILL."""
+    their pods, as containers do: SIGTERM, then SIGKILL. The namespaces are
+    scanned again after each pass, because a process that was between fork and
+    setns (an `ip netns exec` just started) is missed by the first scan and
+    would outlive its namespace's name."""
     pods = [n for n in state["namespaces"] if n not in {v["netns"] for v in state["nodes"].values()}]
-    victims = {pid for name in pods for pid in netns.pids(name) if pid != os.getpid()}
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in victims:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + STOP_TIMEOUT
-        while victims and time.monotonic() < deadline:
+    scan = lambda: {pid for name in pods for pid in netns.pids(name) if pid != os.getpid()}
+    for _ in range(3):
+        victims = scan()
+        if not victims:
+            return
+        for sig in (signal.SIGTERM, signal.SIGKILL):
             for pid in victims:
-                _reap(pid)
-            victims = {p for p in victims if _alive(p)}
-            time.sleep(0.02)
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + STOP_TIMEOUT
+            while victims and time.monotonic() < deadline:
+                for pid in victims:
+                    _reap(pid)
+                victims = {p for p in victims if _alive(p)}
+                time.sleep(0.02)
 
 
 def _alive(pid):

@@ -197,7 +197,8 @@ def test_down_after_sigkill_leaves_nothing(tmp_path):
     from dataplane import cluster, netns
     spec = SPEC.replace("pntest", "pnkill")
     with running_cluster(tmp_path, spec) as state:
-        srv = spawn_in_pod(state, "a", "import time; time.sleep(60)")   # a process in a pod
+        srv = spawn_in_pod(state, "a", "import time; print('in', flush=True); time.sleep(60)")
+        assert srv.stdout.readline() == "in\n"                         # a process in the pod, past setns
         for n in state["nodes"].values():
             os.kill(n["pid"], 9)
         for n in state["nodes"].values():                               # dead (a zombie until down reaps it)
