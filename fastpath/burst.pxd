@@ -9,7 +9,7 @@ from fastpath.ports cimport Ports, ports_t
 from fastpath.gateway cimport Gateway, gw_t
 from fastpath.vxlan cimport Overlay, overlay_t
 from fastpath.services cimport Services, svcmap_t
-from fastpath.conntrack cimport Conntrack, ct_t, conn_t
+from fastpath.conntrack cimport Conntrack, ct_t, ct_tab_t, conn_t
 from fastpath.trace cimport trace_t
 from fastpath.guard cimport PortGuard, guard_t
 from fastpath.sync cimport pn_sync_t
@@ -36,7 +36,7 @@ cdef class Dataplane:
     cdef readonly Services services
     cdef svcmap_t *sm
     cdef readonly Conntrack conntrack
-    cdef ct_t *ct
+    cdef ct_tab_t *ct
     cdef fdb_t *ft                       # bound once: the loop touches no Python object
     cdef ports_t *pt
     cdef gw_t *gw
@@ -62,5 +62,5 @@ cdef class Dataplane:
     cdef void _set_pvnet(self, int port, uint32_t n)
     cdef void _sum_stats(self, stats_t *out)
     cdef dict _port_dict(self, port_stats_t *ps)
-    cdef inline void ct_update(self, conn_t *k, uint8_t proto, uint8_t flags) noexcept nogil
+    cdef inline void ct_update(self, ct_t *ct, conn_t *k, uint8_t proto, uint8_t flags) noexcept nogil
     cdef uint64_t now_ms(self) except? 0

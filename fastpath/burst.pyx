@@ -181,7 +181,7 @@ cdef inline void bridge(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk, uint6
             if svc_is_vip(self.sm, get32(data + pk.m.l3_off + 16)):
                 service(self, md, i, pk, self.pvnet[port])
                 return
-            if ld(&self.ct.count):
+            if ld32(&self.ct.any):
                 unnat(self, md, pk, self.pvnet[port])     # e.g. a hairpin reply to the gateway
             a = gateway_ip4(self, md, pk)
         if a < 0:
@@ -199,7 +199,7 @@ cdef inline void bridge(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk, uint6
         if a == GW_REMOTE:
             encap(self, md, i, pk, self.pvnet[port])
             return
-    if ld(&self.ct.count) and (pk.m.flags & F_IP4):
+    if ld32(&self.ct.any) and (pk.m.flags & F_IP4):
         unnat(self, md, pk, self.pvnet[port])         # a local backend answering a local client
     forward(self, md, i, pk, d, False)
 
@@ -251,7 +251,7 @@ cdef void reject(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk) noexcept nog
 cdef void service(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk, uint32_t cur_vnet) noexcept nogil:
     """A frame to a ClusterIP: conntrack, or a new flow (pick a backend),
     then DNAT (and SNAT for hairpin) and route to the backend."""
-    cdef ct_t *ct = self.ct
+    cdef ct_t *ct
     cdef uint8_t *ip = pk.data + pk.m.l3_off
     cdef uint8_t *l4 = pk.data + pk.m.l4_off
     cdef uint8_t proto = pk.m.l4_proto, flags = 0
@@ -274,9 +274,10 @@ cdef void service(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk, uint32_t cu
     vport = get16(l4 + 2)
     if proto == 6:
         flags = l4[13]
-    # One hold of the conntrack lock from lookup to the NAT fields copied
+    # One hold of the shard's lock from lookup to the NAT fields copied
     # out (nat below works on locals): other workers insert, and forward
     # this connection's replies, meanwhile.
+    ct = ct_shard(self.ct, cport)
     pn_spin_lock(&ct.lock)
     t = ct_find(ct, tuple_a(cip, vip), tuple_b(cport, vport, proto))
     if t != NULL and t.dir == CT_ORIG:
@@ -363,12 +364,14 @@ cdef void service(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk, uint32_t cu
             drop(self, md, pk, DROP_CT_FULL)
             return
         k = &ct.conns[c]
+        if unlikely(not ld32(&self.ct.any)):
+            st32(&self.ct.any, 1)                       # under a shard lock: see conntrack.pxd
         if mode_t is traced_t:
             tr_note(self.tr, EV_CT, CT_EV_NEW, c, k.state)
     else:
         if mode_t is traced_t:
             tr_note(self.tr, EV_CT, CT_EV_HIT, <uint32_t>(k - ct.conns), k.state)
-        self.ct_update(k, proto, flags)
+        self.ct_update(ct, k, proto, flags)
     k.packets += 1
     bip = k.bip
     bport = k.bport
@@ -388,8 +391,8 @@ cdef void service(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk, uint32_t cu
 cdef void unnat(Dataplane self, mode_t *md, pkt_t *pk, uint32_t cur_vnet) noexcept nogil:
     """A reply of a NATed connection: back to ClusterIP:port as the source
     (and to the client as destination, after hairpin SNAT). Callers test
-    ct.count first: with no NATed connection there is nothing to find."""
-    cdef ct_t *ct = self.ct
+    ct.any first: with no NATed connection there is nothing to find."""
+    cdef ct_t *ct
     cdef uint8_t *ip
     cdef uint8_t *l4
     cdef tuple_t *t
@@ -402,6 +405,9 @@ cdef void unnat(Dataplane self, mode_t *md, pkt_t *pk, uint32_t cur_vnet) noexce
         return
     ip = pk.data + pk.m.l3_off
     l4 = pk.data + pk.m.l4_off
+    ct = ct_shard(self.ct, get16(l4 + 2))          # a reply is to the client's port
+    if not ld(&ct.count):
+        return                                     # nothing tracked in its shard: no lock taken
     pn_spin_lock(&ct.lock)
     t = ct_find(ct, tuple_a(get32(ip + 12), get32(ip + 16)), tuple_b(get16(l4), get16(l4 + 2), proto))
     if t == NULL or t.dir != CT_REPLY:
@@ -509,7 +515,7 @@ cdef void uplink_rx(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk) noexcept 
     if not self.gw.enabled or not gw_is_dst(self.gw, pk.data) or not (pk.m.flags & F_IP4):
         drop(self, md, pk, DROP_VXLAN_NOT_ROUTED)
         return
-    if ld(&self.ct.count):
+    if ld32(&self.ct.any):
         unnat(self, md, pk, pod_vnet)         # a remote backend's reply to a local client
     if not gw_in_subnet(self.gw, get32(pk.data + pk.m.l3_off + 16)) and \
             get32(pk.data + pk.m.l3_off + 16) != self.gw.ip:
@@ -578,7 +584,7 @@ cdef class Dataplane:
         self.services = Services(service_capacity, service_cidr)
         self.sm = &self.services.m
         self.conntrack = Conntrack(conntrack_capacity)
-        self.ct = &self.conntrack.t
+        self.ct = &self.conntrack.tab
         self.guard = PortGuard()
         self.pg = &self.guard.g
         self.vnet_len = 0
@@ -639,9 +645,8 @@ cdef class Dataplane:
     cdef uint64_t now_ms(self) except? 0:
         return <uint64_t>(self.clock() * 1000.0)
 
-    cdef inline void ct_update(self, conn_t *k, uint8_t proto, uint8_t flags) noexcept nogil:
-        # original direction of a known connection: state and timeout
-        cdef ct_t *ct = self.ct
+    cdef inline void ct_update(self, ct_t *ct, conn_t *k, uint8_t proto, uint8_t flags) noexcept nogil:
+        # original direction of a known connection (in shard ct): state and timeout
         if proto == 6:
             if flags & 0x04:
                 k.state = CT_CLOSED

@@ -4,17 +4,32 @@
 # timeouts, lazy expiry on lookup plus a periodic sweep. A full table makes
 # room like netfilter's early_drop (ct_evict): never at an established
 # connection's expense.
-# Shared by workers (fastpath/sync.pxd): every access to tuples and
-# connections holds ct_t.lock, a spinlock, for one lookup-and-update (the
-# burst loop) or one chunk of CT_CHUNK connections (sweeps, flushes, dumps,
-# snapshots), so a worker waits at most that long. count is also read
-# without it (ld) to skip the lookup when nothing is tracked.
+# Shared by workers (fastpath/sync.pxd), as lock striping: the table is
+# split into ct_tab_t.nsh shards (a power of two, up to CT_SHARDS_MAX, each
+# at least CT_SHARD_MIN connections), each its own ct_t with its own
+# spinlock, slots, connections, free list, eviction hand and counters, on
+# its own cache lines. A connection lives in the shard its client port
+# picks (ct_shard): the one field both of its tuples carry (the original's
+# source port, the reply's destination port, also after hairpin SNAT), so
+# one shard lock covers a lookup, an insert of both tuples and the clash
+# check between them, and two workers on different flows rarely meet.
+# Every access to a shard's tuples and connections holds its lock, for one
+# lookup-and-update (the burst loop) or one chunk of CT_CHUNK connections
+# (sweeps, flushes, dumps, snapshots), so a worker waits at most that long.
+# Capacity is split evenly: a full shard evicts (ct_evict) or refuses as the
+# whole table would, though another shard may have room. ct_tab_t.any is
+# set, under a shard lock, by the first insert and cleared only by clear()
+# holding every shard lock: the burst loop reads it without a lock to skip
+# the reply lookup while nothing was ever tracked (no shared counter is
+# written per connection).
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from fastpath.sync cimport pn_spin_lock, pn_spin_unlock, ld, st
 
 cdef enum:
     CT_EVICT_SCAN = 8        # entries a full-table insert examines for a victim (netfilter: 8)
     CT_CHUNK = 4096          # connections a control-side pass handles per hold of the lock
+    CT_SHARDS_MAX = 1024     # shards (lock stripes) of a big table
+    CT_SHARD_MIN = 256       # connections per shard at least (smaller tables have fewer shards)
     CT_ORIG = 0
     CT_REPLY = 1
     # states
@@ -47,7 +62,7 @@ ctypedef struct tuple_t:     # hash entry: a tuple -> (connection, direction)
     uint32_t conn
     uint8_t dir
 
-ctypedef struct ct_t:
+ctypedef struct ct_t:        # one shard
     uint32_t lock            # see above
     conn_t *conns
     uint32_t *free_list
@@ -67,6 +82,16 @@ ctypedef struct ct_t:
     uint64_t deleted
     uint64_t invalid
     uint64_t evictions       # connections dropped early to make room for a new one
+
+ctypedef struct ct_tab_t:
+    ct_t **sh                # nsh shards, each on cache lines of its own
+    uint32_t nsh             # a power of two
+    uint32_t mask            # nsh - 1
+    uint32_t any             # see above
+
+cdef inline ct_t *ct_shard(const ct_tab_t *tab, uint16_t cport) noexcept nogil:
+    """The shard of the connection whose client port is cport."""
+    return tab.sh[((<uint32_t>cport * 0x9E3779B1u) >> 16) & tab.mask]
 
 cdef inline uint64_t ct_hash(const ct_t *t, uint64_t a, uint64_t b) noexcept nogil:
     return ((a ^ (b * 0xC2B2AE3D27D4EB4FULL)) * 0x9E3779B97F4A7C15ULL) >> t.shift
@@ -93,4 +118,9 @@ cdef bint ct_evict(ct_t *t, uint64_t now) noexcept nogil
 cdef int ct_insert(ct_t *t, conn_t *proto_conn, uint64_t now) noexcept nogil
 
 cdef class Conntrack:
-    cdef ct_t t
+    cdef ct_tab_t tab
+    cdef conn_t *conns_mem       # every shard's connections, one mapping (huge pages)
+    cdef tuple_t *slots_mem      # every shard's slots, one mapping
+    cdef uint64_t nslots_mem
+    cdef uint32_t capacity_
+    cdef ct_t *sh(self, uint32_t i) noexcept nogil

@@ -5,8 +5,12 @@ import ipaddress
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
+
+cdef extern from "<stdlib.h>" nogil:
+    void *aligned_alloc(size_t alignment, size_t size)
 from libc.string cimport memset
 from fastpath.hugemem cimport huge_calloc, huge_free
+from fastpath.sync cimport st32
 
 STATES = ("new", "established", "fin_wait", "closed")
 PROTOS = {6: "TCP", 17: "UDP"}
@@ -138,35 +142,74 @@ RECORD_SIZE = sizeof(ct_rec_t)
 
 cdef class Conntrack:
     def __cinit__(self, uint32_t capacity=262144):
-        cdef uint64_t slots = 16
-        cdef uint32_t bits = 4
+        cdef uint32_t nsh = 1, i, cap, bits
+        cdef uint64_t slots, total_slots = 0, conn_off = 0, slot_off = 0
+        cdef ct_t *t
         if not 16 <= capacity <= (1 << 24):
             raise ValueError(f"conntrack capacity must be 16..{1 << 24}, got {capacity}")
-        while slots < 4 * capacity:          # two tuples per connection, half full at most
-            slots <<= 1
-            bits += 1
-        self.t.capacity = capacity            # set first: __dealloc__ sizes the unmaps from them
-        self.t.mask = slots - 1
-        self.t.conns = <conn_t *>huge_calloc(capacity, sizeof(conn_t))
-        self.t.free_list = <uint32_t *>calloc(capacity, sizeof(uint32_t))
-        self.t.slots = <tuple_t *>huge_calloc(slots, sizeof(tuple_t))
-        if self.t.conns == NULL or self.t.free_list == NULL or self.t.slots == NULL:
+        while nsh < CT_SHARDS_MAX and capacity // (2 * nsh) >= CT_SHARD_MIN:
+            nsh *= 2
+        self.capacity_ = capacity
+        self.tab.sh = <ct_t **>calloc(nsh, sizeof(ct_t *))
+        if self.tab.sh == NULL:
             raise MemoryError("conntrack")
-        self.t.capacity = capacity
-        for i in range(capacity):
-            self.t.free_list[i] = capacity - 1 - i
-        self.t.nfree = capacity
-        self.t.mask = slots - 1
-        self.t.shift = 64 - bits
+        for i in range(nsh):
+            self.tab.sh[i] = <ct_t *>aligned_alloc(64, (sizeof(ct_t) + 63) // 64 * 64)
+            if self.tab.sh[i] == NULL:
+                raise MemoryError("conntrack")
+            memset(self.tab.sh[i], 0, sizeof(ct_t))
+            self.tab.nsh = i + 1                   # __dealloc__ frees what exists
+        self.tab.mask = nsh - 1
+        for i in range(nsh):                      # shard sizes first, then one mapping each for all
+            t = self.tab.sh[i]
+            t.capacity = capacity // nsh + (1 if i < capacity % nsh else 0)
+            slots = 16
+            bits = 4
+            while slots < 4 * <uint64_t>t.capacity:   # two tuples per connection, half full at most
+                slots <<= 1
+                bits += 1
+            t.mask = slots - 1
+            t.shift = 64 - bits
+            total_slots += slots
+        self.nslots_mem = total_slots
+        self.conns_mem = <conn_t *>huge_calloc(capacity, sizeof(conn_t))
+        self.slots_mem = <tuple_t *>huge_calloc(total_slots, sizeof(tuple_t))
+        if self.conns_mem == NULL or self.slots_mem == NULL:
+            raise MemoryError("conntrack")
+        for i in range(nsh):
+            t = self.tab.sh[i]
+            t.conns = self.conns_mem + conn_off
+            t.slots = self.slots_mem + slot_off
+            conn_off += t.capacity
+            slot_off += t.mask + 1
+            t.free_list = <uint32_t *>calloc(t.capacity, sizeof(uint32_t))
+            if t.free_list == NULL:
+                raise MemoryError("conntrack")
+            for cap in range(t.capacity):
+                t.free_list[cap] = t.capacity - 1 - cap
+            t.nfree = t.capacity
         self.set_timeouts(DEFAULT_TIMEOUTS)
 
     def __dealloc__(self):
-        huge_free(self.t.conns, self.t.capacity, sizeof(conn_t))
-        free(self.t.free_list)
-        huge_free(self.t.slots, self.t.mask + 1, sizeof(tuple_t))
+        cdef uint32_t i
+        huge_free(self.conns_mem, self.capacity_, sizeof(conn_t))
+        huge_free(self.slots_mem, self.nslots_mem, sizeof(tuple_t))
+        if self.tab.sh != NULL:
+            for i in range(self.tab.nsh):
+                free(self.tab.sh[i].free_list)
+                free(self.tab.sh[i])
+            free(self.tab.sh)
+
+    cdef ct_t *sh(self, uint32_t i) noexcept nogil:
+        return self.tab.sh[i]
+
+    @property
+    def shards(self):
+        """How many lock stripes the table has (conntrack.pxd)."""
+        return self.tab.nsh
 
     def set_timeouts(self, timeouts):
-        t = dict(DEFAULT_TIMEOUTS, **{k: v for k, v in self.timeouts().items()} if self.t.timeout_ms[0] else {})
+        t = dict(DEFAULT_TIMEOUTS, **{k: v for k, v in self.timeouts().items()} if self.sh(0).timeout_ms[0] else {})
         for k, v in timeouts.items():
             if k not in DEFAULT_TIMEOUTS:
                 raise ValueError(f"unknown conntrack timeout {k!r}; expected one of {', '.join(DEFAULT_TIMEOUTS)}")
@@ -175,123 +218,151 @@ cdef class Conntrack:
             t[k] = v
         cdef uint64_t ms[5]
         cdef uint64_t stream = <uint64_t>(t["udp_stream"] * 1000)
+        cdef uint32_t i, idx
+        cdef ct_t *sh
         for idx, k in enumerate(("tcp_new", "tcp_established", "tcp_fin", "tcp_closed", "udp")):
             ms[idx] = <uint64_t>(t[k] * 1000)
-        pn_spin_lock(&self.t.lock)
-        for idx in range(5):
-            self.t.timeout_ms[idx] = ms[idx]
-        self.t.udp_stream_ms = stream
-        pn_spin_unlock(&self.t.lock)
+        for i in range(self.tab.nsh):
+            sh = self.sh(i)
+            pn_spin_lock(&sh.lock)
+            for idx in range(5):
+                sh.timeout_ms[idx] = ms[idx]
+            sh.udp_stream_ms = stream
+            pn_spin_unlock(&sh.lock)
 
     def timeouts(self):
         names = ("tcp_new", "tcp_established", "tcp_fin", "tcp_closed", "udp")
-        # written only by this (control) thread: read without the lock
-        out = {k: self.t.timeout_ms[i] / 1000 for i, k in enumerate(names)}
-        out["udp_stream"] = self.t.udp_stream_ms / 1000
+        # written only by this (control) thread, the same in every shard: read without the lock
+        cdef ct_t *t = self.sh(0)
+        out = {k: t.timeout_ms[i] / 1000 for i, k in enumerate(names)}
+        out["udp_stream"] = t.udp_stream_ms / 1000
         return out
 
     def __len__(self):
-        return ld(&self.t.count)
+        cdef uint64_t n = 0
+        cdef uint32_t i
+        for i in range(self.tab.nsh):
+            n += ld(&self.sh(i).count)
+        return n
 
     @property
     def capacity(self):
-        return self.t.capacity
+        return self.capacity_
 
     def gc(self, uint64_t now):
         """Remove expired connections; returns how many."""
-        cdef uint32_t c, n = 0
+        cdef uint32_t c, i, n, total = 0
+        cdef ct_t *t
         with nogil:
-            for c in range(self.t.capacity):
-                if c % CT_CHUNK == 0:
-                    if c:
-                        pn_spin_unlock(&self.t.lock)
-                    pn_spin_lock(&self.t.lock)
-                if self.t.conns[c].used and self.t.conns[c].expires <= now:
-                    ct_delete(&self.t, c)
-                    n += 1
-            self.t.expired += n
-            pn_spin_unlock(&self.t.lock)
-        return n
+            for i in range(self.tab.nsh):
+                t = self.sh(i)
+                n = 0
+                for c in range(t.capacity):
+                    if c % CT_CHUNK == 0:
+                        if c:
+                            pn_spin_unlock(&t.lock)
+                        pn_spin_lock(&t.lock)
+                    if t.conns[c].used and t.conns[c].expires <= now:
+                        ct_delete(t, c)
+                        n += 1
+                t.expired += n
+                pn_spin_unlock(&t.lock)
+                total += n
+        return total
 
     def flush(self, vip=None, int vport=-1, int proto=-1, backend=None, int bport=-1, bint udp_only=False,
               bint mark_tcp_dead=False):
         """Delete (or, for TCP with mark_tcp_dead, mark for RST) connections
         matching the given service and/or backend. Returns (deleted, marked)."""
-        cdef uint32_t c, v = int(ipaddress.IPv4Address(vip)) if vip is not None else 0
+        cdef uint32_t c, i, v = int(ipaddress.IPv4Address(vip)) if vip is not None else 0
         cdef uint32_t b = int(ipaddress.IPv4Address(backend)) if backend is not None else 0
         cdef conn_t *k
+        cdef ct_t *t
         cdef bint by_vip = vip is not None, by_backend = backend is not None
-        cdef uint64_t deleted = 0, marked = 0
+        cdef uint64_t deleted = 0, marked = 0, d
         with nogil:
-            for c in range(self.t.capacity):
-                if c % CT_CHUNK == 0:
-                    if c:
-                        pn_spin_unlock(&self.t.lock)
-                    pn_spin_lock(&self.t.lock)
-                k = &self.t.conns[c]
-                if not k.used:
-                    continue
-                if (by_vip and k.vip != v) or (vport >= 0 and k.vport != vport) \
-                        or (proto >= 0 and k.proto != proto) or (by_backend and k.bip != b) \
-                        or (bport >= 0 and k.bport != bport):
-                    continue
-                if k.proto == 6 and mark_tcp_dead:
-                    k.flags |= CT_DEAD
-                    marked += 1
-                elif not (udp_only and k.proto != 17):
-                    ct_delete(&self.t, c)
-                    deleted += 1
-            self.t.deleted += deleted
-            pn_spin_unlock(&self.t.lock)
+            for i in range(self.tab.nsh):
+                t = self.sh(i)
+                d = 0
+                for c in range(t.capacity):
+                    if c % CT_CHUNK == 0:
+                        if c:
+                            pn_spin_unlock(&t.lock)
+                        pn_spin_lock(&t.lock)
+                    k = &t.conns[c]
+                    if not k.used:
+                        continue
+                    if (by_vip and k.vip != v) or (vport >= 0 and k.vport != vport) \
+                            or (proto >= 0 and k.proto != proto) or (by_backend and k.bip != b) \
+                            or (bport >= 0 and k.bport != bport):
+                        continue
+                    if k.proto == 6 and mark_tcp_dead:
+                        k.flags |= CT_DEAD
+                        marked += 1
+                    elif not (udp_only and k.proto != 17):
+                        ct_delete(t, c)
+                        d += 1
+                t.deleted += d
+                pn_spin_unlock(&t.lock)
+                deleted += d
         return deleted, marked
 
     def clear(self):
-        """Forget every connection at once (memset, no per-entry work; the
-        one whole-table hold of the lock: a reset, not a routine operation)."""
-        cdef uint32_t i
+        """Forget every connection at once (memset, no per-entry work; every
+        shard's lock held together: a reset, not a routine operation)."""
+        cdef uint32_t i, c
+        cdef ct_t *t
         with nogil:
-            pn_spin_lock(&self.t.lock)
-            memset(self.t.conns, 0, self.t.capacity * sizeof(conn_t))
-            memset(self.t.slots, 0, (self.t.mask + 1) * sizeof(tuple_t))
-            for i in range(self.t.capacity):
-                self.t.free_list[i] = self.t.capacity - 1 - i
-            self.t.nfree = self.t.capacity
-            self.t.deleted += self.t.count
-            st(&self.t.count, 0)
-            pn_spin_unlock(&self.t.lock)
+            for i in range(self.tab.nsh):
+                pn_spin_lock(&self.sh(i).lock)
+            for i in range(self.tab.nsh):
+                t = self.sh(i)
+                memset(t.conns, 0, t.capacity * sizeof(conn_t))
+                memset(t.slots, 0, (t.mask + 1) * sizeof(tuple_t))
+                for c in range(t.capacity):
+                    t.free_list[c] = t.capacity - 1 - c
+                t.nfree = t.capacity
+                t.deleted += t.count
+                st(&t.count, 0)
+            st32(&self.tab.any, 0)
+            for i in range(self.tab.nsh):
+                pn_spin_unlock(&self.sh(i).lock)
 
     def dump(self, uint64_t now=0, int limit=100000):
         out = []
-        cdef uint32_t c, n = 0, j
+        cdef uint32_t c, n = 0, j, i
         cdef conn_t *k
+        cdef ct_t *t
         cdef conn_t *buf = <conn_t *>malloc(CT_CHUNK * sizeof(conn_t))
         if buf == NULL:
             raise MemoryError("conntrack dump buffer")
-        c = 0
-        while c < self.t.capacity and len(out) < limit:
-            # a chunk copied under the lock, formatted without it
-            n = 0
-            with nogil:
-                pn_spin_lock(&self.t.lock)
-                j = c
-                while j < self.t.capacity and j < c + CT_CHUNK:
-                    if self.t.conns[j].used:
-                        buf[n] = self.t.conns[j]
-                        n += 1
-                    j += 1
-                pn_spin_unlock(&self.t.lock)
-            c = j
-            for j in range(n):
-                k = &buf[j]
-                if len(out) >= limit:
-                    break
-                out.append({"proto": PROTOS.get(k.proto, str(k.proto)), "state": STATES[k.state] if k.proto == 6 else
-                        ("replied" if k.state == CT_ESTABLISHED else "unreplied"),
-                        "client": f"{_ip(k.cip)}:{k.cport}", "service": f"{_ip(k.vip)}:{k.vport}",
-                        "backend": f"{_ip(k.bip)}:{k.bport}",
-                        "snat": _ip(k.sip) if k.flags & CT_SNAT else None,
-                        "dead": bool(k.flags & CT_DEAD), "packets": k.packets,
-                        "expires_in": max(0, <long long>(k.expires - now)) / 1000.0})
+        for i in range(self.tab.nsh):
+            t = self.sh(i)
+            c = 0
+            while c < t.capacity and len(out) < limit:
+                # a chunk copied under the lock, formatted without it
+                n = 0
+                with nogil:
+                    pn_spin_lock(&t.lock)
+                    j = c
+                    while j < t.capacity and j < c + CT_CHUNK:
+                        if t.conns[j].used:
+                            buf[n] = t.conns[j]
+                            n += 1
+                        j += 1
+                    pn_spin_unlock(&t.lock)
+                c = j
+                for j in range(n):
+                    k = &buf[j]
+                    if len(out) >= limit:
+                        break
+                    out.append({"proto": PROTOS.get(k.proto, str(k.proto)), "state": STATES[k.state] if k.proto == 6 else
+                            ("replied" if k.state == CT_ESTABLISHED else "unreplied"),
+                            "client": f"{_ip(k.cip)}:{k.cport}", "service": f"{_ip(k.vip)}:{k.vport}",
+                            "backend": f"{_ip(k.bip)}:{k.bport}",
+                            "snat": _ip(k.sip) if k.flags & CT_SNAT else None,
+                            "dead": bool(k.flags & CT_DEAD), "packets": k.packets,
+                            "expires_in": max(0, <long long>(k.expires - now)) / 1000.0})
         free(buf)
         return out
 
@@ -299,29 +370,32 @@ cdef class Conntrack:
         """Every connection as RECORD_SIZE-byte records (for a snapshot):
         tuples, NAT fields, state, flags, packets and expiry time. One C pass,
         no Python object per connection."""
-        # Chunk by chunk under the lock (workers keep forwarding between
-        # chunks), into room for every connection the table can hold; a
-        # connection made or ended meanwhile is in or out, never torn.
-        cdef bytearray out = bytearray(<size_t>self.t.capacity * sizeof(ct_rec_t))
+        # Chunk by chunk under each shard's lock (workers keep forwarding
+        # between chunks), into room for every connection the table can hold;
+        # a connection made or ended meanwhile is in or out, never torn.
+        cdef bytearray out = bytearray(<size_t>self.capacity_ * sizeof(ct_rec_t))
         cdef ct_rec_t *r = <ct_rec_t *>(<char *>out)
-        cdef uint32_t c, n = 0
+        cdef uint32_t c, i, n = 0
         cdef conn_t *k
+        cdef ct_t *t
         with nogil:
-            for c in range(self.t.capacity):
-                if c % CT_CHUNK == 0:
-                    if c:
-                        pn_spin_unlock(&self.t.lock)
-                    pn_spin_lock(&self.t.lock)
-                k = &self.t.conns[c]
-                if not k.used:
-                    continue
-                r[n].cip = k.cip; r[n].vip = k.vip; r[n].bip = k.bip; r[n].sip = k.sip
-                r[n].cport = k.cport; r[n].vport = k.vport; r[n].bport = k.bport
-                r[n].proto = k.proto; r[n].state = k.state; r[n].flags = k.flags; r[n].pad = 0
-                r[n].expires = k.expires
-                r[n].packets = k.packets
-                n += 1
-            pn_spin_unlock(&self.t.lock)
+            for i in range(self.tab.nsh):
+                t = self.sh(i)
+                for c in range(t.capacity):
+                    if c % CT_CHUNK == 0:
+                        if c:
+                            pn_spin_unlock(&t.lock)
+                        pn_spin_lock(&t.lock)
+                    k = &t.conns[c]
+                    if not k.used:
+                        continue
+                    r[n].cip = k.cip; r[n].vip = k.vip; r[n].bip = k.bip; r[n].sip = k.sip
+                    r[n].cport = k.cport; r[n].vport = k.vport; r[n].bport = k.bport
+                    r[n].proto = k.proto; r[n].state = k.state; r[n].flags = k.flags; r[n].pad = 0
+                    r[n].expires = k.expires
+                    r[n].packets = k.packets
+                    n += 1
+                pn_spin_unlock(&t.lock)
         del out[<size_t>n * sizeof(ct_rec_t):]
         return out
 
@@ -329,8 +403,8 @@ cdef class Conntrack:
         """Insert connections from export() records, each expiry moved by
         offset ms (to this table's clock, less the time spent down). Skipped:
         already expired, malformed (unknown protocol, state or flags), or
-        clashing with a tuple already here. Returns (restored, skipped); stops
-        with the rest skipped when the table is full."""
+        clashing with a tuple already here. Returns (restored, skipped); a
+        record whose shard is full is skipped, nothing evicted for it."""
         if records.shape[0] % sizeof(ct_rec_t):
             raise ValueError(f"conntrack records: {records.shape[0]} bytes is not a multiple of {sizeof(ct_rec_t)}")
         cdef uint64_t n = records.shape[0] // sizeof(ct_rec_t), i, restored = 0
@@ -338,10 +412,8 @@ cdef class Conntrack:
         cdef conn_t nc
         cdef long long expires
         cdef int c
-        cdef bint full = False
+        cdef ct_t *t
         for i in range(n):
-            if full:
-                break
             r = <const ct_rec_t *>(&records[0] + i * sizeof(ct_rec_t))
             expires = <long long>r.expires + offset
             if (r.proto != 6 and r.proto != 17) or r.state > CT_CLOSED or (r.flags & ~(CT_SNAT | CT_DEAD)) \
@@ -353,30 +425,36 @@ cdef class Conntrack:
             nc.proto = r.proto; nc.state = r.state; nc.flags = r.flags
             nc.expires = <uint64_t>expires
             nc.packets = r.packets
-            pn_spin_lock(&self.t.lock)
-            if ct_find(&self.t, tuple_a(r.cip, r.vip), tuple_b(r.cport, r.vport, r.proto)) != NULL \
-                    or ct_find(&self.t, tuple_a(r.bip, r.sip), tuple_b(r.bport, r.cport, r.proto)) != NULL:
-                pn_spin_unlock(&self.t.lock)
+            t = ct_shard(&self.tab, r.cport)
+            pn_spin_lock(&t.lock)
+            if ct_find(t, tuple_a(r.cip, r.vip), tuple_b(r.cport, r.vport, r.proto)) != NULL \
+                    or ct_find(t, tuple_a(r.bip, r.sip), tuple_b(r.bport, r.cport, r.proto)) != NULL \
+                    or t.nfree == 0:
+                pn_spin_unlock(&t.lock)
                 continue
-            if self.t.nfree == 0:
-                full = True                     # full: the rest are skipped, nothing evicted for them
+            c = ct_insert(t, &nc, now)
+            if c < 0:
+                t.insert_failed -= 1            # not traffic's failure
             else:
-                c = ct_insert(&self.t, &nc, now)
-                if c < 0:
-                    self.t.insert_failed -= 1   # not traffic's failure
-                    full = True
-                else:
-                    self.t.inserts -= 1         # restored, not created by traffic
-                    restored += 1
-            pn_spin_unlock(&self.t.lock)
+                t.inserts -= 1                  # restored, not created by traffic
+                st32(&self.tab.any, 1)
+                restored += 1
+            pn_spin_unlock(&t.lock)
         return restored, n - restored
 
     def counters(self):
         cdef uint64_t v[6]
-        pn_spin_lock(&self.t.lock)      # written under it by workers: copied under it
-        v[0] = self.t.inserts; v[1] = self.t.insert_failed; v[2] = self.t.expired
-        v[3] = self.t.deleted; v[4] = self.t.invalid; v[5] = self.t.evictions
-        pn_spin_unlock(&self.t.lock)
-        return {"entries": ld(&self.t.count), "capacity": self.t.capacity, "inserts": v[0],
+        cdef uint64_t entries = 0
+        cdef uint32_t i
+        cdef ct_t *t
+        memset(v, 0, sizeof(v))
+        for i in range(self.tab.nsh):
+            t = self.sh(i)
+            pn_spin_lock(&t.lock)      # written under it by workers: copied under it
+            v[0] += t.inserts; v[1] += t.insert_failed; v[2] += t.expired
+            v[3] += t.deleted; v[4] += t.invalid; v[5] += t.evictions
+            entries += t.count
+            pn_spin_unlock(&t.lock)
+        return {"entries": entries, "capacity": self.capacity_, "shards": self.tab.nsh, "inserts": v[0],
                 "insert_failed": v[1], "expired": v[2],
                 "deleted": v[3], "invalid": v[4], "evictions": v[5]}

@@ -24,7 +24,8 @@
 #    are checked first under the read side, so a steady stream of ARP for
 #    known neighbours costs no write.
 # 3. Frequent writes from several workers at once:
-#    - conntrack: one spinlock (ct_t.lock) around each lookup-and-update;
+#    - conntrack: lock striping, a spinlock per shard (ct_t.lock) around each
+#      lookup-and-update, the shard picked by the client port (conntrack.pxd);
 #    - ClientIP affinity: one spinlock per bucket of 8 entries;
 #    - FDB learning: a compare-and-swap claims an empty slot (FDB_BUSY while
 #      it is filled in), refreshes are relaxed atomic stores;

@@ -280,3 +280,54 @@ def test_eviction_spares_connections_owed_a_reset(clock):
         e = Ether(out)
         assert port == A[2] and "R" in e[TCP].flags and (e[IP].src, e[TCP].sport, e[TCP].dport) == (VIP, 81, sp)
     assert not {int(c["client"].split(":")[1]) for c in dp.conntrack_dump()} & dead
+
+
+# ---- lock striping: conntrack shards ------------------------------------------
+
+def shard_of(cport, nsh):
+    """fastpath/conntrack.pxd ct_shard, restated."""
+    return (((cport * 0x9E3779B1) & 0xFFFFFFFF) >> 16) & (nsh - 1)
+
+
+def test_conntrack_shards_split_capacity_and_keep_both_tuples_together(clock):
+    """A 1,024-connection table is 4 shards of 256, picked by the client
+    port. Connections in every shard are DNATed and their replies un-NATed
+    (both tuples found in one shard, also a hairpin's); a shard filled with
+    established connections refuses a new one, counted, while a client port
+    of another shard still gets in; flush, dump, export and restore see every
+    shard."""
+    dp = make(clock, conntrack_capacity=1024)
+    assert dp.counters()["conntrack"]["shards"] == 4
+    by_shard = {s: [p for p in range(1024, 40000) if shard_of(p, 4) == s] for s in range(4)}
+    for s in range(4):                               # both directions work in every shard
+        establish(dp, by_shard[s][0])
+    dp.services.set(VIP, 81, "TCP", [(A[0], 8081)])  # hairpin: A is its own backend
+    hp = by_shard[3][1]
+    [(port, out)] = dp.process(tcp(A, hp, "S", dport=81), A[2])
+    e = Ether(out)
+    assert port == A[2] and (e[IP].src, e[IP].dst, e[TCP].dport) == (GW_IP, A[0], 8081)
+    [(port, out)] = dp.process(tcp(A, 8081, "SA", dst=GW_IP, dport=hp, eth_dst=GW_MAC), A[2])
+    e = Ether(out)
+    assert port == A[2] and (e[IP].src, e[IP].dst, e[TCP].sport) == (VIP, A[0], 81)
+    # fill shard 0 to its 256 with established connections
+    for sp in by_shard[0][1:256]:
+        establish(dp, sp)
+    assert dp.counters()["conntrack"]["entries"] == 4 + 1 + 255
+    dp.reset_counters()
+    assert dp.process(tcp(A, by_shard[0][256], "S"), A[2]) == []      # shard 0 full, nothing evictable
+    c = dp.counters()
+    assert c["drops"]["conntrack_full"] == 1 and c["conntrack"]["insert_failed"] == 1
+    establish(dp, by_shard[1][1])                                      # shard 1 has room
+    assert len(dp.conntrack_dump()) == 261
+    records = dp.conntrack.export()
+    fresh = make(clock, conntrack_capacity=1024)
+    assert fresh.conntrack.restore(records, 0, 0) == (261, 0)
+    assert conns(fresh) == conns(dp)
+    [(port, out)] = fresh.process(tcp(B, 8080, "A", dst=A[0], dport=by_shard[2][0], eth_dst=A[1]), B[2])
+    assert port == A[2] and Ether(out)[TCP].sport == 80                # restored into the right shard
+    assert dp.conntrack.flush(vip=VIP, vport=80) == (260, 0)
+    assert list(conns(dp)) == [hp]
+    dp.conntrack.clear()
+    assert len(dp.conntrack) == 0
+    [(port, out)] = dp.process(tcp(B, 8080, "A", dst=A[0], dport=by_shard[1][1], eth_dst=A[1]), B[2])
+    assert port == A[2] and Ether(out)[TCP].sport == 8080              # forgotten: not un-NATed
