@@ -230,20 +230,32 @@ class Agent:
         if len(svcs) + len(added) > svcs.capacity:   # upserts go in before deletes
             raise ValueError(f"{len(added)} new service ports would overflow the service map "
                              f"({len(svcs)} of {svcs.capacity} used); nothing changed")
+        # Old backends first (to end connections to those that leave), then
+        # the whole change in one swap of the map (Services.apply): a worker
+        # sees all of it or none of it.
+        old = {}
+        if len(svcs):
+            for e in upsert:
+                proto = e.get("protocol", "TCP")
+                old[(e["vip"], e["port"], proto)] = svcs.get(e["vip"], e["port"], proto)
+            for d in delete:
+                proto = d.get("protocol", "TCP")
+                old.setdefault((d["vip"], d["port"], proto), svcs.get(d["vip"], d["port"], proto))
+        svcs.apply([(e["vip"], e["port"], e.get("protocol", "TCP"), [tuple(b) for b in e.get("backends", [])],
+                     e.get("load_balancing", "random"), e.get("affinity_timeout", 0)) for e in upsert],
+                   [(d["vip"], d["port"], d.get("protocol", "TCP")) for d in delete])
         flushed = [0, 0]
         for e in upsert:
             proto = e.get("protocol", "TCP")
-            old = svcs.get(e["vip"], e["port"], proto) if len(svcs) else None
-            new = [tuple(b) for b in e.get("backends", [])]
-            svcs.set(e["vip"], e["port"], proto, new, e.get("load_balancing", "random"), e.get("affinity_timeout", 0))
-            if old:
-                for ip, port in set(old["backends"]) - set(new):
+            was = old.get((e["vip"], e["port"], proto))
+            if was:
+                for ip, port in set(was["backends"]) - {tuple(b) for b in e.get("backends", [])}:
                     self._flush(e["vip"], e["port"], proto, ip, port, flushed)
+        upserted = {(e["vip"], e["port"], e.get("protocol", "TCP")) for e in upsert}
         for d in delete:
-            proto = d.get("protocol", "TCP")
-            if svcs.get(d["vip"], d["port"], proto) is not None:
-                svcs.remove(d["vip"], d["port"], proto)
-                self._flush(d["vip"], d["port"], proto, None, -1, flushed)
+            k = (d["vip"], d["port"], d.get("protocol", "TCP"))
+            if old.get(k) is not None or k in upserted:       # it was there when the deletes ran
+                self._flush(d["vip"], d["port"], k[2], None, -1, flushed)
         return {"service_ports": len(svcs), "conntrack_deleted": flushed[0], "conntrack_reset": flushed[1]}
 
     def _flush(self, vip, port, proto, ip, bport, flushed):

@@ -153,4 +153,5 @@ cdef class Services:
     cdef pn_sync_t *sy                   # the dataplane's table lock (NULL: alone)
     cdef readonly uint64_t generation   # bumped by every change (snapshots)
     cdef void _free_slot(self, svc_t *s) noexcept nogil
+    cdef int _build(self, list bl, lb, uint32_t maglev_size, backend_t **arr, uint16_t **mg) except -1
     cdef dict _describe(self, svc_t *s)

@@ -48,6 +48,14 @@ def _is_int(v):
     return isinstance(v, int) and not isinstance(v, bool)     # JSON true is not port 1
 
 
+cdef inline svc_t *_probe(svc_t *slots, uint64_t mask, uint32_t shift, uint64_t key) noexcept nogil:
+    """The slot holding key, or the empty one where it would go."""
+    cdef uint64_t i = (key * 0x9E3779B97F4A7C15ULL) >> shift
+    while slots[i].key != 0 and slots[i].key != key:
+        i = (i + 1) & mask
+    return &slots[i]
+
+
 cdef inline str _ip(uint32_t v):
     # dotted quad without ipaddress objects: list() and snapshots format 100k of them
     return f"{v >> 24}.{(v >> 16) & 255}.{(v >> 8) & 255}.{v & 255}"
@@ -168,21 +176,9 @@ cdef class Services:
         if s == NULL and self.m.count >= self.m.capacity:
             raise OverflowError(f"service map full ({self.m.capacity} service ports)")
         # Build everything first, then swap it in: a failure leaves the old service.
-        cdef backend_t *arr = <backend_t *>calloc(max(1, len(bl)), sizeof(backend_t))
+        cdef backend_t *arr = NULL
         cdef uint16_t *mg = NULL
-        if arr == NULL:
-            raise MemoryError()
-        for i, (ipn, bp) in enumerate(bl):
-            arr[i].ip = ipn
-            arr[i].port = bp
-        if lb == "maglev" and bl:
-            table = maglev_table([(str(ipaddress.IPv4Address(a)), p) for a, p in bl], maglev_size)
-            mg = <uint16_t *>calloc(maglev_size, sizeof(uint16_t))
-            if mg == NULL:
-                free(arr)
-                raise MemoryError()
-            for i, v in enumerate(table):
-                mg[i] = v
+        self._build(bl, lb, maglev_size, &arr, &mg)
         cdef uint64_t idx
         cdef uint32_t nb = len(bl), amsec = <uint32_t>(affinity_timeout * 1000)
         cdef uint32_t msize = maglev_size if lb == "maglev" else 0
@@ -214,6 +210,148 @@ cdef class Services:
         free(old_b)
         free(old_mg)
         self.generation += 1
+
+    cdef int _build(self, list bl, lb, uint32_t maglev_size, backend_t **arr, uint16_t **mg) except -1:
+        """A service port's backend array and Maglev table, in C memory the
+        caller owns (freed by it, or by the slot it goes into)."""
+        arr[0] = <backend_t *>calloc(max(1, len(bl)), sizeof(backend_t))
+        mg[0] = NULL
+        if arr[0] == NULL:
+            raise MemoryError()
+        for i, (ipn, bp) in enumerate(bl):
+            arr[0][i].ip = ipn
+            arr[0][i].port = bp
+        if lb == "maglev" and bl:
+            table = maglev_table([(_ip(a), p) for a, p in bl], maglev_size)
+            mg[0] = <uint16_t *>calloc(maglev_size, sizeof(uint16_t))
+            if mg[0] == NULL:
+                free(arr[0])
+                arr[0] = NULL
+                raise MemoryError()
+            for i, v in enumerate(table):
+                mg[0][i] = v
+        return 0
+
+    def apply(self, upsert=(), delete=()):
+        """A bulk change, visible whole: upsert [(vip, port, proto, backends,
+        lb, affinity_timeout, maglev_size)] (the last three optional) then
+        delete [(vip, port, proto)] (absent ones ignored). Every entry is
+        checked and every backend array and Maglev table built first; then
+        a new slot array is built off to the side from the current one plus
+        the change, and swapped in under the table lock in one pointer store
+        (RCU-style: the old array and replaced backends are freed after the
+        lock is released, when no worker can still be reading them). A
+        worker sees the map before or after, never half of it. A rejected
+        change (bad entry, map full, no memory) changes nothing. Returns
+        the number of service ports after."""
+        cdef list ups = [], dels = []
+        cdef set final = set()
+        for i, e in enumerate(upsert):
+            vip, port, proto = e[0], e[1], e[2]
+            backends = e[3] if len(e) > 3 else ()
+            lb = e[4] if len(e) > 4 else "random"
+            aff = e[5] if len(e) > 5 else 0
+            msz = e[6] if len(e) > 6 else 16381
+            try:
+                key, bl = self.check(vip, port, proto, backends, lb, aff, msz)
+            except ValueError as err:
+                raise ValueError(f"upsert[{i}]: {err}") from None
+            ups.append((key, bl, lb, aff, msz))
+            final.add(key)
+        for i, d in enumerate(delete):
+            try:
+                key = self._key(d[0], d[1], d[2])
+            except ValueError as err:
+                raise ValueError(f"delete[{i}]: {err}") from None
+            dels.append(key)
+        cdef uint64_t now_count = self.m.count, added = 0
+        for key in final:
+            if svc_find(&self.m, key) == NULL:
+                added += 1
+        if now_count + added > self.m.capacity:     # upserts go in before deletes
+            raise OverflowError(f"{added} new service ports would overflow the service map "
+                                f"({now_count} of {self.m.capacity} used); nothing changed")
+        cdef uint64_t n = len(ups), nslots = self.m.mask + 1, i2, j, home, idx, count
+        cdef backend_t **arrs = <backend_t **>calloc(max(1, n), sizeof(backend_t *))
+        cdef uint16_t **mgs = <uint16_t **>calloc(max(1, n), sizeof(uint16_t *))
+        # what the swap retires: at most every old slot's and every upsert's two arrays
+        cdef void **retire = <void **>calloc(2 * (nslots + n) + 1, sizeof(void *))
+        cdef uint64_t nretire = 0
+        cdef svc_t *slots = <svc_t *>calloc(nslots, sizeof(svc_t))
+        cdef svc_t *old_slots
+        cdef svc_t *t
+        cdef uint64_t key_c
+        try:
+            if arrs == NULL or mgs == NULL or retire == NULL or slots == NULL:
+                raise MemoryError("service map change")
+            for i2 in range(n):
+                _, bl, lb, _, msz = ups[i2]
+                self._build(bl, lb, msz, &arrs[i2], &mgs[i2])
+        except BaseException:
+            if arrs != NULL and mgs != NULL:
+                for i2 in range(n):
+                    free(arrs[i2])
+                    free(mgs[i2])
+            free(arrs); free(mgs); free(retire); free(slots)
+            raise
+        # From here on nothing can fail: build the new array, then swap.
+        count = 0
+        for i2 in range(nslots):                  # the current services, re-placed
+            if self.m.slots[i2].key:
+                t = _probe(slots, self.m.mask, self.m.shift, self.m.slots[i2].key)
+                t[0] = self.m.slots[i2]
+                count += 1
+        for i2 in range(n):
+            key, bl, lb, aff, msz = ups[i2]
+            key_c = key
+            t = _probe(slots, self.m.mask, self.m.shift, key_c)
+            if t.key:
+                retire[nretire] = t.b; retire[nretire + 1] = t.maglev
+                nretire += 2
+            else:
+                count += 1
+            t.key = key_c
+            t.b = arrs[i2]
+            t.nb = len(bl)
+            t.maglev = mgs[i2]
+            t.msize = msz if lb == "maglev" else 0
+            t.lb = LB_MAGLEV if lb == "maglev" else LB_RANDOM
+            t.affinity_ms = <uint32_t>(aff * 1000)
+        for key in dels:
+            key_c = key
+            t = _probe(slots, self.m.mask, self.m.shift, key_c)
+            if not t.key:
+                continue
+            retire[nretire] = t.b; retire[nretire + 1] = t.maglev
+            nretire += 2
+            count -= 1
+            i2 = t - slots
+            t.key = 0
+            t.b = NULL
+            t.maglev = NULL
+            j = i2
+            while True:                           # backward shift, in the private copy
+                j = (j + 1) & self.m.mask
+                if slots[j].key == 0:
+                    break
+                home = (slots[j].key * 0x9E3779B97F4A7C15ULL) >> self.m.shift
+                if (j > i2 and (home <= i2 or home > j)) or (j < i2 and (home <= i2 and home > j)):
+                    slots[i2] = slots[j]
+                    slots[j].key = 0
+                    slots[j].b = NULL
+                    slots[j].maglev = NULL
+                    i2 = j
+        pn_write_lock(self.sy)
+        old_slots = self.m.slots
+        self.m.slots = slots
+        self.m.count = count
+        pn_write_unlock(self.sy)
+        free(old_slots)                           # the entries' arrays live on in the new one
+        for i2 in range(nretire):
+            free(retire[i2])
+        free(retire); free(arrs); free(mgs)
+        self.generation += 1
+        return count
 
     def remove(self, vip, int port, proto="TCP"):
         cdef uint64_t key = self._key(vip, port, proto)

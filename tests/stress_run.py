@@ -5,7 +5,8 @@ verdict checked against a single-threaded twin.
 
 Two (or more) worker threads each forward their own stream of frames through
 their own Dataplane.worker() over one primary's tables, while the control
-thread (this one) changes those tables in a loop: services set and removed,
+thread (this one) changes those tables in a loop: services set and removed
+one by one and in bulk (Services.apply, checked to be visible whole),
 the route table replaced, neighbours and a guard added and removed, the FDB
 aged and flushed, conntrack flushed, dumped, exported, swept; counters,
 affinity and FDB dumps read. The frames whose outcome the control churn does
@@ -39,6 +40,10 @@ UPLINK, UPLINK_DOMAIN = 255, 4095
 NPODS = 6
 PODS = [(f"10.244.0.{10 + p}", f"0a:58:0a:f4:00:{10 + p:02x}") for p in range(NPODS)]
 VIP, VIP_AFF, VIP_CHURN = "10.96.0.10", "10.96.0.11", "10.96.0.12"
+# Two services that one bulk apply swaps (one added, the other deleted): a
+# burst with a frame to each must find exactly one of them, never both or
+# neither (Services.apply publishes the whole change at once).
+SWAP = ("10.96.0.21", "10.96.0.22")
 ROUTE = {"cidr": "10.244.1.0/24", "vtep": PEER_IP, "inner_mac": REMOTE_GW_MAC, "vtep_mac": PEER_MAC,
          "name": "node-b"}
 CHURN_ROUTES = [{"cidr": f"10.244.{2 + k}.0/24", "vtep": f"172.30.250.{3 + k}", "inner_mac": REMOTE_GW_MAC,
@@ -64,6 +69,7 @@ def configure(dp):
     backends = [(PODS[p][0], 8080) for p in range(3, NPODS)]
     dp.services.set(VIP, 80, "TCP", backends, lb="maglev", maglev_size=251)
     dp.services.set(VIP_AFF, 80, "TCP", backends, affinity_timeout=60)
+    dp.services.set(SWAP[0], 80, "TCP", backends)
     # every pod known to the bridge before anything is compared
     for p, (ip, mac) in enumerate(PODS):
         dp.process(bytes(Ether(src=mac, dst="ff:ff:ff:ff:ff:ff") / ARP(hwsrc=mac, psrc=ip, pdst=GW_IP)), p)
@@ -85,7 +91,7 @@ def streams(nworkers, per_worker, seed):
         established.append((client, conns))
         s = []
         for n in range(per_worker):
-            kind = rnd.randrange(9)
+            kind = rnd.randrange(10)
             if kind == 0:        # bridged: client to another pod's MAC
                 dst = rnd.choice([q for q in range(NPODS) if q != client])
                 f = Ether(src=cmac, dst=PODS[dst][1]) / IP(src=cip, dst=PODS[dst][0]) / UDP(sport=5000, dport=5001) / b"l2"
@@ -118,6 +124,10 @@ def streams(nworkers, per_worker, seed):
                 sport = 1024 + (w * 20000 + n) % 60000
                 f = Ether(src=cmac, dst=GW_MAC) / IP(src=cip, dst=VIP_AFF) / TCP(sport=sport, dport=80, flags="S")
                 s.append((client, bytes(f), False))
+            elif kind == 9:      # one burst, an ACK to each SWAP service: exactly one RST back
+                pair = tuple(bytes(Ether(src=cmac, dst=GW_MAC) / IP(src=cip, dst=v)
+                                   / TCP(sport=20000 + w, dport=80, flags="A")) for v in SWAP)
+                s.append((client, pair, "pair"))
             else:                # the churned service: present or not (unchecked)
                 sport = 1024 + (w * 20000 + n) % 60000
                 f = Ether(src=cmac, dst=GW_MAC) / IP(src=cip, dst=VIP_CHURN) / UDP(sport=sport, dport=53) / b"q"
@@ -163,6 +173,11 @@ def churn(dp, stop, stats):
     spare_ip, spare_mac = "10.244.0.200", "0a:58:0a:f4:00:c8"
     while not stop.is_set():
         k = stats["rounds"]
+        # one bulk change: the SWAP services trade places, with 8 others added and gone
+        here, gone = SWAP[k % 2], SWAP[(k + 1) % 2]
+        dp.services.apply([(gone, 80, "TCP", backends)] + [(f"10.96.2.{j}", 80, "UDP", backends, "maglev", 0, 251)
+                                                         for j in range(8) if k % 2],
+                          [(here, 80, "TCP")] + [(f"10.96.2.{j}", 80, "UDP") for j in range(8) if not k % 2])
         dp.services.set(VIP_CHURN, 53, "UDP", backends[: 1 + k % 3], lb="random" if k % 2 else "maglev")
         dp.services.set(VIP_AFF, 80, "TCP", backends[k % 3:] or backends, affinity_timeout=60)
         for j in range(5):
@@ -225,7 +240,7 @@ def main():
         exp = []
         for i in range(0, len(s), a.burst):
             for port, f, checked in s[i:i + a.burst]:
-                got = normalize(twins[w].process(f, port)) if checked else None
+                got = normalize(twins[w].process(f, port)) if checked is True else None
                 exp.append(got)
         expected.append(exp)
     mismatches, done = [], [0] * a.workers
@@ -241,8 +256,14 @@ def main():
         passes = 0
         while passes == 0 or (stats["rounds"] < a.rounds and time.monotonic() < deadline):
             for n, (port, f, checked) in enumerate(plan[w]):
+                if checked == "pair":
+                    got = d.process(list(f), port)
+                    if len(got) != 1 or got[0][0] != port or not Ether(got[0][1])[TCP].flags.R:
+                        mismatches.append((w, n, port, f[0].hex(), got, "one RST (one SWAP service present)"))
+                    done[w] += 2
+                    continue
                 got = normalize(d.process(f, port))
-                if checked and got != expected[w][n]:
+                if checked is True and got != expected[w][n]:
                     mismatches.append((w, n, port, f.hex(), got, expected[w][n]))
                 done[w] += 1
             passes += 1
@@ -256,7 +277,7 @@ def main():
     stop.set()
     ctl.join()
     c = primary.counters()
-    checked = sum(1 for s in plan for _, _, ch in s if ch)
+    checked = sum(1 for s in plan for _, _, ch in s if ch is True)
     print(f"frames {sum(done)} (per pass {len(plan[0])}/worker, checked {checked}), control rounds {stats['rounds']}, "
           f"conntrack evictions {c['conntrack']['evictions']}, spoof_ip {c['drops']['spoof_ip']}, "
           f"lock {primary.lock_stats()}")

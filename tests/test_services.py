@@ -401,3 +401,46 @@ def test_a_reused_client_port_to_another_clusterip_with_the_same_backend():
     c = d.counters()
     assert c["drops"]["conntrack_clash"] == 1 and c["conntrack"]["entries"] == 1 and c["conntrack"]["deleted"] == 1
     assert [x["service"] for x in d.conntrack_dump()] == [f"{vip2}:80"]
+
+
+def test_bulk_apply_is_one_change_or_none(dp):
+    """Services.apply: upserts then deletes as one new map, swapped in whole.
+    What it leaves equals the same change made entry by entry; a bad entry
+    anywhere, or an overflow, leaves the map as it was (list and traffic)."""
+    svcs = dp.services
+    svcs.set(VIP, 80, "TCP", [(B[0], 8080)])
+    svcs.set("10.96.0.11", 53, "UDP", [(B[0], 5353)])
+    upsert = [(f"10.96.3.{j}", 80, "TCP", [(B[0], 8080 + j), (C[0], 8080)], "maglev" if j % 2 else "random",
+               60 if j == 3 else 0, 251) for j in range(50)]
+    upsert.append((VIP, 80, "TCP", [(C[0], 9090)]))                     # a replacement
+    upsert.append(("10.96.3.60", 80, "TCP", [(B[0], 1)]))               # added, then deleted below
+    delete = [("10.96.0.11", 53, "UDP"), ("10.96.3.60", 80, "TCP"), ("10.96.9.9", 1, "TCP")]   # the last: absent
+    gen = svcs.generation
+    assert svcs.apply(upsert, delete) == 51
+    assert svcs.generation == gen + 1
+    twin = Dataplane(nslots=4, service_capacity=1024)
+    twin.services.set("10.96.0.11", 53, "UDP", [(B[0], 5353)])
+    for u in upsert:
+        twin.services.set(*u)
+    for d in delete[:2]:
+        twin.services.remove(*d)
+    assert svcs.list() == twin.services.list()
+    # traffic sees the new map: VIP now goes to C, the Maglev services pick as set() builds them
+    [(port, out)] = dp.process(syn(), A[2])
+    assert port == C[2] and (Ether(out)[IP].dst, Ether(out)[TCP].dport) == (C[0], 9090)
+    assert svcs.maglev_choice("10.96.3.5", 80, "TCP", 12345) == twin.services.maglev_choice("10.96.3.5", 80, "TCP", 12345)
+    # rejected changes change nothing
+    after = svcs.list()
+    with pytest.raises(ValueError, match=r"upsert\[1\]: backend 127.0.0.1"):
+        svcs.apply([("10.96.4.1", 80, "TCP", []), ("10.96.4.2", 80, "TCP", [("127.0.0.1", 80)])])
+    with pytest.raises(ValueError, match=r"delete\[0\]: service VIP 192.168.0.1 is outside"):
+        svcs.apply([("10.96.4.1", 80, "TCP", [])], [("192.168.0.1", 80, "TCP")])
+    with pytest.raises(OverflowError, match="nothing changed"):
+        svcs.apply([(f"10.97.{j // 250}.{j % 250 + 1}", 80, "TCP", []) for j in range(1024 - 51 + 1)])
+    assert svcs.list() == after and len(svcs) == 51
+    [(port, _)] = dp.process(syn(sport=40001), A[2])
+    assert port == C[2]
+    # a whole map's worth in one change, and back to nothing
+    assert svcs.apply([(f"10.97.{j // 250}.{j % 250 + 1}", 80, "TCP", [(B[0], 80)]) for j in range(1024 - 51)]) == 1024
+    assert svcs.apply([], [(d["vip"], d["port"], d["protocol"]) for d in svcs.list()]) == 0
+    assert dp.process(syn(sport=40002, flags="A"), A[2])[0][0] == A[2]       # no service: RST back
