@@ -29,7 +29,12 @@ the rounds. The target (issue 13): worst round trip within 1 ms of the idle
 worst of the same round, in every case, and no ping lost. Writes
 bench/results/pause.json and pause.png.
 
-    python bench/e2e_pause.py [--seconds 5] [--rounds 3] [--cases idle,apply10k,...]
+The node forwards on --workers threads (default 1, what `auto` picks here),
+so the pinger's frames never wait for the control thread's work; what is
+left to see is what the control side's work costs the workers (the table
+lock held for one swap or one chunk, the CPU the two share on 2 cores).
+
+    python bench/e2e_pause.py [--seconds 5] [--rounds 3] [--workers 1] [--cases idle,apply10k,...]
 """
 import argparse
 import json
@@ -51,7 +56,8 @@ from podnet_cluster import PodnetCluster  # noqa: E402
 from rounds import interleave, spread, summarize  # noqa: E402
 
 RESULTS = HERE / "results"
-SPEC = """cluster: {name: pnpause, podCIDR: 10.229.0.0/16, serviceCIDR: 10.88.0.0/16, fabricCIDR: 172.30.229.0/24}
+SPEC = """cluster: {name: pnpause, podCIDR: 10.229.0.0/16, serviceCIDR: 10.88.0.0/16, fabricCIDR: 172.30.229.0/24,
+          workers: %d}
 nodes: [{name: n1}]
 pods: [{name: pinger, node: n1}, {name: target, node: n1}]
 """
@@ -373,6 +379,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument("--out", default=str(RESULTS / "pause.json"))
+    ap.add_argument("--workers", type=int, default=1,
+                    help="forwarding workers of the node (cluster.workers; 1 is what auto picks on 2 CPUs)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("needs root (network namespaces)")
@@ -384,8 +392,9 @@ def main():
         sys.exit(f"unknown case {sorted(unknown)[0]!r}; expected some of {', '.join(CASES)}")
     from machine import machine
     doc = {"bench": "pause", "machine": machine(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-           "seconds": args.seconds, "rounds": args.rounds, "cases": cases, "interval_ms": 10}
-    with Cluster(SPEC) as pc:
+           "seconds": args.seconds, "rounds": args.rounds, "cases": cases, "interval_ms": 10,
+           "workers": args.workers}
+    with Cluster(SPEC % args.workers) as pc:
         b = Bench(pc, args.seconds)
         raw = interleave(cases, ("pause",), args.rounds, b.measure, log=log)
     doc["summary"] = summarize(raw, {"pause": list(METRICS)})
