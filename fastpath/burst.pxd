@@ -62,5 +62,4 @@ cdef class Dataplane:
     cdef void _set_pvnet(self, int port, uint32_t n)
     cdef void _sum_stats(self, stats_t *out)
     cdef dict _port_dict(self, port_stats_t *ps)
-    cdef inline void ct_update(self, ct_t *ct, conn_t *k, uint8_t proto, uint8_t flags) noexcept nogil
     cdef uint64_t now_ms(self) except? 0

@@ -371,7 +371,7 @@ cdef void service(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk, uint32_t cu
     else:
         if mode_t is traced_t:
             tr_note(self.tr, EV_CT, CT_EV_HIT, <uint32_t>(k - ct.conns), k.state)
-        self.ct_update(ct, k, proto, flags)
+        ct_orig_update(ct, k, proto, flags, self.now)
     k.packets += 1
     bip = k.bip
     bport = k.bport
@@ -644,17 +644,6 @@ cdef class Dataplane:
 
     cdef uint64_t now_ms(self) except? 0:
         return <uint64_t>(self.clock() * 1000.0)
-
-    cdef inline void ct_update(self, ct_t *ct, conn_t *k, uint8_t proto, uint8_t flags) noexcept nogil:
-        # original direction of a known connection (in shard ct): state and timeout
-        if proto == 6:
-            if flags & 0x04:
-                k.state = CT_CLOSED
-            elif flags & 0x01:
-                k.state = CT_FIN
-            k.expires = self.now + ct.timeout_ms[k.state]
-        else:
-            k.expires = self.now + (ct.udp_stream_ms if k.state == CT_ESTABLISHED else ct.timeout_ms[4])
 
     cdef void run(self, uint32_t start, uint32_t n, uint64_t now) noexcept nogil:
         cdef untraced_t plain

@@ -111,6 +111,19 @@ cdef inline uint64_t tuple_b(uint16_t sport, uint16_t dport, uint8_t proto) noex
 cdef inline uint64_t tuple_a(uint32_t src, uint32_t dst) noexcept nogil:
     return (<uint64_t>src << 32) | dst
 
+cdef inline void ct_orig_update(const ct_t *ct, conn_t *k, uint8_t proto, uint8_t flags, uint64_t now) noexcept nogil:
+    """A packet of a known connection in its original direction: state and
+    timeout (the caller holds the shard's lock). A module function, not a
+    method: a cdef method is called through the class's vtable."""
+    if proto == 6:
+        if flags & 0x04:
+            k.state = CT_CLOSED
+        elif flags & 0x01:
+            k.state = CT_FIN
+        k.expires = now + ct.timeout_ms[k.state]
+    else:
+        k.expires = now + (ct.udp_stream_ms if k.state == CT_ESTABLISHED else ct.timeout_ms[4])
+
 cdef void ct_put(ct_t *t, uint64_t a, uint64_t b, uint32_t conn, uint8_t dir) noexcept nogil
 cdef void ct_remove_tuple(ct_t *t, uint64_t a, uint64_t b) noexcept nogil
 cdef void ct_delete(ct_t *t, uint32_t c) noexcept nogil

@@ -22,8 +22,9 @@ s.configure(dp)
 w = dp.worker()
 plan, _ = s.streams(1, 300, 1)
 def go():                      # two threads on ONE worker: its slots and counters race
-    for port, f, _ in plan[0]:
-        w.process([f] * 20, port)
+    for port, f, kind in plan[0]:
+        for frame in (f if kind == "pair" else (f,)):
+            w.process([frame] * 20, port)
 ts = [threading.Thread(target=go) for _ in range(2)]
 [t.start() for t in ts]
 [t.join() for t in ts]
