@@ -40,9 +40,12 @@ demo: setup
 bench: setup
 	$(PY) bench/stages.py
 	$(PY) bench/instructions.py >/dev/null
+	$(PY) bench/scaling.py >/dev/null
 	@if [ "$$(id -u)" = 0 ]; then $(PY) bench/e2e_pods.py && $(PY) bench/e2e_overlay.py >/dev/null \
-	  && $(PY) bench/e2e_services.py >/dev/null && $(PY) bench/e2e_connect.py >/dev/null; \
+	  && $(PY) bench/e2e_services.py >/dev/null && $(PY) bench/e2e_connect.py >/dev/null \
+	  && $(PY) bench/e2e_pause.py >/dev/null; \
 	  else echo "end-to-end benchmarks skipped: they need root"; fi
+	$(PY) bench/tables.py --write
 
 # Long fuzzing run of the fast path built with AddressSanitizer (build/asan):
 # FUZZ_EXAMPLES scenarios, a new seed each run (FUZZ_SEED=n to repeat one);

@@ -331,7 +331,10 @@ def pause():
     labels = {"idle": "idle", "apply10k": "10,000 services × 10 endpoints applied (socket)",
               "dump100k": "conntrack dump at 100k connections", "unread3": "three clients that never read",
               "snap100k": "snapshot saves with 100k connections", "metrics10": "metrics scraped 10 times a second"}
-    out = [f"{d['rounds']} interleaved rounds of {d['seconds']} s per case, a ping every 10 ms; {machine_line(d)}.", "",
+    who = (f"the node forwarding on {d['workers']} worker thread{'s' if d['workers'] != 1 else ''}"
+           if "workers" in d else "the node forwarding on its control thread (before workers)")
+    out = [f"{d['rounds']} interleaved rounds of {d['seconds']} s per case, a ping every 10 ms, {who}; "
+           f"{machine_line(d)}.", "",
            "| during | worst round trip, ms | p99, ms | worst − idle worst (same round), ms | pings lost "
            "| target: within 1 ms of idle, none lost |", "|---|---|---|---|---|---|"]
     for c in d["cases"]:
