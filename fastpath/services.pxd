@@ -8,6 +8,7 @@ cdef enum:
     LB_RANDOM = 0
     LB_MAGLEV = 1
     AFF_WAYS = 8             # an affinity bucket: the probe window, one lock
+    APPLY_IN_PLACE = 64      # Services.apply: changes made in place under one lock hold (more: a new array)
 
 ctypedef struct backend_t:
     uint32_t ip

@@ -56,6 +56,50 @@ cdef inline svc_t *_probe(svc_t *slots, uint64_t mask, uint32_t shift, uint64_t 
     return &slots[i]
 
 
+cdef long long _change(svc_t *slots, uint64_t mask, uint32_t shift, const svc_t *tmpl, uint64_t n,
+                       const uint64_t *dkeys, uint64_t nd, void **retire, uint64_t *nretire) noexcept nogil:
+    """Upserts tmpl[0..n) then deletes dkeys[0..nd) in slots; the backend and
+    Maglev arrays they replace or remove go to retire (freed by the caller
+    once no worker can hold them). Returns the change in the entry count."""
+    cdef long long delta = 0
+    cdef uint64_t i, j, k, home
+    cdef svc_t *t
+    for k in range(n):
+        t = _probe(slots, mask, shift, tmpl[k].key)
+        if t.key:
+            retire[nretire[0]] = t.b
+            retire[nretire[0] + 1] = t.maglev
+            nretire[0] += 2
+        else:
+            delta += 1
+        t[0] = tmpl[k]
+    for k in range(nd):
+        t = _probe(slots, mask, shift, dkeys[k])
+        if not t.key:
+            continue
+        retire[nretire[0]] = t.b
+        retire[nretire[0] + 1] = t.maglev
+        nretire[0] += 2
+        delta -= 1
+        i = t - slots
+        t.key = 0
+        t.b = NULL
+        t.maglev = NULL
+        j = i
+        while True:                           # backward shift
+            j = (j + 1) & mask
+            if slots[j].key == 0:
+                break
+            home = (slots[j].key * 0x9E3779B97F4A7C15ULL) >> shift
+            if (j > i and (home <= i or home > j)) or (j < i and (home <= i and home > j)):
+                slots[i] = slots[j]
+                slots[j].key = 0
+                slots[j].b = NULL
+                slots[j].maglev = NULL
+                i = j
+    return delta
+
+
 cdef inline str _ip(uint32_t v):
     # dotted quad without ipaddress objects: list() and snapshots format 100k of them
     return f"{v >> 24}.{(v >> 16) & 255}.{(v >> 8) & 255}.{v & 255}"
@@ -236,12 +280,14 @@ cdef class Services:
         """A bulk change, visible whole: upsert [(vip, port, proto, backends,
         lb, affinity_timeout, maglev_size)] (the last three optional) then
         delete [(vip, port, proto)] (absent ones ignored). Every entry is
-        checked and every backend array and Maglev table built first; then
-        a new slot array is built off to the side from the current one plus
-        the change, and swapped in under the table lock in one pointer store
-        (RCU-style: the old array and replaced backends are freed after the
-        lock is released, when no worker can still be reading them). A
-        worker sees the map before or after, never half of it. A rejected
+        checked and every backend array and Maglev table built first. Up to
+        APPLY_IN_PLACE changes are then made in the live map under one hold
+        of the table lock; more, in a new slot array built off to the side
+        from the current one, swapped in under the lock in one pointer store
+        (RCU-style). Either way the old array and replaced backends are
+        freed after the lock is released, when no worker can still be
+        reading them, and a worker sees the map before or after, never half
+        of it. A rejected
         change (bad entry, map full, no memory) changes nothing. Returns
         the number of service ports after."""
         cdef list ups = [], dels = []
@@ -271,85 +317,74 @@ cdef class Services:
         if now_count + added > self.m.capacity:     # upserts go in before deletes
             raise OverflowError(f"{added} new service ports would overflow the service map "
                                 f"({now_count} of {self.m.capacity} used); nothing changed")
-        cdef uint64_t n = len(ups), nslots = self.m.mask + 1, i2, j, home, idx, count
+        cdef uint64_t n = len(ups), nd = len(dels), nslots = self.m.mask + 1, i2, count
         cdef backend_t **arrs = <backend_t **>calloc(max(1, n), sizeof(backend_t *))
         cdef uint16_t **mgs = <uint16_t **>calloc(max(1, n), sizeof(uint16_t *))
-        # what the swap retires: at most every old slot's and every upsert's two arrays
-        cdef void **retire = <void **>calloc(2 * (nslots + n) + 1, sizeof(void *))
+        cdef svc_t *tmpl = <svc_t *>calloc(max(1, n), sizeof(svc_t))
+        cdef uint64_t *dkeys = <uint64_t *>calloc(max(1, nd), sizeof(uint64_t))
+        # what the change retires: at most two arrays per upsert and per delete
+        cdef void **retire = <void **>calloc(2 * (n + nd) + 1, sizeof(void *))
         cdef uint64_t nretire = 0
-        cdef svc_t *slots = <svc_t *>calloc(nslots, sizeof(svc_t))
+        cdef bint in_place = n + nd <= APPLY_IN_PLACE
+        cdef svc_t *slots = NULL
         cdef svc_t *old_slots
-        cdef svc_t *t
-        cdef uint64_t key_c
         try:
-            if arrs == NULL or mgs == NULL or retire == NULL or slots == NULL:
+            if arrs == NULL or mgs == NULL or tmpl == NULL or dkeys == NULL or retire == NULL:
                 raise MemoryError("service map change")
+            if not in_place:
+                slots = <svc_t *>calloc(nslots, sizeof(svc_t))
+                if slots == NULL:
+                    raise MemoryError("service map change")
             for i2 in range(n):
-                _, bl, lb, _, msz = ups[i2]
+                key, bl, lb, aff, msz = ups[i2]
                 self._build(bl, lb, msz, &arrs[i2], &mgs[i2])
+                tmpl[i2].key = key
+                tmpl[i2].b = arrs[i2]
+                tmpl[i2].nb = len(bl)
+                tmpl[i2].maglev = mgs[i2]
+                tmpl[i2].msize = msz if lb == "maglev" else 0
+                tmpl[i2].lb = LB_MAGLEV if lb == "maglev" else LB_RANDOM
+                tmpl[i2].affinity_ms = <uint32_t>(aff * 1000)
+            for i2 in range(nd):
+                dkeys[i2] = dels[i2]
         except BaseException:
             if arrs != NULL and mgs != NULL:
                 for i2 in range(n):
                     free(arrs[i2])
                     free(mgs[i2])
-            free(arrs); free(mgs); free(retire); free(slots)
+            free(arrs); free(mgs); free(tmpl); free(dkeys); free(retire); free(slots)
             raise
-        # From here on nothing can fail: build the new array, then swap.
-        count = 0
-        for i2 in range(nslots):                  # the current services, re-placed
-            if self.m.slots[i2].key:
-                t = _probe(slots, self.m.mask, self.m.shift, self.m.slots[i2].key)
-                t[0] = self.m.slots[i2]
-                count += 1
-        for i2 in range(n):
-            key, bl, lb, aff, msz = ups[i2]
-            key_c = key
-            t = _probe(slots, self.m.mask, self.m.shift, key_c)
-            if t.key:
-                retire[nretire] = t.b; retire[nretire + 1] = t.maglev
-                nretire += 2
+        # From here on nothing can fail, and no Python runs under the lock.
+        with nogil:
+            if in_place:
+                # A few changes: made in the live map under one hold of the
+                # table lock, which no worker is inside of, so they are seen
+                # together; the hold is as short as a few entries' stores.
+                pn_write_lock(self.sy)
+                count = self.m.count + _change(self.m.slots, self.m.mask, self.m.shift, tmpl, n, dkeys, nd,
+                                               retire, &nretire)
+                self.m.count = count
+                pn_write_unlock(self.sy)
             else:
-                count += 1
-            t.key = key_c
-            t.b = arrs[i2]
-            t.nb = len(bl)
-            t.maglev = mgs[i2]
-            t.msize = msz if lb == "maglev" else 0
-            t.lb = LB_MAGLEV if lb == "maglev" else LB_RANDOM
-            t.affinity_ms = <uint32_t>(aff * 1000)
-        for key in dels:
-            key_c = key
-            t = _probe(slots, self.m.mask, self.m.shift, key_c)
-            if not t.key:
-                continue
-            retire[nretire] = t.b; retire[nretire + 1] = t.maglev
-            nretire += 2
-            count -= 1
-            i2 = t - slots
-            t.key = 0
-            t.b = NULL
-            t.maglev = NULL
-            j = i2
-            while True:                           # backward shift, in the private copy
-                j = (j + 1) & self.m.mask
-                if slots[j].key == 0:
-                    break
-                home = (slots[j].key * 0x9E3779B97F4A7C15ULL) >> self.m.shift
-                if (j > i2 and (home <= i2 or home > j)) or (j < i2 and (home <= i2 and home > j)):
-                    slots[i2] = slots[j]
-                    slots[j].key = 0
-                    slots[j].b = NULL
-                    slots[j].maglev = NULL
-                    i2 = j
-        pn_write_lock(self.sy)
-        old_slots = self.m.slots
-        self.m.slots = slots
-        self.m.count = count
-        pn_write_unlock(self.sy)
-        free(old_slots)                           # the entries' arrays live on in the new one
-        for i2 in range(nretire):
-            free(retire[i2])
-        free(retire); free(arrs); free(mgs)
+                # Many: a new slot array built off to the side from the live
+                # one (only this thread changes it) plus the change, then
+                # published by one pointer store under the lock, the old
+                # array freed after, RCU-style.
+                count = 0
+                for i2 in range(nslots):
+                    if self.m.slots[i2].key:
+                        _probe(slots, self.m.mask, self.m.shift, self.m.slots[i2].key)[0] = self.m.slots[i2]
+                        count += 1
+                count += _change(slots, self.m.mask, self.m.shift, tmpl, n, dkeys, nd, retire, &nretire)
+                pn_write_lock(self.sy)
+                old_slots = self.m.slots
+                self.m.slots = slots
+                self.m.count = count
+                pn_write_unlock(self.sy)
+                free(old_slots)                   # the entries' arrays live on in the new one
+            for i2 in range(nretire):
+                free(retire[i2])
+        free(retire); free(arrs); free(mgs); free(tmpl); free(dkeys)
         self.generation += 1
         return count
 

@@ -175,9 +175,11 @@ def churn(dp, stop, stats):
         k = stats["rounds"]
         # one bulk change: the SWAP services trade places, with 8 others added and gone
         here, gone = SWAP[k % 2], SWAP[(k + 1) % 2]
+        # (8 others: made in place under one lock hold; 70: a new slot array swapped in)
+        extra = 70 if k % 4 < 2 else 8
         dp.services.apply([(gone, 80, "TCP", backends)] + [(f"10.96.2.{j}", 80, "UDP", backends, "maglev", 0, 251)
-                                                         for j in range(8) if k % 2],
-                          [(here, 80, "TCP")] + [(f"10.96.2.{j}", 80, "UDP") for j in range(8) if not k % 2])
+                                                         for j in range(extra) if k % 2],
+                          [(here, 80, "TCP")] + [(f"10.96.2.{j}", 80, "UDP") for j in range(70) if not k % 2])
         dp.services.set(VIP_CHURN, 53, "UDP", backends[: 1 + k % 3], lb="random" if k % 2 else "maglev")
         dp.services.set(VIP_AFF, 80, "TCP", backends[k % 3:] or backends, affinity_timeout=60)
         for j in range(5):

@@ -441,6 +441,12 @@ def test_bulk_apply_is_one_change_or_none(dp):
     [(port, _)] = dp.process(syn(sport=40001), A[2])
     assert port == C[2]
     # a whole map's worth in one change, and back to nothing
-    assert svcs.apply([(f"10.97.{j // 250}.{j % 250 + 1}", 80, "TCP", [(B[0], 80)]) for j in range(1024 - 51)]) == 1024
+    big = [(f"10.97.{j // 250}.{j % 250 + 1}", 80, "TCP", [(B[0], 80 + j)]) for j in range(1024 - 51)]
+    assert svcs.apply(big) == 1024                           # past APPLY_IN_PLACE: a new array swapped in
+    for u in big:
+        twin.services.set(*u)
+    assert svcs.list() == twin.services.list()
+    [(port, out)] = dp.process(syn(dst="10.97.3.200", sport=40003), A[2])
+    assert port == B[2] and Ether(out)[TCP].dport == 80 + 949
     assert svcs.apply([], [(d["vip"], d["port"], d["protocol"]) for d in svcs.list()]) == 0
     assert dp.process(syn(sport=40002, flags="A"), A[2])[0][0] == A[2]       # no service: RST back
