@@ -116,6 +116,16 @@ cdef int ct_insert(ct_t *t, conn_t *proto_conn, uint64_t now) noexcept nogil:
     return <int>c
 
 
+cdef inline void ct_chunk_step(ct_t *t, uint32_t c) noexcept nogil:
+    """Before connection c of a control pass over shard t: the pass holds the
+    shard's lock CT_CHUNK connections at a time, letting workers in between
+    (the caller takes nothing itself and unlocks after its last one)."""
+    if c % CT_CHUNK == 0:
+        if c:
+            pn_spin_unlock(&t.lock)
+        pn_spin_lock(&t.lock)
+
+
 def _ip(uint32_t v):
     return str(ipaddress.IPv4Address(v))
 
@@ -258,10 +268,7 @@ cdef class Conntrack:
                 t = self.sh(i)
                 n = 0
                 for c in range(t.capacity):
-                    if c % CT_CHUNK == 0:
-                        if c:
-                            pn_spin_unlock(&t.lock)
-                        pn_spin_lock(&t.lock)
+                    ct_chunk_step(t, c)
                     if t.conns[c].used and t.conns[c].expires <= now:
                         ct_delete(t, c)
                         n += 1
@@ -285,10 +292,7 @@ cdef class Conntrack:
                 t = self.sh(i)
                 d = 0
                 for c in range(t.capacity):
-                    if c % CT_CHUNK == 0:
-                        if c:
-                            pn_spin_unlock(&t.lock)
-                        pn_spin_lock(&t.lock)
+                    ct_chunk_step(t, c)
                     k = &t.conns[c]
                     if not k.used:
                         continue
@@ -382,10 +386,7 @@ cdef class Conntrack:
             for i in range(self.tab.nsh):
                 t = self.sh(i)
                 for c in range(t.capacity):
-                    if c % CT_CHUNK == 0:
-                        if c:
-                            pn_spin_unlock(&t.lock)
-                        pn_spin_lock(&t.lock)
+                    ct_chunk_step(t, c)
                     k = &t.conns[c]
                     if not k.used:
                         continue
