@@ -262,8 +262,12 @@ def test_a_change_to_one_service_leaves_the_others_connections_and_resets_its_ow
             return read_json_line(client)
 
         def conns():
+            # by client port and service: an earlier test's closing connection
+            # (to another ClusterIP) may have had the same ephemeral port
+            vips = {"keep": keep_ip, "change": change_ip}
             return {n: [c for c in agent(st, "n1", "conntrack")
-                        if c["client"] == f"{pod_ip(st, 'c1')}:{p}" and c["proto"] == "TCP"] for n, p in sport.items()}
+                        if c["client"] == f"{pod_ip(st, 'c1')}:{p}" and c["proto"] == "TCP"
+                        and c["service"] == f"{vips[n]}:80"] for n, p in sport.items()}
         assert send("keep") == {"ok": True} and send("change") == {"ok": True}
         ct = conns()
         assert {n: [(c["service"], c["backend"], c["state"], c["dead"]) for c in ct[n]] for n in ct} == {
