@@ -32,10 +32,12 @@
 #    - counters: per-worker (stats_t, one writer each: pn_inc/pn_add, see
 #      there; readers load relaxed, never a torn value), or atomic adds for
 #      the rare ones kept in shared tables.
-# 4. Bulk changes built off to the side and published whole: a route set
-#    (copied in under the table lock) and a service change (Services.apply:
-#    a new slot array swapped in by one pointer store under it, the old one
-#    freed after, RCU-style, the lock's acquisition being the grace period).
+# 4. Bulk changes published whole: a route set (built off to the side,
+#    copied in under the table lock) and a service change (Services.apply:
+#    up to APPLY_IN_PLACE entries changed in place under one hold of the
+#    lock, more as a new slot array swapped in by one pointer store under
+#    it, the old one freed after, RCU-style, the lock's acquisition being
+#    the grace period).
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 
 cdef extern from *:
