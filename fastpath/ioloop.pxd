@@ -34,6 +34,7 @@ cdef class Worker:
     cdef uint64_t frames
     cdef uint32_t stopping
     cdef object thread
+    cdef void burst(self, int *ready, uint32_t nready) noexcept nogil
     cdef uint32_t round_burst(self, int *ready, uint32_t nready) noexcept nogil
     cdef void flush(self) noexcept nogil
     cdef void loop(self) noexcept nogil

@@ -89,7 +89,7 @@ cdef class Worker:
         cdef epoll_event ev[MAX_EVENTS]
         cdef int ready[MAX_EVENTS]
         cdef int nev, i
-        cdef uint32_t nready, n
+        cdef uint32_t nready
         cdef pn_sync_t *sy = self.dp.sy
         cdef uint32_t wid = self.dp.wid
         while not ld32(&self.stopping):
@@ -105,13 +105,18 @@ cdef class Worker:
             if nready == 0:
                 continue
             pn_read_lock(sy, wid)
-            n = self.round_burst(ready, nready)
-            if n:
-                self.dp.run(0, n, mono_ms())
-                self.flush()
-                inc(&self.bursts)
-                add(&self.frames, n)
+            self.burst(ready, nready)
             pn_read_unlock(sy, wid)
+
+    cdef void burst(self, int *ready, uint32_t nready) noexcept nogil:
+        """One burst from the ready ports: read, run through the fast path,
+        write out, count (a worker's loop and the inline poll() share it)."""
+        cdef uint32_t n = self.round_burst(ready, nready)
+        if n:
+            self.dp.run(0, n, mono_ms())
+            self.flush()
+            inc(&self.bursts)
+            add(&self.frames, n)
 
     cdef uint32_t round_burst(self, int *ready, uint32_t nready) noexcept nogil:
         """Read the ready ports into slots, fairly: each gets an equal share of
@@ -442,7 +447,7 @@ cdef class IOLoop:
         cdef epoll_event ev[MAX_EVENTS]
         cdef int ready[MAX_EVENTS]
         cdef int nev, i, wait
-        cdef uint32_t nready, nwatched = 0, n
+        cdef uint32_t nready, nwatched = 0
         cdef int watched[MAX_EVENTS]
         cdef uint64_t deadline = mono_ms() + <uint64_t>max(timeout_ms, 0), now
         cdef bint interrupted = False
@@ -467,12 +472,7 @@ cdef class IOLoop:
                         nready += 1
                 if nready and w is not None:
                     inc(&w.wakeups)
-                    n = w.round_burst(ready, nready)
-                    if n:
-                        self.dp.run(0, n, mono_ms())
-                        w.flush()
-                        inc(&w.bursts)
-                        add(&w.frames, n)
+                    w.burst(ready, nready)
                 if nwatched:
                     break
                 # Ports that stay ready (sustained traffic, or a TAP whose

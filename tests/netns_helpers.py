@@ -2,6 +2,7 @@
 the test and always taken down, and bounded commands inside pods."""
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -138,3 +139,16 @@ def read_json_line(proc, timeout=20.0):
         proc.wait(timeout=5)
         raise AssertionError(f"pid {proc.pid} exited ({proc.returncode}): {proc.stderr.read() if proc.stderr else ''}")
     return json.loads(line)
+
+
+def kill_agent(state, node):
+    """SIGKILL node's agent and wait until it is gone (reaped when this
+    process started it; else until /proc no longer shows it running)."""
+    pid = state["nodes"][node]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    try:
+        os.waitpid(pid, 0)               # started by this process (cluster.up): reap it
+    except ChildProcessError:
+        wait_until(lambda: not os.path.exists(f"/proc/{pid}/cmdline") or
+                   not open(f"/proc/{pid}/cmdline", "rb").read(), 15, f"agent {pid} to die")
+    return pid

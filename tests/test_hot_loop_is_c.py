@@ -38,6 +38,7 @@ HOT = [
     "__pyx_f_8fastpath_5parse_parse_ip6",
     "__pyx_f_8fastpath_5parse_parse_l4",
     "ioloop:__pyx_f_8fastpath_6ioloop_6Worker_round_burst",
+    "ioloop:__pyx_f_8fastpath_6ioloop_6Worker_burst",
     "ioloop:__pyx_f_8fastpath_6ioloop_6Worker_loop",
     "ioloop:__pyx_f_8fastpath_6ioloop_6Worker_flush",
     "ioloop:__pyx_f_8fastpath_6ioloop_6IOLoop_capture",

@@ -18,7 +18,7 @@ import time
 
 
 from dataplane.snapshot import CT_RECORD, read
-from netns_helpers import agent, in_pod, podnet, running_cluster, spawn_in_pod
+from netns_helpers import agent, in_pod, kill_agent, podnet, running_cluster, spawn_in_pod
 
 SPEC = """
 cluster: {name: pnrs, podCIDR: 10.237.0.0/16, serviceCIDR: 10.92.0.0/16, fabricCIDR: 172.30.244.0/24}
@@ -108,17 +108,6 @@ def wait_for(cond, timeout=15, what="condition"):
             return
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
-
-
-def kill_agent(st, node):
-    pid = st["nodes"][node]["pid"]
-    os.kill(pid, signal.SIGKILL)
-    try:
-        os.waitpid(pid, 0)               # started by this process (cluster.up): reap it
-    except ChildProcessError:
-        wait_for(lambda: not os.path.exists(f"/proc/{pid}/cmdline") or
-                 not open(f"/proc/{pid}/cmdline", "rb").read(), what=f"agent {pid} to die")
-    return pid
 
 
 def ping(st, pod, dst, count=3):

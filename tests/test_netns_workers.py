@@ -18,8 +18,8 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.utils import rdpcap
 
-from netns_helpers import (agent, cluster_env, in_pod, pod_ip, podnet, py_in_pod, running_cluster, spawn_in_pod,
-                           wait_listening, wait_until)
+from netns_helpers import (agent, cluster_env, in_pod, kill_agent, pod_ip, podnet, py_in_pod, running_cluster,
+                           spawn_in_pod, wait_listening, wait_until)
 from test_netns_node import TCP_CLIENT, TCP_SERVER, UDP_CLIENT, UDP_SERVER
 from test_netns_tools import pcap_has, start_capture, stop_capture
 
@@ -328,16 +328,6 @@ def test_no_ping_lost_while_services_churn_and_control_clients_never_read(wk):
     # the agent still answers, and the churned services are all gone again
     assert {s["vip"] for s in agent(st, "n1", "services")} == {st["plan"]["services"]["echo"]}
     print(f"\nworkers {wk['n']}: {len(rounds)} apply/delete rounds of 200 services during the flood")
-
-
-def kill_agent(st, node):
-    pid = st["nodes"][node]["pid"]
-    os.kill(pid, signal.SIGKILL)
-    try:
-        os.waitpid(pid, 0)                       # started by this process (cluster.up): reap it
-    except ChildProcessError:
-        wait_until(lambda: not os.path.exists(f"/proc/{pid}"), 15, f"agent {pid} to die")
-    return pid
 
 
 def test_restart_after_sigkill_keeps_the_worker_count(wk):
