@@ -4,7 +4,7 @@ cluster, and the ServiceStore that holds them and resolves them into what the da
 Every problem of a file is reported together in one ManifestError; each reads
 `{source}: document {i} ({kind}/{name}): {path}: {what is wrong}; expected {what}`, with "?" for a
 kind or name that could not be read and `document {i}, item {j}` inside a `kind: List`. As in
-spec.py (whose checkers this reuses), a key given as null counts as absent.
+spec.py (both use validate.py's checkers), a key given as null counts as absent.
 """
 from __future__ import annotations
 
@@ -17,8 +17,10 @@ from typing import Mapping
 import yaml
 
 from .ipam import SERVICE_OFFSET
-from .textload import FastStrictSafeLoader, check_depth, json_loads, problem
-from .spec import DEFAULT_AFFINITY_TIMEOUT, LABEL_MAX, _describe, _get, _Parser, read_text
+from .textload import FastStrictSafeLoader, check_depth, json_loads
+from .spec import DEFAULT_AFFINITY_TIMEOUT
+# ServicePort is also imported from here, as before validate.py held it
+from .validate import LABEL_MAX, Checker, ServicePort, describe, get, load_problem, message, read_text
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 LOAD_BALANCING = "podnet.io/load-balancing"
@@ -52,14 +54,6 @@ class ManifestError(ValueError):
         super().__init__("\n".join(self.errors))
 
 
-@dataclass(frozen=True)
-class ServicePort:
-    name: str  # "" when unnamed, which only the one port of a service may be
-    port: int
-    target_port: int | str  # a string names a port of the service's EndpointSlices
-    protocol: str = "TCP"
-
-
 class _Object:
     """What Services and EndpointSlices share: identity, and where they were read from."""
 
@@ -73,7 +67,7 @@ class _Object:
 
     def error(self, path, wrong, expected):
         where = self.origin or f"<manifest>: document ? ({self.kind}/{self.name})"
-        return f"{where}: {path}: {wrong}; expected {expected}"
+        return message(where, path, wrong, expected)
 
 
 @dataclass(frozen=True)
@@ -166,15 +160,8 @@ def parse_manifests(text, source="<manifest>"):
     try:
         check_depth(text)
         docs.extend(yaml.load_all(text, Loader=FastStrictSafeLoader))
-    except (ValueError, RecursionError) as exc:     # not YAMLErrors: huge numbers, deep nesting
-        raise ManifestError([f"{source}: document {len(docs) + 1} (?/?): (document): {problem(exc)}; "
-                             "expected valid YAML"]) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(document)"
-        what = ", ".join(filter(None, [getattr(exc, "context", None), getattr(exc, "problem", None)]))
-        what = what or " ".join(str(exc).split())
-        raise ManifestError([f"{source}: document {len(docs) + 1} (?/?): {where}: {what}; "
+    except (ValueError, RecursionError, yaml.YAMLError) as exc:
+        raise ManifestError([f"{source}: document {len(docs) + 1} (?/?): {load_problem(exc)}; "
                              "expected valid YAML"]) from None
     return _parse_documents(docs, source)
 
@@ -210,8 +197,8 @@ def _label(doc):
     return f"{kind if isinstance(kind, str) else '?'}/{name if isinstance(name, str) else '?'}"
 
 
-class _Checker(_Parser):
-    """spec.py's checkers (integer, name, items, labels, ...) plus those of the manifest kinds."""
+class _Checker(Checker):
+    """validate.py's checkers (integer, name, items, labels, ...) plus those of the manifest kinds."""
 
     def fields(self, path, value, kind):
         """True if value is a mapping; reports each unknown field by its path."""
@@ -235,12 +222,6 @@ class _Checker(_Parser):
         if version != _API_VERSIONS[kind]:
             self.bad("apiVersion", version, f"{_API_VERSIONS[kind]!r} for a {kind}")
 
-    def port(self, path, value, why=""):
-        return self.integer(path, value, 1, 65535, why)
-
-    def protocol(self, path, m):
-        return self.choice(f"{path}.protocol", _get(m, "protocol", "TCP"), ("TCP", "UDP"))
-
     def boolean(self, path, value, default):
         if value is None:
             return default
@@ -261,65 +242,47 @@ class _Checker(_Parser):
         self.header(doc, kind)
         meta = self.section("metadata", doc.get("metadata"), "metadata")
         name = self.name("metadata.name", meta.get("name"), LABEL_MAX)
-        namespace = self.name("metadata.namespace", _get(meta, "namespace", "default"), LABEL_MAX)
-        labels = self.labels("metadata.labels", _get(meta, "labels", {})) or {}
-        annotations = self.labels("metadata.annotations", _get(meta, "annotations", {})) or {}
+        namespace = self.name("metadata.namespace", get(meta, "namespace", "default"), LABEL_MAX)
+        labels = self.labels("metadata.labels", get(meta, "labels", {})) or {}
+        annotations = self.labels("metadata.annotations", get(meta, "annotations", {})) or {}
         if kind == "Service":
-            return self.service(namespace, name, annotations, _get(doc, "spec", {}))
+            return self.service(namespace, name, annotations, get(doc, "spec", {}))
         return self.endpoint_slice(namespace, name, labels, doc)
 
     def service(self, namespace, name, annotations, spec):
         spec = self.section("spec", spec, "spec")
-        kind = _get(spec, "type", "ClusterIP")
+        kind = get(spec, "type", "ClusterIP")
         if kind != "ClusterIP":
-            self.error("spec.type", f"{_describe(kind)} is not supported", "'ClusterIP' (podnet's only type)")
-        ip, expected = _get(spec, "clusterIP", ""), "an IPv4 address, or none for one picked automatically"
+            self.error("spec.type", f"{describe(kind)} is not supported", "'ClusterIP' (podnet's only type)")
+        ip, expected = get(spec, "clusterIP", ""), "an IPv4 address, or none for one picked automatically"
         if ip == "None":
             self.error("spec.clusterIP", "headless services ('None') are not supported", expected)
         ip = None if ip in ("", "None") else self.address("spec.clusterIP", ip, expected)
-        selector = self.labels("spec.selector", _get(spec, "selector", {})) or {}
-        ports = self.service_ports(spec.get("ports"))
-        affinity = self.choice("spec.sessionAffinity", _get(spec, "sessionAffinity", "None"),
+        selector = self.labels("spec.selector", get(spec, "selector", {})) or {}
+        ports = self.service_ports("spec.ports", spec.get("ports"),
+                                   lambda at, item: self.fields(at, item, "service port"), "", self.target_port)
+        affinity = self.choice("spec.sessionAffinity", get(spec, "sessionAffinity", "None"),
                                ("None", "ClientIP"))
         path = "spec.sessionAffinityConfig"
-        config = self.section(path, _get(spec, "sessionAffinityConfig", {}), "sessionAffinityConfig")
-        client = self.section(f"{path}.clientIP", _get(config, "clientIP", {}), "clientIP")
+        config = self.section(path, get(spec, "sessionAffinityConfig", {}), "sessionAffinityConfig")
+        client = self.section(f"{path}.clientIP", get(config, "clientIP", {}), "clientIP")
         timeout = self.integer(f"{path}.clientIP.timeoutSeconds",
-                               _get(client, "timeoutSeconds", DEFAULT_AFFINITY_TIMEOUT),
+                               get(client, "timeoutSeconds", DEFAULT_AFFINITY_TIMEOUT),
                                1, MAX_AFFINITY_TIMEOUT)
         balancing = self.choice(f"metadata.annotations[{LOAD_BALANCING!r}]",
                                 annotations.get(LOAD_BALANCING, "random"), ("random", "maglev"))
         if not self.errors:
             return Service(namespace, name, ip, selector, ports, affinity, timeout, balancing, self.source)
 
-    def service_ports(self, value):
-        items = self.items("spec.ports", value, "ports", 1)
-        several = len(items) > 1
-        ports, names, keys = [], {}, {}
-        for path, m in items:
-            if not self.fields(path, m, "service port"):
-                continue
-            name = _get(m, "name", "")
-            if name or several:
-                name = self.name(f"{path}.name", m.get("name"), LABEL_MAX,
-                                 ", required when a service has several ports" if several else "")
-                self.unique(names, name, f"{path}.name", f"port name {name!r}",
-                            "port names unique within the service")
-            port = self.port(f"{path}.port", m.get("port"))
-            target = _get(m, "targetPort", port)
-            if isinstance(target, str):
-                if len(target) > 15 or not _PORT_NAME.fullmatch(target):
-                    self.error(f"{path}.targetPort", f"{target!r} is not a port name",
-                               "a port number from 1 to 65535, or a port name of at most 15 characters "
-                               "(a-z, 0-9 and '-', with a letter)")
-            elif target is not None:
-                target = self.port(f"{path}.targetPort", target, " or a port name")
-            protocol = self.protocol(path, m)
-            if port and protocol:
-                self.unique(keys, (port, protocol), f"{path}.port", f"port {port}/{protocol}",
-                            "each port and protocol once per service")
-            ports.append(ServicePort(name, port, target, protocol))
-        return tuple(ports)
+    def target_port(self, path, value):
+        """A port number, or the name of a port of the service's EndpointSlices."""
+        if not isinstance(value, str):
+            return self.port(path, value, " or a port name")
+        if len(value) > 15 or not _PORT_NAME.fullmatch(value):
+            return self.error(path, f"{value!r} is not a port name",
+                              "a port number from 1 to 65535, or a port name of at most 15 characters "
+                              "(a-z, 0-9 and '-', with a letter)")
+        return value
 
     def endpoint_address(self, path, value):
         """An endpoint's IPv4 address; like Kubernetes' ValidateEndpointIP,
@@ -341,10 +304,10 @@ class _Checker(_Parser):
         self.name(f"metadata.labels[{SERVICE_NAME_LABEL!r}]", service, LABEL_MAX, " (the slice's Service)")
         self.choice("addressType", doc.get("addressType"), ("IPv4",))
         ports, names = [], {}
-        for path, m in self.items("ports", _get(doc, "ports", []), "ports"):
+        for path, m in self.items("ports", get(doc, "ports", []), "ports"):
             if not self.fields(path, m, "slice port"):
                 continue
-            port_name = _get(m, "name", "")
+            port_name = get(m, "name", "")
             if port_name:
                 self.name(f"{path}.name", port_name, LABEL_MAX)
             self.unique(names, port_name, f"{path}.name", f"port name {port_name!r}",
@@ -352,13 +315,13 @@ class _Checker(_Parser):
             ports.append(EndpointPort(port_name, self.port(f"{path}.port", m.get("port")),
                                       self.protocol(path, m)))
         endpoints = []
-        for path, m in self.items("endpoints", _get(doc, "endpoints", []), "endpoints"):
+        for path, m in self.items("endpoints", get(doc, "endpoints", []), "endpoints"):
             if not self.fields(path, m, "endpoint"):
                 continue
             # Kubernetes allows up to 100 fungible addresses per endpoint; kube-proxy uses the first.
             addresses = [self.endpoint_address(p, a)
                          for p, a in self.items(f"{path}.addresses", m.get("addresses"), "addresses", 1, 100)]
-            conditions = self.section(f"{path}.conditions", _get(m, "conditions", {}), "conditions")
+            conditions = self.section(f"{path}.conditions", get(m, "conditions", {}), "conditions")
             ready = self.boolean(f"{path}.conditions.ready", conditions.get("ready"), True)
             for key in ("serving", "terminating"):
                 self.boolean(f"{path}.conditions.{key}", conditions.get(key), None)

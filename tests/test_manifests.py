@@ -284,6 +284,7 @@ BAD = [
     (SVC.replace("ports: [", "ports: [{port: 81}, "), "spec.ports[0].name",
      "missing; expected a DNS-1123 label (a-z, 0-9 and '-', alphanumeric at both ends) of at most 63 characters, "
      "required when a service has several ports"),
+    (SVC.replace("name: http", "name: 0"), "spec.ports[0].name", "got 0 (a number); expected a DNS-1123 label"),
     (SVC.replace("ports: [{name: http, port: 80, targetPort: 8080}]", "ports: []"), "spec.ports",
      "got 0 ports; expected a list of ports (at least 1)"),
     (SVC.replace("targetPort: 8080", "protocol: SCTP"), "spec.ports[0].protocol", "got 'SCTP'; expected 'TCP' or 'UDP'"),
