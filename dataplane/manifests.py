@@ -1,5 +1,6 @@
-"""Kubernetes-style manifests: the Services and EndpointSlices users `podnet apply -f` to a running
-cluster, and the ServiceStore that holds them and resolves them into what the dataplane loads.
+"""Kubernetes-style manifests: the Services, EndpointSlices and Pods users `podnet apply -f` to a
+running cluster, and the ServiceStore that holds the services and resolves them into what the
+dataplane loads (the cluster creates the Pods itself: split_pods parts them from the rest).
 
 Every problem of a file is reported together in one ManifestError; each reads
 `{source}: document {i} ({kind}/{name}): {path}: {what is wrong}; expected {what}`, with "?" for a
@@ -18,7 +19,7 @@ import yaml
 
 from .ipam import SERVICE_OFFSET
 from .textload import FastStrictSafeLoader, check_depth, json_loads
-from .spec import DEFAULT_AFFINITY_TIMEOUT
+from .spec import DEFAULT_AFFINITY_TIMEOUT, NAME_MAX
 # ServicePort is also imported from here, as before validate.py held it
 from .validate import LABEL_MAX, Checker, ServicePort, describe, get, load_problem, message, read_text
 
@@ -26,15 +27,18 @@ SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 LOAD_BALANCING = "podnet.io/load-balancing"
 MAX_AFFINITY_TIMEOUT = 86400  # Kubernetes' limit for sessionAffinityConfig.clientIP.timeoutSeconds
 
-_API_VERSIONS = {"Service": "v1", "EndpointSlice": "discovery.k8s.io/v1", "List": "v1"}
+_API_VERSIONS = {"Service": "v1", "EndpointSlice": "discovery.k8s.io/v1", "Pod": "v1", "List": "v1"}
 _FIELDS = {
     "List": ("apiVersion", "kind", "metadata", "items"),
     "Service": ("apiVersion", "kind", "metadata", "spec"),
     "EndpointSlice": ("apiVersion", "kind", "metadata", "addressType", "ports", "endpoints"),
+    "Pod": ("apiVersion", "kind", "metadata", "spec", "status"),  # status: as kubectl prints it; not read
     # uid, resourceVersion and creationTimestamp are accepted so `kubectl get -o yaml` output applies
     "metadata": ("name", "namespace", "labels", "annotations", "uid", "resourceVersion",
                  "creationTimestamp"),
     "spec": ("type", "clusterIP", "selector", "ports", "sessionAffinity", "sessionAffinityConfig"),
+    # containers are accepted and ignored so a kubectl-style pod applies: podnet's pods run none
+    "pod spec": ("nodeName", "containers"),
     "service port": ("name", "port", "targetPort", "protocol"),
     "slice port": ("name", "port", "protocol"),
     "endpoint": ("addresses", "conditions", "nodeName"),
@@ -55,7 +59,7 @@ class ManifestError(ValueError):
 
 
 class _Object:
-    """What Services and EndpointSlices share: identity, and where they were read from."""
+    """What Services, EndpointSlices and Pods share: identity, and where they were read from."""
 
     @property
     def key(self):
@@ -142,12 +146,52 @@ class EndpointSlice(_Object):
         }
 
 
+@dataclass(frozen=True)
+class Pod(_Object):
+    kind = "Pod"
+    namespace: str
+    name: str
+    labels: Mapping[str, str] = field(default_factory=dict, hash=False)
+    node_name: str | None = None  # None: not given; the caller decides (the cluster's first node)
+    origin: str = field(default="", compare=False, repr=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "labels", MappingProxyType(dict(self.labels)))
+
+    def to_manifest(self):
+        return {"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": self.name, "namespace": self.namespace, "labels": dict(self.labels)},
+                "spec": {"nodeName": self.node_name} if self.node_name else {}}
+
+
+def split_pods(objects):
+    """(pods, others) of parsed objects, each in order: the cluster creates the Pods itself and
+    hands the rest to a ServiceStore. The same Pod twice is an error, as the same Service twice
+    is in ServiceStore.apply."""
+    pods, others, seen, errors = [], [], set(), []
+    for obj in objects:
+        if not isinstance(obj, Pod):
+            others.append(obj)
+        elif obj.key in seen:
+            errors.append(_twice(obj))
+        else:
+            seen.add(obj.key)
+            pods.append(obj)
+    if errors:
+        raise ManifestError(errors)
+    return pods, others
+
+
+def _twice(obj):
+    return obj.error("metadata.name", f"{obj.ref} appears twice", "each object once per apply")
+
+
 def load_manifests(path):
     return parse_manifests(read_text(path, ManifestError, "(file): cannot read it"), str(path))
 
 
 def parse_manifests(text, source="<manifest>"):
-    """The Services and EndpointSlices of a multi-document YAML text, in order."""
+    """The Services, EndpointSlices and Pods of a multi-document YAML text, in order."""
     docs = []
     if text.lstrip()[:1] == "{":
         # JSON (kubectl -o json) is YAML too, but json parses it ~50x faster
@@ -230,24 +274,37 @@ class _Checker(Checker):
         return value
 
     def document(self, doc):
-        """The Service or EndpointSlice doc describes; None after recording its errors."""
+        """The Service, EndpointSlice or Pod doc describes; None after recording its errors."""
         if not isinstance(doc, dict):
             return self.bad("(document)", doc, "a mapping with apiVersion, kind, metadata "
-                                               "(a Service, EndpointSlice or List)")
+                                               "(a Service, EndpointSlice or List, or a Pod)")
         kind = doc.get("kind")
         if kind == "List":
-            return self.error("kind", "a List inside a List", "Service or EndpointSlice items")
-        if kind not in ("Service", "EndpointSlice"):
-            return self.bad("kind", kind, "Service, EndpointSlice or List")
+            return self.error("kind", "a List inside a List", "Service, EndpointSlice or Pod items")
+        if kind not in ("Service", "EndpointSlice", "Pod"):
+            return self.bad("kind", kind, "Service, EndpointSlice or List, or Pod")
         self.header(doc, kind)
         meta = self.section("metadata", doc.get("metadata"), "metadata")
-        name = self.name("metadata.name", meta.get("name"), LABEL_MAX)
+        if kind == "Pod":
+            name = self.name("metadata.name", meta.get("name"), NAME_MAX,
+                             " (it becomes part of a network namespace name)")
+        else:
+            name = self.name("metadata.name", meta.get("name"), LABEL_MAX)
         namespace = self.name("metadata.namespace", get(meta, "namespace", "default"), LABEL_MAX)
         labels = self.labels("metadata.labels", get(meta, "labels", {})) or {}
         annotations = self.labels("metadata.annotations", get(meta, "annotations", {})) or {}
         if kind == "Service":
             return self.service(namespace, name, annotations, get(doc, "spec", {}))
+        if kind == "Pod":
+            return self.pod(namespace, name, labels, get(doc, "spec", {}))
         return self.endpoint_slice(namespace, name, labels, doc)
+
+    def pod(self, namespace, name, labels, spec):
+        node = self.section("spec", spec, "pod spec").get("nodeName")
+        if node is not None:  # whether the cluster has that node is the cluster's to say
+            node = self.name("spec.nodeName", node, NAME_MAX, " (the name of a node)")
+        if not self.errors:
+            return Pod(namespace, name, labels, node, self.source)
 
     def service(self, namespace, name, annotations, spec):
         spec = self.section("spec", spec, "spec")
@@ -348,13 +405,13 @@ class ServiceStore:
 
     def apply(self, objects):
         """Creates or replaces objects, all or none: every check runs before anything changes."""
+        _no_pods(objects)
         services, slices = dict(self.services), dict(self.slices)
         applied = {}  # ref -> (the dict it goes in, its key, the object it replaces or None)
         errors, holders = [], {s.cluster_ip: s.ref for s in self.services.values()}
         for obj in objects:
             if obj.ref in applied:
-                errors.append(obj.error("metadata.name", f"{obj.ref} appears twice",
-                                        "each object once per apply"))
+                errors.append(_twice(obj))
                 continue
             store = services if isinstance(obj, Service) else slices
             old = store.get(obj.key)
@@ -446,6 +503,7 @@ class ServiceStore:
 
     def delete(self, objects):
         """Deletes objects by kind, namespace and name, all or none; a Service takes its slices along."""
+        _no_pods(objects)
         errors, doomed = [], {}  # ref -> (dict, key), in order
         by_service = {}          # one pass over the slices, not one per deleted Service
         for sl in self.slices.values():
@@ -504,6 +562,15 @@ class ServiceStore:
         objects = _parse_documents([snapshot], "<snapshot>")
         self.services = {o.key: o for o in objects if isinstance(o, Service)}
         self.slices = {o.key: o for o in objects if isinstance(o, EndpointSlice)}
+
+
+def _no_pods(objects):
+    """The store holds no Pods: handing it one is the caller's mistake, reported as one."""
+    errors = [o.error("kind", f"{o.ref} is a Pod, which the service store does not hold",
+                      "Services and EndpointSlices (the cluster creates Pods: split them out with split_pods)")
+              for o in objects if isinstance(o, Pod)]
+    if errors:
+        raise ManifestError(errors)
 
 
 def _slice_port(sl, svc, sp):

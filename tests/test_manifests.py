@@ -1,12 +1,12 @@
-"""Manifests: parsing Services and EndpointSlices, precise errors, and the ServiceStore's apply,
-delete, resolve and snapshot."""
+"""Manifests: parsing Services, EndpointSlices and Pods, precise errors, and the ServiceStore's
+apply, delete, resolve and snapshot."""
 import json
 from ipaddress import IPv4Address
 
 import pytest
 
-from dataplane.manifests import (Endpoint, EndpointPort, EndpointSlice, ManifestError, Service,
-                                 ServicePort, ServiceStore, load_manifests, parse_manifests)
+from dataplane.manifests import (Endpoint, EndpointPort, EndpointSlice, ManifestError, Pod, Service,
+                                 ServicePort, ServiceStore, load_manifests, parse_manifests, split_pods)
 
 REALISTIC = """\
 # web: two named ports, backends from its EndpointSlice (one endpoint not ready)
@@ -269,7 +269,7 @@ SLICE = slice_doc(["10.244.0.2"])
 BAD = [
     # (manifest, path, phrase)
     ("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\n", "kind",
-     "got 'Deployment'; expected Service, EndpointSlice or List"),
+     "got 'Deployment'; expected Service, EndpointSlice or List, or Pod"),
     (SVC.replace("apiVersion: v1", "apiVersion: v2"), "apiVersion", "got 'v2'; expected 'v1' for a Service"),
     (SLICE.replace("discovery.k8s.io/v1", "discovery.k8s.io/v1beta1"), "apiVersion",
      "expected 'discovery.k8s.io/v1' for a EndpointSlice"),
@@ -342,7 +342,7 @@ def test_every_error_of_a_file_is_reported_with_its_document():
         "bad.yaml: document 1 (Service/web): spec.ports[0].port: 0 is out of range; expected an integer from 1 to 65535",
         "bad.yaml: document 2 (EndpointSlice/web-1): addressType: got 'FQDN'; expected 'IPv4'",
         "bad.yaml: document 3 (?/?): (document): got 42 (a number); expected a mapping with apiVersion, kind, "
-        "metadata (a Service, EndpointSlice or List)",
+        "metadata (a Service, EndpointSlice or List, or a Pod)",
     ]
 
 
@@ -442,3 +442,151 @@ def test_load_manifests(tmp_path):
     path.write_text(SVC.replace("port: 80", "port: -1"))
     with pytest.raises(ManifestError, match=rf"^{path}: document 1 \(Service/web\): spec.ports\[0\].port: -1"):
         load_manifests(path)
+
+
+# ---- pods --------------------------------------------------------------------
+
+POD = """\
+apiVersion: v1
+kind: Pod
+metadata: {name: web-a, labels: {app: web}}
+spec:
+  nodeName: node-a
+"""
+# as `kubectl get pod -o yaml` prints one, trimmed: server fields, containers and status
+KUBECTL_POD = """\
+apiVersion: v1
+kind: Pod
+metadata:
+  name: nginx
+  namespace: shop
+  uid: 5f0c-11
+  resourceVersion: "812"
+  creationTimestamp: "2024-05-01T10:00:00Z"
+  labels: {app: nginx, tier: front}
+  annotations: {note: hello}
+spec:
+  containers:
+    - name: nginx
+      image: nginx:1.14.2
+      ports: [{containerPort: 80}]
+  nodeName: node-b
+status:
+  phase: Running
+  podIP: 10.244.1.7
+"""
+
+
+def test_pods_parse():
+    (pod,) = parse_manifests(POD, "pod.yaml")
+    assert pod == Pod("default", "web-a", {"app": "web"}, "node-a")
+    assert (pod.kind, pod.key, pod.ref) == ("Pod", ("default", "web-a"), "pod/default/web-a")
+    assert pod.origin == "pod.yaml: document 1 (Pod/web-a)"
+    (pod,) = parse_manifests(KUBECTL_POD)
+    assert (pod.namespace, pod.name, dict(pod.labels), pod.node_name) == (
+        "shop", "nginx", {"app": "nginx", "tier": "front"}, "node-b")
+    # nodeName, spec and labels may all be left out (or null): the caller picks the node
+    for text in ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n",
+                 "apiVersion: v1\nkind: Pod\nmetadata: {name: p, labels: null}\nspec: {nodeName: null}\n",
+                 '{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {}}'):
+        assert parse_manifests(text) == [Pod("default", "p", {}, None)], text
+    name = "p" * 20  # NAME_MAX exactly
+    assert parse_manifests(POD.replace("web-a", name))[0].name == name
+
+
+def test_pod_is_frozen_and_round_trips():
+    (pod,) = parse_manifests(KUBECTL_POD)
+    with pytest.raises(TypeError):
+        pod.labels["app"] = "x"
+    with pytest.raises(AttributeError):
+        pod.node_name = "node-a"
+    for p in (pod, Pod("default", "p", {}, None)):
+        manifest = json.loads(json.dumps(p.to_manifest()))
+        assert parse_manifests(json.dumps(manifest)) == [p]
+    assert Pod("default", "p").to_manifest() == {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "default", "labels": {}},
+        "spec": {}}
+
+
+NAME_EXPECTED = ("expected a DNS-1123 label (a-z, 0-9 and '-', alphanumeric at both ends) of at most 20 "
+                 "characters (it becomes part of a network namespace name)")
+BAD_POD = [
+    # (manifest, path, error after the path)
+    (POD.replace("web-a", "p" * 21), "metadata.name", f"'{'p' * 21}' is 21 characters long; {NAME_EXPECTED}"),
+    (POD.replace("web-a", "Web_A"), "metadata.name", f"'Web_A' is not a DNS-1123 label; {NAME_EXPECTED}"),
+    (POD.replace("name: web-a, ", ""), "metadata.name", f"missing; {NAME_EXPECTED}"),
+    (POD.replace("name: web-a", "name: 7"), "metadata.name", f"got 7 (a number); {NAME_EXPECTED}"),
+    (POD.replace("apiVersion: v1", "apiVersion: apps/v1"), "apiVersion", "got 'apps/v1'; expected 'v1' for a Pod"),
+    (POD.replace("apiVersion: v1\n", ""), "apiVersion", "missing; expected 'v1' for a Pod"),
+    (POD.replace("{name: web-a,", "{name: web-a, namespace: Shop,"), "metadata.namespace",
+     "'Shop' is not a DNS-1123 label"),
+    (POD.replace("{app: web}", "{app: 1}"), "metadata.labels.app", "got 1 (a number); expected a string"),
+    (POD.replace("{app: web}", "[app]"), "metadata.labels", "got a list; expected a mapping of strings"),
+    (POD.replace("labels:", "annotations: {a: true}, labels:"), "metadata.annotations.a",
+     "got true (a boolean); expected a string"),
+    (POD.replace("{name: web-a,", "{name: web-a, generateName: w-,"), "metadata.generateName",
+     "unknown field; expected one of name, namespace, labels, annotations, uid, resourceVersion, "
+     "creationTimestamp"),
+    (POD.replace("metadata: {name: web-a, labels: {app: web}}", "metadata: web-a"), "metadata",
+     "got 'web-a'; expected a mapping with fields name, namespace"),
+    (POD + "hostname: x\n", "hostname", "unknown field; expected one of apiVersion, kind, metadata, spec, status"),
+    (POD.replace("spec:\n  nodeName: node-a\n", "spec: [node-a]\n"), "spec",
+     "got a list; expected a mapping with fields nodeName, containers"),
+    (POD + "  restartPolicy: Always\n", "spec.restartPolicy", "unknown field; expected one of nodeName, containers"),
+    (POD.replace("node-a", "Node_A"), "spec.nodeName", "'Node_A' is not a DNS-1123 label; expected a DNS-1123 "
+     "label (a-z, 0-9 and '-', alphanumeric at both ends) of at most 20 characters (the name of a node)"),
+    (POD.replace("node-a", "n" * 21), "spec.nodeName", f"'{'n' * 21}' is 21 characters long"),
+    (POD.replace("node-a", "3"), "spec.nodeName", "got 3 (a number)"),
+    (POD.replace("node-a", "''"), "spec.nodeName", "'' is not a DNS-1123 label"),
+]
+
+
+@pytest.mark.parametrize("text,path,error", BAD_POD, ids=[f"{i:02}-{b[1]}" for i, b in enumerate(BAD_POD)])
+def test_invalid_pods(text, path, error):
+    errors = errors_of(text)
+    assert any(f": {path}: {error}" in line for line in errors), errors
+    assert all(line.startswith("bad.yaml: document 1 (Pod/") for line in errors), errors
+
+
+def test_pods_in_a_list_and_beside_services():
+    items = (SVC, POD, POD.replace("web-a", "web-b").replace("node-a", "node-b"))
+    text = "apiVersion: v1\nkind: List\nitems:\n" + "".join(
+        "- " + doc.replace("\n", "\n  ").rstrip() + "\n" for doc in items)
+    svc, a, b = parse_manifests(text + "---\n" + SLICE)[:3]
+    assert (type(svc), a, b) == (Service, Pod("default", "web-a", {"app": "web"}, "node-a"),
+                                 Pod("default", "web-b", {"app": "web"}, "node-b"))
+    assert errors_of(text.replace("node-b", "node_b")) == [
+        "bad.yaml: document 1, item 3 (Pod/web-b): spec.nodeName: 'node_b' is not a DNS-1123 label; expected a "
+        "DNS-1123 label (a-z, 0-9 and '-', alphanumeric at both ends) of at most 20 characters (the name of a node)"]
+
+
+def test_split_pods():
+    objects = parse_manifests(POD + "---\n" + SVC + "---\n" + KUBECTL_POD + "---\n" + SLICE)
+    pods, others = split_pods(objects)
+    assert [p.ref for p in pods] == ["pod/default/web-a", "pod/shop/nginx"]
+    assert [o.ref for o in others] == ["service/default/web", "endpointslice/default/web-1"]
+    assert split_pods([]) == ([], [])
+    # the same name in another namespace is another pod; the same pod twice is an error, like a Service twice
+    pods, _ = split_pods(parse_manifests(POD + "---\n" + POD.replace("{name: web-a,", "{name: web-a, namespace: x,")))
+    assert [p.ref for p in pods] == ["pod/default/web-a", "pod/x/web-a"]
+    twice = parse_manifests(POD + "---\n" + SVC + "---\n" + POD.replace("node-a", "node-b"), "p.yaml")
+    with pytest.raises(ManifestError) as e:
+        split_pods(twice)
+    assert e.value.errors == ["p.yaml: document 3 (Pod/web-a): metadata.name: pod/default/web-a appears twice; "
+                              "expected each object once per apply"]
+
+
+def test_store_rejects_pods_and_changes_nothing():
+    store = applied(SVC, SLICE, pods=PODS)
+    before, resolved = store.snapshot(), store.resolve()
+    objects = parse_manifests(SVC.replace("web", "db") + "---\n" + POD, "p.yaml")
+    expected = ["p.yaml: document 2 (Pod/web-a): kind: pod/default/web-a is a Pod, which the service store does "
+                "not hold; expected Services and EndpointSlices (the cluster creates Pods: split them out with "
+                "split_pods)"]
+    for change in (store.apply, store.delete):
+        with pytest.raises(ManifestError) as e:
+            change(objects)
+        assert e.value.errors == expected
+        assert store.snapshot() == before and store.resolve() == resolved
+    _, others = split_pods(objects)
+    assert store.apply(others)["created"] == ["service/default/db created"]
