@@ -122,7 +122,7 @@ class PodnetPath(PodnetCluster):
 
     def load(self, have, n):
         """Services have..n-1 into the agent, each to the server pod's :8080."""
-        server_ip = self.state["plan"]["pods"]["server"]["ip"]
+        server_ip = self.state.pods["server"].ip
         batch = [{"vip": vip(k), "port": 80, "protocol": "TCP", "backends": [[server_ip, 8080]]}
                  for k in range(have, n)]
         if batch:

@@ -113,7 +113,7 @@ class PodnetOverlay(PodnetCluster):
                          "pods: [{name: a, node: n1}, {name: b, node: n2}]\n", workers=workers)
 
     def pods(self):
-        return self.pod_ns("a"), self.pod_ns("b"), self.state["plan"]["pods"]["b"]["ip"]
+        return self.pod_ns("a"), self.pod_ns("b"), self.state.pods["b"].ip
 
     def describe(self):
         st, c = self.request("n1", "status"), self.request("n1", "counters")

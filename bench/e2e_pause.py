@@ -170,11 +170,11 @@ class Bench:
         self.pc = pc
         self.seconds = seconds
         st = pc.state
-        self.sock = st["nodes"]["n1"]["socket"]
-        self.metrics_sock = st["nodes"]["n1"]["metrics"]["socket"]
+        self.sock = st.nodes["n1"].socket
+        self.metrics_sock = st.nodes["n1"].metrics["socket"]
         self.snapshot = os.path.splitext(self.sock)[0] + ".snapshot"
-        self.pods = st["plan"]["pods"]
-        self.gw_mac = st["plan"]["nodes"]["n1"]["gateway_mac"]
+        self.pods = {n: p.to_dict() for n, p in st.pods.items()}
+        self.gw_mac = st.nodes["n1"].gateway_mac
         self.pinger_ns, self.target_ns = pc.pod_ns("pinger"), pc.pod_ns("target")
         self.sent_conns = 0
 

@@ -162,7 +162,7 @@ class Podnet(PodnetCluster):
                          "pods: [{name: a, node: n1}, {name: b, node: n1}]\n", workers=workers)
 
     def pods(self):
-        return self.pod_ns("a"), self.pod_ns("b"), self.state["plan"]["pods"]["b"]["ip"]
+        return self.pod_ns("a"), self.pod_ns("b"), self.state.pods["b"].ip
 
     def counters(self):
         return self.request("n1", "counters")
@@ -173,7 +173,7 @@ class Podnet(PodnetCluster):
     def cpu(self):
         """The agent's (user, system) CPU seconds so far, from /proc (the
         process's stat line sums all its threads, the workers included)."""
-        f = Path(f"/proc/{self.state['nodes']['n1']['pid']}/stat").read_text().rsplit(")", 1)[1].split()
+        f = Path(f"/proc/{self.state.nodes['n1'].pid}/stat").read_text().rsplit(")", 1)[1].split()
         hz = os.sysconf("SC_CLK_TCK")
         return int(f[11]) / hz, int(f[12]) / hz
 

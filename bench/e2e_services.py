@@ -64,7 +64,7 @@ def control(state, tmp, rounds):
     agent holding none of them, 30 single-service updates, the same 10k as
     manifests through `podnet apply -f`; then both are removed again."""
     from dataplane.control import request
-    sock = state["nodes"]["n1"]["socket"]
+    sock = state.nodes["n1"].socket
     big = entries(10000, 10)
     path = Path(tmp) / "10k.json"
     path.write_text(json.dumps(manifest(10000, 10)))
@@ -144,7 +144,7 @@ def main():
     doc = {"bench": "services_e2e", "machine": machine(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "seconds": args.seconds, "rounds": args.rounds}
     with PodnetCluster(SPEC) as pc, KernelDNAT() as k:
-        targets = {"podnet": (pc.pod_ns("client"), pc.pod_ns("server"), pc.state["plan"]["services"]["perf"]),
+        targets = {"podnet": (pc.pod_ns("client"), pc.pod_ns("server"), pc.state.services_plan["perf"]),
                    "iptables": k.target()}
         doc["labels"] = {"podnet": "podnet: pod -> ClusterIP (hash map + conntrack)", "iptables": k.label}
 

@@ -54,14 +54,14 @@ class PodnetCluster:
         return self
 
     def pod_ns(self, pod):
-        return f"{self.state['cluster']}-pod-{pod}"
+        return self.state.pods[pod].netns
 
     def request(self, node, op, **args):
         from dataplane.control import request
-        return request(self.state["nodes"][node]["socket"], op, **args)
+        return request(self.state.nodes[node].socket, op, **args)
 
     def agent_pids(self):
-        return {node: n["pid"] for node, n in self.state["nodes"].items()}
+        return {node: n.pid for node, n in self.state.nodes.items()}
 
     def __exit__(self, *exc):
         from dataplane import cluster

@@ -37,6 +37,7 @@ UPSERT_KEYS = ("vip", "port", "protocol", "backends", "load_balancing", "affinit
                "key", "service")          # the last two: labels podnet apply sends along
 DELETE_KEYS = ("vip", "port", "protocol")
 ROUTE_KEYS = ("name", "cidr", "vtep", "inner_mac", "vni", "vtep_mac")
+POD_KEYS = ("name", "port", "netns", "ifname", "ip", "mac", "prefixlen", "mtu")
 
 
 def _known_keys(what, obj, known):
@@ -68,6 +69,7 @@ class Agent:
             raise ValueError(f"workers must be 0..16, got {self.workers!r}")
         self.io = IOLoop(self.dp, workers=self.workers)
         self.taps = {}             # port -> Tap
+        self.pod_offloads = POD_OFFLOADS
         self.pods = {}             # port -> pod config
         self.server = None
         self._services = (None, [])   # (service map generation, its list): see handle()
@@ -85,23 +87,12 @@ class Agent:
         self.dp.gateway.configure(gw["ip"], gw["mac"], gw["subnet"])
         if self.vnet:
             self.dp.set_vnet_len(12)
-        pod_offloads = self.setup_uplink() if self.cfg.get("uplink") else POD_OFFLOADS
+        self.pod_offloads = self.setup_uplink() if self.cfg.get("uplink") else POD_OFFLOADS
         npods = len(self.cfg["pods"])
-        for port, pod in enumerate(self.cfg["pods"]):
-            if port and port % 16 == 0:          # `podnet up` follows these lines in the log
-                print(f"placed {port}/{npods} pods", flush=True)
-            tap, again = open_tap(pod["netns"], "eth0", f"tap{port}", vnet_hdr=self.vnet, offloads=pod_offloads,
-                                  queues=max(1, self.workers),
-                                  mac=pod["mac"], ip=pod["ip"], prefixlen=pod["prefixlen"],
-                                  mtu=pod["mtu"], gateway=gw["ip"])
-            self.reattached += again
-            self.taps[port] = tap
-            self.dp.add_port(port)
-            # anti-spoofing: the pod sends only from its own MAC and IP
-            self.dp.set_port_guard(port, pod["mac"], pod["ip"])
-            self.dp.gateway.add_neighbor(pod["ip"], pod["mac"])
-            self.io.attach(port, tap.filenos())
-            self.pods[port] = pod
+        for i, pod in enumerate(self.cfg["pods"]):
+            if i and i % 16 == 0:                # `podnet up` follows these lines in the log
+                print(f"placed {i}/{npods} pods", flush=True)
+            self.reattached += self.add_pod({"port": i, **pod}, live=False)
         if self.cfg.get("uplink"):
             self.dp.overlay.set_routes(self.cfg.get("routes", []), local=gw["subnet"])
         self.restored = self.snapshots.restore(local_subnet=gw["subnet"])
@@ -119,6 +110,75 @@ class Agent:
             for fd in self.metrics.fds():
                 self.io.watch(fd)
         self.io.start()                       # the workers forward from here on
+
+    def add_pod(self, pod, live=True):
+        """Plug one pod in: its TAP (re-attached if an earlier agent left it,
+        else created here and placed in the pod's namespace as its eth0 with
+        address, MAC, MTU and default route), its port, guard and neighbour,
+        then its queues given to the workers. Used by start-up (live=False)
+        and by the pod_add request alike. All or nothing: a failure removes
+        what this call made. Returns True if the TAP was re-attached."""
+        port, gw = pod["port"], self.cfg["gateway"]
+        tap, again = open_tap(pod["netns"], pod.get("ifname", "eth0"), f"tap{port}", vnet_hdr=self.vnet,
+                              offloads=self.pod_offloads, queues=max(1, self.workers),
+                              mac=pod["mac"], ip=pod["ip"], prefixlen=pod["prefixlen"],
+                              mtu=pod["mtu"], gateway=gw["ip"])
+        steps = []
+        try:
+            self.dp.add_port(port)
+            steps.append(lambda: self.dp.remove_port(port))
+            # anti-spoofing: the pod sends only from its own MAC and IP
+            self.dp.set_port_guard(port, pod["mac"], pod["ip"])
+            self.dp.gateway.add_neighbor(pod["ip"], pod["mac"])
+            steps.append(lambda: self.dp.gateway.remove_neighbor(pod["ip"]))
+            self.io.attach(port, tap.filenos())   # the workers read it from their next burst
+        except Exception:
+            for undo in reversed(steps):
+                undo()
+            tap.destroy() if live else tap.close()
+            raise
+        self.taps[port] = tap
+        self.pods[port] = pod
+        return again
+
+    def remove_pod(self, name):
+        """Unplug a pod: the workers stop reading its TAP first, then its
+        port (with every FDB entry on it), guard, neighbour, the connections
+        it is an end of and the affinity pins to or from its address go, and
+        its TAP is deleted (with it the pod's eth0). Other pods' ports,
+        entries and connections are not touched."""
+        port = next((p for p, pod in self.pods.items() if pod["name"] == name), None)
+        if port is None:
+            raise KeyError(f"no pod {name!r} on node {self.node}")
+        pod = self.pods.pop(port)
+        self.io.detach(port)
+        fdb_before = len(self.dp.fdb_dump())
+        self.dp.remove_port(port)
+        fdb = fdb_before - len(self.dp.fdb_dump())
+        self.dp.gateway.remove_neighbor(pod["ip"])
+        deleted, _ = self.dp.conntrack.flush(host=pod["ip"])
+        pins = self.dp.services.flush_affinity(pod["ip"])
+        self.taps.pop(port).destroy()
+        return {"name": name, "port": port, "fdb_flushed": fdb, "conntrack_deleted": deleted,
+                "affinity_flushed": pins}
+
+    def pod_add(self, args):
+        _known_keys("pod_add", args, POD_KEYS)
+        missing = [k for k in POD_KEYS if k != "ifname" and k not in args]
+        if missing:
+            raise ValueError(f"pod_add: missing {', '.join(missing)}")
+        port = args["port"]
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port < UPLINK_PORT:
+            raise ValueError(f"pod_add: port must be 0..{UPLINK_PORT - 1}, got {port!r}")
+        if port in self.pods:
+            raise ValueError(f"pod_add: port {port} is pod {self.pods[port]['name']!r}'s")
+        if any(p["name"] == args["name"] for p in self.pods.values()):
+            raise ValueError(f"pod_add: pod {args['name']!r} is on this node already")
+        if not isinstance(args["netns"], str) or not os.path.exists(
+                args["netns"] if "/" in args["netns"] else os.path.join(netns.NETNS_DIR, args["netns"])):
+            raise ValueError(f"pod_add: network namespace {args['netns']!r} does not exist")
+        again = self.add_pod(dict(args))
+        return {"port": port, "reattached": again}
 
     def setup_uplink(self):
         """The node's port on the fabric: a TAP enslaved to the fabric bridge.
@@ -198,9 +258,14 @@ class Agent:
             return self.capture_stop()
         if op == "port_guard":
             return self.port_guard(args)
+        if op == "pod_add":
+            return self.pod_add(args)
+        if op == "pod_remove":
+            _known_keys("pod_remove", args, ("name",))
+            return self.remove_pod(args.get("name"))
         raise ValueError("unknown operation; expected one of ping, status, counters, fdb, neighbors, "
                          "routes, route_add, route_remove, services, services_apply, conntrack, trace, "
-                         "capture_start, capture_read, capture_stop, port_guard")
+                         "capture_start, capture_read, capture_stop, port_guard, pod_add, pod_remove")
 
     def services_apply(self, upsert, delete):
         """Add/replace and remove service ports, all or none: every entry is

@@ -32,7 +32,65 @@ def cmd_up(args):
 
 def cmd_down(args):
     from dataplane import cluster
-    cluster.down()
+    cluster.down(force=args.force)
+    return 0
+
+
+def _labels_arg(v):
+    k, sep, val = v.partition("=")
+    if not sep or not k:
+        raise argparse.ArgumentTypeError(f"expected a label as key=value, got {v!r}")
+    return k, val
+
+
+POD_COLUMNS = [("pod", "name"), ("node", "node"), ("ip", "ip"), ("mac", "mac"), ("origin", "origin"),
+               ("container", "container"), ("labels", "labels_text"), ("namespace", "namespace")]
+
+
+def _pod_rows(rows):
+    return [dict(r, labels_text=",".join(f"{k}={v}" for k, v in sorted(r["labels"].items())) or "<none>",
+                 container=(r["container_id"] or "")[:12]) for r in rows]
+
+
+def cmd_pod(args):
+    from dataplane import cluster
+    if args.action == "add":
+        labels = dict(args.label or [])
+        r = cluster.pod_add(args.name, args.node, labels)
+        print(f"pod {r['name']}: {r['ip']} on node {r['node']} (namespace {r['netns']}, port {r['port']})")
+    else:
+        r = cluster.pod_delete(args.name)
+        print(f"pod {r['name']} deleted: {r['ip']} freed on node {r['node']}"
+              + (f", {r['conntrack_deleted']} connections and {r['fdb_flushed']} FDB entries flushed"
+                 if "conntrack_deleted" in r else ""))
+    return 0
+
+
+def cmd_pods(args):
+    from dataplane import cluster
+    rows = cluster.pods()
+    if args.output == "json":
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(render(_pod_rows(rows), POD_COLUMNS))
+    return 0
+
+
+def cmd_cni(args):
+    from dataplane import cluster, cni
+    try:
+        return _cni(args, cni)
+    except ValueError as e:
+        raise cluster.ClusterError(str(e)) from None
+
+
+def _cni(args, cni):
+    if args.action == "install":
+        for path in cni.install(args.conf_dir, args.bin_dir, node=args.node):
+            print(f"wrote {path}")
+    else:
+        for path in cni.uninstall(args.conf_dir, args.bin_dir):
+            print(f"removed {path}")
     return 0
 
 
@@ -58,6 +116,8 @@ def cmd_exec(args):
     cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not cmd:
         raise SystemExit("podnet exec: give a command after --, e.g. podnet exec web-a -- ip addr")
+    if os.path.isabs(ns):                     # a CNI pod: the runtime's netns, by path
+        os.execvp("nsenter", ["nsenter", f"--net={ns}", *cmd])
     os.execvp("ip", ["ip", "netns", "exec", ns, *cmd])
 
 
@@ -217,8 +277,29 @@ def build_parser():
                    help="serve Prometheus metrics on RUN_DIR/NODE.metrics.sock (HTTP)")
     s.add_argument("--metrics-port", type=int, metavar="PORT",
                    help="also on 127.0.0.1:PORT+i for the i-th node (implies --metrics)")
-    add("down", cmd_down, "remove every namespace, TAP, socket and agent `up` created")
+    s = add("down", cmd_down, "remove every namespace, TAP, socket and agent `up` created")
+    s.add_argument("--force", action="store_true",
+                   help="also when containers are attached through CNI (they are detached first)")
     add("status", cmd_status, "nodes, agents, pods and addresses", output=True)
+    s = add("pod", cmd_pod, "add a pod to the running cluster or delete one")
+    psub = s.add_subparsers(dest="action", required=True, metavar="add|delete")
+    a = psub.add_parser("add", help="podnet pod add NAME [--node NODE] [--label k=v ...]")
+    a.add_argument("name")
+    a.add_argument("--node", help="the node to run it on (default: the first)")
+    a.add_argument("--label", "-l", action="append", type=_labels_arg, metavar="KEY=VALUE",
+                   help="a label (Services select pods by them); repeat for more")
+    d = psub.add_parser("delete", help="podnet pod delete NAME")
+    d.add_argument("name")
+    add("pods", cmd_pods, "every pod: spec, added, from manifests and CNI", output=True)
+    s = add("cni", cmd_cni, "install or remove the podnet CNI network for container runtimes")
+    csub = s.add_subparsers(dest="action", required=True, metavar="install|uninstall")
+    for name, what in (("install", "write the `podnet` conflist and the podnet-cni launcher"),
+                       ("uninstall", "remove exactly what install wrote")):
+        c = csub.add_parser(name, help=what)
+        c.add_argument("--conf-dir", default="/etc/cni/net.d", help="CNI network configs (default /etc/cni/net.d)")
+        c.add_argument("--bin-dir", default="/opt/cni/bin", help="CNI plugins (default /opt/cni/bin)")
+        if name == "install":
+            c.add_argument("--node", help="the node whose agent serves ADDs (default: the first)")
     s = add("exec", cmd_exec, "run a command in a pod's namespace: podnet exec POD -- CMD ...")
     s.add_argument("pod")
     s.add_argument("command", nargs=argparse.REMAINDER)
@@ -228,9 +309,9 @@ def build_parser():
     s.add_argument("node")
     s = add("metrics", cmd_metrics, "a node's counters in Prometheus text format")
     s.add_argument("node")
-    s = add("apply", cmd_apply, "apply Service / EndpointSlice manifests (multi-document YAML)")
+    s = add("apply", cmd_apply, "apply Pod / Service / EndpointSlice manifests (multi-document YAML)")
     s.add_argument("-f", "--file", required=True)
-    s = add("delete", cmd_delete, "delete the Services / EndpointSlices named in a file")
+    s = add("delete", cmd_delete, "delete the Pods / Services / EndpointSlices named in a file")
     s.add_argument("-f", "--file", required=True)
     add("services", cmd_services, "service ports, cluster IPs and backends", output=True)
     s = add("conntrack", cmd_conntrack, "a node's connection tracking table", output=True)
@@ -264,7 +345,9 @@ def build_parser():
     s.add_argument("--snaplen", type=int, default=65535, help="bytes kept per frame (default 65535)")
     add("demo", cmd_demo, "bring up the default cluster, check it, show it")
     add("bridge-demo", cmd_bridge_demo, "scapy-driven learning-bridge tour (no root needed)")
-    s = sub.add_parser("agent", help=argparse.SUPPRESS)
+    # No help= at all: argparse lists a subcommand with any help text, SUPPRESS
+    # included (as "==SUPPRESS=="); the agent is started by `up`, not by users.
+    s = sub.add_parser("agent")
     s.add_argument("config")
     s.set_defaults(func=cmd_agent)
     return p

@@ -7,6 +7,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,15 +16,23 @@ from pathlib import Path
 
 from dataplane import netns
 from dataplane.control import ControlError, request
-from dataplane.ipam import Ipam
-from dataplane.spec import MAX_NODES, load_spec
+from dataplane import state as st
+from dataplane.ipam import Ipam, IpamError
+from dataplane.spec import MAX_NODES, NAME_MAX, load_spec
 
 AGENT_READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 5.0
+MAX_POD_PORTS = 255      # agent ports 0..254; 255 is the uplink
 
 
 class ClusterError(RuntimeError):
-    pass
+    """One line for the user; code says what kind of failure it was, for the
+    CNI plugin's error codes: no_cluster, no_node, exists, not_found,
+    agent_down, bad_netns, ipam_full, invalid, busy."""
+
+    def __init__(self, msg, code="invalid"):
+        super().__init__(msg)
+        self.code = code
 
 
 def run_dir():
@@ -80,27 +89,28 @@ def _make_fabric(spec):
 
 def load_state():
     try:
-        return json.loads(state_path().read_text())
-    except FileNotFoundError:
-        return None
-    except ValueError as e:
-        raise ClusterError(f"{state_path()} is corrupt ({e}); remove it after checking `ip netns`") from None
+        return st.load(state_path())
+    except st.StateError as e:
+        raise ClusterError(str(e)) from None
 
 
 def _save_state(state):
-    run_dir().mkdir(parents=True, exist_ok=True)
-    tmp = state_path().with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2))
-    os.replace(tmp, state_path())
+    st.save(state_path(), state)
 
 
 def _pid_is_agent(pid, config):
     """True if pid is still the agent we started (not a recycled PID)."""
+    if not pid:
+        return False
     try:
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
     return config.encode() in cmd
+
+
+def _alive_agent(node):
+    return _pid_is_agent(node.pid, node.config)
 
 
 _lock_depth = 0
@@ -109,7 +119,8 @@ _lock_depth = 0
 @contextlib.contextmanager
 def _exclusive():
     """Hold the run directory's lock (re-entrant within this process): a
-    `down` during a restart waits, then sees the new agents' PIDs."""
+    `down` during a restart waits, then sees the new agents' PIDs; CNI ADDs
+    from several containers at once take their addresses one at a time."""
     global _lock_depth
     if _lock_depth:
         _lock_depth += 1
@@ -162,11 +173,35 @@ def up(spec_path=None, vnet=True, progress=print, metrics=False, metrics_port=No
     with _exclusive():
         state = load_state()
         if state is not None:
-            if workers is not None and workers_for(None, workers) != state.get("workers", 1):
-                raise ClusterError(f"cluster {state['cluster']} is up with {state.get('workers', 1)} "
-                                   f"workers per node; `podnet down` first to change it")
+            if workers is not None and workers_for(None, workers) != state.workers:
+                raise ClusterError(f"cluster {state.cluster} is up with {state.workers} "
+                                   f"workers per node; `podnet down` first to change it", "busy")
             return restart(state, spec_path, progress)
         return _up(spec_path, vnet, progress, metrics or metrics_port is not None, metrics_port, workers)
+
+
+def _plan_state(spec, plan, vnet, nworkers):
+    nodes = {}
+    for n in spec.nodes:
+        np = plan.nodes[n.name]
+        uip, umac = underlay(spec, np.index)
+        nodes[n.name] = st.NodeState(n.name, np.index, str(np.subnet), str(np.gateway_ip), np.gateway_mac,
+                                     node_ns(spec.name, n.name), underlay_ip=str(uip), underlay_mac=umac)
+    pods = {}
+    for node in spec.nodes:
+        for port, p in enumerate(spec.pods_on(node.name)):
+            pp = plan.pods[p.name]
+            pods[p.name] = st.PodRecord(p.name, p.node, str(pp.ip), pp.prefixlen, pp.mac, str(pp.gateway_ip),
+                                        spec.pod_mtu, port, pod_ns(spec.name, p.name), labels=dict(p.labels),
+                                        created=time.time())
+    return st.ClusterState(
+        cluster=spec.name, source=spec.source, spec=spec.to_dict(), nodes=nodes, pods=pods,
+        services_plan={n: str(ip) for n, ip in plan.services.items()},
+        namespaces=[fabric_ns(spec.name)] + [node_ns(spec.name, n.name) for n in spec.nodes],
+        fabric={"namespace": fabric_ns(spec.name), "bridge": FABRIC_BRIDGE,
+                "subnet": str(spec.fabric_cidr), "mtu": spec.mtu},
+        vni=spec.vni, vxlan_port=spec.vxlan_port, pod_mtu=spec.pod_mtu, vnet=vnet, workers=nworkers,
+        created=time.time())
 
 
 def _up(spec_path, vnet, progress, metrics=False, metrics_port=None, workers=None):
@@ -177,14 +212,9 @@ def _up(spec_path, vnet, progress, metrics=False, metrics_port=None, workers=Non
     clash = [n for n in names if netns.exists(n)]
     if clash:
         raise ClusterError(f"network namespaces already exist: {', '.join(clash)}; "
-                           f"remove them (`ip netns del NAME`) or pick another cluster name")
+                           f"remove them (`ip netns del NAME`) or pick another cluster name", "exists")
     plan = Ipam(state_dir() / "ipam.json").plan(spec)
-    state = {"cluster": spec.name, "source": spec.source, "spec": spec.to_dict(),
-             "pod_labels": {p.name: dict(p.labels) for p in spec.pods},
-             "plan": plan.to_dict(), "namespaces": names, "nodes": {}, "vnet": vnet, "workers": nworkers,
-             "fabric": {"namespace": fabric_ns(spec.name), "bridge": FABRIC_BRIDGE,
-                        "subnet": str(spec.fabric_cidr), "mtu": spec.mtu},
-             "vni": spec.vni, "vxlan_port": spec.vxlan_port, "external": {}, "created": time.time()}
+    state = _plan_state(spec, plan, vnet, nworkers)
     _save_state(state)                                # before anything exists
     try:
         for name in names:
@@ -193,70 +223,70 @@ def _up(spec_path, vnet, progress, metrics=False, metrics_port=None, workers=Non
         progress(f"created {len(names)} namespaces and the fabric bridge")
         procs = {}
         for node in spec.nodes:
-            procs[node.name] = _start_agent(spec, plan, node.name, state, vnet,
-                                            metrics, metrics_port)
+            procs[node.name] = _start_agent(spec, state, node.name, metrics, metrics_port)
             _save_state(state)
         for node in spec.nodes:
-            _wait_ready(state["nodes"][node.name], procs[node.name],
-                        progress if len(spec.pods_on(node.name)) > 16 else None)
-            progress(f"node {node.name}: agent pid {state['nodes'][node.name]['pid']} ready, "
-                     f"{len(spec.pods_on(node.name))} pods")
+            n = state.nodes[node.name]
+            _wait_ready(n, procs[node.name], progress if len(state.pods_on(node.name)) > 16 else None)
+            progress(f"node {node.name}: agent pid {n.pid} ready, {len(state.pods_on(node.name))} pods")
         if spec.services:
             _apply_objects(state, _spec_services(spec, plan), delete=False)
             progress(f"loaded {len(spec.services)} services from the spec")
     except BaseException:
-        down(quiet=True)
+        down(quiet=True, force=True)
         raise
     return state
 
 
-def _routes_for(spec, plan, node):
+def _routes_for(state, node):
     """flannel's view from node: every other node's pod CIDR behind its VTEP,
     inner frames addressed to that node's gateway MAC."""
-    out = []
-    for other in spec.nodes:
-        if other.name == node:
-            continue
-        op = plan.nodes[other.name]
-        out.append({"name": other.name, "cidr": str(op.subnet), "vtep": str(op_ip(spec, op)),
-                    "inner_mac": op.gateway_mac, "vni": spec.vni})
-    return out
+    return [{"name": o.name, "cidr": o.subnet, "vtep": o.underlay_ip, "inner_mac": o.gateway_mac, "vni": state.vni}
+            for o in state.nodes.values() if o.name != node]
 
 
-def op_ip(spec, nodeplan):
-    return underlay(spec, nodeplan.index)[0]
-
-
-def _start_agent(spec, plan, node, state, vnet, metrics=False, metrics_port=None):
-    np = plan.nodes[node]
+def _start_agent(spec, state, node, metrics=False, metrics_port=None):
+    n = state.nodes[node]
     rd = run_dir()
-    uip, umac = underlay(spec, np.index)
     cfg = {
-        "cluster": spec.name, "node": node, "netns": node_ns(spec.name, node),
-        "socket": str(rd / f"{node}.sock"), "vnet": vnet, "workers": state.get("workers", 1),
-        "gateway": {"ip": str(np.gateway_ip), "mac": np.gateway_mac, "subnet": str(np.subnet)},
-        "pods": [{"name": p.name, "netns": pod_ns(spec.name, p.name), "ip": str(plan.pods[p.name].ip),
-                  "mac": plan.pods[p.name].mac, "prefixlen": plan.pods[p.name].prefixlen,
-                  "mtu": spec.pod_mtu} for p in spec.pods_on(node)],
-        "uplink": {"ip": str(uip), "mac": umac, "prefixlen": spec.fabric_cidr.prefixlen,
+        "cluster": spec.name, "node": node, "netns": n.netns,
+        "socket": str(rd / f"{node}.sock"), "vnet": state.vnet, "workers": state.workers,
+        "gateway": {"ip": n.gateway_ip, "mac": n.gateway_mac, "subnet": n.subnet},
+        "pods": [p.agent_config() for p in state.pods_on(node)],
+        "uplink": {"ip": n.underlay_ip, "mac": n.underlay_mac, "prefixlen": spec.fabric_cidr.prefixlen,
                    "fabric_netns": fabric_ns(spec.name), "bridge": FABRIC_BRIDGE,
-                   "ifname": f"up{np.index}", "mtu": spec.mtu, "vni": spec.vni, "port": spec.vxlan_port},
-        "routes": _routes_for(spec, plan, node),
+                   "ifname": f"up{n.index}", "mtu": spec.mtu, "vni": spec.vni, "port": spec.vxlan_port},
+        "routes": _routes_for(state, node),
         "service_cidr": str(spec.service_cidr),
     }
     if metrics:
         cfg["metrics"] = {"socket": str(rd / f"{node}.metrics.sock"),
-                          "port": metrics_port + np.index if metrics_port is not None else None}
+                          "port": metrics_port + n.index if metrics_port is not None else None}
     cfg["snapshot"] = str(rd / f"{node}.snapshot")
     _remove_snapshot(cfg["snapshot"])                 # a new cluster starts empty
     cfg_path = rd / f"{node}.json"
-    cfg_path.write_text(json.dumps(cfg, indent=2))
+    _write_json(cfg_path, cfg)
     log_path = rd / f"{node}.log"
+    n.config, n.socket, n.log, n.snapshot, n.metrics = (str(cfg_path), cfg["socket"], str(log_path),
+                                                        cfg["snapshot"], cfg.get("metrics"))
     proc = _spawn(cfg_path, log_path)
-    state["nodes"][node] = {"pid": proc.pid, "config": str(cfg_path), "socket": cfg["socket"],
-                            "log": str(log_path), "netns": cfg["netns"], "snapshot": cfg["snapshot"],
-                            "underlay_ip": str(uip), "underlay_mac": umac, "metrics": cfg.get("metrics")}
+    n.pid = proc.pid
     return proc
+
+
+def _write_json(path, obj):
+    tmp = Path(f"{path}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def _write_agent_pods(state, node):
+    """The pods a restarted agent of node plugs in again: its config file's
+    `pods`, rewritten whole (renamed over) after every pod change."""
+    n = state.nodes[node]
+    cfg = json.loads(Path(n.config).read_text())
+    cfg["pods"] = [p.agent_config() for p in state.pods_on(node) if p.phase == "ready"]
+    _write_json(n.config, cfg)
 
 
 def _spawn(cfg_path, log_path, append=False):
@@ -278,69 +308,68 @@ def restart(state, spec_path=None, progress=print):
     external nodes changed since that snapshot. Refuses if every agent runs
     ("already up"), if spec_path names another spec, or if what the agents
     need is gone (a namespace, a half-finished `up`): `podnet down` then."""
-    if spec_path is not None and load_spec(spec_path).to_dict() != state["spec"]:
-        raise ClusterError(f"cluster {state['cluster']} is up with another spec ({state['source']}); "
-                           f"run `podnet down` first")
-    dead = [node for node, n in state["nodes"].items() if not _pid_is_agent(n["pid"], n["config"])]
+    if spec_path is not None and load_spec(spec_path).to_dict() != state.spec:
+        raise ClusterError(f"cluster {state.cluster} is up with another spec ({state.source}); "
+                           f"run `podnet down` first", "busy")
+    dead = [name for name, n in state.nodes.items() if not _alive_agent(n)]
     if not dead:
         raise ClusterError(f"a cluster is already up (state in {state_path()}) and all its agents run; "
-                           f"run `podnet down` first")
-    planned = set(state["plan"]["nodes"])
-    if set(state["nodes"]) != planned:
-        raise ClusterError(f"the `podnet up` of cluster {state['cluster']} did not finish "
-                           f"(agents for {', '.join(sorted(planned - set(state['nodes'])))} never started); "
-                           f"run `podnet down` first")
-    gone = [name for name in state["namespaces"] if not netns.exists(name)]
-    gone += [n["config"] for n in state["nodes"].values() if not Path(n["config"]).exists()]
+                           f"run `podnet down` first", "busy")
+    never = [name for name, n in state.nodes.items() if not n.config]
+    if never:
+        raise ClusterError(f"the `podnet up` of cluster {state.cluster} did not finish "
+                           f"(agents for {', '.join(sorted(never))} never started); run `podnet down` first")
+    gone = [name for name in state.namespaces if not netns.exists(name)]
+    gone += [n.config for n in state.nodes.values() if not Path(n.config).exists()]
     if gone:
         raise ClusterError(f"cannot restart agents: {', '.join(gone)} no longer exist; run `podnet down` first")
     procs, started = {}, {}
     for node in dead:
-        n = state["nodes"][node]
-        _reap(n["pid"])
+        n = state.nodes[node]
+        _reap(n.pid)
         started[node] = time.monotonic()
-        procs[node] = _spawn(n["config"], n["log"], append=True)
-        n["pid"] = procs[node].pid
-        n["restarts"] = n.get("restarts", 0) + 1
+        procs[node] = _spawn(n.config, n.log, append=True)
+        n.pid = procs[node].pid
+        n.restarts += 1
         _save_state(state)                            # before waiting: `down` must find it
     for node in dead:
-        n = state["nodes"][node]
+        n = state.nodes[node]
         _wait_ready(n, procs[node])
         ready = time.monotonic() - started[node]
-        st = request(n["socket"], "status", timeout=5.0)
+        status_ = request(n.socket, "status", timeout=5.0)
         fixed = _resync(state, node)
-        restored = {k: v for k, v in (st.get("restored") or {}).items() if k != "snapshot_age_s" and v}
-        progress(f"node {node}: agent was dead, restarted: pid {n['pid']} ready in {ready:.2f} s, "
-                 f"{st.get('reattached', 0)} TAPs re-attached, restored "
+        restored = {k: v for k, v in (status_.get("restored") or {}).items() if k != "snapshot_age_s" and v}
+        progress(f"node {node}: agent was dead, restarted: pid {n.pid} ready in {ready:.2f} s, "
+                 f"{status_.get('reattached', 0)} TAPs re-attached, restored "
                  f"{', '.join(f'{v} {k}' for k, v in restored.items()) or 'nothing'}"
                  + (f"; {fixed}" if fixed else ""))
-    for node, n in state["nodes"].items():
+    for node, n in state.nodes.items():
         if node not in dead:
-            progress(f"node {node}: agent pid {n['pid']} running, left alone")
+            progress(f"node {node}: agent pid {n.pid} running, left alone")
     return state
 
 
 def _resync(state, node):
     """The control plane's records win over a snapshot up to a second old:
     services and external nodes changed since it was written are put right."""
-    sock = state["nodes"][node]["socket"]
+    sock = state.nodes[node].socket
     done = []
-    want = state.get("external", {})
+    want = state.external
     routes = request(sock, "routes")
     for r in routes:
-        if r["name"] and r["name"] not in state["nodes"] and r["name"] not in want:
+        if r["name"] and r["name"] not in state.nodes and r["name"] not in want:
             request(sock, "route_remove", name=r["name"])
             done.append(f"route to {r['name']} removed")
     have = {r["name"]: (r["cidr"], r["vtep"], r["inner_mac"]) for r in routes}
     for name, e in want.items():
         if have.get(name) != (e["pod_cidr"], e["vtep"], e["vtep_mac"].lower()):
-            request(sock, "route_add", name=name, cidr=e["pod_cidr"], vtep=e["vtep"], vni=state["vni"],
+            request(sock, "route_add", name=name, cidr=e["pod_cidr"], vtep=e["vtep"], vni=state.vni,
                     inner_mac=e["vtep_mac"])
             done.append(f"route to {name} added")
     key = lambda e: (e["vip"], e["port"], e["protocol"])
     running = {key(s): ({tuple(b) for b in s["backends"]}, s["lb"], s["affinity_timeout"])
                for s in request(sock, "services", timeout=60.0)}
-    entries = state.get("service_entries", [])
+    entries = state.service_entries
     upsert = [e for e in entries if running.get(key(e)) != ({tuple(b) for b in e["backends"]},
                                                            e["load_balancing"], e["affinity_timeout"])]
     delete = [{"vip": k[0], "port": k[1], "protocol": k[2]} for k in set(running) - {key(e) for e in entries}]
@@ -355,71 +384,86 @@ def _wait_ready(node, proc, progress=None):
     shown = ""
     while time.monotonic() < deadline:
         if progress:                          # the agent logs "placed K/N pods" as it goes
-            lines = [ln for ln in Path(node["log"]).read_text(errors="replace").splitlines()
+            lines = [ln for ln in Path(node.log).read_text(errors="replace").splitlines()
                      if ln.startswith("placed ")]
             if lines and lines[-1] != shown:
                 shown = lines[-1]
-                progress(f"{node['netns']}: {shown}")
+                progress(f"{node.netns}: {shown}")
         if proc.poll() is not None:
-            log = Path(node["log"]).read_text(errors="replace")[-2000:]
-            raise ClusterError(f"agent for {node['netns']} exited during start-up:\n{log}")
+            log = Path(node.log).read_text(errors="replace")[-2000:]
+            raise ClusterError(f"agent for {node.netns} exited during start-up:\n{log}")
         try:
-            request(node["socket"], "ping", timeout=1.0)
+            request(node.socket, "ping", timeout=1.0)
             return
         except ControlError:
             time.sleep(0.05)
-    raise ClusterError(f"agent for {node['netns']} not ready after {AGENT_READY_TIMEOUT} s")
+    raise ClusterError(f"agent for {node.netns} not ready after {AGENT_READY_TIMEOUT} s")
 
 
-def down(quiet=False, progress=print):
+def down(quiet=False, progress=print, force=False):
     """Stop every agent and delete every namespace and file `up` made.
-    Works after agents were SIGKILLed and after a half-finished `up`."""
+    Works after agents were SIGKILLed and after a half-finished `up`.
+    Refuses while container runtimes have pods attached through CNI (their
+    containers would lose their network under them) unless force, which
+    detaches them first as CNI DEL would."""
     with _exclusive():
-        return _down(quiet, progress)
+        return _down(quiet, progress, force)
 
 
-def _down(quiet, progress):
+def _down(quiet, progress, force):
     state = load_state()
     if state is None:
         if not quiet:
             progress("no cluster is up")
         return False
-    for node, n in state["nodes"].items():
-        pid = n["pid"]
-        if _pid_is_agent(pid, n["config"]):
+    attached = state.attachments()
+    if attached and not force:
+        raise ClusterError(f"{len(attached)} container{'s are' if len(attached) > 1 else ' is'} attached "
+                           f"through CNI ({', '.join(p.container_id[:12] for p in attached[:4])}"
+                           f"{', ...' if len(attached) > 4 else ''}); remove them with their runtime "
+                           f"(podman rm), or `podnet down --force` to detach them", "busy")
+    for p in attached:
+        _unplug_foreign(p)                   # the container's netns stays; only our TAP leaves it
+        if not quiet:
+            progress(f"detached container {p.container_id[:12]} ({p.name})")
+    for node, n in state.nodes.items():
+        pid = n.pid
+        if _alive_agent(n):
             os.kill(pid, signal.SIGTERM)
             deadline = time.monotonic() + STOP_TIMEOUT
-            while _pid_is_agent(pid, n["config"]) and time.monotonic() < deadline:
+            while _alive_agent(n) and time.monotonic() < deadline:
                 _reap(pid)
                 time.sleep(0.02)
-            if _pid_is_agent(pid, n["config"]):
+            if _alive_agent(n):
                 os.kill(pid, signal.SIGKILL)
         _reap(pid)
-    _stop_pod_processes(state)
-    removed = [name for name in reversed(state["namespaces"]) if netns.remove(name)]
-    for n in state["nodes"].values():
-        for f in (n["socket"], n["config"], n["log"], (n.get("metrics") or {}).get("socket")):
+    owned = state.owned_namespaces()
+    pods = [name for name in owned if name not in state.namespaces]
+    _stop_processes(pods)
+    removed = [name for name in pods + list(reversed(state.namespaces)) if netns.remove(name)]
+    for n in state.nodes.values():
+        for f in (n.socket, n.config, n.log, (n.metrics or {}).get("socket")):
             if f:
                 Path(f).unlink(missing_ok=True)
-        _remove_snapshot(n.get("snapshot") or os.path.splitext(n["socket"])[0] + ".snapshot")
-    for node in state["plan"]["nodes"]:               # an `up` killed between writing a config and recording it
-        for suffix in (".json", ".sock", ".log", ".snapshot", ".snapshot.tmp", ".metrics.sock"):
+        if n.snapshot:
+            _remove_snapshot(n.snapshot)
+    for node in state.nodes:                          # an `up` killed between writing a config and recording it
+        for suffix in (".json", ".json.tmp", ".sock", ".log", ".snapshot", ".snapshot.tmp", ".metrics.sock"):
             (state_path().parent / f"{node}{suffix}").unlink(missing_ok=True)
     state_path().unlink(missing_ok=True)
     if not quiet:
-        progress(f"cluster {state['cluster']} down: {len(state['nodes'])} agents stopped, "
+        progress(f"cluster {state.cluster} down: {len(state.nodes)} agents stopped, "
                  f"{len(removed)} namespaces removed")
     return True
 
 
-def _stop_pod_processes(state):
-    """Processes left in the pods (servers started with `podnet exec`) go with
+def _stop_processes(namespaces):
+    """Processes left in pods (servers started with `podnet exec`) go with
     their pods, as containers do: SIGTERM, then SIGKILL. The namespaces are
     scanned again after each pass, because a process that was between fork and
     setns (an `ip netns exec` just started) is missed by the first scan and
     would outlive its namespace's name."""
-    pods = [n for n in state["namespaces"] if n not in {v["netns"] for v in state["nodes"].values()}]
-    scan = lambda: {pid for name in pods for pid in netns.pids(name) if pid != os.getpid()}
+    scan = lambda: {pid for name in namespaces for pid in netns.pids(name) if pid != os.getpid()}
     for _ in range(3):
         victims = scan()
         if not victims:
@@ -446,6 +490,8 @@ def _alive(pid):
 
 
 def _reap(pid):
+    if not pid:
+        return
     try:
         os.waitpid(pid, os.WNOHANG)           # our child when up and down share a process
     except ChildProcessError:
@@ -455,53 +501,80 @@ def _reap(pid):
 def require_state():
     state = load_state()
     if state is None:
-        raise ClusterError("no cluster is up; run `podnet up`")
+        raise ClusterError("no cluster is up; run `podnet up`", "no_cluster")
     return state
 
 
 def node_socket(state, node):
     try:
-        return state["nodes"][node]["socket"]
+        return state.nodes[node].socket
     except KeyError:
-        raise ClusterError(f"no node {node!r}; nodes: {', '.join(state['nodes'])}") from None
+        raise ClusterError(f"no node {node!r}; nodes: {', '.join(state.nodes)}", "no_node") from None
 
 
 def status():
     state = require_state()
-    nodes, pods = [], []
-    for node, n in state["nodes"].items():
-        alive = _pid_is_agent(n["pid"], n["config"])
-        entry = {"name": node, "netns": n["netns"], "agent_pid": n["pid"], "agent": "running" if alive else "dead",
-                 "socket": n["socket"], "subnet": state["plan"]["nodes"][node]["subnet"],
-                 "gateway_ip": state["plan"]["nodes"][node]["gateway_ip"],
-                 "gateway_mac": state["plan"]["nodes"][node]["gateway_mac"],
-                 "underlay_ip": n.get("underlay_ip"), "underlay_mac": n.get("underlay_mac")}
+    nodes = []
+    for node, n in state.nodes.items():
+        alive = _alive_agent(n)
+        entry = {"name": node, "netns": n.netns, "agent_pid": n.pid, "agent": "running" if alive else "dead",
+                 "socket": n.socket, "subnet": n.subnet, "gateway_ip": n.gateway_ip, "gateway_mac": n.gateway_mac,
+                 "underlay_ip": n.underlay_ip, "underlay_mac": n.underlay_mac}
         if alive:
             try:
-                st = request(n["socket"], "status", timeout=3.0)
-                entry.update(vnet_hdr=st["vnet_hdr"], offloads=st["offloads"], gso_path=st.get("gso_path"),
-                             workers=st.get("workers"))
+                s = request(n.socket, "status", timeout=3.0)
+                entry.update(vnet_hdr=s["vnet_hdr"], offloads=s["offloads"], gso_path=s.get("gso_path"),
+                             workers=s.get("workers"))
             except ControlError as e:
                 entry["agent"] = f"unreachable: {e}"
         nodes.append(entry)
-    for name, p in state["plan"]["pods"].items():
-        pods.append({"name": name, "node": p["node"], "namespace": pod_ns(state["cluster"], name),
-                     "ip": p["ip"], "mac": p["mac"], "gateway": p["gateway_ip"]})
-    return {"cluster": state["cluster"], "source": state["source"], "fabric": state.get("fabric"),
-            "vni": state.get("vni"), "vxlan_port": state.get("vxlan_port"),
-            "external_nodes": list(state.get("external", {}).values()), "nodes": nodes, "pods": pods,
-            "services": [{"name": n, "clusterIP": ip} for n, ip in state["plan"]["services"].items()]}
+    return {"cluster": state.cluster, "source": state.source, "fabric": state.fabric,
+            "vni": state.vni, "vxlan_port": state.vxlan_port,
+            "external_nodes": list(state.external.values()), "nodes": nodes, "pods": _pod_rows(state),
+            "services": [{"name": n, "clusterIP": ip} for n, ip in state.services_plan.items()]}
+
+
+def _pod_rows(state):
+    return [{"name": p.name, "node": p.node, "namespace": p.netns, "ip": p.ip, "mac": p.mac, "gateway": p.gateway,
+             "labels": dict(p.labels), "origin": p.origin, "container_id": p.container_id, "ifname": p.ifname,
+             "port": p.port, "phase": p.phase, "prefixlen": p.prefixlen, "mtu": p.mtu}
+            for p in state.pods.values()]
 
 
 def pod_namespace(pod):
+    """The namespace `podnet exec POD` runs in (a CNI pod's netns path too)."""
     state = require_state()
-    if pod not in state["plan"]["pods"]:
-        raise ClusterError(f"no pod {pod!r}; pods: {', '.join(state['plan']['pods'])}")
-    return pod_ns(state["cluster"], pod)
+    if pod not in state.pods:
+        raise ClusterError(f"no pod {pod!r}; pods: {', '.join(state.pods)}", "not_found")
+    return state.pods[pod].netns
 
 
-def _agents(state):
-    return {node: n["socket"] for node, n in state["nodes"].items()}
+# ---- pushing a change to every agent ----------------------------------------
+
+def _push_all(state, op, undo=None, what=None, progress=None, **args):
+    """Send one request to every running agent, all or none: if one refuses,
+    those that took it get `undo` (op, args) and ClusterError is raised. A
+    dead agent is skipped: `up` restarts it from its config and _resync()
+    brings it up to date with these records."""
+    done = []
+    try:
+        for node, n in state.nodes.items():
+            if not _alive_agent(n):
+                continue
+            t0 = time.monotonic()
+            request(n.socket, op, timeout=60.0, **args)
+            done.append(n)
+            if progress:
+                progress(node, time.monotonic() - t0)
+    except ControlError as e:
+        for n in done:
+            if undo:
+                try:
+                    request(n.socket, undo[0], timeout=60.0, **undo[1])
+                except ControlError:
+                    pass
+        raise ClusterError(f"{what or op}: {e}") from None
+    return len(done)
 
 
 def node_add(name, pod_cidr, vtep, vtep_mac=None):
@@ -511,52 +584,241 @@ def node_add(name, pod_cidr, vtep, vtep_mac=None):
     podnet's gateway-MAC convention for that CIDR). All agents or none."""
     import ipaddress
     from dataplane.ipam import mac_for
-    state = require_state()
-    try:
-        net = ipaddress.IPv4Network(pod_cidr)
-        ip = ipaddress.IPv4Address(vtep)
-    except ValueError as e:
-        raise ClusterError(f"node add: {e}") from None
-    if name in state["nodes"]:
-        raise ClusterError(f"node add: {name!r} is a podnet node of this cluster")
-    fabric = ipaddress.IPv4Network(state["fabric"]["subnet"])
-    if ip not in fabric:
-        raise ClusterError(f"node add: VTEP {ip} is not on the fabric {fabric}")
-    route = {"name": name, "cidr": str(net), "vtep": str(ip), "vni": state["vni"],
-             "inner_mac": vtep_mac or mac_for(net.network_address + 1)}
-    done = []
-    try:
-        for node, sock in _agents(state).items():
-            request(sock, "route_add", **route)
-            done.append(sock)
-    except ControlError as e:
-        for sock in done:                    # all or nothing
-            try:
-                request(sock, "route_remove", name=name)
-            except ControlError:
-                pass
-        raise ClusterError(f"node add {name}: {e}") from None
-    state.setdefault("external", {})[name] = {"name": name, "pod_cidr": str(net), "vtep": str(ip),
-                                               "vtep_mac": route["inner_mac"]}
-    _save_state(state)
-    return route
+    with _exclusive():
+        state = require_state()
+        try:
+            net = ipaddress.IPv4Network(pod_cidr)
+            ip = ipaddress.IPv4Address(vtep)
+        except ValueError as e:
+            raise ClusterError(f"node add: {e}") from None
+        if name in state.nodes:
+            raise ClusterError(f"node add: {name!r} is a podnet node of this cluster", "exists")
+        fabric = ipaddress.IPv4Network(state.fabric["subnet"])
+        if ip not in fabric:
+            raise ClusterError(f"node add: VTEP {ip} is not on the fabric {fabric}")
+        route = {"name": name, "cidr": str(net), "vtep": str(ip), "vni": state.vni,
+                 "inner_mac": vtep_mac or mac_for(net.network_address + 1)}
+        _push_all(state, "route_add", ("route_remove", {"name": name}), f"node add {name}", **route)
+        state.external[name] = {"name": name, "pod_cidr": str(net), "vtep": str(ip), "vtep_mac": route["inner_mac"]}
+        _save_state(state)
+        return route
 
 
 def node_remove(name):
-    state = require_state()
-    if name not in state.get("external", {}):
-        raise ClusterError(f"node remove: no external node {name!r}; "
-                           f"external nodes: {', '.join(state.get('external', {})) or 'none'}")
-    for node, sock in _agents(state).items():
+    """Remove an external node from every running agent; a dead agent forgets
+    it when `up` restarts it (_resync), so this works while one is down."""
+    with _exclusive():
+        state = require_state()
+        if name not in state.external:
+            raise ClusterError(f"node remove: no external node {name!r}; "
+                               f"external nodes: {', '.join(state.external) or 'none'}", "not_found")
+        for node, n in state.nodes.items():
+            if not _alive_agent(n):
+                continue
+            try:
+                request(n.socket, "route_remove", name=name)
+            except ControlError as e:
+                if "no route" not in str(e):
+                    raise ClusterError(f"node remove {name}: {e}") from None
+        del state.external[name]
+        _save_state(state)
+
+
+# ---- pods that come and go -----------------------------------------------------
+
+_FOREIGN_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_IFNAME = re.compile(r"[A-Za-z0-9_][-A-Za-z0-9_.]{0,14}")
+POD_ORIGINS = ("spec", "cli", "manifest", "cni")
+
+
+def _ipam():
+    return Ipam(state_dir() / "ipam.json")
+
+
+def _check_labels(labels):
+    if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str) and k
+                                               for k, v in labels.items()):
+        raise ClusterError(f"labels must map strings to strings, got {labels!r}")
+    bad = [k for k in labels if len(k) > 317 or any(c.isspace() for c in k + labels[k])]
+    if bad:
+        raise ClusterError(f"label {bad[0]!r}: keys and values take no whitespace (keys at most 317 characters)")
+    return dict(labels)
+
+
+def pod_add(name, node=None, labels=None, *, netns=None, ifname="eth0", container_id=None, origin="cli"):
+    """Add a pod to the running cluster: an address from its node's range,
+    a port on its node's agent, a TAP as its `ifname` with address, MAC, MTU
+    and default route, and the Services whose selectors match its labels
+    get it as a backend. netns None: podnet makes the namespace
+    {cluster}-pod-{name} and owns it; else an existing netns path (CNI_NETNS)
+    that stays the runtime's. All or nothing. Returns the pod's record."""
+    with _exclusive():
+        state = require_state()
+        return _pod_add(state, name, node, labels or {}, netns, ifname, container_id, origin).to_dict()
+
+
+def _pod_add(state, name, node, labels, netns_path, ifname, container_id, origin):
+    owned = netns_path is None
+    if not isinstance(name, str) or not (_DNS_LABEL if owned else _FOREIGN_NAME).fullmatch(name) \
+            or (owned and len(name) > NAME_MAX):
+        raise ClusterError(f"pod name {name!r} must be a DNS-1123 label of at most {NAME_MAX} characters "
+                           f"(a-z, 0-9, '-'; it names the pod's network namespace)" if owned else
+                           f"pod name {name!r} must be 1..63 letters, digits, '-', '_' or '.'")
+    if origin not in POD_ORIGINS:
+        raise ClusterError(f"origin must be one of {', '.join(POD_ORIGINS)}, got {origin!r}")
+    labels = _check_labels(labels)
+    if name in state.pods:
+        p = state.pods[name]
+        raise ClusterError(f"pod {name!r} exists (on node {p.node}, {p.ip}"
+                           + (f", container {p.container_id[:12]}" if p.container_id else "") + ")", "exists")
+    node = node or next(iter(state.nodes))
+    if node not in state.nodes:
+        raise ClusterError(f"no node {node!r}; nodes: {', '.join(state.nodes)}", "no_node")
+    n = state.nodes[node]
+    if not _alive_agent(n):
+        raise ClusterError(f"the agent of node {node} is not running; `podnet up` restarts it", "agent_down")
+    if not isinstance(ifname, str) or not _IFNAME.fullmatch(ifname):
+        raise ClusterError(f"interface name {ifname!r} must be 1..15 letters, digits, '-', '_' or '.'")
+    if container_id is not None:
+        if not isinstance(container_id, str) or not container_id:
+            raise ClusterError("container id must be a non-empty string")
+        clash = _attachment(state, container_id, ifname)
+        if clash:
+            raise ClusterError(f"container {container_id[:12]} already has {ifname} attached "
+                               f"(pod {clash.name}, {clash.ip})", "exists")
+    if owned:
+        ns = pod_ns(state.cluster, name)
+        if netns.exists(ns):
+            raise ClusterError(f"network namespace {ns} exists already; remove it (`ip netns del {ns}`)", "exists")
+    else:
+        if not isinstance(netns_path, str) or not os.path.isabs(netns_path) or not os.path.exists(netns_path):
+            raise ClusterError(f"network namespace {netns_path!r} does not exist (an absolute path expected)",
+                               "bad_netns")
+        ns = netns_path
+    taken = {p.port for p in state.pods_on(node)}
+    port = next((i for i in range(MAX_POD_PORTS) if i not in taken), None)
+    if port is None:
+        raise ClusterError(f"node {node} has {MAX_POD_PORTS} pods, its most", "ipam_full")
+    try:
+        ip = _ipam().allocate_pod(name, n.subnet)
+    except IpamError as e:
+        raise ClusterError(str(e), "ipam_full") from None
+    from dataplane.ipam import mac_for
+    rec = st.PodRecord(name, node, str(ip), 24, mac_for(ip), n.gateway_ip, state.pod_mtu, port, ns, owned=owned,
+                       ifname=ifname, labels=labels, origin=origin, container_id=container_id, phase="adding",
+                       created=time.time())
+    state.pods[name] = rec
+    _save_state(state)                                # before anything exists: pod delete, GC and down find it
+    try:
+        if owned:
+            netns.create(ns)
+        request(n.socket, "pod_add", timeout=30.0, **rec.agent_config())
+        rec.phase = "ready"
+        _save_state(state)
+        _write_agent_pods(state, node)
+        _sync_services(state)                         # selectors that match it: a new backend
+    except (ControlError, ClusterError, OSError) as e:
+        _pod_remove(state, rec, sync=False)
+        code = "agent_down" if isinstance(e, ControlError) and "cannot connect" in str(e) else "invalid"
+        raise ClusterError(f"pod {name} not added: {e}", code) from None
+    return rec
+
+
+def pod_delete(name):
+    """Remove a pod from the running cluster: first from the Services it
+    backs (UDP entries to it flushed, TCP ones reset on their next segment),
+    then its port on its agent (FDB entries, neighbour, guard, the
+    connections it is an end of and its affinity pins go), the processes
+    left in its namespace and the namespace if podnet made it, and its
+    address lease. Works while its agent is dead or was restarted, and for
+    a pod whose add never finished. Returns what was removed."""
+    with _exclusive():
+        state = require_state()
+        rec = state.pods.get(name)
+        if rec is None:
+            raise ClusterError(f"no pod {name!r}; pods: {', '.join(state.pods) or 'none'}", "not_found")
+        return _pod_remove(state, rec)
+
+
+def _pod_remove(state, rec, sync=True):
+    out = {"name": rec.name, "node": rec.node, "ip": rec.ip}
+    if sync and rec.phase == "ready":
+        rec.phase = "deleting"                        # out of every selector's endpoints first
+        _sync_services(state)
+    n = state.nodes[rec.node]
+    if _alive_agent(n):
         try:
-            request(sock, "route_remove", name=name)
+            out.update(request(n.socket, "pod_remove", timeout=30.0, name=rec.name))
         except ControlError as e:
-            if "no route" not in str(e):
-                raise ClusterError(f"node remove {name}: {e}") from None
-    del state["external"][name]
+            if "no pod" not in str(e):
+                raise ClusterError(f"pod {rec.name} not deleted: {e}") from None
+    _unplug_foreign(rec)                              # a TAP no agent holds (its agent died, or ours did mid-add)
+    if rec.owned:
+        _stop_processes([rec.netns])
+        netns.remove(rec.netns)
+    _ipam().release_pod(rec.name)
+    del state.pods[rec.name]
     _save_state(state)
+    _write_agent_pods(state, rec.node)
+    return out
 
 
+def _unplug_foreign(rec):
+    """Delete the pod's TAP from its namespace if one is still there (it
+    outlives its agent: TAPs are persistent). Only a TAP is touched, never a
+    runtime's other interface that happens to have the name."""
+    from pyroute2 import NetNS
+    path = rec.netns if os.path.isabs(rec.netns) else os.path.join(netns.NETNS_DIR, rec.netns)
+    if not os.path.exists(path):
+        return
+    try:
+        with NetNS(path, flags=0) as ns:
+            for ifname in (rec.ifname, f"tap{rec.port}"):
+                idx = ns.link_lookup(ifname=ifname)
+                if not idx:
+                    continue
+                info = ns.get_links(idx[0])[0].get_attr("IFLA_LINKINFO")
+                if info is not None and info.get_attr("IFLA_INFO_KIND") == "tun" \
+                        and ns.get_links(idx[0])[0].get_attr("IFLA_ADDRESS") == rec.mac.lower():
+                    ns.link("del", index=idx[0])
+    except OSError:
+        pass                                         # the namespace went meanwhile: the TAP with it
+
+
+def _attachment(state, container_id, ifname):
+    return next((p for p in state.pods.values() if p.container_id == container_id and p.ifname == ifname), None)
+
+
+def attachment(container_id, ifname):
+    """The CNI pod of that container and interface, as a record dict, or None."""
+    state = load_state()
+    rec = _attachment(state, container_id, ifname) if state else None
+    return rec.to_dict() if rec else None
+
+
+def pods():
+    """Every pod of the running cluster (spec, CLI, manifest and CNI ones)."""
+    return _pod_rows(require_state())
+
+
+def agent_ready(node=None):
+    """(True, "") if an ADD on node (default the first) can be served now,
+    else (False, why): for CNI STATUS."""
+    state = load_state()
+    if state is None:
+        return False, "no podnet cluster is up"
+    node = node or next(iter(state.nodes))
+    n = state.nodes.get(node)
+    if n is None:
+        return False, f"no node {node!r} in cluster {state.cluster}"
+    if not _alive_agent(n):
+        return False, f"the agent of node {node} is not running"
+    try:
+        request(n.socket, "ping", timeout=2.0)
+    except ControlError as e:
+        return False, f"the agent of node {node} does not answer: {e}"
+    return True, ""
 # ---- services ---------------------------------------------------------------
 
 def _spec_services(spec, plan):
@@ -575,11 +837,13 @@ def _spec_services(spec, plan):
 
 
 def _store(state):
+    """The Services and EndpointSlices applied, with every pod that is ready
+    for selectors to match (a pod being deleted is no longer one)."""
     from dataplane.manifests import ServiceStore
-    pods = {name: (p["ip"], state["pod_labels"].get(name, {})) for name, p in state["plan"]["pods"].items()}
-    store = ServiceStore(pods=pods, service_cidr=state["spec"]["cluster"]["serviceCIDR"])
-    if state.get("service_store"):
-        store.restore(state["service_store"])
+    pods = {p.name: (p.ip, dict(p.labels)) for p in state.pods.values() if p.phase == "ready"}
+    store = ServiceStore(pods=pods, service_cidr=state.spec["cluster"]["serviceCIDR"])
+    if state.service_store:
+        store.restore(state.service_store)
     return store
 
 
@@ -587,53 +851,103 @@ def _fp_key(e):
     return (e["vip"], e["port"], e["protocol"])
 
 
-def _apply_objects(state, objects, delete, progress=None):
-    """Apply (or delete) manifest objects: validate in the store, diff what the
-    fast path holds, push the change to every agent (all or none), save."""
+def _sync_services(state, store=None, progress=None):
+    """Make every agent's service map what the store resolves to (selectors
+    over the pods now ready, EndpointSlices as applied): the difference from
+    what was loaded last is pushed to every agent, all or none, and saved.
+    Backends that leave have their connections ended by the agents. Returns
+    (service ports loaded, removed)."""
     say = progress or (lambda *_: None)
-    store = _store(state)
-    before = {_fp_key(e): e for e in state.get("service_entries", [])}
-    result = store.delete(objects) if delete else store.apply(objects)
+    store = store or _store(state)
+    before = {_fp_key(e): e for e in state.service_entries}
     after = {_fp_key(e): e for e in store.resolve()}
     upsert = [e for k, e in after.items() if before.get(k) != e]
     gone = [{"vip": k[0], "port": k[1], "protocol": k[2]} for k in before if k not in after]
-    undo_upsert = [before[k] for k in list(before) if k in after and before[k] != after[k]] + \
-                  [before[k] for k in before if k not in after]
-    undo_delete = [{"vip": k[0], "port": k[1], "protocol": k[2]} for k in after if k not in before]
-    say(f"validated {len(objects)} objects: {len(upsert)} service ports to load, {len(gone)} to remove")
-    done = []
+    undo = {"upsert": [before[k] for k in before if k not in after or before[k] != after[k]],
+            "delete": [{"vip": k[0], "port": k[1], "protocol": k[2]} for k in after if k not in before]}
     if upsert or gone:
-        try:
-            for node, sock in _agents(state).items():
-                t0 = time.monotonic()
-                request(sock, "services_apply", timeout=60.0, upsert=upsert, delete=gone)
-                done.append(sock)
-                say(f"node {node}: loaded in {time.monotonic() - t0:.2f} s")
-        except ControlError as e:
-            for sock in done:
-                try:
-                    request(sock, "services_apply", timeout=60.0, upsert=undo_upsert, delete=undo_delete)
-                except ControlError:
-                    pass
-            raise ClusterError(f"services not changed: {e}") from None
-    state["service_store"] = store.snapshot()
-    state["service_entries"] = list(after.values())
+        _push_all(state, "services_apply", ("services_apply", undo), "services not changed",
+                  progress=lambda node, dt: say(f"node {node}: loaded in {dt:.2f} s"), upsert=upsert, delete=gone)
+    state.service_store = store.snapshot()
+    state.service_entries = list(after.values())
     _save_state(state)
-    return result, len(upsert), len(gone)
+    return len(upsert), len(gone)
+
+
+def _apply_objects(state, objects, delete, progress=None):
+    """Apply (or delete) Service and EndpointSlice objects: validated in the
+    store, then the change pushed to every agent (_sync_services)."""
+    say = progress or (lambda *_: None)
+    store = _store(state)
+    result = store.delete(objects) if delete else store.apply(objects)
+    before = {_fp_key(e) for e in state.service_entries}
+    after = {_fp_key(e): e for e in store.resolve()}
+    old = {_fp_key(e): e for e in state.service_entries}
+    say(f"validated {len(objects)} objects: {sum(1 for k, e in after.items() if old.get(k) != e)} service ports "
+        f"to load, {len(before - set(after))} to remove")
+    loaded, removed = _sync_services(state, store, progress)
+    return result, loaded, removed
 
 
 def apply_file(path, delete=False, progress=None):
+    """`podnet apply -f` / `delete -f`: Pods, Services and EndpointSlices.
+    Pods are made (or deleted) first, so the Services of the same file see
+    them; every object is validated before any is applied."""
     from dataplane.manifests import load_manifests
-    state = require_state()
-    t0 = time.monotonic()
-    objects = load_manifests(path)
-    if not objects:
-        raise ClusterError(f"{path}: no objects")
-    if progress:
-        progress(f"read {len(objects)} objects from {path} in {time.monotonic() - t0:.1f} s")
-    return _apply_objects(state, objects, delete, progress)
+    with _exclusive():
+        state = require_state()
+        t0 = time.monotonic()
+        objects = load_manifests(path)
+        if not objects:
+            raise ClusterError(f"{path}: no objects")
+        if progress:
+            progress(f"read {len(objects)} objects from {path} in {time.monotonic() - t0:.1f} s")
+        pods = [o for o in objects if getattr(o, "kind", None) == "Pod"]
+        others = [o for o in objects if getattr(o, "kind", None) != "Pod"]
+        lines = _apply_pods(state, pods, delete)
+        result, loaded, removed = _apply_objects(state, others, delete, progress) if others else ([], 0, 0)
+        if not delete:
+            result = {"pods": lines, **(result or {})}
+        else:
+            result = lines + list(result)
+        return result, loaded, removed
+
+
+def _apply_pods(state, pods, delete):
+    """Pods of a manifest: all checked before the first is made or deleted."""
+    if delete:
+        missing = [p.name for p in pods if p.name not in state.pods]
+        if missing:
+            raise ClusterError(f"pod/{missing[0]} not found; nothing deleted", "not_found")
+        for p in pods:
+            _pod_remove(state, state.pods[p.name])
+        return [f"pod/{p.name} deleted" for p in pods]
+    lines, todo, relabel = [], [], []
+    for p in pods:
+        node = p.node_name or next(iter(state.nodes))
+        if node not in state.nodes:
+            raise ClusterError(f"pod/{p.name}: spec.nodeName {node!r} is not a node of this cluster "
+                               f"({', '.join(state.nodes)}); nothing applied", "no_node")
+        have = state.pods.get(p.name)
+        if have is None:
+            todo.append((p, node))
+        elif have.node != node:
+            raise ClusterError(f"pod/{p.name}: spec.nodeName is immutable (the pod runs on {have.node}); "
+                               f"delete it first; nothing applied", "exists")
+        elif dict(have.labels) != dict(p.labels):
+            relabel.append((have, dict(p.labels)))
+        else:
+            lines.append(f"pod/{p.name} unchanged")
+    for have, labels in relabel:                      # labels change live: endpoints follow
+        have.labels = labels
+        lines.append(f"pod/{have.name} configured")
+    if relabel:
+        _sync_services(state)
+    for p, node in todo:
+        _pod_add(state, p.name, node, dict(p.labels), None, "eth0", None, "manifest")
+        lines.append(f"pod/{p.name} created")
+    return lines
 
 
 def services():
-    state = require_state()
-    return state.get("service_entries", [])
+    return require_state().service_entries

@@ -28,7 +28,7 @@ else:
 
 
 def _ns(state, pod):
-    return cluster.pod_ns(state["cluster"], pod)
+    return state.pods[pod].netns
 
 
 def ping(state, src, dst_ip):
@@ -83,7 +83,7 @@ def clusterip(state, client, entry, n=30):
     servers = []
     try:
         for ip, port in entry["backends"]:
-            pod = next(p for p, v in state["plan"]["pods"].items() if v["ip"] == ip)
+            pod = next(p.name for p in state.pods.values() if p.ip == ip)
             srv = subprocess.Popen(["ip", "netns", "exec", _ns(state, pod), sys.executable, "-c", WHOAMI,
                                     f"{pod}", str(port)], stdout=subprocess.PIPE, text=True)
             servers.append(srv)
@@ -105,7 +105,7 @@ def main(out=print):
         out("== podnet up (embedded default spec) ==")
         state = cluster.up(None, progress=lambda m: out("  " + m))   # Ctrl-C here: rolled back
     else:
-        out(f"== a cluster is already up ({state['source']}): using it ==")
+        out(f"== a cluster is already up ({state.source}): using it ==")
     try:
         return _show(state, out)
     except KeyboardInterrupt:
@@ -125,9 +125,9 @@ def _show(state, out):
         f"{st['fabric']['subnet']}, MTU {st['fabric']['mtu']}, VNI {st['vni']}, UDP {st['vxlan_port']} ==")
     out(render(st["nodes"], [("node", "name"), ("underlay ip", "underlay_ip"), ("underlay mac", "underlay_mac"),
                              ("gso path", "gso_path")]))
-    first = next(iter(state["nodes"]))
+    first = next(iter(state.nodes))
     out(f"\n== routes on {first} (flannel-style: pod CIDR -> VTEP) ==")
-    out(render(request(state["nodes"][first]["socket"], "routes"),
+    out(render(request(state.nodes[first].socket, "routes"),
                [("node", "name"), ("pod cidr", "cidr"), ("vtep", "vtep"), ("vtep state", "vtep_state"),
                 ("inner mac", "inner_mac")]))
     out("\n== services (kube-proxy's job, in the fast path) ==")
@@ -136,7 +136,7 @@ def _show(state, out):
                      backends=" ".join(f"{ip}:{p}" for ip, p in e["backends"]) or "<none>") for e in entries],
                [("service", "key"), ("cluster ip", "vip"), ("port", "port"), ("backends", "backends")]))
 
-    pods = state["plan"]["pods"]
+    pods = {n: p.to_dict() for n, p in state.pods.items()}
     by_node = {}
     for name, p in pods.items():
         by_node.setdefault(p["node"], []).append(name)
@@ -147,7 +147,7 @@ def _show(state, out):
             a, b = names[0], names[1]
             results.append((f"{a} -> {b} ping (same node {node})", *ping(state, a, pods[b]["ip"])))
             results.append((f"{a} -> {b} TCP (same node {node})", *tcp(state, a, b, pods[b]["ip"])))
-        gw = state["plan"]["nodes"][node]["gateway_ip"]
+        gw = state.nodes[node].gateway_ip
         results.append((f"{names[0]} -> gateway {gw} ping", *ping(state, names[0], gw)))
     nodes = list(by_node)
     if len(nodes) >= 2:
@@ -175,8 +175,8 @@ def _show(state, out):
 
     out("\n== fast-path counters ==")
     rows = []
-    for node, n in state["nodes"].items():
-        c = request(n["socket"], "counters")
+    for node, n in state.nodes.items():
+        c = request(n.socket, "counters")
         rows.append({"node": node, "rx": sum(p["rx_packets"] for p in c["ports"].values()),
                      "tx": sum(p["tx_packets"] for p in c["ports"].values()),
                      "forwarded": c["bridge"]["forwarded"], "flooded": c["bridge"]["flooded"],

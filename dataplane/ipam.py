@@ -4,6 +4,11 @@ gateway is .1), ClusterIPs from the service CIDR.
 Allocations are kept in a JSON lease file, so `podnet down` then `up` gives every node, pod and
 service the address it had. Whatever holds a still-valid lease keeps it; newcomers take the lowest
 free address; leases of things gone from the spec are dropped.
+
+Pods added to a running cluster (allocate_pod) are given addresses as host-local gives them: from
+the address after the last one handed out in the node's range (its last_reserved_ip), wrapping at
+the end, so an address freed by a pod that went is not handed out again until the range wraps --
+a new pod does not inherit a dead pod's connections or affinity pins.
 """
 from __future__ import annotations
 
@@ -71,31 +76,73 @@ class Ipam:
         nodes = _plan_nodes(spec, leases["nodes"])
         plan = Plan(nodes, _plan_pods(spec, nodes, leases["pods"]),
                     _plan_services(spec, leases["services"]))
-        self._save(plan)
+        subnets = {str(n.subnet) for n in nodes.values()}
+        last = {net: ip for net, ip in leases["last_reserved"].items() if net in subnets}
+        self._write({"nodes": {n: str(p.subnet) for n, p in plan.nodes.items()},
+                     "pods": {n: str(p.ip) for n, p in plan.pods.items()},
+                     "services": {n: str(ip) for n, ip in plan.services.items()},
+                     "last_reserved": {net: str(ip) for net, ip in last.items()}})
         return plan
+
+    def allocate_pod(self, name, subnet):
+        """An address for a new pod `name` in a node's subnet (a /24: .2-.254), host-local style:
+        the first free one after the range's last reserved address, wrapping. Written to the
+        lease file before it is returned; IpamError when the subnet is full or name holds one."""
+        subnet = IPv4Network(subnet)
+        leases = self._load()
+        if name in leases["pods"]:
+            raise IpamError(f"pod {name!r} already holds {leases['pods'][name]}")
+        base = int(subnet.network_address)
+        first, last = base + 2, base + 254
+        taken = {int(ip) for ip in leases["pods"].values()}
+        prev = leases["last_reserved"].get(str(subnet))
+        start = int(prev) + 1 if prev is not None and first <= int(prev) <= last else first
+        size = last - first + 1
+        for i in range(size):
+            addr = first + (start - first + i) % size
+            if addr not in taken:
+                break
+        else:
+            raise IpamError(f"node subnet {subnet} has no free address left for pod {name!r}")
+        leases["pods"][name] = IPv4Address(addr)
+        leases["last_reserved"][str(subnet)] = IPv4Address(addr)
+        self._write(_plain(leases))
+        return IPv4Address(addr)
+
+    def release_pod(self, name):
+        """Free a pod's address (last_reserved stays: it is not handed out again until the
+        range wraps). True if it held one."""
+        leases = self._load()
+        if leases["pods"].pop(name, None) is None:
+            return False
+        self._write(_plain(leases))
+        return True
+
+    def pod_leases(self):
+        """{pod name: address} as the lease file holds them."""
+        return dict(self._load()["pods"])
 
     def _load(self):
         """The leases in the file, {kind: {name: address}}; none when there is no file."""
         try:
             data = json.loads(self.path.read_text())
         except FileNotFoundError:
-            return {kind: {} for kind in _KINDS}
+            return {kind: {} for kind in (*_KINDS, "last_reserved")}
         except OSError as exc:
             raise IpamError(f"{self.path}: cannot read the lease file: {exc.strerror}") from None
         except ValueError as exc:
             raise IpamError(f"{self.path}: corrupt lease file, not JSON ({exc}); "
                             "remove it to allocate afresh") from None
         try:
-            return {kind: {name: _parse(kind, value) for name, value in data.get(kind, {}).items()}
-                    for kind in _KINDS}
+            leases = {kind: {name: _parse(kind, value) for name, value in data.get(kind, {}).items()}
+                      for kind in _KINDS}
+            leases["last_reserved"] = {net: _parse("pods", ip) for net, ip in data.get("last_reserved", {}).items()}
+            return leases
         except (AttributeError, ValueError) as exc:  # not an object of objects, or a bad address
             raise IpamError(f"{self.path}: corrupt lease file ({exc}); "
                             "remove it to allocate afresh") from None
 
-    def _save(self, plan):
-        data = {"nodes": {n: str(p.subnet) for n, p in plan.nodes.items()},
-                "pods": {n: str(p.ip) for n, p in plan.pods.items()},
-                "services": {n: str(ip) for n, ip in plan.services.items()}}
+    def _write(self, data):
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # Write a temporary file beside the lease file and rename it over: a crash leaves
@@ -113,6 +160,10 @@ class Ipam:
                 raise
         except OSError as exc:
             raise IpamError(f"{self.path}: cannot write the lease file: {exc.strerror}") from None
+
+
+def _plain(leases):
+    return {kind: {k: str(v) for k, v in entries.items()} for kind, entries in leases.items()}
 
 
 def _parse(kind, value):

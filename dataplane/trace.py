@@ -40,7 +40,7 @@ def build_frame(state, pod, dst, proto="tcp", sport=40000, flags="S", payload=b"
     MAC on its own node's subnet, else to its gateway, as the pod's kernel does."""
     from scapy.layers.inet import ICMP, IP, TCP, UDP
     from scapy.layers.l2 import Ether
-    pods = state["plan"]["pods"]
+    pods = {n: p.to_dict() for n, p in state.pods.items()}
     if pod not in pods:
         raise TraceError(f"no pod {pod!r}; pods: {', '.join(pods)}")
     p = pods[pod]
@@ -60,8 +60,8 @@ def build_frame(state, pod, dst, proto="tcp", sport=40000, flags="S", payload=b"
     # checked here: scapy raises a bare ValueError (a traceback) on a letter it lacks
     if proto == "tcp" and any(c not in TCP_FLAGS for c in flags):
         raise TraceError(f"TCP flags are letters of {TCP_FLAGS} (e.g. S, SA, A, FA, R), got {flags!r}")
-    subnet = ipaddress.IPv4Network(state["plan"]["nodes"][p["node"]]["subnet"])
-    dmac = state["plan"]["nodes"][p["node"]]["gateway_mac"]
+    subnet = ipaddress.IPv4Network(state.nodes[p["node"]].subnet)
+    dmac = state.nodes[p["node"]].gateway_mac
     if daddr in subnet:
         dmac = next((q["mac"] for q in pods.values() if q["ip"] == str(daddr)), dmac)
     l3 = IP(src=p["ip"], dst=str(daddr), ttl=64)
@@ -100,14 +100,14 @@ def _ports(state, node):
 def run(pod, frame, commit=False):
     """Trace frame sent by pod; returns the hops, each {node, port, events, ...}."""
     state = cluster.require_state()
-    if pod not in state["plan"]["pods"]:
-        raise TraceError(f"no pod {pod!r}; pods: {', '.join(state['plan']['pods'])}")
-    node = state["plan"]["pods"][pod]["node"]
+    if pod not in state.pods:
+        raise TraceError(f"no pod {pod!r}; pods: {', '.join(state.pods)}")
+    node = state.pods[pod].node
     names = _ports(state, node)
     port = next((p for p, n in names.items() if n == f"pod {pod}"), None)
     if port is None:
         raise TraceError(f"pod {pod} has no port on node {node}")
-    by_vtep = {n["underlay_ip"]: name for name, n in state["nodes"].items()}
+    by_vtep = {n.underlay_ip: name for name, n in state.nodes.items()}
     hops, todo = [], [(node, port, frame, names)]
     while todo and len(hops) < MAX_HOPS:
         node, port, frame, names = todo.pop(0)

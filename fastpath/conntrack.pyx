@@ -278,14 +278,17 @@ cdef class Conntrack:
         return total
 
     def flush(self, vip=None, int vport=-1, int proto=-1, backend=None, int bport=-1, bint udp_only=False,
-              bint mark_tcp_dead=False):
+              bint mark_tcp_dead=False, host=None):
         """Delete (or, for TCP with mark_tcp_dead, mark for RST) connections
-        matching the given service and/or backend. Returns (deleted, marked)."""
+        matching the given service and/or backend; host: those whose client
+        or backend is that address (a pod that goes: every connection it is
+        an end of). Returns (deleted, marked)."""
         cdef uint32_t c, i, v = int(ipaddress.IPv4Address(vip)) if vip is not None else 0
         cdef uint32_t b = int(ipaddress.IPv4Address(backend)) if backend is not None else 0
+        cdef uint32_t h = int(ipaddress.IPv4Address(host)) if host is not None else 0
         cdef conn_t *k
         cdef ct_t *t
-        cdef bint by_vip = vip is not None, by_backend = backend is not None
+        cdef bint by_vip = vip is not None, by_backend = backend is not None, by_host = host is not None
         cdef uint64_t deleted = 0, marked = 0, d
         with nogil:
             for i in range(self.tab.nsh):
@@ -298,7 +301,8 @@ cdef class Conntrack:
                         continue
                     if (by_vip and k.vip != v) or (vport >= 0 and k.vport != vport) \
                             or (proto >= 0 and k.proto != proto) or (by_backend and k.bip != b) \
-                            or (bport >= 0 and k.bport != bport):
+                            or (bport >= 0 and k.bport != bport) \
+                            or (by_host and k.cip != h and k.bip != h):
                         continue
                     if k.proto == 6 and mark_tcp_dead:
                         k.flags |= CT_DEAD

@@ -537,6 +537,27 @@ cdef class Services:
             restored += 1
         return restored, n - restored
 
+    def flush_affinity(self, host):
+        """Forget the ClientIP affinity entries whose client or backend is
+        host (a pod that goes: a new pod given its address later must not
+        inherit its pins). Bucket by bucket under each bucket's lock, as
+        workers write them. Returns how many were removed."""
+        cdef uint32_t h = int(ipaddress.IPv4Address(host))
+        cdef uint64_t i, b, nb = (self.m.aff_mask + 1) // AFF_WAYS, n = 0
+        cdef aff_t *a
+        with nogil:
+            for b in range(nb):
+                pn_spin_lock(&self.m.aff_lock[b])
+                for i in range(b * AFF_WAYS, (b + 1) * AFF_WAYS):
+                    a = &self.m.aff[i]
+                    # expired, not emptied: a zero key would end the probe
+                    # window early for entries placed beyond it (aff_slot)
+                    if a.key != 0 and a.expires != 0 and (<uint32_t>(a.key >> 32) == h or a.ip == h):
+                        a.expires = 0
+                        n += 1
+                pn_spin_unlock(&self.m.aff_lock[b])
+        return n
+
     def affinity(self, uint64_t now):
         """The live affinity entries: [{client, service, backend, expires_in (s)}]."""
         out = []

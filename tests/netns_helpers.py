@@ -40,11 +40,11 @@ def running_cluster(tmp_path, spec_text, vnet=True):
 
 
 def pod_ip(state, pod):
-    return state["plan"]["pods"][pod]["ip"]
+    return state.pods[pod].ip
 
 
 def in_pod(state, pod, *cmd, timeout=20, check=True, input=None):
-    ns = f"{state['cluster']}-pod-{pod}"
+    ns = state.pods[pod].netns
     r = subprocess.run(["ip", "netns", "exec", ns, *cmd], capture_output=True, text=True,
                        timeout=timeout, input=input)
     if check and r.returncode != 0:
@@ -59,7 +59,7 @@ def py_in_pod(state, pod, code, *args, timeout=20, check=True):
 
 
 def spawn_in_pod(state, pod, code, *args):
-    ns = f"{state['cluster']}-pod-{pod}"
+    ns = state.pods[pod].netns
     return subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", textwrap.dedent(code),
                              *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -67,7 +67,7 @@ def spawn_in_pod(state, pod, code, *args):
 def agent(state, node, op, **args):
     """One control request to node's agent; args are the request's fields."""
     from dataplane.control import request
-    return request(state["nodes"][node]["socket"], op, **args)
+    return request(state.nodes[node].socket, op, **args)
 
 
 def podnet(*args, check=True):
@@ -144,7 +144,7 @@ def read_json_line(proc, timeout=20.0):
 def kill_agent(state, node):
     """SIGKILL node's agent and wait until it is gone (reaped when this
     process started it; else until /proc no longer shows it running)."""
-    pid = state["nodes"][node]["pid"]
+    pid = state.nodes[node].pid
     os.kill(pid, signal.SIGKILL)
     try:
         os.waitpid(pid, 0)               # started by this process (cluster.up): reap it

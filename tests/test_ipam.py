@@ -63,7 +63,7 @@ def test_plan_is_stable_across_replans_and_ipam_objects(ipam):
         "nodes": {"node-a": "10.244.0.0/24", "node-b": "10.244.1.0/24"},
         "pods": {"web-a": "10.244.0.2", "client-a": "10.244.0.3",
                  "web-b": "10.244.1.2", "client-b": "10.244.1.3"},
-        "services": {"web": "10.96.0.10"}}
+        "services": {"web": "10.96.0.10"}, "last_reserved": {}}
     assert os.listdir(ipam.path.parent) == ["leases.json"]  # no temporary file left behind
 
 
@@ -119,7 +119,8 @@ def test_released_leases_leave_the_file(ipam):
     ipam.plan(spec(["a", "b"], ["p@a", "q@b"], ["s", "t"]))
     ipam.plan(spec(["a"], ["p@a"], ["t"]))
     assert json.loads(ipam.path.read_text()) == {
-        "nodes": {"a": "10.244.0.0/24"}, "pods": {"p": "10.244.0.2"}, "services": {"t": "10.96.0.11"}}
+        "nodes": {"a": "10.244.0.0/24"}, "pods": {"p": "10.244.0.2"}, "services": {"t": "10.96.0.11"},
+        "last_reserved": {}}
 
 
 def test_no_free_node_subnet(ipam):
@@ -183,3 +184,34 @@ def test_stale_leases_are_ignored(ipam):
     assert {n: str(p.subnet) for n, p in plan.nodes.items()} == {"a": "10.244.0.0/24", "b": "10.244.1.0/24"}
     assert pod_ips(plan) == {"p": "10.244.1.7", "q": "10.244.1.2", "r": "10.244.1.3"}
     assert plan.services == {"s": A("10.96.0.10")}
+
+
+def test_live_pods_get_addresses_after_the_last_reserved_and_wrap(ipam):
+    """host-local's rule: a freed address is not handed out again until the
+    range wraps, so a new pod does not inherit a dead pod's connections."""
+    s = load_spec(None)
+    ipam.plan(s)                                        # node-a: web-a .2, client-a .3
+    net = "10.244.0.0/24"
+    assert ipam.allocate_pod("p1", net) == A("10.244.0.4")
+    assert ipam.allocate_pod("p2", net) == A("10.244.0.5")
+    assert ipam.release_pod("p1") and not ipam.release_pod("p1")
+    assert ipam.allocate_pod("p1", net) == A("10.244.0.6")       # not .4 again
+    assert ipam.pod_leases()["p1"] == A("10.244.0.6")
+    with pytest.raises(IpamError, match="already holds"):
+        ipam.allocate_pod("p2", net)
+    for i in range(7, 255):                             # fill up to .254
+        ipam.allocate_pod(f"f{i}", net)
+    assert ipam.allocate_pod("wrap", net) == A("10.244.0.4")      # wrapped: the first free one
+    with pytest.raises(IpamError, match="no free address"):
+        ipam.allocate_pod("full", net)
+    assert "full" not in ipam.pod_leases()
+    assert json.loads(ipam.path.read_text())["last_reserved"] == {net: "10.244.0.4"}
+
+
+def test_last_reserved_survives_a_replan(ipam):
+    s = load_spec(None)
+    ipam.plan(s)
+    ipam.allocate_pod("p1", "10.244.0.0/24")            # .4
+    ipam.release_pod("p1")
+    ipam.plan(s)                                        # down, then up: the spec's pods keep theirs
+    assert ipam.allocate_pod("p2", "10.244.0.0/24") == A("10.244.0.5")

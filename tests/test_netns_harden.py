@@ -76,7 +76,7 @@ def hd(tmp_path_factory):
 
 
 def mac_of(st, pod):
-    return st["plan"]["pods"][pod]["mac"]
+    return st.pods[pod].mac
 
 
 def drops_reach(st, node, want, timeout=10.0):
@@ -97,7 +97,7 @@ def ping(st, pod, dst):
 
 def test_forged_frames_from_a_pod_are_dropped_and_counted(hd):
     st = hd
-    gw_ip, gw_mac = st["plan"]["nodes"]["n1"]["gateway_ip"], st["plan"]["nodes"]["n1"]["gateway_mac"]
+    gw_ip, gw_mac = st.nodes["n1"].gateway_ip, st.nodes["n1"].gateway_mac
     assert [p["pod"] for p in agent(st, "n1", "status")["ports"] if p["guarded"]] == ["a1", "b1"]
     assert ping(st, "b1", gw_ip)                                     # b1 knows the real gateway MAC
     before = agent(st, "n1", "counters")["drops"]
@@ -133,7 +133,7 @@ def test_gratuitous_arp_for_the_gateway_poisons_a_neighbour_only_without_the_gua
     own MAC. Unguarded, b1's ARP cache takes it (b1's traffic to the gateway
     would go to a1); guarded, the frames are dropped as spoof_ip."""
     st = hd
-    gw_ip, gw_mac = st["plan"]["nodes"]["n1"]["gateway_ip"], st["plan"]["nodes"]["n1"]["gateway_mac"]
+    gw_ip, gw_mac = st.nodes["n1"].gateway_ip, st.nodes["n1"].gateway_mac
     [port] = [p["port"] for p in agent(st, "n1", "status")["ports"] if p["pod"] == "a1"]
     a1_mac = mac_of(st, "a1")
     assert ping(st, "b1", gw_ip) and neigh_mac(st, "b1", gw_ip) == gw_mac
@@ -164,17 +164,17 @@ def test_gratuitous_arp_for_the_gateway_poisons_a_neighbour_only_without_the_gua
 def test_port_guard_op_is_validated(hd, args, msg):
     from dataplane.control import ControlError, request
     with pytest.raises(ControlError, match=msg):
-        request(hd["nodes"]["n1"]["socket"], "port_guard", **args)
+        request(hd.nodes["n1"].socket, "port_guard", **args)
     assert all(p["guarded"] for p in agent(hd, "n1", "status")["ports"])
 
 
 def test_vxlan_with_a_foreign_vni_is_counted(hd):
     st = hd
-    n1 = st["nodes"]["n1"]
+    n1 = st.nodes["n1"]
     before = agent(st, "n1", "counters")["drops"]["vxlan_vni"]
-    r = subprocess.run(["ip", "netns", "exec", st["fabric"]["namespace"], sys.executable, "-c",
-                        textwrap.dedent(VXLAN_FOREIGN_VNI), n1["underlay_mac"], n1["underlay_ip"],
-                        st["plan"]["nodes"]["n1"]["gateway_mac"], pod_ip(st, "a1"), str(N)],
+    r = subprocess.run(["ip", "netns", "exec", st.fabric["namespace"], sys.executable, "-c",
+                        textwrap.dedent(VXLAN_FOREIGN_VNI), n1.underlay_mac, n1.underlay_ip,
+                        st.nodes["n1"].gateway_mac, pod_ip(st, "a1"), str(N)],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
     after = drops_reach(st, "n1", {"vxlan_vni": before + N})["vxlan_vni"]
@@ -184,7 +184,7 @@ def test_vxlan_with_a_foreign_vni_is_counted(hd):
 
 def test_control_socket_is_root_only_and_survives_bad_requests(hd):
     st = hd
-    path = st["nodes"]["n1"]["socket"]
+    path = st.nodes["n1"].socket
     s = os.stat(path)
     assert stat.S_ISSOCK(s.st_mode) and stat.S_IMODE(s.st_mode) == 0o600 and s.st_uid == 0
     from dataplane.control import ControlError, request

@@ -45,7 +45,9 @@ def test_status_names_agents_namespaces_pods_addresses(cl):
         assert n["vnet_hdr"] == 12
     pods = {p["name"]: p for p in st["pods"]}
     assert pods["a"] == {"name": "a", "node": "n1", "namespace": "pntest-pod-a", "ip": "10.250.0.2",
-                         "mac": "0a:58:0a:fa:00:02", "gateway": "10.250.0.1"}
+                         "mac": "0a:58:0a:fa:00:02", "gateway": "10.250.0.1", "labels": {"app": "web"}, "origin": "spec",
+                         "container_id": None, "ifname": "eth0", "port": 0, "phase": "ready",
+                         "prefixlen": 24, "mtu": 1450}
     assert pods["d"]["ip"] == "10.250.1.2"
     # the pod's eth0 is what the plan says
     out = in_pod(cl, "a", "ip", "-o", "addr", "show", "eth0").stdout
@@ -199,19 +201,19 @@ def test_down_after_sigkill_leaves_nothing(tmp_path):
     with running_cluster(tmp_path, spec) as state:
         srv = spawn_in_pod(state, "a", "import time; print('in', flush=True); time.sleep(60)")
         assert srv.stdout.readline() == "in\n"                         # a process in the pod, past setns
-        for n in state["nodes"].values():
-            os.kill(n["pid"], 9)
-        for n in state["nodes"].values():                               # dead (a zombie until down reaps it)
+        for n in state.nodes.values():
+            os.kill(n.pid, 9)
+        for n in state.nodes.values():                               # dead (a zombie until down reaps it)
             deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and _alive(n["pid"]):
+            while time.monotonic() < deadline and _alive(n.pid):
                 time.sleep(0.01)
-            assert not _alive(n["pid"])
+            assert not _alive(n.pid)
         assert cluster.down(quiet=True)
         assert srv.wait(timeout=10) is not None                          # pod processes ended
         assert [n for n in netns.listing() if n.startswith("pnkill-")] == []
-        for n in state["nodes"].values():
-            assert not os.path.exists(f"/proc/{n['pid']}") or "agent" not in open(f"/proc/{n['pid']}/cmdline").read()
-            assert not os.path.exists(n["socket"])
+        for n in state.nodes.values():
+            assert not os.path.exists(f"/proc/{n.pid}") or "agent" not in open(f"/proc/{n.pid}/cmdline").read()
+            assert not os.path.exists(n.socket)
         assert not cluster.state_path().exists()
         links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
         assert "tap0" not in links                                       # TAPs never in the root ns
@@ -243,7 +245,7 @@ def test_plain_mode_without_vnet_headers(tmp_path):
         assert agent(st, "n1", "status")["vnet_hdr"] == 0
         srv = spawn_in_pod(st, "b", TCP_SERVER, 7003)
         try:
-            r = py_in_pod(st, "a", TCP_CLIENT, st["plan"]["pods"]["b"]["ip"], 7003, 5_000_000, timeout=30)
+            r = py_in_pod(st, "a", TCP_CLIENT, st.pods["b"].ip, 7003, 5_000_000, timeout=30)
             sent, echoed = r.stdout.split()
             assert sent == echoed
         finally:
@@ -256,8 +258,8 @@ def test_plain_mode_without_vnet_headers(tmp_path):
 def test_addresses_stable_across_down_and_up(tmp_path):
     spec = PLAIN.replace("pnplain", "pnstable")
     with running_cluster(tmp_path, spec) as st:
-        first = st["plan"]["pods"]
+        first = {n: (p.ip, p.mac) for n, p in st.pods.items()}
     with running_cluster(tmp_path, spec.replace("{name: a, node: n1}, ", "")) as st:
-        assert st["plan"]["pods"]["b"] == first["b"]          # b keeps .3 though a is gone
+        assert (st.pods["b"].ip, st.pods["b"].mac) == first["b"]          # b keeps .3 though a is gone
     with running_cluster(tmp_path, spec) as st:
-        assert st["plan"]["pods"]["b"] == first["b"] and st["plan"]["pods"]["a"]["ip"] == first["a"]["ip"]
+        assert (st.pods["b"].ip, st.pods["b"].mac) == first["b"] and st.pods["a"].ip == first["a"][0]

@@ -26,9 +26,9 @@ def ov(tmp_path_factory):
     with running_cluster(tmp_path_factory.mktemp("ov"), SPEC) as st:
         with KernelNode("k1", fabric_ns="pnov-fabric", fabric_bridge="br-fabric", underlay_ip=K_VTEP,
                         underlay_prefixlen=24, pod_cidr=K_CIDR, prefix="pnovk", pods=1) as k:
-            for node, n in st["nodes"].items():
-                p = st["plan"]["nodes"][node]
-                k.add_peer(p["subnet"], n["underlay_ip"], p["gateway_mac"])
+            for node, n in st.nodes.items():
+                p = st.nodes[node]
+                k.add_peer(p.subnet, n.underlay_ip, p.gateway_mac)
             podnet("node", "add", "k1", "--pod-cidr", K_CIDR, "--vtep", K_VTEP, "--vtep-mac", k.vtep_mac)
             yield st, k
 
@@ -100,7 +100,7 @@ def test_path_mtu_discovery_through_the_overlay(ov):
     ICMP fragmentation needed carrying 1450; the pod's kernel learns the path
     MTU (route cache), refuses the size from then on, and 1450 crosses."""
     st, _ = ov
-    dst, gw = pod_ip(st, "c"), st["plan"]["nodes"]["n1"]["gateway_ip"]
+    dst, gw = pod_ip(st, "c"), st.nodes["n1"].gateway_ip
     in_pod(st, "a", "ip", "link", "set", "eth0", "mtu", "1500")
     try:
         before = agent(st, "n1", "counters")["drops"]["too_big"]
@@ -122,8 +122,8 @@ def test_path_mtu_discovery_through_the_overlay(ov):
 def test_routes_command(ov):
     st, k = ov
     routes = {r["name"]: r for r in json.loads(podnet("routes", "n1", "-o", "json").stdout)}
-    assert routes["n2"]["cidr"] == st["plan"]["nodes"]["n2"]["subnet"]
-    assert routes["n2"]["vtep"] == "172.30.240.2" and routes["n2"]["inner_mac"] == st["plan"]["nodes"]["n2"]["gateway_mac"]
+    assert routes["n2"]["cidr"] == st.nodes["n2"].subnet
+    assert routes["n2"]["vtep"] == "172.30.240.2" and routes["n2"]["inner_mac"] == st.nodes["n2"].gateway_mac
     assert routes["k1"] == dict(routes["k1"], cidr=K_CIDR, vtep=K_VTEP, inner_mac=k.vtep_mac, vni=1)
     assert "POD CIDR" in podnet("routes", "n2").stdout
 
@@ -194,7 +194,7 @@ def test_node_remove_and_add_live(ov):
 ])
 def test_bad_node_add_changes_nothing(ov, args, msg):
     st, _ = ov
-    before = {n: agent(st, n, "routes") for n in st["nodes"]}
+    before = {n: agent(st, n, "routes") for n in st.nodes}
     r = podnet("node", "add", *args, check=False)
     assert r.returncode == 1 and msg in r.stderr, r.stderr
-    assert {n: agent(st, n, "routes") for n in st["nodes"]} == before
+    assert {n: agent(st, n, "routes") for n in st.nodes} == before

@@ -133,7 +133,7 @@ def leftovers(tmp_path):
 
 def test_sigkilled_agent_restarts_pods_keep_eth0_and_tcp_through_clusterip_survives(tmp_path):
     with running_cluster(tmp_path, SPEC) as st:
-        vip = st["plan"]["services"]["echo"]
+        vip = st.services_plan["echo"]
         server = spawn_in_pod(st, "w2", ECHO_SERVER)
         wait_for(lambda: ":8080" in in_pod(st, "w2", "ss", "-ltn").stdout, what="the echo server")
         client = subprocess.Popen(["ip", "netns", "exec", "pnrs-pod-c1", sys.executable, "-c",
@@ -149,15 +149,15 @@ def test_sigkilled_agent_restarts_pods_keep_eth0_and_tcp_through_clusterip_survi
             snap = tmp_path / "run" / "n1.snapshot"
             wait_for(lambda: (sport, 1) in snapshot_conns(snap), what="the connection in the snapshot")
             [conn] = [c for c in agent(st, "n1", "conntrack") if c["client"].endswith(f":{sport}")]
-            assert conn["backend"] == f"{st['plan']['pods']['w2']['ip']}:8080"
+            assert conn["backend"] == f"{st.pods['w2'].ip}:8080"
             old = agent(st, "n1", "status")
 
             killed = time.monotonic()
             kill_agent(st, "n1")
             # the pod keeps its eth0 (no carrier) with its address while no agent runs
             link = in_pod(st, "c1", "ip", "-o", "link", "show", "eth0").stdout
-            assert "NO-CARRIER" in link and st["plan"]["pods"]["c1"]["mac"] in link
-            assert f"{st['plan']['pods']['c1']['ip']}/24" in in_pod(st, "c1", "ip", "-o", "addr", "show", "eth0").stdout
+            assert "NO-CARRIER" in link and st.pods["c1"].mac in link
+            assert f"{st.pods['c1'].ip}/24" in in_pod(st, "c1", "ip", "-o", "addr", "show", "eth0").stdout
             assert "default via" in in_pod(st, "c1", "ip", "route").stdout
             client.stdin.write("go 262144 2\n")            # sent into the outage: TCP retransmits
             client.stdin.flush()
@@ -178,8 +178,8 @@ def test_sigkilled_agent_restarts_pods_keep_eth0_and_tcp_through_clusterip_survi
             assert new["restored"]["conntrack"] >= 1 and new["restored"]["services"] == 1
             [conn2] = [c for c in agent(st, "n1", "conntrack") if c["client"].endswith(f":{sport}")]
             assert (conn2["backend"], conn2["state"]) == (conn["backend"], "established")
-            assert ping(st, "c1", st["plan"]["pods"]["w2"]["ip"]) and ping(st, "c1", st["plan"]["pods"]["p1"]["ip"])
-            assert ping(st, "c1", st["plan"]["nodes"]["n1"]["gateway_ip"])
+            assert ping(st, "c1", st.pods["w2"].ip) and ping(st, "c1", st.pods["p1"].ip)
+            assert ping(st, "c1", st.nodes["n1"].gateway_ip)
 
             client.stdin.write("go 131072 3\n")            # and after
             client.stdin.flush()
@@ -205,7 +205,7 @@ def test_down_after_sigkill_and_during_a_restart_leaves_nothing(tmp_path):
         # a restart and a down at once: the down waits for the restart, then removes it all
         up = subprocess.Popen([sys.executable, "-m", "dataplane", "up", "-f", str(tmp_path / "spec.yaml")],
                               env=os.environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        old = st["nodes"]["n1"]["pid"]
+        old = st.nodes["n1"].pid
         wait_for(lambda: json.loads((tmp_path / "run" / "state.json").read_text())["nodes"]["n1"]["pid"] != old,
                  what="the restart to start an agent")
         r = podnet("down")
@@ -250,7 +250,7 @@ def test_restart_brings_back_node_add_routes_and_state_json_services_win_over_th
     from dataplane import cluster
     from netns_helpers import py_in_pod, wait_listening
     with running_cluster(tmp_path, RESYNC_SPEC) as st:
-        vip = st["plan"]["services"]
+        vip = st.services_plan
         server = spawn_in_pod(st, "w2", HELLO_SERVER)
         try:
             wait_listening(st, "w2", 8080)
@@ -333,7 +333,7 @@ def test_clientip_affinity_survives_sigkill_and_restart(tmp_path):
     from netns_helpers import py_in_pod, wait_listening
     clients, backends = ("c1", "c2", "c3"), ("w1", "w2", "w3")
     with running_cluster(tmp_path, AFF_SPEC) as st:
-        vip = st["plan"]["services"]["who"]
+        vip = st.services_plan["who"]
         servers = [spawn_in_pod(st, w, WHO_SERVER) for w in backends]
         try:
             for w in backends:
@@ -342,7 +342,7 @@ def test_clientip_affinity_survives_sigkill_and_restart(tmp_path):
             def who(c):
                 return py_in_pod(st, c, CONNECT, vip, 80).stdout.strip()
             pinned = {c: who(c) for c in clients}
-            assert set(pinned.values()) <= {st["plan"]["pods"][w]["ip"] for w in backends}, pinned
+            assert set(pinned.values()) <= {st.pods[w].ip for w in backends}, pinned
             assert {c: who(c) for c in clients} == pinned                 # pinned already
             snap = tmp_path / "run" / "n1.snapshot"
 

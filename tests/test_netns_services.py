@@ -78,7 +78,7 @@ print(json.dumps(out))
 def svc(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("svc")
     with running_cluster(tmp, SPEC) as st:
-        servers = [spawn_in_pod(st, p, SERVER, st["plan"]["pods"][p]["ip"]) for p in ("w1", "w2", "x2")]
+        servers = [spawn_in_pod(st, p, SERVER, st.pods[p].ip) for p in ("w1", "w2", "x2")]
         try:
             for p in ("w1", "w2", "x2"):
                 wait_listening(st, p, 8080, "tcp")
@@ -91,7 +91,7 @@ def svc(tmp_path_factory):
 
 
 def vip(st, name):
-    return st["plan"]["services"][name]
+    return st.services_plan[name]
 
 
 
@@ -251,7 +251,7 @@ def test_a_change_to_one_service_leaves_the_others_connections_and_resets_its_ow
     try:
         wait_listening(st, "w2", 9090)
         podnet("apply", "-f", str(two))
-        client = subprocess.Popen(["ip", "netns", "exec", f"{st['cluster']}-pod-c1", sys.executable, "-c",
+        client = subprocess.Popen(["ip", "netns", "exec", f"{st.cluster}-pod-c1", sys.executable, "-c",
                                    textwrap.dedent(CONNS), f"keep={keep_ip}", f"change={change_ip}"],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         sport = read_json_line(client)
@@ -305,7 +305,7 @@ def test_hairpin(svc):
     finally:
         podnet("delete", "-f", slice_manifest(tmp, "web-h", "web", []))
     # w1 reached itself through its service; it saw the gateway as the client (SNAT)
-    assert all(c == [vip(st, "web"), pod_ip(st, "w1"), st["plan"]["nodes"]["n1"]["gateway_ip"]] for c in calls), calls
+    assert all(c == [vip(st, "web"), pod_ip(st, "w1"), st.nodes["n1"].gateway_ip] for c in calls), calls
 
 
 def test_bad_manifest_changes_nothing(svc, tmp_path):

@@ -42,7 +42,7 @@ def cluster(tmp_path_factory):
 
 
 def test_trace_of_a_cross_node_clusterip_flow(cluster):
-    vip = cluster["plan"]["services"]["web"]
+    vip = cluster.services_plan["web"]
     def live():       # what the trace would change (pods' IPv6 chatter moves other counters)
         c = agent(cluster, "n1", "counters")
         return agent(cluster, "n1", "conntrack"), c["conntrack"], c["overlay"]["encapsulated"]
@@ -66,7 +66,7 @@ def test_trace_of_a_cross_node_clusterip_flow(cluster):
 
 
 def test_trace_commit_changes_live_state_and_bad_input_is_an_error(cluster):
-    vip = cluster["plan"]["services"]["web"]
+    vip = cluster.services_plan["web"]
     podnet("trace", "c1", f"{vip}:80", "--sport", "41000", "--commit")
     conns = agent(cluster, "n1", "conntrack")
     assert any(c["client"].endswith(":41000") for c in conns)
@@ -79,8 +79,8 @@ def test_trace_commit_changes_live_state_and_bad_input_is_an_error(cluster):
 def test_trace_a_frame_from_a_pcap(cluster, tmp_path):
     """--pcap FILE --index K: the K-th frame (0-based) is the one traced."""
     import dpkt
-    p = cluster["plan"]["pods"]["c1"]
-    head = Ether(src=p["mac"], dst=cluster["plan"]["nodes"]["n1"]["gateway_mac"]) / \
+    p = cluster.pods["c1"].to_dict()
+    head = Ether(src=p["mac"], dst=cluster.nodes["n1"].gateway_mac) / \
         IP(src=p["ip"], dst=pod_ip(cluster, "w2"))
     frames = [bytes(head / UDP(sport=7, dport=7)), bytes(head / ICMP(id=5, seq=1)), bytes(head / UDP(sport=8, dport=8))]
     path = tmp_path / "in.pcap"
@@ -110,7 +110,7 @@ def test_trace_protocols_and_tcp_flags_reach_the_fast_path(cluster):
         assert [h["node"] for h in hops] == ["n1", "n2"], hops
         assert hops[0]["text"][1] == f"IPv4 {proto}" and hops[1]["text"][-1] == "sent to pod w2, %d bytes" % len(f)
         assert hops[1]["verdict"][0] == 0
-    vip = cluster["plan"]["services"]["web"]
+    vip = cluster.services_plan["web"]
     [hop] = json.loads(podnet("trace", "c1", f"{vip}:80", "--flags", "A", "-o", "json").stdout)
     assert str(Ether(bytes.fromhex(hop["frame"]))["TCP"].flags) == "A"
     assert hop["verdict"] == ["drop", "conntrack_invalid"]
@@ -281,7 +281,7 @@ def test_metrics_endpoint_serves_prometheus_text(cluster):
     assert 'podnet_drops_total{node="n1",reason="runt"}' in values
     assert values['podnet_conntrack_capacity{node="n1"}'] > 0
     assert values['podnet_services_service_ports{node="n1"}'] == 1
-    _, body2 = scrape(path=cluster["nodes"]["n2"]["metrics"]["socket"])
+    _, body2 = scrape(path=cluster.nodes["n2"].metrics["socket"])
     assert 'podnet_port_tx_packets_total{node="n2",port="0",pod="w2"}' in body2
 
 

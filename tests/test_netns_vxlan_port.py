@@ -30,7 +30,7 @@ def test_overlay_uses_udp_8472_on_the_fabric(vx, tmp_path):
     before = {n: agent(st, n, "counters")["overlay"]["decapsulated"] for n in ("n1", "n2")}
     pcap = tmp_path / "fabric.pcap"
     # every UDP frame on the fabric (not just port 8472): one to 4789 would show
-    with tcpdump(st["fabric"]["namespace"], "br-fabric", pcap, "-c", "6", "udp") as cap:
+    with tcpdump(st.fabric["namespace"], "br-fabric", pcap, "-c", "6", "udp") as cap:
         r = in_pod(st, "a", "ping", "-c", "3", "-i", "0.2", "-W", "2", pod_ip(st, "c"))
         assert "3 received" in r.stdout
         cap.wait(timeout=15)

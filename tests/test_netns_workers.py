@@ -178,8 +178,8 @@ def test_ping_same_node_cross_node_and_gateways(wk):
     assert ping(st, "a", pod_ip(st, "b")) == (5, 5)                        # bridged on n1
     assert ping(st, "a", pod_ip(st, "c")) == (5, 5)                        # over the overlay
     assert ping(st, "c", pod_ip(st, "a")) == (5, 5)
-    assert ping(st, "a", st["plan"]["nodes"]["n1"]["gateway_ip"]) == (5, 5)  # the gateway's own answers
-    assert ping(st, "a", st["plan"]["nodes"]["n2"]["gateway_ip"]) == (5, 5)
+    assert ping(st, "a", st.nodes["n1"].gateway_ip) == (5, 5)  # the gateway's own answers
+    assert ping(st, "a", st.nodes["n2"].gateway_ip) == (5, 5)
 
 
 @pytest.mark.parametrize("dst,port", [("b", 7101), ("c", 7102)], ids=["same-node", "cross-node"])
@@ -204,7 +204,7 @@ def test_udp_datagrams_counted(wk, dst, port):
 
 def test_clusterip_connects_reach_backends_on_both_nodes(wk):
     st = wk["st"]
-    vip = st["plan"]["services"]["echo"]
+    vip = st.services_plan["echo"]
     calls = json.loads(py_in_pod(st, "a", CONNECT, vip, 80, 30, timeout=60).stdout)
     assert all(c[0] == vip and len(c) == 3 for c in calls), calls        # answered, by the ClusterIP
     assert {c[1] for c in calls} == {pod_ip(st, "b"), pod_ip(st, "c")}     # 30 random picks: both backends
@@ -241,7 +241,7 @@ def test_capture_holds_each_frame_of_every_worker_once(wk, tmp_path):
 def test_trace_of_a_clusterip_flow_to_the_other_node(wk):
     """Traced in a forked copy of an agent whose workers keep forwarding."""
     st = wk["st"]
-    vip = st["plan"]["services"]["echo"]
+    vip = st.services_plan["echo"]
     # A trace shows the backend the next new flow gets, and leaves the random
     # state as it was: a real connection moves it on (1/2 each time for c).
     for _ in range(20):
@@ -266,7 +266,7 @@ def test_no_ping_lost_while_services_churn_and_control_clients_never_read(wk):
     st, tmp = wk["st"], wk["tmp"]
     manifest = tmp / "churn.json"
     manifest.write_text(json.dumps(service_list(200)))
-    sock = st["nodes"]["n1"]["socket"]
+    sock = st.nodes["n1"].socket
     stop = threading.Event()
     rounds, errors = [], []
     pending = 0
@@ -297,7 +297,7 @@ def test_no_ping_lost_while_services_churn_and_control_clients_never_read(wk):
             except (BlockingIOError, BrokenPipeError, ConnectionResetError):
                 pass                               # full (the agent stopped reading it) or dropped
     ask()
-    flood = subprocess.Popen(["ip", "netns", "exec", f"{st['cluster']}-pod-a", "ping", "-q", "-c", "500",
+    flood = subprocess.Popen(["ip", "netns", "exec", f"{st.cluster}-pod-a", "ping", "-q", "-c", "500",
                               "-i", "0.01", "-W", "2", pod_ip(st, "b")], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
     t = threading.Thread(target=churn)
@@ -326,7 +326,7 @@ def test_no_ping_lost_while_services_churn_and_control_clients_never_read(wk):
     assert all(r[0] == 0 and r[1] == 200 and r[2] == 0 for r in rounds), rounds
     assert "500 packets transmitted, 500 received, 0% packet loss" in out, out + err
     # the agent still answers, and the churned services are all gone again
-    assert {s["vip"] for s in agent(st, "n1", "services")} == {st["plan"]["services"]["echo"]}
+    assert {s["vip"] for s in agent(st, "n1", "services")} == {st.services_plan["echo"]}
     print(f"\nworkers {wk['n']}: {len(rounds)} apply/delete rounds of 200 services during the flood")
 
 
@@ -339,7 +339,7 @@ def test_restart_after_sigkill_keeps_the_worker_count(wk):
     out = podnet("up").stdout
     assert re.search(r"node n1: agent was dead, restarted: pid \d+", out), out
     st = wk["st"] = json.loads((tmp / "run" / "state.json").read_text())
-    assert st["nodes"]["n1"]["pid"] != old
+    assert st.nodes["n1"].pid != old
     s = json.loads(podnet("status", "-o", "json").stdout)
     assert {x["name"]: (x["agent"], x["workers"]) for x in s["nodes"]} == {"n1": ("running", n), "n2": ("running", n)}
     assert agent(st, "n1", "status")["reattached"] == 3      # a, b and the uplink: all queues opened again

@@ -11,17 +11,18 @@ from scapy.layers.l2 import Ether
 
 from dataplane import cli, cluster, trace
 
-STATE = {
-    "cluster": "x",
-    "nodes": {"n1": {"socket": "/nonexistent"}, "n2": {"socket": "/nonexistent"}},
-    "plan": {
-        "nodes": {"n1": {"subnet": "10.250.1.0/24", "gateway_mac": "0a:58:0a:fa:01:01"},
-                  "n2": {"subnet": "10.250.2.0/24", "gateway_mac": "0a:58:0a:fa:02:01"}},
-        "pods": {"c1": {"node": "n1", "ip": "10.250.1.2", "mac": "0a:58:0a:fa:01:02"},
-                 "p1": {"node": "n1", "ip": "10.250.1.3", "mac": "0a:58:0a:fa:01:03"},
-                 "w2": {"node": "n2", "ip": "10.250.2.2", "mac": "0a:58:0a:fa:02:02"}},
-    },
-}
+def _state():
+    from dataplane.state import ClusterState, NodeState, PodRecord
+    nodes = {n: NodeState(n, i, f"10.250.{i + 1}.0/24", f"10.250.{i + 1}.1", f"0a:58:0a:fa:0{i + 1}:01",
+                          f"x-node-{n}", socket="/nonexistent") for i, n in enumerate(("n1", "n2"))}
+    pods = {name: PodRecord(name, node, ip, 24, mac, "", 1450, port, f"x-pod-{name}")
+            for name, node, ip, mac, port in (("c1", "n1", "10.250.1.2", "0a:58:0a:fa:01:02", 0),
+                                              ("p1", "n1", "10.250.1.3", "0a:58:0a:fa:01:03", 1),
+                                              ("w2", "n2", "10.250.2.2", "0a:58:0a:fa:02:02", 0))}
+    return ClusterState("x", "<test>", {}, nodes, pods, {}, [], {}, 1, 4789, 1450)
+
+
+STATE = _state()
 
 
 @pytest.fixture
