@@ -19,6 +19,7 @@ from dataplane.control import ControlError, request
 from dataplane import state as st
 from dataplane.ipam import Ipam, IpamError
 from dataplane.spec import MAX_NODES, NAME_MAX, load_spec
+from dataplane.validate import DNS_LABEL
 
 AGENT_READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 5.0
@@ -627,7 +628,6 @@ def node_remove(name):
 # ---- pods that come and go -----------------------------------------------------
 
 _FOREIGN_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
-_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _IFNAME = re.compile(r"[A-Za-z0-9_][-A-Za-z0-9_.]{0,14}")
 POD_ORIGINS = ("spec", "cli", "manifest", "cni")
 
@@ -660,7 +660,7 @@ def pod_add(name, node=None, labels=None, *, netns=None, ifname="eth0", containe
 
 def _pod_add(state, name, node, labels, netns_path, ifname, container_id, origin):
     owned = netns_path is None
-    if not isinstance(name, str) or not (_DNS_LABEL if owned else _FOREIGN_NAME).fullmatch(name) \
+    if not isinstance(name, str) or not (DNS_LABEL if owned else _FOREIGN_NAME).fullmatch(name) \
             or (owned and len(name) > NAME_MAX):
         raise ClusterError(f"pod name {name!r} must be a DNS-1123 label of at most {NAME_MAX} characters "
                            f"(a-z, 0-9, '-'; it names the pod's network namespace)" if owned else
@@ -893,7 +893,7 @@ def apply_file(path, delete=False, progress=None):
     """`podnet apply -f` / `delete -f`: Pods, Services and EndpointSlices.
     Pods are made (or deleted) first, so the Services of the same file see
     them; every object is validated before any is applied."""
-    from dataplane.manifests import load_manifests
+    from dataplane.manifests import load_manifests, split_pods
     with _exclusive():
         state = require_state()
         t0 = time.monotonic()
@@ -902,8 +902,7 @@ def apply_file(path, delete=False, progress=None):
             raise ClusterError(f"{path}: no objects")
         if progress:
             progress(f"read {len(objects)} objects from {path} in {time.monotonic() - t0:.1f} s")
-        pods = [o for o in objects if getattr(o, "kind", None) == "Pod"]
-        others = [o for o in objects if getattr(o, "kind", None) != "Pod"]
+        pods, others = split_pods(objects)
         lines = _apply_pods(state, pods, delete)
         result, loaded, removed = _apply_objects(state, others, delete, progress) if others else ([], 0, 0)
         if not delete:

@@ -36,7 +36,7 @@ def running_cluster(tmp_path, spec_text, vnet=True):
         try:
             yield cluster.up(str(spec), vnet=vnet, progress=lambda *_: None)
         finally:
-            cluster.down(quiet=True)
+            cluster.down(quiet=True, force=True)
 
 
 def pod_ip(state, pod):
