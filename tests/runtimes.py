@@ -2,9 +2,11 @@
 kept away from the system's config and storage.
 
 What podman 4.3 needs on this machine, and why:
-  * --runtime runc: crun refuses the hybrid cgroup v1 + v2 layout here.
-  * --cgroup-manager cgroupfs (no systemd), and a cgroup parent of our own,
-    because runc's delete leaves its parent (and conmon's) cgroups behind.
+  * --runtime runc, named: crun (podman's first choice when installed)
+    refuses this machine's hybrid cgroup v1 + v2 layout.
+  * --cgroup-manager cgroupfs (no systemd), and a cgroup parent of our own:
+    podman makes the parent (default libpod_parent) and conmon's cgroup in
+    it in every hierarchy and never removes them; close() does.
   * --ulimit nofile=1024:1024 --ulimit nproc=1024:1024: as root podman asks
     runc for 1048576 open files and 4194304 processes; without
     CAP_SYS_RESOURCE runc cannot raise a hard limit ("error setting rlimit
@@ -186,12 +188,16 @@ class Podman:
         (root / "etc" / "group").write_text("root:x:0:\n")
         return root
 
-    def run(self, name, *command, network, detach=False, check=True, timeout=60):
+    def run(self, name, *command, network, detach=False, files=None, check=True, timeout=60):
         """podman run (--rm unless detach) of command in a fresh busybox rootfs
-        on network; returns the CompletedProcess."""
+        (plus files: {path in the rootfs: text}) on network; returns the
+        CompletedProcess."""
         if name in self.containers:
             raise ValueError(f"container {name} exists")
-        self.rootfs(name)
+        root = self.rootfs(name)
+        for path, text in (files or {}).items():
+            (root / path).parent.mkdir(parents=True, exist_ok=True)
+            (root / path).write_text(text)
         args = self.command_line(name, *command, network=network)[len(self.global_args):]
         args.insert(1, "-d" if detach else "--rm")
         self.containers[name] = {"id": None, "netns": None}     # close() removes it if run fails half-way
