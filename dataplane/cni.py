@@ -50,7 +50,11 @@ Error codes (JSON {"cniVersion", "code", "msg", "details"} on stdout, exit 1):
     999   internal error                            a bug: one line on stdout, never a traceback
 
 DEL and GC treat "no_cluster" and "not_found" as success: there is nothing to
-remove. A cluster error with a code not listed above is 999.
+remove. A cluster error with a code not listed above is 999. GC keeps the
+attachments in cni.dev/valid-attachments (or cni.dev/attachments, the name
+libcni also sends); a GC config with neither is refused (7) rather than read
+as "keep nothing". VERSION answers {"cniVersion": "1.1.0", "supportedVersions":
+["0.4.0", "1.0.0", "1.1.0"]} whatever it is sent, as libcni's skel does.
 
 Limits: one CNI network per podnet cluster (GC removes every CNI pod not in
 the runtime's list, whatever network name added it); the pod name comes from

@@ -5,7 +5,6 @@ file, so the plugin run as a subprocess (as a runtime runs it) sees it too.
 A fake netns is a JSON file naming the interfaces in it."""
 import json
 import os
-import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -536,7 +535,8 @@ def test_gc_old_key_and_no_cluster(fake, netns):
                  conf("1.1.0", **{"cni.dev/attachments": [{"containerID": CID, "ifname": "eth0"}]}))
     assert rc == 0 and len(fake.load()["pods"]) == 1
     fake.set(up=False)
-    assert call({"CNI_COMMAND": "GC", "CNI_PATH": "/x"}, conf("1.1.0", **{"cni.dev/valid-attachments": []})) == (0, None)
+    gc = conf("1.1.0", **{"cni.dev/valid-attachments": []})
+    assert call({"CNI_COMMAND": "GC", "CNI_PATH": "/x"}, gc) == (0, None)
 
 
 def test_gc_continues_past_a_failure_and_reports_it(fake, tmp_path, monkeypatch):
