@@ -157,7 +157,10 @@ def test_snaplen_and_the_uplink_port(node):
 def write_state(tmp_path, monkeypatch, node):
     run = tmp_path / "run"
     run.mkdir()
-    (run / "state.json").write_text(json.dumps({"cluster": "pncapmem", "nodes": {"n1": {"socket": node.socket}}}))
+    from dataplane import state
+    n1 = state.NodeState("n1", 0, "10.244.0.0/24", "10.244.0.1", "0a:58:0a:f4:00:01", "-", socket=node.socket)
+    state.save(run / "state.json", state.ClusterState("pncapmem", "<test>", {}, {"n1": n1}, {}, {}, [], {},
+                                                      1, 4789, 1450))
     monkeypatch.setenv("PODNET_RUN_DIR", str(run))
 
 
