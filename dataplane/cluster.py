@@ -29,7 +29,8 @@ MAX_POD_PORTS = 255      # agent ports 0..254; 255 is the uplink
 class ClusterError(RuntimeError):
     """One line for the user; code says what kind of failure it was, for the
     CNI plugin's error codes: no_cluster, no_node, exists, not_found,
-    agent_down, bad_netns, ipam_full, invalid, busy."""
+    agent_down, bad_netns, ipam_full, invalid, busy, plug_failed (the agent
+    could not make or place the pod's TAP)."""
 
     def __init__(self, msg, code="invalid"):
         super().__init__(msg)
@@ -720,7 +721,7 @@ def _pod_add(state, name, node, labels, netns_path, ifname, container_id, origin
         _sync_services(state)                         # selectors that match it: a new backend
     except (ControlError, ClusterError, OSError) as e:
         _pod_remove(state, rec, sync=False)
-        code = "agent_down" if isinstance(e, ControlError) and "cannot connect" in str(e) else "invalid"
+        code = "agent_down" if isinstance(e, ControlError) and "not reachable" in str(e) else "plug_failed"
         raise ClusterError(f"pod {name} not added: {e}", code) from None
     return rec
 

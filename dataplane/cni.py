@@ -47,6 +47,8 @@ Error codes (JSON {"cniVersion", "code", "msg", "details"} on stdout, exit 1):
     106   prevResult disagrees                      CHECK: prevResult's interface/MAC/address for
                                                     CNI_IFNAME is not what podnet forwards for
     107   GC incomplete                             GC: some stale attachments could not be removed
+    108   plugging in failed                        ADD: the agent could not make or place the TAP
+                                                    (cluster "plug_failed"); nothing is left behind
     999   internal error                            a bug: one line on stdout, never a traceback
 
 DEL and GC treat "no_cluster" and "not_found" as success: there is nothing to
@@ -90,6 +92,7 @@ CLUSTER_CODES = {
     "ipam_full": (103, "pod addresses exhausted"),
     "invalid": (7, "invalid network config"),
     "busy": (11, "the cluster is busy"),
+    "plug_failed": (108, "the node's agent could not plug the pod in"),
 }
 KNOWN_ARGS = {"IgnoreUnknown", "K8S_POD_NAME", "K8S_POD_NAMESPACE", "K8S_POD_INFRA_CONTAINER_ID",
               "K8S_POD_UID"}

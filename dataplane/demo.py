@@ -190,7 +190,7 @@ def _show(state, out):
     a = next(iter(pods))
     a, n0 = next(iter(pods)), nodes[0]
     explore = [("podnet status", "add -o json for scripts"),
-               (f"podnet exec {a} -- ping -c 3 {pods[a]['gateway_ip']}", "anything, inside a pod"),
+               (f"podnet exec {a} -- ping -c 3 {pods[a]['gateway']}", "anything, inside a pod"),
                (f"podnet fdb {n0}", "what the bridge learned"),
                (f"podnet stats {n0}", "per-port and per-drop-reason counters"),
                (f"podnet routes {n0}", "the overlay routes to other nodes"),

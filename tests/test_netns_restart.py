@@ -17,6 +17,7 @@ import textwrap
 import time
 
 
+from dataplane import cluster
 from dataplane.snapshot import CT_RECORD, read
 from netns_helpers import agent, in_pod, kill_agent, podnet, running_cluster, spawn_in_pod
 
@@ -172,7 +173,7 @@ def test_sigkilled_agent_restarts_pods_keep_eth0_and_tcp_through_clusterip_survi
             assert r["n"] == 262144 and r["got"] == r["sent"]
             resumed = time.monotonic() - killed
 
-            st = json.loads((tmp_path / "run" / "state.json").read_text())
+            st = cluster.load_state()
             new = agent(st, "n1", "status")
             assert new["pid"] != old["pid"] and new["reattached"] == 3
             assert new["restored"]["conntrack"] >= 1 and new["restored"]["services"] == 1
@@ -206,7 +207,7 @@ def test_down_after_sigkill_and_during_a_restart_leaves_nothing(tmp_path):
         up = subprocess.Popen([sys.executable, "-m", "dataplane", "up", "-f", str(tmp_path / "spec.yaml")],
                               env=os.environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         old = st.nodes["n1"].pid
-        wait_for(lambda: json.loads((tmp_path / "run" / "state.json").read_text())["nodes"]["n1"]["pid"] != old,
+        wait_for(lambda: cluster.load_state().nodes["n1"].pid != old,
                  what="the restart to start an agent")
         r = podnet("down")
         assert "cluster pnrs down" in r.stdout
@@ -283,7 +284,7 @@ def test_restart_brings_back_node_add_routes_and_state_json_services_win_over_th
             [line] = [ln for ln in out.splitlines() if ln.startswith("node n1:")]
             assert "agent was dead, restarted" in line and "2 routes" in line and "2 services" in line, line
             assert line.endswith("; 1 service ports updated, 1 removed"), line             # from state.json
-            st = json.loads((tmp_path / "run" / "state.json").read_text())
+            st = cluster.load_state()
             assert {(s["vip"], s["port"]) for s in agent(st, "n1", "services")} == live
             routes = {r["name"]: r for r in agent(st, "n1", "routes")}
             assert (routes["k1"]["cidr"], routes["k1"]["vtep"], routes["k1"]["inner_mac"]) == (K_CIDR, K_VTEP, K_MAC)
@@ -356,7 +357,7 @@ def test_clientip_affinity_survives_sigkill_and_restart(tmp_path):
             kill_agent(st, "n1")
             out = podnet("up").stdout
             assert re.search(r"node n1: agent was dead, restarted", out), out
-            st = json.loads((tmp_path / "run" / "state.json").read_text())
+            st = cluster.load_state()
             assert agent(st, "n1", "status")["restored"]["affinity"] == 3
             assert {c: who(c) for c in clients} == pinned
         finally:

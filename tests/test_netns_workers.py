@@ -15,6 +15,8 @@ import time
 
 import pytest
 
+from dataplane import cluster
+
 from scapy.layers.inet import IP, UDP
 from scapy.utils import rdpcap
 
@@ -338,7 +340,7 @@ def test_restart_after_sigkill_keeps_the_worker_count(wk):
     assert {x["name"]: x["agent"] for x in s["nodes"]} == {"n1": "dead", "n2": "running"}
     out = podnet("up").stdout
     assert re.search(r"node n1: agent was dead, restarted: pid \d+", out), out
-    st = wk["st"] = json.loads((tmp / "run" / "state.json").read_text())
+    st = wk["st"] = cluster.load_state()
     assert st.nodes["n1"].pid != old
     s = json.loads(podnet("status", "-o", "json").stdout)
     assert {x["name"]: (x["agent"], x["workers"]) for x in s["nodes"]} == {"n1": ("running", n), "n2": ("running", n)}
@@ -371,7 +373,7 @@ def test_plain_mode_with_two_workers_from_the_cli(tmp_path):
     with cluster_env(tmp_path):
         try:
             podnet("up", "-f", str(spec), "--plain", "--workers", "2")
-            st = json.loads((tmp_path / "run" / "state.json").read_text())
+            st = cluster.load_state()
             s = json.loads(podnet("status", "-o", "json").stdout)
             assert [(x["workers"], x["vnet_hdr"]) for x in s["nodes"]] == [(2, 0)]
             assert "vnet_hdr off" in in_pod(st, "a", "ip", "-d", "link", "show", "eth0").stdout

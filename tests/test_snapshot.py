@@ -318,10 +318,12 @@ def test_restart_resync_state_json_wins_over_the_snapshot(tmp_path):
     # what state.json says now
     entry = lambda port, backends: {"vip": VIP, "port": port, "protocol": "TCP", "backends": backends,
                                     "load_balancing": "random", "affinity_timeout": 0}
-    state = {"nodes": {"n1": {"socket": sock}, "n2": {"socket": "unused"}}, "vni": 1,
-             "external": {"ext": {"name": "ext", "pod_cidr": EXT_ROUTE["cidr"], "vtep": EXT_IP,
-                                  "vtep_mac": EXT_ROUTE["inner_mac"]}},
-             "service_entries": [entry(80, [[C[0], 8080]]), entry(82, [[B[0], 8082]])]}
+    from dataplane.state import ClusterState, NodeState
+    nodes = {n: NodeState(n, i, "", "", "", "", socket=s) for i, (n, s) in enumerate((("n1", sock), ("n2", "unused")))}
+    state = ClusterState("x", "<test>", {}, nodes, {}, {}, [], {}, 1, 4789, 1450,
+                         external={"ext": {"name": "ext", "pod_cidr": EXT_ROUTE["cidr"], "vtep": EXT_IP,
+                                           "vtep_mac": EXT_ROUTE["inner_mac"]}},
+                         service_entries=[entry(80, [[C[0], 8080]]), entry(82, [[B[0], 8082]])])
     crashed = []
 
     def run():
