@@ -334,3 +334,38 @@ def test_plugin_errors_against_the_real_cluster(cl, rt):
     rc, out = rt.plugin("ADD", "feed10", "/proc/self/ns/net")          # the plugin's own: the root netns
     assert (rc, out["code"]) == (1, 4) and out["msg"] == "CNI_NETNS is the plugin's own network namespace"
     assert re.fullmatch(r"\d+\.\d+\.\d+", rt.exec(rt.bin_path, rt.env("VERSION"), {})[1]["cniVersion"])
+
+
+def test_down_refuses_while_containers_are_attached_unless_force(tmp_path):
+    """`podnet down` would pull the network from under a runtime's
+    containers: it refuses while CNI attachments exist; --force detaches
+    them (their TAPs leave the runtime's netns, which stays the runtime's)
+    and then removes the cluster."""
+    from dataplane import cluster, cni
+    from netns_helpers import cluster_env
+    name = f"{CLUSTER}d"
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC.replace(CLUSTER, name))
+    with cluster_env(tmp_path):
+        try:
+            cluster.up(str(spec), progress=lambda *_: None)
+            conf, launcher = cni.install(tmp_path / "net.d", tmp_path / "bin")
+            r = Runtime(json.loads(conf.read_text()), launcher)
+            try:
+                ns = r.new_netns()
+                r.add("c0ffee" * 4, ns)
+                assert "eth0" in links(ns)
+                down = podnet("down", check=False)
+                assert down.returncode == 1 and "1 container is attached through CNI (c0ffeec0ffee)" in down.stderr
+                assert "--force" in down.stderr and len(down.stderr.strip().splitlines()) == 1
+                assert cluster.load_state() is not None and "eth0" in links(ns)      # nothing changed
+                forced = podnet("down", "--force")
+                assert "detached container c0ffeec0ffee" in forced.stdout and f"cluster {name} down" in forced.stdout
+                assert cluster.load_state() is None
+                assert "eth0" not in links(ns) and os.path.exists(ns)              # the runtime's netns stays
+                assert not [n for n in os.listdir("/run/netns") if n.startswith(f"{name}-")]
+                r.attached.clear()                                                  # nothing left to DEL
+            finally:
+                r.cleanup()
+        finally:
+            cluster.down(quiet=True, force=True)
