@@ -11,6 +11,14 @@ def _out(args, rows, columns):
     print(render(rows, columns, "json" if args.output == "json" else "table"))
 
 
+def _as_json(args, data):
+    """-o json: print data as JSON (for scripts) and say so; else print nothing."""
+    if args.output != "json":
+        return False
+    print(json.dumps(data, indent=2))
+    return True
+
+
 def _workers_arg(v):
     if v == "auto":
         return v
@@ -69,8 +77,7 @@ def cmd_pod(args):
 def cmd_pods(args):
     from dataplane import cluster
     rows = cluster.pods()
-    if args.output == "json":
-        print(json.dumps(rows, indent=2))
+    if _as_json(args, rows):
         return 0
     print(render(_pod_rows(rows), POD_COLUMNS))
     return 0
@@ -97,8 +104,7 @@ def _cni(args, cni):
 def cmd_status(args):
     from dataplane import cluster
     st = cluster.status()
-    if args.output == "json":
-        print(json.dumps(st, indent=2))
+    if _as_json(args, st):
         return 0
     print(f"cluster {st['cluster']} ({st['source']})\n")
     _out(args, st["nodes"], [("node", "name"), ("agent", "agent"), ("pid", "agent_pid"),
@@ -134,8 +140,7 @@ def cmd_fdb(args):
 
 def cmd_stats(args):
     c = _agent_request(args.node, "counters")
-    if args.output == "json":
-        print(json.dumps(c, indent=2))
+    if _as_json(args, c):
         return 0
     pods = {p["port"]: p["pod"] for p in _agent_request(args.node, "status")["ports"]}
     c["ports"] = {int(k): dict(v, pod=pods.get(int(k), "uplink" if int(k) == 255 else ""))
@@ -192,8 +197,7 @@ def cmd_services(args):
     from dataplane import cluster
     rows = [dict(e, backends=" ".join(f"{ip}:{p}" for ip, p in e["backends"]) or "<none>",
                  port=f"{e['port']}/{e['protocol']}") for e in cluster.services()]
-    if args.output == "json":
-        print(json.dumps(cluster.services(), indent=2))
+    if _as_json(args, cluster.services()):
         return 0
     print(render(rows, [("service", "key"), ("cluster ip", "vip"), ("port", "port"),
                         ("lb", "load_balancing"), ("affinity s", "affinity_timeout"), ("backends", "backends")]))
