@@ -63,16 +63,13 @@ the runtime's list, whatever network name added it); the pod name comes from
 K8S_POD_NAME or the container id, so it must be unique in the cluster
 (two Kubernetes namespaces with a pod of one name clash: code 101).
 """
-import copy
-import fcntl
-import ipaddress
+# Every command is a new process, so start-up counts: modules only some
+# commands need (socket, copy, ipaddress, fcntl, shlex, pathlib) are imported
+# where they are used, not here.
 import json
 import os
 import re
-import shlex
-import socket
 import sys
-from pathlib import Path
 
 SUPPORTED_VERSIONS = ("0.4.0", "1.0.0", "1.1.0")
 PLUGIN_VERSION = "1.1.0"
@@ -199,6 +196,7 @@ def _config(cmd, raw):
 
 def _check_result(r):
     """prevResult must read as a CNI result; what this plugin indexes into is checked."""
+    import ipaddress
     def bad(why):
         raise CniError(7, "prevResult is not a CNI result", why)
     if not isinstance(r, dict):
@@ -237,6 +235,7 @@ def _pod_name(env, args):
 def _check_netns(path):
     """CNI_NETNS must exist (else 3: nothing to clean up), be a network
     namespace and not be the plugin's own (root) one (else 4)."""
+    import fcntl
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -261,6 +260,7 @@ def _inspect(netns, ifname):
     """What CNI_IFNAME looks like inside netns: None if absent, else
     {mac, up, addrs [(ip, prefixlen)], gateways [default-route gateways via it]}.
     Opens the namespace with flags=0 so a vanished one is never re-created."""
+    import socket
     from pyroute2 import NetNS
     with NetNS(netns, flags=0) as ns:
         idx = ns.link_lookup(ifname=ifname)
@@ -278,6 +278,7 @@ def _inspect(netns, ifname):
 
 def _result(rec, env, version, prev):
     """ADD's result in the config's version; appended to prevResult when chained."""
+    import copy
     out = copy.deepcopy(prev) if prev else {}
     out["cniVersion"] = version
     interfaces = out.setdefault("interfaces", [])
@@ -504,6 +505,8 @@ def install(conf_dir="/etc/cni/net.d", bin_dir="/opt/cni/bin", node=None):
     environment. Refuses (ValueError) to overwrite files podnet did not write."""
     if node is not None and not isinstance(node, str):
         raise ValueError(f"node must be a string, got {node!r}")
+    import shlex
+    from pathlib import Path
     from dataplane import cluster
     conf_path, bin_path = Path(conf_dir) / "podnet.conflist", Path(bin_dir) / "podnet-cni"
     _ours(conf_path, _conf_is_ours)
@@ -530,6 +533,7 @@ def install(conf_dir="/etc/cni/net.d", bin_dir="/opt/cni/bin", node=None):
 def uninstall(conf_dir="/etc/cni/net.d", bin_dir="/opt/cni/bin"):
     """Remove podnet.conflist and the launcher if podnet wrote them (both are
     checked before either is removed); returns the paths removed."""
+    from pathlib import Path
     paths = [(Path(conf_dir) / "podnet.conflist", _conf_is_ours), (Path(bin_dir) / "podnet-cni", _launcher_is_ours)]
     present = [p for p, is_ours in paths if _ours(p, is_ours)]
     for p in present:
