@@ -539,7 +539,7 @@ def status():
 def _pod_rows(state):
     return [{"name": p.name, "node": p.node, "namespace": p.netns, "ip": p.ip, "mac": p.mac, "gateway": p.gateway,
              "labels": dict(p.labels), "origin": p.origin, "container_id": p.container_id, "ifname": p.ifname,
-             "port": p.port, "phase": p.phase, "prefixlen": p.prefixlen, "mtu": p.mtu}
+             "port": p.port, "phase": p.phase, "prefixlen": p.prefixlen, "mtu": p.mtu, "network": p.network}
             for p in state.pods.values()]
 
 
@@ -647,7 +647,8 @@ def _check_labels(labels):
     return dict(labels)
 
 
-def pod_add(name, node=None, labels=None, *, netns=None, ifname="eth0", container_id=None, origin="cli"):
+def pod_add(name, node=None, labels=None, *, netns=None, ifname="eth0", container_id=None, origin="cli",
+            network=None):
     """Add a pod to the running cluster: an address from its node's range,
     a port on its node's agent, a TAP as its `ifname` with address, MAC, MTU
     and default route, and the Services whose selectors match its labels
@@ -656,10 +657,10 @@ def pod_add(name, node=None, labels=None, *, netns=None, ifname="eth0", containe
     that stays the runtime's. All or nothing. Returns the pod's record."""
     with _exclusive():
         state = require_state()
-        return _pod_add(state, name, node, labels or {}, netns, ifname, container_id, origin).to_dict()
+        return _pod_add(state, name, node, labels or {}, netns, ifname, container_id, origin, network).to_dict()
 
 
-def _pod_add(state, name, node, labels, netns_path, ifname, container_id, origin):
+def _pod_add(state, name, node, labels, netns_path, ifname, container_id, origin, network=None):
     owned = netns_path is None
     if not isinstance(name, str) or not (DNS_LABEL if owned else _FOREIGN_NAME).fullmatch(name) \
             or (owned and len(name) > NAME_MAX):
@@ -707,7 +708,8 @@ def _pod_add(state, name, node, labels, netns_path, ifname, container_id, origin
         raise ClusterError(str(e), "ipam_full") from None
     from dataplane.ipam import mac_for
     rec = st.PodRecord(name, node, str(ip), 24, mac_for(ip), n.gateway_ip, state.pod_mtu, port, ns, owned=owned,
-                       ifname=ifname, labels=labels, origin=origin, container_id=container_id, phase="adding",
+                       ifname=ifname, labels=labels, origin=origin, container_id=container_id, network=network,
+                       phase="adding",
                        created=time.time())
     state.pods[name] = rec
     _save_state(state)                                # before anything exists: pod delete, GC and down find it

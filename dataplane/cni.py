@@ -58,8 +58,8 @@ libcni also sends); a GC config with neither is refused (7) rather than read
 as "keep nothing". VERSION answers {"cniVersion": "1.1.0", "supportedVersions":
 ["0.4.0", "1.0.0", "1.1.0"]} whatever it is sent, as libcni's skel does.
 
-Limits: one CNI network per podnet cluster (GC removes every CNI pod not in
-the runtime's list, whatever network name added it); the pod name comes from
+GC looks only at the attachments its own network (the config's name) added:
+a pod another conflist made is that runtime's to list. The pod name comes from
 K8S_POD_NAME or the container id, so it must be unique in the cluster
 (two Kubernetes namespaces with a pod of one name clash: code 101).
 """
@@ -318,7 +318,7 @@ def cmd_add(conf, env):
         if _inspect(env["CNI_NETNS"], ifname) is not None:
             raise CniError(102, "interface exists in the network namespace", f"{ifname} in {env['CNI_NETNS']}")
         rec = cluster.pod_add(name, conf.get("node"), labels, netns=env["CNI_NETNS"], ifname=ifname,
-                              container_id=cid, origin="cni")
+                              container_id=cid, origin="cni", network=conf["name"])
     except cluster.ClusterError as e:
         raise _cluster_error(e) from None
     return _result(rec, env, conf["cniVersion"], conf.get("prevResult"))
@@ -398,7 +398,9 @@ def cmd_gc(conf, env):
         raise _cluster_error(e) from None
     failed = []
     for rec in pods:
-        if rec.get("container_id") and (rec["container_id"], rec.get("ifname")) not in keep:
+        # only this network's attachments: another conflist's pods are its runtime's to list
+        if rec.get("container_id") and rec.get("network") in (conf["name"], None) \
+                and (rec["container_id"], rec.get("ifname")) not in keep:
             try:
                 cluster.pod_delete(rec["name"])
             except cluster.ClusterError as e:

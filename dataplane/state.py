@@ -60,6 +60,7 @@ class PodRecord:
     labels: dict = field(default_factory=dict)
     origin: str = "spec"        # spec | cli | manifest | cni
     container_id: str | None = None
+    network: str | None = None  # the CNI network (conflist name) that added it: GC is per network
     phase: str = "ready"        # adding: recorded, its agent not yet (or not surely) done
     created: float = 0.0
 

@@ -73,7 +73,8 @@ class FakeCluster:
                            "origin": "spec", "port": 9, "phase": "ready"}
         self.save(s)
 
-    def pod_add(self, name, node=None, labels=None, *, netns=None, ifname="eth0", container_id=None, origin="cli"):
+    def pod_add(self, name, node=None, labels=None, *, netns=None, ifname="eth0", container_id=None, origin="cli",
+                network=None):
         s = self._state(["pod_add", name, node, labels, netns, ifname, container_id, origin])
         if name in s["pods"]:
             raise FakeClusterError(f"pod {name!r} exists", "exists")
@@ -90,7 +91,7 @@ class FakeCluster:
         rec = {"name": name, "node": node, "ip": f"10.250.{i}.{n}", "prefixlen": 24,
                "mac": f"0a:58:0a:fa:{i:02x}:{n:02x}", "gateway": f"10.250.{i}.1", "mtu": 1450,
                "labels": labels or {}, "netns": netns, "ifname": ifname, "container_id": container_id,
-               "origin": origin, "port": n, "phase": "ready"}
+               "origin": origin, "port": n, "phase": "ready", "network": network}
         s["next"] += 1
         s["pods"][name] = rec
         self.save(s)
@@ -520,6 +521,18 @@ def test_gc_removes_cni_pods_not_listed(fake, tmp_path):
     assert (rc, out) == (0, None)
     assert sorted(fake.load()["pods"]) == ["pod-c1", "web"]
     assert sorted(c[1] for c in fake.calls("pod_delete")) == ["pod-c2", "pod-c3"]
+
+
+def test_gc_leaves_another_networks_attachments_alone(fake, tmp_path):
+    """Two conflists over one cluster: a runtime's GC of network podnet
+    lists only podnet's containers, so the other network's must stay."""
+    for cid, net in (("c1", "podnet"), ("c2", "podnet-web")):
+        p = tmp_path / f"ns-{cid}"
+        p.write_text("{}")
+        add(str(p), config=conf(name=net), cid=cid, CNI_ARGS=f"K8S_POD_NAME=pod-{cid}")
+    assert {p["name"]: p["network"] for p in fake.load()["pods"].values()} == {"pod-c1": "podnet", "pod-c2": "podnet-web"}
+    rc, _ = call({"CNI_COMMAND": "GC", "CNI_PATH": "/x"}, conf("1.1.0", **{"cni.dev/valid-attachments": []}))
+    assert rc == 0 and sorted(fake.load()["pods"]) == ["pod-c2"]
 
 
 def test_gc_null_list_removes_every_cni_pod(fake, netns):

@@ -47,7 +47,7 @@ def test_status_names_agents_namespaces_pods_addresses(cl):
     assert pods["a"] == {"name": "a", "node": "n1", "namespace": "pntest-pod-a", "ip": "10.250.0.2",
                          "mac": "0a:58:0a:fa:00:02", "gateway": "10.250.0.1", "labels": {"app": "web"}, "origin": "spec",
                          "container_id": None, "ifname": "eth0", "port": 0, "phase": "ready",
-                         "prefixlen": 24, "mtu": 1450}
+                         "prefixlen": 24, "mtu": 1450, "network": None}
     assert pods["d"]["ip"] == "10.250.1.2"
     # the pod's eth0 is what the plan says
     out = in_pod(cl, "a", "ip", "-o", "addr", "show", "eth0").stdout
