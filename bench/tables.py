@@ -19,8 +19,15 @@ RESULTS = HERE / "results"
 README = HERE.parent / "README.md"
 
 
+class MissingResults(FileNotFoundError):
+    """A table's results file is not there (a benchmark not run yet)."""
+
+
 def load(name):
-    return json.loads((RESULTS / f"{name}.json").read_text())
+    path = RESULTS / f"{name}.json"
+    if not path.exists():
+        raise MissingResults(f"no {path}")
+    return json.loads(path.read_text())
 
 
 def fig(s, scale=1.0, digits=1, unit=""):
@@ -359,12 +366,107 @@ def scaling():
     return "\n".join(out)
 
 
+def churn():
+    d = load("churn")
+    s, r, cli = d["summary"]["stream"], d["ratios"], d.get("cli")
+    idle, ch = s["idle"], s["churn"]
+    out = [f"{d['rounds']} interleaved rounds: an idle window of {d['seconds']:g} s and a churn pass of {d['pods']} "
+           f"pods (added, alternating nodes n1 and n2, each a backend of Service {d['service']}, then deleted, "
+           f"through cluster.pod_add / pod_delete in one process); one iperf3 TCP stream from a pod on n1 to a pod "
+           f"on n2 throughout; {machine_line(d)}.", "",
+           "| window | stream n1 → n2, Gbit/s | window, s | cores busy |", "|---|---|---|---|",
+           f"| idle | {fig(idle['gbps'], digits=2)} | {fig(idle['window_s'])} | {fig(idle['cores_busy'], digits=2)} |",
+           f"| during the churn of {d['pods']} pods | {fig(ch['gbps'], digits=2)} | {fig(ch['window_s'])} "
+           f"| {fig(ch['cores_busy'], digits=2)} |",
+           "", "| pod churn | median (min–max) | target: met? |", "|---|---|---|",
+           f"| pod adds + deletes per second (in process) | {fig(ch['ops_per_s'])} "
+           f"| ≥ 50: {target(ch['ops_per_s'], '>=', 50)} |",
+           f"| adds per second | {fig(ch['adds_per_s'])} | |",
+           f"| deletes per second | {fig(ch['deletes_per_s'])} | |",
+           f"| pod add, ms: a pass's median | {fig(ch['add_ms_median'])} | |",
+           f"| pod add, ms: a pass's p99 | {fig(ch['add_ms_p99'])} | |",
+           f"| of a pod add, waiting on the agents ({ch['agent_requests_per_add']['median']:g} requests), ms "
+           f"| {fig(ch['agent_ms_per_add'])} | |",
+           f"| pod delete, ms: a pass's median | {fig(ch['delete_ms_median'])} | |",
+           f"| pod delete, ms: a pass's p99 | {fig(ch['delete_ms_p99'])} | |",
+           f"| of a pod delete, waiting on the agents ({ch['agent_requests_per_delete']['median']:g} requests), ms "
+           f"| {fig(ch['agent_ms_per_delete'])} | |"]
+    if cli:
+        out += [f"| `podnet pod add`, ms (the CLI: a process per call; {cli['calls']} calls) | {fig(cli['add_ms'], digits=0)} | |",
+                f"| `podnet pod delete`, ms ({cli['calls']} calls) | {fig(cli['delete_ms'], digits=0)} | |"]
+    out += ["", *RATIO_HEAD, ratio_row("stream during churn / idle", r["churn_vs_idle_gbps"], at_least=0.9)]
+    return "\n".join(out)
+
+
+def cni():
+    d = load("cni")
+    s, r, b = d["summary"]["cni"], d["ratios"], d.get("breakdown")
+    ref = d.get("reference_plugins") or {}
+    pm = f" and {d['podman_iterations']} containers for podman" if "podman" in s else ""
+    out = [f"{d['rounds']} interleaved rounds of {d['iterations']} ADD + DEL pairs per path{pm}, one process per "
+           f"command, each a fresh network namespace; a round's median and p99 (with fewer than 100, its largest); "
+           f"{machine_line(d)}.", "",
+           "| path | ADD, ms: median | ADD: p99 | DEL: median | DEL: p99 |", "|---|---|---|---|---|"]
+
+    def row(label, m, prefix=""):
+        return (f"| {label} | " + " | ".join(fig(m.get(f"{prefix}{k}")) for k in
+                                             ("add_ms_median", "add_ms_p99", "del_ms_median", "del_ms_p99")) + " |")
+    out.append(row("**podnet-cni**, run as a runtime runs it (its launcher)", s["podnet"]))
+    version = f" {ref['package']}" if ref.get("package") else ""
+    out.append(row(f"bridge + host-local (containernetworking-plugins{version}), under `ip netns exec`",
+                   s["reference"]))
+    out.append(row(f"the same, less `ip netns exec` ({s['reference']['wrapper_ms_median']['median']:.1f} ms, "
+                   f"the median of its rounds' medians)",
+                   s["reference"], "net_"))
+    if "podman" in s:
+        p = s["podman"]
+        out.append(row("podnet-cni inside podman 4.3 (the plugin's own time)", p))
+        out.append(f"| the whole `podman run -d` (ADD columns) and `podman rm -f` (DEL columns) "
+                   f"| {fig(p['run_ms_median'], digits=0)} | {fig(p['run_ms_p99'], digits=0)} "
+                   f"| {fig(p['rm_ms_median'], digits=0)} | {fig(p['rm_ms_p99'], digits=0)} |")
+    out += ["", *RATIO_HEAD,
+            ratio_row("podnet / reference less the wrapper, ADD p99", r.get("podnet_vs_reference_net_add_p99"),
+                      at_most=1.0),
+            ratio_row("podnet / reference less the wrapper, ADD median", r.get("podnet_vs_reference_net_add_median")),
+            ratio_row("podnet / reference less the wrapper, DEL p99", r.get("podnet_vs_reference_net_del_p99")),
+            ratio_row("podnet / reference less the wrapper, DEL median", r.get("podnet_vs_reference_net_del_median")),
+            ratio_row("podnet / reference as run (with the wrapper), ADD p99", r.get("podnet_vs_reference_add_p99"))]
+    if "podman_vs_podnet_add_median" in r:
+        out.append(ratio_row("podnet-cni in podman / run directly, ADD median", r["podman_vs_podnet_add_median"]))
+    if b:
+        ms = lambda x: f"{x['median_ms']:,.1f}"              # noqa: E731
+        top = ", ".join(f"{t['module']} {t['ms']:,.0f}" for t in b["imports_add"]["top"][:4])
+        out += ["", f"Where a podnet-cni ADD's time goes: each part measured {b['runs']} times after the rounds, "
+                "medians.", "",
+                "| part | ms |", "|---|---|",
+                f"| Python start-up, `python -P -c pass` | {ms(b['python_startup'])} |",
+                f"| the same without site (`-S`: no editable-install finder, no .pth files) "
+                f"| {ms(b['python_startup_no_site'])} |",
+                f"| VERSION through the launcher (start-up, importing dataplane.cni) | {ms(b['version_via_launcher'])} |",
+                f"| imports of a VERSION (`-X importtime`, site included) | {b['imports_version']['total_ms']:,.1f} |",
+                f"| imports of an ADD (`-X importtime`; biggest, ms: {top}) | {b['imports_add']['total_ms']:,.1f} |",
+                f"| an ADD in process (`cni.run`, modules already imported) | {ms(b['in_process_add'])} |",
+                f"| of it, waiting on the agent | {ms(b['agent_per_add'])} |",
+                f"| a DEL in process | {ms(b['in_process_del'])} |",
+                f"| of it, waiting on the agent | {ms(b['agent_per_del'])} |"]
+    return "\n".join(out)
+
+
 TABLES = {"stages": stages, "pods": pods, "overlay": overlay, "services": services, "connect": connect,
-          "pause": pause, "scaling": scaling}
+          "pause": pause, "scaling": scaling, "churn": churn, "cni": cni}
 
 
 def render():
-    return {name: f() for name, f in TABLES.items()}
+    """Every table whose results files exist; one a benchmark has not
+    written yet is left out (the README must not have its block until then:
+    --check and tests/test_readme_figures.py say so)."""
+    out = {}
+    for name, f in TABLES.items():
+        try:
+            out[name] = f()
+        except MissingResults as e:
+            print(f"bench:{name} left out: {e}", file=sys.stderr)
+    return out
 
 
 def readme_blocks(text):
@@ -390,7 +492,10 @@ def main(argv):
         bad = [n for n in want if have.get(n) != want[n]]
         for n in bad:
             print(f"README.md's bench:{n} table differs from bench/results (python bench/tables.py --write)")
-        return 1 if bad else 0
+        orphans = [n for n in have if n not in want]
+        for n in orphans:
+            print(f"README.md has a bench:{n} block but no table renders it (its results file is missing)")
+        return 1 if bad or orphans else 0
     for name, body in render().items():
         print(f"<!-- bench:{name} -->\n{body}\n<!-- /bench:{name} -->\n")
 

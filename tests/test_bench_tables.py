@@ -2,9 +2,15 @@
 figures from /proc/stat, the --cpus/--workers/--path arguments, the ratios of
 every podnet-wN path, the README tables rendered from a results file with one
 podnet path per worker count, and PodnetCluster taking down its own cluster
-when several are up. (The committed results files are rendered by
-tests/test_readme_figures.py.)"""
+when several are up; pod churn and CNI latency (e2e_churn, e2e_cni): their
+percentiles, ratios within a round, targets, arguments, the CNI launcher and
+config they run, podman's timing wrapper, their tables, and a table whose
+results file does not exist yet. (The committed results files are rendered
+by tests/test_readme_figures.py.)"""
+import json
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,11 +20,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
 import cpustat  # noqa: E402
+import e2e_churn  # noqa: E402
+import e2e_cni  # noqa: E402
 import e2e_overlay  # noqa: E402
 import e2e_pods  # noqa: E402
 import tables  # noqa: E402
 from podnet_cluster import PodnetCluster  # noqa: E402
-from rounds import ratio, summarize  # noqa: E402
+from rounds import ratio, spread, summarize  # noqa: E402
 
 HZ = os.sysconf("SC_CLK_TCK")
 
@@ -263,3 +271,292 @@ def test_a_cluster_that_fails_to_come_up_leaves_nothing(monkeypatch):
     with pytest.raises(cluster.ClusterError):
         c.__enter__()
     assert "PODNET_RUN_DIR" not in os.environ and not Path(c.tmp).exists()
+
+
+# ---- pod churn (bench/e2e_churn.py) ----------------------------------------------
+
+def test_p99_is_the_nearest_rank_and_latency_in_ms():
+    assert e2e_churn.p99(list(range(1, 101))) == 99
+    assert e2e_churn.p99(list(range(1, 201))) == 198
+    assert e2e_churn.p99([3, 1, 2]) == 3                   # fewer than 100: the largest
+    assert e2e_churn.p99([]) is None
+    lat = e2e_churn.latency([0.010, 0.030, 0.020])
+    assert lat == {"median_ms": pytest.approx(20.0), "p99_ms": pytest.approx(30.0), "n": 3}
+    assert e2e_churn.latency([]) == {"median_ms": None, "p99_ms": None, "n": 0}
+
+
+def test_bytes_received_sums_every_connection_in_ss_output():
+    text = ("0 0 10.212.1.2:5302 10.212.0.2:40000\n\t cubic rto:204 bytes_sent:120 bytes_acked:121 "
+            "bytes_received:4096 segs_out:8\n"
+            "0 0 10.212.1.2:5302 10.212.0.2:40002\n\t cubic bytes_received:1000000000 notbytes_received:7\n")
+    assert e2e_churn.bytes_received(text) == 4096 + 1000000000
+    assert e2e_churn.bytes_received("") == 0
+
+
+def test_churn_arguments():
+    a = e2e_churn.parse_args([])
+    assert (a.pods, a.rounds, a.seconds, a.cli_calls) == (200, 3, 10.0, 5)
+    assert a.out == str(e2e_churn.RESULTS / "churn.json")
+    q = e2e_churn.parse_args(["--quick"])
+    assert (q.pods, q.rounds, q.seconds, q.cli_calls) == (10, 1, 2.0, 2)
+    assert q.out == str(e2e_churn.HERE / "build" / "churn-quick.json")   # a smoke run is no result
+    assert e2e_churn.parse_args(["--quick", "--pods", "40", "--out", "/tmp/x.json"]).pods == 40
+    assert e2e_churn.parse_args(["--pods", str(e2e_churn.MAX_PODS)]).pods == e2e_churn.MAX_PODS
+    for bad in (["--pods", "1"], ["--pods", str(e2e_churn.MAX_PODS + 1)], ["--pods", "x"], ["--rounds", "0"],
+                ["--seconds", "-1"], ["--cli-calls", "-1"]):
+        with pytest.raises(SystemExit):
+            e2e_churn.parse_args(bad)
+
+
+def test_request_timer_times_agent_requests_by_op_and_restores():
+    class FakeCluster:
+        calls = []
+
+        @staticmethod
+        def request(path, op, timeout=10.0, **args):
+            FakeCluster.calls.append((path, op, args))
+            if op == "boom":
+                raise RuntimeError("agent refused")
+            return {"ok": op}
+    real = FakeCluster.request
+    with e2e_churn.RequestTimer(FakeCluster) as rt:
+        assert FakeCluster.request("/s", "pod_add", timeout=30.0, name="x") == {"ok": "pod_add"}
+        FakeCluster.request("/s", "services_apply", upsert=[])
+        FakeCluster.request("/t", "services_apply", upsert=[])
+        with pytest.raises(RuntimeError):
+            FakeCluster.request("/s", "boom")               # a failed request is timed too
+    assert FakeCluster.request is real
+    assert {op: len(v) for op, v in rt.by_op.items()} == {"pod_add": 1, "services_apply": 2, "boom": 1}
+    assert rt.count() == 4 and rt.seconds() >= 0
+    assert FakeCluster.calls[0] == ("/s", "pod_add", {"name": "x"})
+
+
+def churn_round(gbps, window, ops=None):
+    out = {"gbps": gbps, "window_s": window, "cores_busy": 1.9}
+    if ops is not None:
+        out.update(ops_per_s=ops, adds_per_s=ops * 0.6, deletes_per_s=ops * 1.5, add_ms_median=30.0,
+                   add_ms_p99=90.0, delete_ms_median=12.0, delete_ms_p99=20.0, endpoints_max=200,
+                   agent_ms_per_add=20.0, agent_requests_per_add=3, agent_ms_per_delete=8.0,
+                   agent_requests_per_delete=3)
+    return out
+
+
+def churn_doc(cli=True):
+    """Two rounds: 60 and 40 pod operations a second; the stream at 0.95 and
+    0.85 of idle."""
+    raw = {"stream": {"idle": [churn_round(4.0, 10.0), churn_round(6.0, 10.0)],
+                      "churn": [churn_round(3.8, 7.0, ops=60.0), churn_round(5.1, 9.0, ops=40.0)]}}
+    summary = summarize(raw, {"stream": e2e_churn.METRICS})
+    ratios = {"churn_vs_idle_gbps": ratio(raw, "stream", "gbps", "churn", "idle")}
+    return {"bench": "churn", "rounds": 2, "seconds": 10.0, "pods": 200, "service": "default/churn",
+            "machine": {"cpu": "TestCPU", "cores": 2, "kernel": "6.x", "python": "3.11", "cython": "3"},
+            "date": "2026-01-01T00:00:00Z", "summary": summary, "ratios": ratios,
+            "target": e2e_churn.targets(summary, ratios), "raw": raw,
+            "cli": {"calls": 5, "add_ms": spread([450.0, 500.0, 520.0]), "delete_ms": spread([400.0, 420.0])}
+            if cli else None}
+
+
+def test_churn_ratio_and_targets_per_round():
+    d = churn_doc()
+    assert d["ratios"]["churn_vs_idle_gbps"]["values"] == pytest.approx([0.95, 0.85])
+    # one round of two below 50 operations a second, one below 0.9 of idle: neither target met
+    assert d["target"] == {"ops_per_s_at_least_50": False, "stream_within_10_percent": False}
+    s = d["summary"]
+    s["stream"]["churn"]["ops_per_s"] = spread([50.0, 80.0])
+    assert e2e_churn.targets(s, {"churn_vs_idle_gbps": spread([0.9, 1.02])}) == {
+        "ops_per_s_at_least_50": True, "stream_within_10_percent": True}
+
+
+def test_churn_table(monkeypatch):
+    doc = churn_doc()
+    monkeypatch.setattr(tables, "load", lambda name: doc)
+    text = tables.churn()
+    assert text.startswith("2 interleaved rounds: an idle window of 10 s and a churn pass of 200 pods")
+    assert "TestCPU, 2 vCPU" in text
+    assert "| idle | 5.00 (4.00–6.00) | 10.0 (10.0–10.0) | 1.90 (1.90–1.90) |" in text
+    assert "| during the churn of 200 pods | 4.45 (3.80–5.10) | 8.0 (7.0–9.0) |" in text
+    assert "| pod adds + deletes per second (in process) | 50.0 (40.0–60.0) | ≥ 50: **not met** (1 of 2 rounds) |" \
+        in text
+    assert "| of a pod add, waiting on the agents (3 requests), ms | 20.0 (20.0–20.0) | |" in text
+    assert "| `podnet pod add`, ms (the CLI: a process per call; 5 calls) | 500 (450–520) | |" in text
+    assert "| stream during churn / idle | 0.90 (0.85–0.95) | ≥ 0.9: **not met** (1 of 2 rounds) |" in text
+    doc = churn_doc(cli=False)
+    text = tables.churn()
+    assert "podnet pod add" not in text and "| stream during churn / idle |" in text
+
+
+# ---- CNI latency (bench/e2e_cni.py) -------------------------------------------------
+
+def test_importtime_counts_top_level_imports_once():
+    stderr = ("import time: self [us] | cumulative | imported package\n"
+              "import time:       100 |        100 |   encodings.utf_8\n"
+              "import time:       300 |        400 | encodings\n"
+              "import time:      1000 |       1000 |     ssl\n"
+              "import time:       500 |       1500 |   pyroute2.netlink\n"
+              "import time:      2000 |     200000 | dataplane.cluster\n"
+              "Traceback-free noise\n")
+    total, top = e2e_cni.parse_importtime(stderr)
+    assert total == pytest.approx(0.4 + 200.0)               # nested lines are inside their parent's cumulative
+    assert top == [("dataplane.cluster", 200.0), ("encodings", 0.4)]
+
+
+def cni_round(add, add99, dele, dele99, wrapper=None, podman=False):
+    r = {"add_ms_median": add, "add_ms_p99": add99, "del_ms_median": dele, "del_ms_p99": dele99,
+         "add_ms": [add, add99], "del_ms": [dele, dele99]}
+    if wrapper is not None:
+        r["wrapper_ms_median"] = wrapper
+        r.update({f"net_{k}": r[k] - wrapper for k in e2e_cni.LAT})
+    if podman:
+        r.update(run_ms_median=900.0, run_ms_p99=1000.0, rm_ms_median=500.0, rm_ms_p99=600.0,
+                 run_ms=[900.0, 1000.0], rm_ms=[500.0, 600.0], del_calls_per_rm=1.0)
+    return r
+
+
+def cni_raw():
+    return {"cni": {"podnet": [cni_round(300, 400, 200, 250), cni_round(330, 420, 210, 260)],
+                    "reference": [cni_round(30, 40, 20, 25, wrapper=4), cni_round(22, 24, 21, 26, wrapper=4)],
+                    "podman": [cni_round(450, 500, 300, 320, podman=True), cni_round(330, 500, 300, 320, podman=True)]}}
+
+
+def test_cni_ratios_within_each_round_and_against_the_reference_less_the_wrapper():
+    r = e2e_cni.cni_ratios(cni_raw())
+    assert r["podnet_vs_reference_add_p99"]["values"] == pytest.approx([10.0, 17.5])
+    assert r["podnet_vs_reference_net_add_p99"]["values"] == pytest.approx([400 / 36, 420 / 20])
+    assert r["podnet_vs_reference_net_del_median"]["values"] == pytest.approx([200 / 16, 210 / 17])
+    assert r["podman_vs_podnet_add_median"]["values"] == pytest.approx([1.5, 1.0])
+    assert e2e_cni.target(r) == {"add_p99_no_slower_than_reference": False}
+    fast = {"cni": {"podnet": [cni_round(10, 20, 5, 6)], "reference": [cni_round(20, 30, 20, 25, wrapper=5)]}}
+    r = e2e_cni.cni_ratios(fast)
+    assert r["podnet_vs_reference_net_add_p99"]["values"] == pytest.approx([0.8])
+    assert "podman_vs_podnet_add_median" not in r
+    assert e2e_cni.target(r) == {"add_p99_no_slower_than_reference": True}
+
+
+def test_cni_pooled_latency_over_every_round():
+    p = e2e_cni.pooled(cni_raw())
+    assert p["podnet"]["add"]["n"] == 4 and p["podnet"]["add"]["p99_ms"] == pytest.approx(420.0)
+    assert p["reference"]["del"]["median_ms"] == pytest.approx(23.0)
+    assert p["podman"]["run"]["p99_ms"] == pytest.approx(1000.0) and "run" not in p["podnet"]
+
+
+def cni_doc(podman=True, breakdown=True):
+    raw = cni_raw()
+    if not podman:
+        raw["cni"].pop("podman")
+    doc = {"bench": "cni", "rounds": 2, "iterations": 100, "podman_iterations": 10,
+           "machine": {"cpu": "TestCPU", "cores": 2, "kernel": "6.x", "python": "3.11", "cython": "3"},
+           "date": "2026-01-01T00:00:00Z", "reference_plugins": {"package": "1.1.1+ds1-3+b5"},
+           "summary": summarize(raw, e2e_cni.METRICS), "ratios": e2e_cni.cni_ratios(raw), "raw": raw}
+    if breakdown:
+        lat = lambda ms: {"median_ms": ms, "p99_ms": ms, "n": 10}          # noqa: E731
+        doc["breakdown"] = {
+            "runs": 10, "python_startup": lat(38.0), "python_startup_no_site": lat(13.0),
+            "version_via_launcher": lat(55.0), "imports_version": {"total_ms": 30.0, "top": []},
+            "imports_add": {"total_ms": 250.0, "top": [{"module": "dataplane.cluster", "ms": 200.0},
+                                                       {"module": "site", "ms": 20.0}]},
+            "in_process_add": lat(120.0), "agent_per_add": lat(90.0), "in_process_del": lat(60.0),
+            "agent_per_del": lat(20.0)}
+    return doc
+
+
+def test_cni_table(monkeypatch):
+    doc = cni_doc()
+    monkeypatch.setattr(tables, "load", lambda name: doc)
+    text = tables.cni()
+    assert text.startswith("2 interleaved rounds of 100 ADD + DEL pairs per path and 10 containers for podman")
+    assert "| **podnet-cni**, run as a runtime runs it (its launcher) | 315.0 (300.0–330.0) | 410.0 (400.0–420.0) " \
+           "| 205.0 (200.0–210.0) | 255.0 (250.0–260.0) |" in text
+    assert "| bridge + host-local (containernetworking-plugins 1.1.1+ds1-3+b5), under `ip netns exec` " \
+           "| 26.0 (22.0–30.0) | 32.0 (24.0–40.0) |" in text
+    assert "| the same, less `ip netns exec` (4.0 ms, the median of its rounds' medians) | 22.0 (18.0–26.0) " \
+           "| 28.0 (20.0–36.0) |" \
+        in text
+    assert "| podnet-cni inside podman 4.3 (the plugin's own time) | 390.0 (330.0–450.0) |" in text
+    assert "| the whole `podman run -d` (ADD columns) and `podman rm -f` (DEL columns) | 900 (900–900) " \
+           "| 1,000 (1,000–1,000) | 500 (500–500) | 600 (600–600) |" in text
+    assert "| podnet / reference less the wrapper, ADD p99 | 16.06 (11.11–21.00) | ≤ 1.0: **not met** (0 of 2 rounds) |" \
+        in text
+    assert "| podnet-cni in podman / run directly, ADD median | 1.25 (1.00–1.50) | |" in text
+    assert "| imports of an ADD (`-X importtime`; biggest, ms: dataplane.cluster 200, site 20) | 250.0 |" in text
+    assert "| of it, waiting on the agent | 90.0 |" in text
+    doc = cni_doc(podman=False, breakdown=False)
+    text = tables.cni()
+    assert "podman" not in text and "Where a podnet-cni ADD's time goes" not in text
+    assert text.startswith("2 interleaved rounds of 100 ADD + DEL pairs per path, one process per command")
+
+
+def test_cni_direct_path_uses_the_installed_launcher_and_config(tmp_path, monkeypatch):
+    """What the podnet path runs: the launcher cni.install() wrote, with the
+    request config libcni derives from the conflist and a runtime's CNI_*."""
+    monkeypatch.setenv("PODNET_RUN_DIR", str(tmp_path / "run"))
+    monkeypatch.setenv("PODNET_STATE_DIR", str(tmp_path / "state"))
+    with e2e_cni.Direct(tmp_path) as d:
+        assert d.bin_path == tmp_path / "podnet" / "bin" / "podnet-cni" and os.access(d.bin_path, os.X_OK)
+        assert d.config["type"] == "podnet-cni" and d.config["name"] == d.conflist["name"]
+        assert d.config["cniVersion"] == d.conflist["cniVersion"]
+        assert d.config["runDir"] == str((tmp_path / "run").resolve())
+        env = d.env("ADD", "c" * 64, "pncb-1-2", "pncb-1-2")
+        assert env["CNI_NETNS"] == "/run/netns/pncb-1-2" and env["CNI_PATH"] == str(d.bin_path.parent)
+        assert env["CNI_ARGS"] == "IgnoreUnknown=1;K8S_POD_NAME=pncb-1-2" and env["CNI_IFNAME"] == "eth0"
+        assert not any(k.startswith("PODNET_") for k in env)     # the config finds the cluster, not the env
+        # VERSION through the launcher, as a runtime would run it
+        dt, out = e2e_cni.exec_plugin([str(d.bin_path)], {**e2e_cni.PLAIN_ENV, "CNI_COMMAND": "VERSION"}, {})
+        assert "1.1.0" in out["supportedVersions"] and dt > 0
+        # a failing command is one clear error with the plugin's answer
+        with pytest.raises(RuntimeError, match=r"ADD by .*podnet-cni failed \(1\): .*CNI_NETNS does not exist"):
+            e2e_cni.exec_plugin([str(d.bin_path)], env, d.config)
+    assert not d.bin_path.exists() and not (tmp_path / "podnet" / "net.d" / "podnet.conflist").exists()
+
+
+def test_podman_wrapper_times_each_command_and_passes_everything_through(tmp_path):
+    """The C wrapper podman's bin dir gets: the real plugin's stdin, stdout,
+    arguments and exit status pass through; one line per command is logged."""
+    if not shutil.which("gcc"):
+        pytest.skip("needs gcc")
+    real = tmp_path / "real"
+    real.write_text("#!/bin/sh\nread line\necho \"got $line $1 $CNI_COMMAND\"\nsleep 0.05\n"
+                    "[ \"$CNI_COMMAND\" = DEL ] && exit 3\nexit 0\n")
+    real.chmod(0o755)
+    log = tmp_path / "times.log"
+    exe = e2e_cni.build_wrapper(tmp_path / "podnet-cni", real, log)
+    assert not (tmp_path / "podnet-cni.c").exists()
+    env = {**e2e_cni.PLAIN_ENV, "CNI_COMMAND": "ADD", "CNI_CONTAINERID": "abc"}
+    r = subprocess.run([str(exe), "arg1"], input="hello\n", env=env, capture_output=True, text=True, timeout=10)
+    assert (r.returncode, r.stdout) == (0, "got hello arg1 ADD\n")
+    r = subprocess.run([str(exe)], input="x\n", env={**env, "CNI_COMMAND": "DEL", "CNI_CONTAINERID": ""},
+                       capture_output=True, text=True, timeout=10)
+    assert r.returncode == 3
+    (add, dele) = e2e_cni.read_wrapper_log(log)
+    assert (add["cmd"], add["cid"], add["rc"]) == ("ADD", "abc", 0) and 0.05 <= add["s"] < 5
+    assert (dele["cmd"], dele["cid"], dele["rc"]) == ("DEL", "-", 3)
+    assert e2e_cni.read_wrapper_log(tmp_path / "none.log") == []
+
+
+def test_cni_arguments():
+    a = e2e_cni.parse_args([])
+    assert (a.iterations, a.podman_iterations, a.rounds, a.breakdown_runs) == (100, 10, 3, 10)
+    assert a.out == str(e2e_cni.RESULTS / "cni.json") and not a.no_podman
+    q = e2e_cni.parse_args(["--quick", "--no-podman"])
+    assert (q.iterations, q.podman_iterations, q.rounds, q.breakdown_runs) == (3, 1, 1, 2) and q.no_podman
+    assert q.out == str(e2e_cni.HERE / "build" / "cni-quick.json")
+    for bad in (["--iterations", "0"], ["--rounds", "x"], ["--podman-iterations", "-2"]):
+        with pytest.raises(SystemExit):
+            e2e_cni.parse_args(bad)
+
+
+# ---- tables whose results do not exist yet -----------------------------------------
+
+def test_a_table_without_its_results_file_is_left_out(tmp_path, monkeypatch):
+    monkeypatch.setattr(tables, "RESULTS", tmp_path)
+    with pytest.raises(tables.MissingResults, match="churn.json"):
+        tables.load("churn")
+    (tmp_path / "churn.json").write_text(json.dumps(churn_doc()))
+    assert set(tables.render()) == {"churn"}                 # the only one with a results file here
+    # a README block whose results file is missing is an error of --check
+    fake = tmp_path / "README.md"
+    fake.write_text(f"x\n<!-- bench:churn -->\n{tables.churn()}\n<!-- /bench:churn -->\n"
+                    "<!-- bench:cni -->\nold\n<!-- /bench:cni -->\n")
+    monkeypatch.setattr(tables, "README", fake)
+    assert tables.main(["--check"]) == 1
+    fake.write_text(f"x\n<!-- bench:churn -->\n{tables.churn()}\n<!-- /bench:churn -->\n")
+    assert tables.main(["--check"]) == 0
