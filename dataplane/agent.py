@@ -98,6 +98,9 @@ class Agent:
         self.restored = self.snapshots.restore(local_subnet=gw["subnet"])
         if self.restored:
             print(f"agent {self.node}: restored from snapshot {self.restored}", flush=True)
+            gone = self.forget_departed()
+            if gone:
+                print(f"agent {self.node}: forgot pods deleted while it was down: {gone}", flush=True)
         if self.cfg.get("uplink"):
             self.solicit()
         self.server = ControlServer(self.cfg["socket"], self.handle, clock=self.clock, interest=self.io.interest)
@@ -161,6 +164,29 @@ class Agent:
         self.taps.pop(port).destroy()
         return {"name": name, "port": port, "fdb_flushed": fdb, "conntrack_deleted": deleted,
                 "affinity_flushed": pins}
+
+    def forget_departed(self):
+        """A pod deleted while this agent was down (`pod delete` works then)
+        is not in its config, but the snapshot it restored still holds the
+        pod's connections, affinity pins and ARP entry: every address of the
+        node's subnet that is neither one of its pods nor the gateway is such
+        a pod's, and goes as remove_pod() would have removed it."""
+        import ipaddress
+        gw = self.cfg["gateway"]
+        subnet = ipaddress.IPv4Network(gw["subnet"])
+        mine = {p["ip"] for p in self.pods.values()} | {gw["ip"]}
+        records = self.dp.conntrack.export()
+        seen = {ep.rsplit(":", 1)[0] for r in ctdump.rows(records, 0, limit=len(records))
+                for ep in (r["client"], r["backend"])}
+        seen |= {ep.rsplit(":", 1)[0] for a in self.dp.services.affinity(0) for ep in (a["client"], a["backend"])}
+        seen |= {n["ip"] for n in self.dp.gateway.neighbors()}
+        stale = sorted(ip for ip in seen if ipaddress.IPv4Address(ip) in subnet and ip not in mine)
+        out = {"addresses": stale, "conntrack_deleted": 0, "affinity_flushed": 0}
+        for ip in stale:
+            out["conntrack_deleted"] += self.dp.conntrack.flush(host=ip)[0]
+            out["affinity_flushed"] += self.dp.services.flush_affinity(ip)
+            self.dp.gateway.remove_neighbor(ip)
+        return out if stale else None
 
     def pod_add(self, args):
         _known_keys("pod_add", args, POD_KEYS)

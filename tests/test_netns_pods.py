@@ -78,6 +78,17 @@ def now_dir():
     return cluster.state_dir()
 
 
+def snapshot_clients(path):
+    """The client addresses (as ints) of the connections in a node's snapshot file."""
+    import struct
+    from dataplane.snapshot import CT_RECORD, read
+    try:
+        data = read(path)[1]["conntrack"]
+    except (OSError, ValueError):
+        return set()
+    return {r[0] for r in struct.iter_unpack(f"=I{CT_RECORD - 4}x", data)}
+
+
 def test_pod_add_plugs_a_pod_in_live_and_the_service_follows(live):
     from dataplane import cluster
     r = podnet("pod", "add", "w2", "--node", "n2", "--label", "app=web", "-l", "tier=front")
@@ -258,8 +269,22 @@ def test_bad_pod_requests_get_one_error_and_change_nothing(live, args, message):
 def test_agent_down_refuses_add_and_delete_still_works_then_restart_resumes(live):
     from dataplane import cluster
     podnet("pod", "add", "k1", "--node", "n1", "-l", "app=web")
-    kept = now().pods["k1"].ip
+    podnet("pod", "add", "k3", "--node", "n1")
+    kept, departed = now().pods["k1"].ip, now().pods["k3"].ip
+    # k3, a client on n1, leaves a ClusterIP connection in n1's conntrack (and snapshot)
+    srv = spawn_in_pod(now(), "w1", WHOAMI, "w1")
+    try:
+        wait_listening(now(), "w1", 8080)
+        assert ping("k3", now().pods["w1"].ip) == (3, 3)
+        in_pod(now(), "k3", "python3", "-c", ASK, now().services_plan["web"], "1", timeout=30, check=False)
+    finally:
+        srv.kill()
+        srv.wait()
+    assert any(c["client"].startswith(departed + ":") for c in agent(now(), "n1", "conntrack"))
+    ip = int.from_bytes(bytes(map(int, departed.split("."))), "big")
+    wait_until(lambda: ip in snapshot_clients(now().nodes["n1"].snapshot), 15, "k3's connection in n1's snapshot")
     kill_agent(now(), "n1")
+    podnet("pod", "delete", "k3")                                    # while its agent is dead
     before = (sorted(now().pods), leases())
     r = podnet("pod", "add", "k2", "--node", "n1", check=False)
     assert r.returncode == 1 and "the agent of node n1 is not running" in r.stderr
@@ -272,5 +297,10 @@ def test_agent_down_refuses_add_and_delete_still_works_then_restart_resumes(live
     assert st.pods["k1"].ip == kept
     assert any(p["pod"] == "k1" for p in agent(st, "n1", "status")["ports"])   # re-attached from its config
     assert ping("k1", st.pods["b"].ip) == (3, 3)
+    # the restarted agent restored its snapshot, then forgot the pod deleted while it was down
+    assert not any(departed in (c["client"].split(":")[0], c["backend"].split(":")[0])
+                   for c in agent(st, "n1", "conntrack"))
+    assert not any(n["ip"] == departed for n in agent(st, "n1", "neighbors"))
+    assert "forgot pods deleted while it was down" in open(st.nodes["n1"].log).read()
     assert not any(r["name"] == "ext" for r in agent(st, "n1", "routes"))
     podnet("pod", "delete", "k1")
