@@ -256,6 +256,35 @@ def _check_netns(path):
         os.close(fd)
 
 
+def _interfaces(netns):
+    """The interface names in netns, read from /proc/thread-self/net/dev by a
+    thread that setns()es into it (a thread's own network namespace; the
+    process is not moved). ADD's check that CNI_IFNAME is free costs ~1 ms
+    this way, where pyroute2 costs ~200 ms of import and a netlink socket."""
+    import ctypes
+    import threading
+    out = {}
+
+    def look():
+        try:
+            fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+            finally:
+                os.close(fd)
+            with open("/proc/thread-self/net/dev") as f:
+                out["names"] = {line.split(":", 1)[0].strip() for line in f.read().splitlines()[2:]}
+        except OSError as e:
+            out["error"] = e
+    t = threading.Thread(target=look)
+    t.start()
+    t.join()
+    if "error" in out:
+        raise CniError(4, "CNI_NETNS cannot be entered", f"{netns}: {out['error'].strerror}")
+    return out["names"]
+
+
 def _inspect(netns, ifname):
     """What CNI_IFNAME looks like inside netns: None if absent, else
     {mac, up, addrs [(ip, prefixlen)], gateways [default-route gateways via it]}.
@@ -315,7 +344,7 @@ def cmd_add(conf, env):
             raise CniError(100, "attachment exists",
                            f"container {cid} interface {ifname} is pod {have['name']} (phase {have.get('phase')}); "
                            f"DEL it first")
-        if _inspect(env["CNI_NETNS"], ifname) is not None:
+        if ifname in _interfaces(env["CNI_NETNS"]):
             raise CniError(102, "interface exists in the network namespace", f"{ifname} in {env['CNI_NETNS']}")
         rec = cluster.pod_add(name, conf.get("node"), labels, netns=env["CNI_NETNS"], ifname=ifname,
                               container_id=cid, origin="cni", network=conf["name"])

@@ -134,6 +134,10 @@ class FakeCluster:
         return True, ""
 
 
+def fake_interfaces(netns):
+    return set(json.loads(Path(netns).read_text() or "{}"))
+
+
 def fake_inspect(netns, ifname):
     seen = json.loads(Path(netns).read_text() or "{}").get(ifname)
     if seen:
@@ -154,6 +158,7 @@ def use_fake(state_path, setattr=setattr):
     fake = FakeCluster(state_path)
     setattr(cni, "_cluster", lambda: fake)
     setattr(cni, "_inspect", fake_inspect)
+    setattr(cni, "_interfaces", fake_interfaces)
     setattr(cni, "_check_netns", fake_check_netns)
     return fake
 
