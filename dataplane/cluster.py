@@ -752,7 +752,7 @@ def _pod_remove(state, rec, sync=True):
     n = state.nodes[rec.node]
     if _alive_agent(n):
         try:
-            out.update(request(n.socket, "pod_remove", timeout=30.0, name=rec.name))
+            out.update(request(n.socket, "pod_remove", timeout=30.0, name=rec.name, destroy=not rec.owned))
         except ControlError as e:
             if "no pod" not in str(e):
                 raise ClusterError(f"pod {rec.name} not deleted: {e}") from None

@@ -19,7 +19,7 @@ import os
 import struct
 
 import pytun
-from pyroute2 import IPRoute, NetNS
+from pyroute2 import IPRoute
 from pyroute2 import netns as _netns
 
 # linux/if_tun.h; defined here because the system headers are older than the kernel.
@@ -131,23 +131,6 @@ class Tap:
         for d in self.devs[1:]:
             set_offloads(d.fileno(), self.offloads)
 
-    @classmethod
-    def attach(cls, netns, ifname, vnet_hdr=True, offloads=POD_OFFLOADS, vnet_len=VNET_HDR_LEN, queues=1):
-        """Re-open the persistent TAP ifname that a previous agent left in
-        netns; None if there is none. TUNSETIFF looks the name up in the
-        namespace the /dev/net/tun fd was opened in, so it is opened from
-        inside netns; the device is not moved or changed."""
-        with in_netns(netns):
-            with IPRoute() as ipr:
-                idx = ipr.link_lookup(ifname=ifname)
-                info = ipr.get_links(idx[0])[0].get_attr("IFLA_LINKINFO") if idx else None
-            if not idx:
-                return None
-            if info is None or info.get_attr("IFLA_INFO_KIND") != "tun":
-                raise TapError(f"{ifname} in {netns} exists but is not a TAP; not touching it")
-            return cls(ifname, vnet_hdr=vnet_hdr, offloads=offloads, vnet_len=vnet_len, persist=True,
-                       queues=queues)
-
     def destroy(self):
         """Close and delete the device even if persistent."""
         if self.dev is not None and self.persistent:
@@ -164,72 +147,53 @@ class Tap:
         """One fd per queue, queue 0 first."""
         return [d.fileno() for d in self.devs]
 
-    def place(self, netns, ifname="eth0", mac=None, ip=None, prefixlen=24, mtu=1500,
-              gateway=None, txqueuelen=TXQUEUELEN, master=None):
-        """Move the interface into netns (the fd stays ours), rename it, give it
-        its MAC, address, MTU and default route, enslave it to a bridge
-        (master), and bring it and lo up."""
-        with IPRoute() as ipr:
-            [idx] = ipr.link_lookup(ifname=self.name) or [None]
-            if idx is None:
-                raise TapError(f"TAP {self.name} vanished before placement")
-            ipr.link("set", index=idx, net_ns_fd=netns)
-        with NetNS(netns) as ns:
-            [idx] = ns.link_lookup(ifname=self.name)
-            attrs = {"ifname": ifname, "mtu": mtu, "txqlen": txqueuelen}
-            if mac:
-                attrs["address"] = mac
-            ns.link("set", index=idx, **attrs)
-        self.name = ifname
-        self.ensure(netns, mac=mac, ip=ip, prefixlen=prefixlen, mtu=mtu, gateway=gateway,
-                    txqueuelen=txqueuelen, master=master)
-
-    def ensure(self, netns, mac=None, ip=None, prefixlen=24, mtu=1500, gateway=None,
+    def ensure(self, ipr, mac=None, ip=None, prefixlen=24, mtu=1500, gateway=None,
                txqueuelen=TXQUEUELEN, master=None):
-        """Give the interface (self.name in netns) what place() gives it,
-        changing only what differs: on a re-attached TAP that is normally
-        nothing, so the pod's MAC, addresses and routes stay as they were; after
-        a crash in the middle of placement it finishes the job. Returns what
-        it changed."""
+        """Give the interface (self.name, in the namespace ipr speaks for)
+        its MAC, MTU, queue length, bridge (master), address and default
+        route, and bring it and lo up, changing only what differs: on a
+        re-attached TAP that is normally nothing, so the pod's MAC, addresses
+        and routes stay as they were; after a crash in the middle of
+        placement it finishes the job. Returns what it changed."""
         fixed = []
-        with NetNS(netns) as ns:
-            [idx] = ns.link_lookup(ifname=self.name) or [None]
-            if idx is None:
-                raise TapError(f"no {self.name} in {netns}")
-            link = ns.get_links(idx)[0]
-            attrs = {}
-            if mac and link.get_attr("IFLA_ADDRESS") != mac.lower():
-                attrs["address"] = mac
-            if link.get_attr("IFLA_MTU") != mtu:
-                attrs["mtu"] = mtu
-            if link.get_attr("IFLA_TXQLEN") != txqueuelen:
-                attrs["txqlen"] = txqueuelen
-            if attrs:
-                ns.link("set", index=idx, **attrs)
-                fixed += sorted(attrs)
-            if master:
-                [br] = ns.link_lookup(ifname=master) or [None]
-                if br is None:
-                    raise TapError(f"no bridge {master} in {netns}")
-                if link.get_attr("IFLA_MASTER") != br:
-                    ns.link("set", index=idx, master=br)
-                    fixed.append("master")
-            if ip:
-                have = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ns.get_addr(index=idx, family=2)}
-                if (str(ip), prefixlen) not in have:
-                    ns.addr("add", index=idx, address=str(ip), prefixlen=prefixlen)
-                    fixed.append("address")
-            if not link["flags"] & 1:                       # IFF_UP
-                ns.link("set", index=idx, state="up")
-                fixed.append("up")
-            lo = ns.link_lookup(ifname="lo")
-            if lo and not ns.get_links(lo[0])[0]["flags"] & 1:
-                ns.link("set", index=lo[0], state="up")
-            if gateway:
-                routes = ns.get_routes(family=2, dst_len=0, table=254)
-                if not any(r.get_attr("RTA_GATEWAY") == str(gateway) for r in routes):
-                    ns.route("replace", dst="0.0.0.0/0", gateway=str(gateway))
-                    fixed.append("default route")
+        ns = ipr
+        [idx] = ns.link_lookup(ifname=self.name) or [None]
+        if idx is None:
+            raise TapError(f"no {self.name} in its namespace")
+        link = ns.get_links(idx)[0]
+        attrs = {}
+        if mac and link.get_attr("IFLA_ADDRESS") != mac.lower():
+            attrs["address"] = mac
+        if link.get_attr("IFLA_MTU") != mtu:
+            attrs["mtu"] = mtu
+        if link.get_attr("IFLA_TXQLEN") != txqueuelen:
+            attrs["txqlen"] = txqueuelen
+        if attrs:
+            ns.link("set", index=idx, **attrs)
+            fixed += sorted(attrs)
+        if master:
+            [br] = ns.link_lookup(ifname=master) or [None]
+            if br is None:
+                raise TapError(f"no bridge {master} beside {self.name}")
+            if link.get_attr("IFLA_MASTER") != br:
+                ns.link("set", index=idx, master=br)
+                fixed.append("master")
+        if ip:
+            have = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ns.get_addr(index=idx, family=2)}
+            if (str(ip), prefixlen) not in have:
+                ns.addr("add", index=idx, address=str(ip), prefixlen=prefixlen)
+                fixed.append("address")
+        if not link["flags"] & 1:                       # IFF_UP
+            ns.link("set", index=idx, state="up")
+            fixed.append("up")
+        lo = ns.link_lookup(ifname="lo")
+        if lo and not ns.get_links(lo[0])[0]["flags"] & 1:
+            ns.link("set", index=lo[0], state="up")
+        if gateway:
+            routes = ns.get_routes(family=2, dst_len=0, table=254)
+            if not any(r.get_attr("RTA_GATEWAY") == str(gateway) for r in routes):
+                ns.route("replace", dst="0.0.0.0/0", gateway=str(gateway))
+                fixed.append("default route")
         return fixed
 
     def close(self):
@@ -258,35 +222,25 @@ def in_netns(name):
         os.close(back)
 
 
-def _remove_link(netns, ifname):
-    with NetNS(netns) as ns:
-        idx = ns.link_lookup(ifname=ifname)
+def open_tap(netns, ifname, vnet_hdr=True, offloads=POD_OFFLOADS, vnet_len=VNET_HDR_LEN, queues=1, **placement):
+    """The persistent TAP that is ifname in netns (a name under /run/netns
+    or a path): re-attached if an earlier agent left it there, otherwise
+    created there. Either way TUNSETIFF runs from a /dev/net/tun opened
+    inside netns, which is where the kernel looks the name up and creates
+    the device, so a new TAP never moves between namespaces and needs no
+    temporary name; and one netlink socket made in there serves every step
+    (pyroute2's NetNS forks a helper process for each use). placement:
+    ensure()'s arguments. Returns (tap, reattached)."""
+    with in_netns(netns), IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname=ifname)
         if idx:
-            ns.link("del", index=idx[0])
-            return True
-    return False
-
-
-def open_tap(netns, ifname, tmpname, vnet_hdr=True, offloads=POD_OFFLOADS, vnet_len=VNET_HDR_LEN,
-             queues=1, **placement):
-    """The persistent TAP that is ifname in netns: re-attached if an earlier
-    agent left it there, otherwise created as tmpname here and placed (an
-    earlier agent's half-placed tmpname is re-used or removed). placement:
-    place()'s arguments. Returns (tap, reattached)."""
-    tap = Tap.attach(netns, ifname, vnet_hdr=vnet_hdr, offloads=offloads, vnet_len=vnet_len, queues=queues)
-    if tap is not None:
+            info = ipr.get_links(idx[0])[0].get_attr("IFLA_LINKINFO")
+            if info is None or info.get_attr("IFLA_INFO_KIND") != "tun":
+                raise TapError(f"{ifname} in {netns} exists but is not a TAP; not touching it")
+        tap = Tap(ifname, vnet_hdr=vnet_hdr, offloads=offloads, vnet_len=vnet_len, persist=True, queues=queues)
         try:
-            tap.ensure(netns, **placement)
+            tap.ensure(ipr, **placement)
         except Exception:
-            tap.close()
+            tap.close() if idx else tap.destroy()
             raise
-        return tap, True
-    if tmpname != ifname:
-        _remove_link(netns, tmpname)           # moved there, not yet renamed, when its agent died
-    tap = Tap(tmpname, vnet_hdr=vnet_hdr, offloads=offloads, vnet_len=vnet_len, persist=True, queues=queues)
-    try:
-        tap.place(netns, ifname=ifname, **placement)
-    except Exception:
-        tap.destroy()
-        raise
-    return tap, False
+    return tap, bool(idx)
