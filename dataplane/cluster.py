@@ -717,8 +717,7 @@ def _pod_add(state, name, node, labels, netns_path, ifname, container_id, origin
         if owned:
             netns.create(ns)
         request(n.socket, "pod_add", timeout=30.0, **rec.agent_config())
-        rec.phase = "ready"
-        _save_state(state)
+        rec.phase = "ready"                           # saved by _sync_services
         _write_agent_pods(state, node)
         _sync_services(state)                         # selectors that match it: a new backend
     except (ControlError, ClusterError, OSError) as e:
@@ -750,13 +749,16 @@ def _pod_remove(state, rec, sync=True):
         rec.phase = "deleting"                        # out of every selector's endpoints first
         _sync_services(state)
     n = state.nodes[rec.node]
+    unplugged = False
     if _alive_agent(n):
         try:
             out.update(request(n.socket, "pod_remove", timeout=30.0, name=rec.name, destroy=not rec.owned))
+            unplugged = True
         except ControlError as e:
             if "no pod" not in str(e):
                 raise ClusterError(f"pod {rec.name} not deleted: {e}") from None
-    _unplug_foreign(rec)                              # a TAP no agent holds (its agent died, or ours did mid-add)
+    if not unplugged and not rec.owned:
+        _unplug_foreign(rec)                          # a TAP no agent holds (its agent died, or ours did mid-add)
     if rec.owned:
         _stop_processes([rec.netns])
         netns.remove(rec.netns)
@@ -771,12 +773,13 @@ def _unplug_foreign(rec):
     """Delete the pod's TAP from its namespace if one is still there (it
     outlives its agent: TAPs are persistent). Only a TAP is touched, never a
     runtime's other interface that happens to have the name."""
-    from pyroute2 import NetNS
+    from pyroute2 import IPRoute
+    from tap.device import TapError, in_netns
     path = rec.netns if os.path.isabs(rec.netns) else os.path.join(netns.NETNS_DIR, rec.netns)
     if not os.path.exists(path):
         return
     try:
-        with NetNS(path, flags=0) as ns:
+        with in_netns(path), IPRoute() as ns:
             for ifname in (rec.ifname, f"tap{rec.port}"):
                 idx = ns.link_lookup(ifname=ifname)
                 if not idx:
@@ -785,7 +788,7 @@ def _unplug_foreign(rec):
                 if info is not None and info.get_attr("IFLA_INFO_KIND") == "tun" \
                         and ns.get_links(idx[0])[0].get_attr("IFLA_ADDRESS") == rec.mac.lower():
                     ns.link("del", index=idx[0])
-    except OSError:
+    except (OSError, TapError):
         pass                                         # the namespace went meanwhile: the TAP with it
 
 

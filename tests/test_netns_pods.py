@@ -102,6 +102,11 @@ def test_pod_add_plugs_a_pod_in_live_and_the_service_follows(live):
     # its eth0 is what the record says, and it is on its node's agent, guarded
     out = in_pod(now(), "w2", "ip", "-o", "addr", "show", "eth0").stdout
     assert f"{rec.ip}/24" in out
+    # no qdisc on the TAP (the default mq would give each of its 256 TX queues a pfifo_fast)
+    assert in_pod(now(), "w2", "tc", "qdisc", "show", "dev", "eth0").stdout.split()[:2] == ["qdisc", "noqueue"]
+    # its own network namespace, not ours nor its node's
+    ino = os.stat("/run/netns/pnlive-pod-w2").st_ino
+    assert ino not in (os.stat("/proc/self/ns/net").st_ino, os.stat("/run/netns/pnlive-node-n2").st_ino)
     port = next(p for p in agent(now(), "n2", "status")["ports"] if p["pod"] == "w2")
     assert port["guarded"] and port["ip"] == rec.ip and port["port"] == rec.port
     assert ping("a", rec.ip) == (3, 3)                                   # across nodes, VXLAN
