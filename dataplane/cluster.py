@@ -18,8 +18,6 @@ from dataplane import netns
 from dataplane.control import ControlError, request
 from dataplane import state as st
 from dataplane.ipam import Ipam, IpamError
-from dataplane.spec import MAX_NODES, NAME_MAX, load_spec
-from dataplane.validate import DNS_LABEL
 
 AGENT_READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 5.0
@@ -168,6 +166,7 @@ def up(spec_path=None, vnet=True, progress=print, metrics=False, metrics_port=No
     metrics: each agent serves Prometheus text on {run_dir}/{node}.metrics.sock,
     and on 127.0.0.1:metrics_port+index if metrics_port is given.
     workers: forwarding threads per node (overrides the spec's cluster.workers)."""
+    from dataplane.spec import MAX_NODES
     if metrics_port is not None and not 1024 <= metrics_port <= 65535 - MAX_NODES:
         raise ClusterError(f"metrics port must be 1024..{65535 - MAX_NODES}, got {metrics_port}")
     if workers is not None:
@@ -207,6 +206,7 @@ def _plan_state(spec, plan, vnet, nworkers):
 
 
 def _up(spec_path, vnet, progress, metrics=False, metrics_port=None, workers=None):
+    from dataplane.spec import load_spec
     spec = load_spec(spec_path)                       # SpecError: nothing created
     nworkers = workers_for(spec.workers, workers)
     names = ([fabric_ns(spec.name)] + [node_ns(spec.name, n.name) for n in spec.nodes]
@@ -310,6 +310,7 @@ def restart(state, spec_path=None, progress=print):
     external nodes changed since that snapshot. Refuses if every agent runs
     ("already up"), if spec_path names another spec, or if what the agents
     need is gone (a namespace, a half-finished `up`): `podnet down` then."""
+    from dataplane.spec import load_spec
     if spec_path is not None and load_spec(spec_path).to_dict() != state.spec:
         raise ClusterError(f"cluster {state.cluster} is up with another spec ({state.source}); "
                            f"run `podnet down` first", "busy")
@@ -661,7 +662,11 @@ def pod_add(name, node=None, labels=None, *, netns=None, ifname="eth0", containe
 
 
 def _pod_add(state, name, node, labels, netns_path, ifname, container_id, origin, network=None):
+    # spec (and with it yaml) only for podnet's own pods: a CNI ADD is a new process each time
     owned = netns_path is None
+    if owned:
+        from dataplane.spec import NAME_MAX
+        from dataplane.validate import DNS_LABEL
     if not isinstance(name, str) or not (DNS_LABEL if owned else _FOREIGN_NAME).fullmatch(name) \
             or (owned and len(name) > NAME_MAX):
         raise ClusterError(f"pod name {name!r} must be a DNS-1123 label of at most {NAME_MAX} characters "

@@ -558,6 +558,12 @@ def install(conf_dir="/etc/cni/net.d", bin_dir="/opt/cni/bin", node=None):
         d.mkdir(parents=True, exist_ok=True)
     _write(conf_path, json.dumps(conflist, indent=2) + "\n", 0o644)
     _write(bin_path, launcher, 0o755)
+    # Every CNI command is a new process: compile what it imports now, so no
+    # ADD pays for compiling it (a runtime may run plugins with
+    # PYTHONDONTWRITEBYTECODE set, and then every call would).
+    import compileall
+    for pkg in ("dataplane", "tap"):
+        compileall.compile_dir(str(repo / pkg), quiet=1, workers=1)
     return conf_path, bin_path
 
 

@@ -19,7 +19,6 @@ import socket
 import sys
 import time
 
-from dataplane.textload import json_loads
 
 MAX_REQUEST = 64 << 20         # bytes (10k services x 10 endpoints is ~3 MB); longer is refused
 # A client that has not taken a byte of its reply for this long (seconds, on
@@ -355,6 +354,7 @@ class ControlServer:
 
     def _handle(self, line):
         try:
+            from dataplane.textload import json_loads   # the agent's side only: clients skip yaml
             req = json_loads(line)
         except ValueError as e:
             return {"ok": False, "error": f"malformed JSON request: {e}"}
