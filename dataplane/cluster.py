@@ -278,7 +278,7 @@ def _start_agent(spec, state, node, metrics=False, metrics_port=None):
 
 def _write_json(path, obj):
     tmp = Path(f"{path}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
+    tmp.write_text(json.dumps(obj, separators=(",", ":")))     # the C encoder: see state.save
     os.replace(tmp, path)
 
 

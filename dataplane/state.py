@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 FORMAT = 2          # 1: the dict of podnet before live pods (pods only in "plan")
@@ -70,7 +70,7 @@ class PodRecord:
                 "ip": self.ip, "mac": self.mac, "prefixlen": self.prefixlen, "mtu": self.mtu}
 
     def to_dict(self):
-        return asdict(self)
+        return {**vars(self), "labels": dict(self.labels)}
 
 
 @dataclass
@@ -115,9 +115,12 @@ class ClusterState:
     # ---- on disk -------------------------------------------------------------
 
     def to_dict(self):
+        # shallow, not dataclasses.asdict (a deepcopy of everything): written
+        # whole on every pod change, this is on the path of every pod add
         d = {f.name: getattr(self, f.name) for f in fields(self)}
-        d["nodes"] = {n: asdict(v) for n, v in self.nodes.items()}
-        d["pods"] = {n: asdict(v) for n, v in self.pods.items()}
+        d["nodes"] = {n: {**vars(v), "metrics": dict(v.metrics) if v.metrics else v.metrics}
+                      for n, v in self.nodes.items()}
+        d["pods"] = {n: v.to_dict() for n, v in self.pods.items()}
         return {"format": FORMAT, **d}
 
     @classmethod
@@ -151,5 +154,7 @@ def save(path, state):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state.to_dict(), indent=2))
+    # compact: json's C encoder serves only indent=None (indent=2 took ~6 ms
+    # a save at 200 pods); `python -m json.tool` shows it indented
+    tmp.write_text(json.dumps(state.to_dict(), separators=(",", ":")))
     os.replace(tmp, path)
