@@ -148,13 +148,15 @@ class Tap:
         return [d.fileno() for d in self.devs]
 
     def ensure(self, ipr, mac=None, ip=None, prefixlen=24, mtu=1500, gateway=None,
-               txqueuelen=TXQUEUELEN, master=None):
+               txqueuelen=TXQUEUELEN, master=None, fresh=False):
         """Give the interface (self.name, in the namespace ipr speaks for)
         its MAC, MTU, queue length, bridge (master), address and default
         route, and bring it and lo up, changing only what differs: on a
         re-attached TAP that is normally nothing, so the pod's MAC, addresses
         and routes stay as they were; after a crash in the middle of
-        placement it finishes the job. Returns what it changed."""
+        placement it finishes the job. fresh: the TAP was just created (no
+        address, no qdisc of its own), so those are set without asking.
+        Returns what it changed."""
         fixed = []
         ns = ipr
         [idx] = ns.link_lookup(ifname=self.name) or [None]
@@ -179,7 +181,8 @@ class Tap:
                 ns.link("set", index=idx, master=br)
                 fixed.append("master")
         if ip:
-            have = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ns.get_addr(index=idx, family=2)}
+            have = () if fresh else {(a.get_attr("IFA_ADDRESS"), a["prefixlen"])
+                                     for a in ns.get_addr(index=idx, family=2)}
             if (str(ip), prefixlen) not in have:
                 ns.addr("add", index=idx, address=str(ip), prefixlen=prefixlen)
                 fixed.append("address")
@@ -189,7 +192,7 @@ class Tap:
         # and mq gives each a pfifo_fast of 3 x txqueuelen pointers, 61 MB
         # of kernel memory at 10000 allocated and zeroed when it comes up
         # (~250 ms of a pod's start, measured). noqueue goes on before up.
-        if _root_qdisc(ns, idx) != "noqueue":
+        if fresh or _root_qdisc(ns, idx) != "noqueue":
             ns.tc("replace", kind="noqueue", index=idx, handle=0)
             fixed.append("qdisc")
         if not link["flags"] & 1:                       # IFF_UP
@@ -256,7 +259,7 @@ def open_tap(netns, ifname, vnet_hdr=True, offloads=POD_OFFLOADS, vnet_len=VNET_
                 raise TapError(f"{ifname} in {netns} exists but is not a TAP; not touching it")
         tap = Tap(ifname, vnet_hdr=vnet_hdr, offloads=offloads, vnet_len=vnet_len, persist=True, queues=queues)
         try:
-            tap.ensure(ipr, **placement)
+            tap.ensure(ipr, fresh=not idx, **placement)
         except Exception:
             tap.close() if idx else tap.destroy()
             raise
