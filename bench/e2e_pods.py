@@ -132,12 +132,13 @@ class TapFwd:
 
 def tapfwd_child(exe, budget):
     from dataplane import netns
-    from tap import Tap
+    from tap.device import open_tap
     netns.enter("pnbench-c-node")
     taps = []
     for pod, ip, mac in (("a", A_IP, "0a:58:0a:fb:00:02"), ("b", B_IP, "0a:58:0a:fb:00:03")):
-        t = Tap(f"tap{pod}")
-        t.place(f"pnbench-c-{pod}", mac=mac, ip=ip, prefixlen=24, mtu=MTU)
+        # placed as podnet's agent places a pod's TAP (made in the pod, noqueue):
+        # the baseline's pods differ from podnet's only in who forwards
+        t, _ = open_tap(f"pnbench-c-{pod}", "eth0", mac=mac, ip=ip, prefixlen=24, mtu=MTU)
         os.set_blocking(t.fileno(), True)
         taps.append(t)
     print("ready", flush=True)
