@@ -43,7 +43,8 @@ bench: setup
 	$(PY) bench/scaling.py >/dev/null
 	@if [ "$$(id -u)" = 0 ]; then $(PY) bench/e2e_pods.py && $(PY) bench/e2e_overlay.py >/dev/null \
 	  && $(PY) bench/e2e_services.py >/dev/null && $(PY) bench/e2e_connect.py >/dev/null \
-	  && $(PY) bench/e2e_pause.py >/dev/null; \
+	  && $(PY) bench/e2e_pause.py >/dev/null && $(PY) bench/e2e_churn.py >/dev/null \
+	  && $(PY) bench/e2e_cni.py >/dev/null; \
 	  else echo "end-to-end benchmarks skipped: they need root"; fi
 	$(PY) bench/tables.py --write
 
