@@ -50,7 +50,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 from cpustat import CpuSample, parse_cpus, pin  # noqa: E402
 from podnet_cluster import PodnetCluster  # noqa: E402
-from rounds import interleave, ratio, spread, summarize, wait_listening  # noqa: E402
+from rounds import fill_defaults, interleave, ratio, spread, summarize, wait_listening  # noqa: E402
 
 RESULTS = HERE / "results"
 CLUSTER = "pnbchurn"
@@ -393,15 +393,11 @@ def parse_args(argv=None):
     ap.add_argument("--quick", action="store_true", help="smoke run: 10 pods, 1 round of 2 s, 2 CLI calls")
     ap.add_argument("--out", help="write the JSON here (and the plot beside it)")
     args = ap.parse_args(argv)
-    quick = {"pods": 10, "rounds": 1, "seconds": 2.0, "cli_calls": 2}
-    full = {"pods": 200, "rounds": 3, "seconds": 10.0, "cli_calls": 5}
-    for k, v in (quick if args.quick else full).items():
-        if getattr(args, k) is None:
-            setattr(args, k, v)
+    fill_defaults(args, {"pods": 10, "rounds": 1, "seconds": 2.0, "cli_calls": 2},
+                  {"pods": 200, "rounds": 3, "seconds": 10.0, "cli_calls": 5},
+                  HERE / "build" / "churn-quick.json", RESULTS / "churn.json")
     if args.cli_calls < 0:
         ap.error("--cli-calls must be 0 or more")
-    if args.out is None:
-        args.out = str(HERE / "build" / "churn-quick.json") if args.quick else str(RESULTS / "churn.json")
     return args
 
 

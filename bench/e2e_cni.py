@@ -71,7 +71,7 @@ sys.path.insert(0, str(HERE))
 from cpustat import pin  # noqa: E402
 from e2e_churn import RequestTimer, cpu_list, latency, positive  # noqa: E402
 from podnet_cluster import PodnetCluster  # noqa: E402
-from rounds import interleave, spread, summarize  # noqa: E402
+from rounds import fill_defaults, interleave, spread, summarize  # noqa: E402
 
 RESULTS = HERE / "results"
 REF_PLUGINS = Path("/usr/lib/cni")
@@ -136,6 +136,20 @@ def exec_plugin(argv, env, config):
     return dt, out
 
 
+def add_del_round(path, n):
+    """n ADD + DEL pairs through path (its add and delete), each into a
+    fresh netns: a round's figures."""
+    add_s, del_s = [], []
+    for _ in range(n):
+        ns, cid = new_netns(), new_cid()
+        try:
+            add_s.append(path.add(cid, ns, ns)[0])
+            del_s.append(path.delete(cid, ns, ns))
+        finally:
+            del_netns(ns)
+    return round_figures(add_s, del_s)
+
+
 def round_figures(add_s, del_s):
     a, d = latency(add_s), latency(del_s)
     return {"add_ms_median": a["median_ms"], "add_ms_p99": a["p99_ms"], "del_ms_median": d["median_ms"],
@@ -192,15 +206,7 @@ class Direct:
         return dt
 
     def round(self, n):
-        add_s, del_s = [], []
-        for _ in range(n):
-            ns, cid = new_netns(), new_cid()
-            try:
-                add_s.append(self.add(cid, ns, ns)[0])
-                del_s.append(self.delete(cid, ns, ns))
-            finally:
-                del_netns(ns)
-        return round_figures(add_s, del_s)
+        return add_del_round(self, n)
 
     def __exit__(self, *exc):
         from dataplane import cni
@@ -284,15 +290,7 @@ class Reference:
         return out
 
     def round(self, n):
-        add_s, del_s = [], []
-        for _ in range(n):
-            ns, cid = new_netns(), new_cid()
-            try:
-                add_s.append(self.add(cid, ns, ns)[0])
-                del_s.append(self.delete(cid, ns, ns))
-            finally:
-                del_netns(ns)
-        out = round_figures(add_s, del_s)
+        out = add_del_round(self, n)
         out["wrapper_ms"] = [s * 1e3 for s in self.wrapper_cost(max(5, n // 4))]
         out["wrapper_ms_median"] = w = statistics.median(out["wrapper_ms"])
         # what a runtime running bridge itself would see: less the wrapper's median
@@ -646,14 +644,9 @@ def parse_args(argv=None):
     ap.add_argument("--quick", action="store_true", help="smoke run: 3 iterations, 1 podman container, 1 round")
     ap.add_argument("--out", help="write the JSON here (and the plot beside it)")
     args = ap.parse_args(argv)
-    quick = {"iterations": 3, "podman_iterations": 1, "rounds": 1, "breakdown_runs": 2}
-    full = {"iterations": 100, "podman_iterations": 10, "rounds": 3, "breakdown_runs": 10}
-    for k, v in (quick if args.quick else full).items():
-        if getattr(args, k) is None:
-            setattr(args, k, v)
-    if args.out is None:
-        args.out = str(HERE / "build" / "cni-quick.json") if args.quick else str(RESULTS / "cni.json")
-    return args
+    return fill_defaults(args, {"iterations": 3, "podman_iterations": 1, "rounds": 1, "breakdown_runs": 2},
+                         {"iterations": 100, "podman_iterations": 10, "rounds": 3, "breakdown_runs": 10},
+                         HERE / "build" / "cni-quick.json", RESULTS / "cni.json")
 
 
 def main(argv=None):

@@ -73,3 +73,14 @@ def wait_listening(ns, port, proto="tcp", timeout=10.0):
             return
         time.sleep(0.02)
     raise RuntimeError(f"nothing listens on {proto} port {port} in {ns} after {timeout} s")
+
+
+def fill_defaults(args, quick, full, out_quick, out_full):
+    """Options left unset take the smoke run's values with --quick, else
+    the full run's; --out defaults to out_quick or out_full likewise."""
+    for k, v in (quick if args.quick else full).items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if args.out is None:
+        args.out = str(out_quick if args.quick else out_full)
+    return args
