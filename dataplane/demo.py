@@ -113,6 +113,30 @@ def main(out=print):
         raise
 
 
+def live_pod(state, client, node, svc, pods, name="demo-live"):
+    """A pod added to the running cluster with a backend's labels: client
+    reaches it, the Service takes it as a backend, and deleting it takes it
+    out again (the checks of `podnet pod add` / `pod delete`)."""
+    backend = next(p for p, v in pods.items() if [v["ip"], svc["backends"][0][1]] in svc["backends"])
+    labels = dict(state.pods[backend].labels)
+    if name in cluster.load_state().pods:          # left by an interrupted demo
+        cluster.pod_delete(name)
+    rec = cluster.pod_add(name, node, labels)
+    try:
+        live = cluster.load_state()
+        ok, detail = ping(live, client, rec["ip"])
+        follows = lambda: any(rec["ip"] == ip for e in cluster.services() if e["key"] == svc["key"]
+                              for ip, _ in e["backends"])
+        added = follows()
+    finally:
+        cluster.pod_delete(name)
+    removed = not follows()
+    labels_text = ",".join(f"{k}={v}" for k, v in labels.items())
+    return [(f"pod add {name} ({labels_text}) on {node}: {client} pings it", ok, detail),
+            (f"{svc['key']} follows it: a backend, then gone after pod delete", added and removed,
+             f"{rec['ip']} added and removed" if added and removed else f"added {added}, removed {removed}")]
+
+
 def _show(state, out):
     st = cluster.status()
     out("\n== nodes ==")
@@ -159,6 +183,9 @@ def _show(state, out):
     for e in entries:
         if e["protocol"] == "TCP" and e["backends"] and client:
             results.append((f"{client} -> {e['key']} ClusterIP {e['vip']}:{e['port']}", *clusterip(state, client, e)))
+    svc0 = next((e for e in entries if e["protocol"] == "TCP" and e["backends"]), None)
+    if svc0 and client and nodes:
+        results += live_pod(state, client, nodes[-1], svc0, pods)
     for what, ok, detail in results:
         mark = "PASS" if ok else ("----" if ok is None else "FAIL")
         out(f"  [{mark}] {what:52s} {detail}")
@@ -199,7 +226,9 @@ def _show(state, out):
                (f"podnet trace {client or a} {svc['vip'] if svc else '10.96.0.10'}:80", "every fast-path decision for one packet"),
                (f"podnet capture {n0} {a} -w /tmp/{a}.pcap -c 50", "pcap of a port, for tcpdump/Wireshark"),
                (f"podnet metrics {n0}", "Prometheus text (podnet up --metrics serves it)"),
-               ("podnet apply -f my-service.yaml", "Service / EndpointSlice manifests, live"),
+               ("podnet apply -f my-service.yaml", "Pod / Service / EndpointSlice manifests, live"),
+               (f"podnet pod add web-c --node {nodes[-1]} --label app=web", "a pod on the running cluster"),
+               ("podnet cni install", "the podnet network for podman / containerd"),
                ("podnet down", "remove every namespace, TAP, socket and agent")]
     out("\n== explore (podnet is .venv/bin/podnet) ==")
     for cmd, why in explore:

@@ -13,7 +13,7 @@ def test_demo_on_the_default_cluster(tmp_path):
             assert demo.main(out=lines.append) == 0
             text = "\n".join(lines)
             assert "[FAIL]" not in text
-            assert text.count("[PASS]") >= 9 and "across nodes, VXLAN" in text and "ClusterIP 10.96.0.10:80" in text
+            assert text.count("[PASS]") >= 11 and "follows it: a backend, then gone after pod delete" in text and "across nodes, VXLAN" in text and "ClusterIP 10.96.0.10:80" in text
             assert "sha256 verified" in text and "podnet down" in text
             assert "web-a" in text and "10.96.0.10" in text          # pods and the service listed
             # running it again reuses the cluster instead of failing
