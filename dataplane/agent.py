@@ -70,6 +70,7 @@ class Agent:
         self.io = IOLoop(self.dp, workers=self.workers)
         self.taps = {}             # port -> Tap
         self.pod_offloads = POD_OFFLOADS
+        self.host_netns = None     # (dev, ino) of the namespace main() started in
         self.pods = {}             # port -> pod config
         self.server = None
         self._services = (None, [])   # (service map generation, its list): see handle()
@@ -112,6 +113,10 @@ class Agent:
                                          clock=self.clock, interest=self.io.interest)
             for fd in self.metrics.fds():
                 self.io.watch(fd)
+        if self.cfg.get("cni"):               # podnet-cni calls, on a thread of their own (cniserver.py)
+            from dataplane.cniserver import CniServer
+            self.cni_server = CniServer(self.cfg["cni"]["socket"], host_netns=self.host_netns,
+                                        log=lambda msg: print(f"agent {self.node}: {msg}", flush=True))
         self.io.start()                       # the workers forward from here on
 
     def add_pod(self, pod, live=True):
@@ -482,6 +487,8 @@ class Agent:
             "vnet_hdr": self.dp.vnet_len, "offloads": t.offloads if t else 0,
             "workers": self.workers, "table_lock": self.dp.lock_stats(),
             "restored": self.restored, "reattached": self.reattached,
+            "cni_server": ({"socket": self.cni_server.path, "served": self.cni_server.served,
+                            "errors": self.cni_server.errors} if getattr(self, "cni_server", None) else None),
             "ports": [{"port": p, "pod": pod["name"], "netns": pod["netns"], "ip": pod["ip"],
                        "mac": pod["mac"], "tap": f"tap{p}", "guarded": self.dp.guard.get(p) is not None}
                       for p, pod in self.pods.items()],
@@ -521,6 +528,8 @@ class Agent:
             print(f"agent {self.node}: snapshot not written: {e}", flush=True)
         if self.server:
             self.server.close()
+        if getattr(self, "cni_server", None):
+            self.cni_server.close()
         if self.metrics:
             self.metrics.close()
         for tap in self.taps.values():
@@ -539,8 +548,10 @@ def main(config_path):
         tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         tcp.bind(("127.0.0.1", int(port)))
+    st = os.stat("/proc/self/ns/net")             # the host's, before leaving it
     netns.enter(cfg["netns"])
     agent = Agent(cfg, metrics_tcp=tcp)
+    agent.host_netns = (st.st_dev, st.st_ino)
 
     def on_signal(signum, frame):
         agent.stop = True

@@ -43,6 +43,11 @@ def state_dir():
     return Path(os.environ.get("PODNET_STATE_DIR", "/var/lib/podnet"))
 
 
+def cni_socket():
+    """Where the first node's agent serves podnet-cni (dataplane/cniserver.py)."""
+    return run_dir() / "cni.sock"
+
+
 def state_path():
     return run_dir() / "state.json"
 
@@ -264,6 +269,8 @@ def _start_agent(spec, state, node, metrics=False, metrics_port=None):
     if metrics:
         cfg["metrics"] = {"socket": str(rd / f"{node}.metrics.sock"),
                           "port": metrics_port + n.index if metrics_port is not None else None}
+    if n.index == 0:                                  # the first node's agent answers podnet-cni
+        cfg["cni"] = {"socket": str(cni_socket())}
     cfg["snapshot"] = str(rd / f"{node}.snapshot")
     _remove_snapshot(cfg["snapshot"])                 # a new cluster starts empty
     cfg_path = rd / f"{node}.json"
@@ -453,6 +460,7 @@ def _down(quiet, progress, force):
     for node in state.nodes:                          # an `up` killed between writing a config and recording it
         for suffix in (".json", ".json.tmp", ".sock", ".log", ".snapshot", ".snapshot.tmp", ".metrics.sock"):
             (state_path().parent / f"{node}{suffix}").unlink(missing_ok=True)
+    cni_socket().unlink(missing_ok=True)
     state_path().unlink(missing_ok=True)
     if not quiet:
         progress(f"cluster {state.cluster} down: {len(state.nodes)} agents stopped, "

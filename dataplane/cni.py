@@ -72,6 +72,7 @@ import re
 import sys
 
 SUPPORTED_VERSIONS = ("0.4.0", "1.0.0", "1.1.0")
+HOST_NETNS = None          # (st_dev, st_ino) of the host's netns when the CNI server runs us (cniserver.py)
 PLUGIN_VERSION = "1.1.0"
 COMMANDS = ("ADD", "DEL", "CHECK", "VERSION", "STATUS", "GC")
 CONFLIST_VERSION = "1.0.0"   # the newest libcni in podman 4.3 and Debian 12's plugins know
@@ -249,9 +250,11 @@ def _check_netns(path):
             kind = None
         if kind != CLONE_NEWNET:
             raise CniError(4, "CNI_NETNS is not a network namespace", path)
-        st, own = os.fstat(fd), os.stat("/proc/self/ns/net")
-        if (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino):
-            raise CniError(4, "CNI_NETNS is the plugin's own network namespace", path)
+        # ours, or the host's: served by the CNI server, "ours" is a node's
+        # namespace, and the server tells us the one its agent started in
+        st, o = os.fstat(fd), os.stat("/proc/self/ns/net")
+        if (st.st_dev, st.st_ino) in ((o.st_dev, o.st_ino), HOST_NETNS):
+            raise CniError(4, "CNI_NETNS is the plugin's own or the host's network namespace", path)
     finally:
         os.close(fd)
 
@@ -290,8 +293,11 @@ def _inspect(netns, ifname):
     {mac, up, addrs [(ip, prefixlen)], gateways [default-route gateways via it]}.
     Opens the namespace with flags=0 so a vanished one is never re-created."""
     import socket
-    from pyroute2 import NetNS
-    with NetNS(netns, flags=0) as ns:
+    from pyroute2 import IPRoute
+    from tap.device import in_netns
+    # this thread in the namespace, not pyroute2's NetNS: that forks a helper,
+    # and the CNI server runs in an agent whose workers are threads
+    with in_netns(netns), IPRoute() as ns:
         idx = ns.link_lookup(ifname=ifname)
         if not idx:
             return None
@@ -501,25 +507,29 @@ def main():
 def _ours(path, is_ours):
     """True if podnet wrote path, False if absent; ValueError if someone else's."""
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except FileNotFoundError:
         return False
-    except (OSError, UnicodeDecodeError) as e:
+    except OSError as e:
         raise ValueError(f"{path} exists and cannot be read ({e}); not touching it") from None
-    if not is_ours(text):
+    if not is_ours(data):
         raise ValueError(f"{path} exists and was not written by podnet; move it away first")
     return True
 
 
-def _conf_is_ours(text):
+def _conf_is_ours(data):
     try:
-        return json.loads(text).get("podnet", {}).get("managedBy") == MANAGED_BY
+        return json.loads(data).get("podnet", {}).get("managedBy") == MANAGED_BY
     except (ValueError, AttributeError):
         return False
 
 
-def _launcher_is_ours(text):
-    return LAUNCHER_MARK in text.splitlines()[:2]
+def _launcher_is_ours(data):
+    """The shell launcher carries the mark on its second line; the compiled
+    client (cni_client.c) carries it as a string of its own."""
+    if data.startswith(b"\x7fELF"):
+        return b"\0" + LAUNCHER_MARK.encode() + b"\0" in data
+    return LAUNCHER_MARK.encode() in data.splitlines()[:2]
 
 
 def _write(path, text, mode):
@@ -562,7 +572,8 @@ def install(conf_dir="/etc/cni/net.d", bin_dir="/opt/cni/bin", node=None):
     for d in (conf_path.parent, bin_path.parent):
         d.mkdir(parents=True, exist_ok=True)
     _write(conf_path, json.dumps(conflist, indent=2) + "\n", 0o644)
-    _write(bin_path, launcher, 0o755)
+    if not _compile_client(bin_path, cluster.cni_socket(), sys.executable, ":".join(libs)):
+        _write(bin_path, launcher, 0o755)         # no C compiler: the Python plugin itself
     # Every CNI command is a new process: compile what it imports now, so no
     # ADD pays for compiling it (a runtime may run plugins with
     # PYTHONDONTWRITEBYTECODE set, and then every call would).
@@ -570,6 +581,30 @@ def install(conf_dir="/etc/cni/net.d", bin_dir="/opt/cni/bin", node=None):
     for pkg in ("dataplane", "tap"):
         compileall.compile_dir(str(repo / pkg), quiet=1, workers=1)
     return conf_path, bin_path
+
+
+def _compile_client(bin_path, sock, python, pythonpath):
+    """bin_path: the C client of the CNI server (cni_client.c) with the
+    socket and the Python fallback baked in; False (nothing written) if it
+    cannot be built here."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+    src = Path(__file__).with_name("cni_client.c")
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None or not src.exists():
+        return False
+    tmp = bin_path.with_name(f".{bin_path.name}.podnet-tmp")
+    lit = lambda s: json.dumps(str(s))                # a C string literal too
+    r = subprocess.run([cc, "-O2", "-o", str(tmp), f"-DPODNET_SOCK={lit(sock)}", f"-DPODNET_PYTHON={lit(python)}",
+                        f"-DPODNET_PYTHONPATH={lit(pythonpath)}", str(src)], capture_output=True, text=True,
+                       timeout=60)
+    if r.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        return False
+    os.chmod(tmp, 0o755)
+    os.replace(tmp, bin_path)
+    return True
 
 
 def uninstall(conf_dir="/etc/cni/net.d", bin_dir="/opt/cni/bin"):

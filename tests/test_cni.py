@@ -316,7 +316,7 @@ def test_real_netns_check_codes(tmp_path):
     assert e.value.code == 4
     with pytest.raises(cni.CniError) as e:
         cni._check_netns(f"/proc/{os.getpid()}/ns/net")
-    assert (e.value.code, e.value.msg) == (4, "CNI_NETNS is the plugin's own network namespace")
+    assert (e.value.code, e.value.msg) == (4, "CNI_NETNS is the plugin's own or the host's network namespace")
 
 
 def test_bug_is_one_json_error_not_a_traceback(fake, netns, monkeypatch):

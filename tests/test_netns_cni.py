@@ -331,9 +331,36 @@ def test_plugin_errors_against_the_real_cluster(cl, rt):
     rc, out = rt.plugin("ADD", "feed09", ns, ifname="eth0")                      # eth0 is taken there
     assert (rc, out["code"]) == (1, 102)
     assert links(other) == ["lo"] and cluster_pod("cni-feed08") is None and cluster_pod("cni-feed09") is None
-    rc, out = rt.plugin("ADD", "feed10", "/proc/self/ns/net")          # the plugin's own: the root netns
-    assert (rc, out["code"]) == (1, 4) and out["msg"] == "CNI_NETNS is the plugin's own network namespace"
+    for own in (f"/proc/{os.getpid()}/ns/net", "/proc/self/ns/net"):  # the host's; the answering process's
+        rc, out = rt.plugin("ADD", "feed10", own)
+        assert (rc, out["code"]) == (1, 4) and out["msg"] == "CNI_NETNS is the plugin's own or the host's network namespace"
     assert re.fullmatch(r"\d+\.\d+\.\d+", rt.exec(rt.bin_path, rt.env("VERSION"), {})[1]["cniVersion"])
+
+
+def test_the_installed_plugin_is_a_client_of_the_agents_cni_server(cl, rt, installed):
+    """`cni install` compiles cni_client.c: calls go to the first node's
+    agent over RUN_DIR/cni.sock (no Python start-up per call), and when that
+    socket does not answer the client runs the Python plugin instead."""
+    from dataplane import cluster
+    _, bin_path = installed
+    assert bin_path.read_bytes()[:4] == b"\x7fELF"
+    sock = cluster.cni_socket()
+    assert sock.exists() and f"{sock}" in json.loads(Path(cl.nodes["n1"].config).read_text())["cni"]["socket"]
+    ns = rt.new_netns()
+    before = agent(cl, "n1", "status")["cni_server"]
+    assert rt.add("feed20", ns)["ips"][0]["gateway"] == cl.nodes["n1"].gateway_ip
+    after = agent(cl, "n1", "status")["cni_server"]
+    assert (after["served"], after["errors"]) == (before["served"] + 1, before["errors"])   # n1's agent ran it
+    moved = sock.with_name("cni.sock.away")
+    os.rename(sock, moved)                                               # the server unreachable
+    try:
+        rc, out = rt.plugin("CHECK", "feed20", ns)
+        assert (rc, out) == (0, None)                                    # answered by the Python plugin
+    finally:
+        os.rename(moved, sock)
+    assert agent(cl, "n1", "status")["cni_server"]["served"] == after["served"]    # CHECK did not reach it
+    rc, out = rt.plugin("DEL", "feed20", ns)
+    assert (rc, out) == (0, None) and cluster_pod("cni-feed20") is None
 
 
 def test_down_refuses_while_containers_are_attached_unless_force(tmp_path):
