@@ -37,7 +37,7 @@ UPSERT_KEYS = ("vip", "port", "protocol", "backends", "load_balancing", "affinit
                "key", "service")          # the last two: labels podnet apply sends along
 DELETE_KEYS = ("vip", "port", "protocol")
 ROUTE_KEYS = ("name", "cidr", "vtep", "inner_mac", "vni", "vtep_mac")
-POD_KEYS = ("name", "port", "netns", "ifname", "ip", "mac", "prefixlen", "mtu")
+POD_KEYS = ("name", "port", "netns", "ifname", "ip", "mac", "prefixlen", "mtu", "loopback")
 
 
 def _known_keys(what, obj, known):
@@ -130,7 +130,7 @@ class Agent:
         tap, again = open_tap(pod["netns"], pod.get("ifname", "eth0"), vnet_hdr=self.vnet,
                               offloads=self.pod_offloads, queues=max(1, self.workers),
                               mac=pod["mac"], ip=pod["ip"], prefixlen=pod["prefixlen"],
-                              mtu=pod["mtu"], gateway=gw["ip"])
+                              mtu=pod["mtu"], gateway=gw["ip"], loopback=pod.get("loopback", True) is not False)
         steps = []
         try:
             self.dp.add_port(port)
@@ -200,7 +200,7 @@ class Agent:
 
     def pod_add(self, args):
         _known_keys("pod_add", args, POD_KEYS)
-        missing = [k for k in POD_KEYS if k != "ifname" and k not in args]
+        missing = [k for k in POD_KEYS if k not in ("ifname", "loopback") and k not in args]
         if missing:
             raise ValueError(f"pod_add: missing {', '.join(missing)}")
         port = args["port"]

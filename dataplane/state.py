@@ -67,7 +67,8 @@ class PodRecord:
     def agent_config(self):
         """What the node's agent needs to plug the pod in (its config file's `pods`)."""
         return {"name": self.name, "port": self.port, "netns": self.netns, "ifname": self.ifname,
-                "ip": self.ip, "mac": self.mac, "prefixlen": self.prefixlen, "mtu": self.mtu}
+                "ip": self.ip, "mac": self.mac, "prefixlen": self.prefixlen, "mtu": self.mtu,
+                "loopback": self.owned}       # lo in a runtime's netns is its loopback plugin's
 
     def to_dict(self):
         return {**vars(self), "labels": dict(self.labels)}

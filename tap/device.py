@@ -148,7 +148,7 @@ class Tap:
         return [d.fileno() for d in self.devs]
 
     def ensure(self, ipr, mac=None, ip=None, prefixlen=24, mtu=1500, gateway=None,
-               txqueuelen=TXQUEUELEN, master=None, fresh=False):
+               txqueuelen=TXQUEUELEN, master=None, fresh=False, loopback=True):
         """Give the interface (self.name, in the namespace ipr speaks for)
         its MAC, MTU, queue length, bridge (master), address and default
         route, and bring it and lo up, changing only what differs: on a
@@ -156,6 +156,8 @@ class Tap:
         and routes stay as they were; after a crash in the middle of
         placement it finishes the job. fresh: the TAP was just created (no
         address, no qdisc of its own), so those are set without asking.
+        loopback: bring lo up too (a namespace podnet made; in a runtime's,
+        lo is the CNI loopback plugin's, as the reference plugins leave it).
         Returns what it changed."""
         fixed = []
         ns = ipr
@@ -198,7 +200,7 @@ class Tap:
         if not link["flags"] & 1:                       # IFF_UP
             ns.link("set", index=idx, state="up")
             fixed.append("up")
-        lo = ns.link_lookup(ifname="lo")
+        lo = ns.link_lookup(ifname="lo") if loopback else None
         if lo and not ns.get_links(lo[0])[0]["flags"] & 1:
             ns.link("set", index=lo[0], state="up")
         if gateway:
