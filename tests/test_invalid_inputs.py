@@ -210,6 +210,8 @@ def upsert(**entry):
     return req("services_apply", upsert=[{**SERVICE, "vip": "10.96.0.50", **entry}])
 
 
+POD_X = {"name": "p", "port": 3, "netns": "pnt-none", "ip": "10.244.0.9", "mac": "0a:58:0a:f4:00:09",
+         "prefixlen": 24, "mtu": 1450}
 ROUTE_X = {"name": "x", "cidr": "10.244.2.0/24", "vtep": "172.30.250.3", "inner_mac": "0a:58:0a:f4:02:01"}
 REQUESTS = [
     # (id, raw request line(s), fragment of the one error)
@@ -251,6 +253,14 @@ REQUESTS = [
     ("route-remove-unknown", req("route_remove", name="zz"), "no route to a node named 'zz'"),
     ("trace-bad-port", req("trace", port=7, frame="00"), "port must be one of this node's ports"),
     ("capture-buffer-string", req("capture_start", port=UPLINK_PORT, buffer="big"), "must be an integer number of bytes"),
+    ("pod-add-missing", req("pod_add", name="p", port=3), "pod_add: missing netns, ip, mac, prefixlen, mtu"),
+    ("pod-add-misspelt", req("pod_add", **dict(POD_X, ifnmae="eth0")), "pod_add: unknown key 'ifnmae'"),
+    ("pod-add-uplink-port", req("pod_add", **dict(POD_X, port=UPLINK_PORT)), "port must be 0..254, got 255"),
+    ("pod-add-port-bool", req("pod_add", **dict(POD_X, port=True)), "port must be 0..254, got True"),
+    ("pod-add-no-netns", req("pod_add", **dict(POD_X, netns="/run/netns/pnt-none")),
+     "network namespace '/run/netns/pnt-none' does not exist"),
+    ("pod-remove-unknown", req("pod_remove", name="zz"), "no pod 'zz' on node"),
+    ("pod-remove-destroy-string", req("pod_remove", name="zz", destroy="yes"), "destroy must be true or false"),
 ]
 
 
