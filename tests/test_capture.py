@@ -52,7 +52,9 @@ def seq_of(raw):
 
 class Node(AgentNode):
     def __init__(self, tmp_path, clock):
-        super().__init__(tmp_path, clock)
+        # no worker threads: round() forwards inline, so a round has read what
+        # was sent before it (with a worker, the count raced the worker)
+        super().__init__(tmp_path, clock, workers=0)
         self.attach(0, pod=POD)
         self.attach(UPLINK_PORT, domain=UPLINK_DOMAIN, uplink=True)
         self.wake_r, self.wake_w = os.pipe()
