@@ -522,22 +522,18 @@ def breakdown(direct, n):
     for _ in range(n):
         ns, cid = new_netns(), new_cid()
         try:
-            with RequestTimer(cluster) as rt:
-                t = time.perf_counter()
-                rc, res = cni.run(direct.env("ADD", cid, ns, ns), stdin)
-                add_s.append(time.perf_counter() - t)
-            if rc != 0:
-                raise RuntimeError(f"in-process ADD failed: {res}")
-            agent_add.append(rt.seconds())
-            for op, v in rt.by_op.items():
+            def timed(cmd, wall, agent):
+                with RequestTimer(cluster) as rt:
+                    t = time.perf_counter()
+                    rc, res = cni.run(direct.env(cmd, cid, ns, ns), stdin)
+                    wall.append(time.perf_counter() - t)
+                if rc != 0:
+                    raise RuntimeError(f"in-process {cmd} failed: {res}")
+                agent.append(rt.seconds())
+                return rt
+            for op, v in timed("ADD", add_s, agent_add).by_op.items():
                 ops.setdefault(op, []).extend(v)
-            with RequestTimer(cluster) as rt:
-                t = time.perf_counter()
-                rc, res = cni.run(direct.env("DEL", cid, ns, ns), stdin)
-                del_s.append(time.perf_counter() - t)
-            if rc != 0:
-                raise RuntimeError(f"in-process DEL failed: {res}")
-            agent_del.append(rt.seconds())
+            timed("DEL", del_s, agent_del)
         finally:
             with contextlib.suppress(Exception):
                 if cluster.attachment(cid, "eth0"):

@@ -886,12 +886,13 @@ def _fp_key(e):
     return (e["vip"], e["port"], e["protocol"])
 
 
-def _sync_services(state, store=None, progress=None):
+def _sync_services(state, store=None, progress=None, validated=None):
     """Make every agent's service map what the store resolves to (selectors
     over the pods now ready, EndpointSlices as applied): the difference from
     what was loaded last is pushed to every agent, all or none, and saved.
-    Backends that leave have their connections ended by the agents. Returns
-    (service ports loaded, removed)."""
+    Backends that leave have their connections ended by the agents.
+    validated: how many objects were just applied, for the progress line.
+    Returns (service ports loaded, removed)."""
     say = progress or (lambda *_: None)
     store = store or _store(state)
     before = {_fp_key(e): e for e in state.service_entries}
@@ -900,6 +901,8 @@ def _sync_services(state, store=None, progress=None):
     gone = [{"vip": k[0], "port": k[1], "protocol": k[2]} for k in before if k not in after]
     undo = {"upsert": [before[k] for k in before if k not in after or before[k] != after[k]],
             "delete": [{"vip": k[0], "port": k[1], "protocol": k[2]} for k in after if k not in before]}
+    if validated is not None:
+        say(f"validated {validated} objects: {len(upsert)} service ports to load, {len(gone)} to remove")
     if upsert or gone:
         _push_all(state, "services_apply", ("services_apply", undo), "services not changed",
                   progress=lambda node, dt: say(f"node {node}: loaded in {dt:.2f} s"), upsert=upsert, delete=gone)
@@ -912,15 +915,9 @@ def _sync_services(state, store=None, progress=None):
 def _apply_objects(state, objects, delete, progress=None):
     """Apply (or delete) Service and EndpointSlice objects: validated in the
     store, then the change pushed to every agent (_sync_services)."""
-    say = progress or (lambda *_: None)
     store = _store(state)
     result = store.delete(objects) if delete else store.apply(objects)
-    before = {_fp_key(e) for e in state.service_entries}
-    after = {_fp_key(e): e for e in store.resolve()}
-    old = {_fp_key(e): e for e in state.service_entries}
-    say(f"validated {len(objects)} objects: {sum(1 for k, e in after.items() if old.get(k) != e)} service ports "
-        f"to load, {len(before - set(after))} to remove")
-    loaded, removed = _sync_services(state, store, progress)
+    loaded, removed = _sync_services(state, store, progress, validated=len(objects))
     return result, loaded, removed
 
 
