@@ -18,7 +18,7 @@ import yaml
 
 from .textload import StrictSafeLoader, check_depth
 # MAX_FILE, ServicePort and read_text are also imported from here, as before validate.py held them
-from .validate import LABEL_MAX, MAX_FILE, Checker, ServicePort, get, load_problem, read_text
+from .validate import LABEL_MAX, MAX_FILE, Checker, ServicePort, describe, get, load_problem, read_text
 
 DEFAULT_SPEC = """\
 # podnet default cluster: two nodes with a web and a client pod each, and a
@@ -50,12 +50,18 @@ MAX_PODS_PER_NODE = 253  # a node's /24 less the network, the gateway .1 and the
 MIN_MTU = 576          # every IPv4 host must accept 576-byte datagrams (RFC 791)
 MAX_MTU = 9000         # jumbo frames
 VXLAN_OVERHEAD = 50    # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
+# cluster.backend: how pod traffic crosses between nodes, and the bytes each adds to a packet
+BACKENDS = ("vxlan", "ipip", "direct")
+OVERHEAD = {"vxlan": VXLAN_OVERHEAD,   # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
+            "ipip": 20,                # an outer IPv4 header (RFC 2003)
+            "direct": 0}               # none: the pods' own packets on the fabric
 MAX_VNI = 2**24 - 1
 DEFAULT_AFFINITY_TIMEOUT = 10800  # kube-proxy's default: 3 hours
 
 _KEYS = {
     "(document)": ("cluster", "nodes", "pods", "services"),
-    "cluster": ("name", "podCIDR", "serviceCIDR", "fabricCIDR", "mtu", "podMTU", "vni", "vxlanPort", "workers"),
+    "cluster": ("name", "podCIDR", "serviceCIDR", "fabricCIDR", "mtu", "podMTU", "backend", "vni", "vxlanPort",
+                "workers"),
     "node": ("name", "podCIDR"),
     "pod": ("name", "node", "labels"),
     "service": ("name", "clusterIP", "selector", "sessionAffinity", "sessionAffinityTimeout", "ports"),
@@ -112,6 +118,7 @@ class ClusterSpec:
     vxlan_port: int
     nodes: tuple[NodeSpec, ...]
     workers: object = "auto"      # forwarding threads per node: an integer, or "auto" (cluster.workers_for)
+    backend: str = "vxlan"        # vxlan | ipip | direct (BACKENDS)
     pods: tuple[PodSpec, ...] = ()
     services: tuple[ServiceSpec, ...] = ()
     source: str = field(default="<spec>", compare=False)
@@ -131,8 +138,8 @@ class ClusterSpec:
             "cluster": {"name": self.name, "podCIDR": str(self.pod_cidr),
                         "serviceCIDR": str(self.service_cidr), "fabricCIDR": str(self.fabric_cidr),
                         "mtu": self.mtu,
-                        "podMTU": self.pod_mtu, "vni": self.vni, "vxlanPort": self.vxlan_port,
-                        "workers": self.workers},
+                        "podMTU": self.pod_mtu, "backend": self.backend, "vni": self.vni,
+                        "vxlanPort": self.vxlan_port, "workers": self.workers},
             "nodes": [{"name": n.name, "podCIDR": str(n.pod_cidr) if n.pod_cidr else "auto"}
                       for n in self.nodes],
             "pods": [{"name": p.name, "node": p.node, "labels": dict(p.labels)} for p in self.pods],
@@ -211,17 +218,27 @@ class _Parser(Checker):
                 self.error("cluster.fabricCIDR", f"{fab} overlaps {key} {other}", f"a CIDR disjoint from {key}")
         c.update(pod_cidr=pod_cidr, service_cidr=svc_cidr, fabric_cidr=fab)
         c["mtu"] = mtu = self.integer("cluster.mtu", get(m, "mtu", 1500), MIN_MTU, MAX_MTU)
-        if mtu is not None:
-            # Pods may use less than the fabric allows, down to 576 (unless mtu - 50 is already lower).
-            hi = mtu - VXLAN_OVERHEAD
-            c["pod_mtu"] = self.integer("cluster.podMTU", get(m, "podMTU", hi), min(MIN_MTU, hi), hi,
-                                        f" (at most mtu {mtu} less {VXLAN_OVERHEAD} bytes of VXLAN)")
+        c["backend"] = backend = self.backend("cluster.backend", get(m, "backend", "vxlan"))
+        if mtu is not None and backend is not None:
+            # Pods may use less than the fabric allows, down to 576 (unless mtu - overhead is already lower).
+            over = OVERHEAD[backend]
+            hi = mtu - over
+            why = (f" (at most mtu {mtu} less {over} bytes of {backend.upper()})" if over
+                   else f" (at most mtu {mtu}: direct routing adds no header)")
+            c["pod_mtu"] = self.integer("cluster.podMTU", get(m, "podMTU", hi), min(MIN_MTU, hi), hi, why)
         c["vni"] = self.integer("cluster.vni", get(m, "vni", 1), 1, MAX_VNI)
         c["vxlan_port"] = self.integer("cluster.vxlanPort", get(m, "vxlanPort", 4789), 1, 65535)
         w = get(m, "workers", "auto")
         c["workers"] = w if w == "auto" else self.integer("cluster.workers", w, 1, MAX_WORKERS,
                                                           ' (or "auto")')
         return c
+
+    def backend(self, path, value):
+        if value not in BACKENDS:     # a list or a mapping is not in it either (and unhashable is fine)
+            shown = repr(value) if isinstance(value, str) else describe(value)
+            return self.error(path, f"must be one of {', '.join(BACKENDS)}, got {shown}",
+                              "vxlan (the default), ipip or direct")
+        return value
 
     def nodes(self, value, pod_cidr):
         """The NodeSpecs, and every node name given (valid or not, so pods naming an invalid

@@ -164,6 +164,17 @@ INVALID = [
     ("pod-mtu-too-big", "cluster: {mtu: 1500, podMTU: 1460}\n" + NODES, "cluster.podMTU",
      "expected an integer from 576 to 1450 (at most mtu 1500 less 50 bytes of VXLAN)"),
     ("pod-mtu-too-small", "cluster: {podMTU: 575}\n" + NODES, "cluster.podMTU", "575 is out of range"),
+    ("backend-unknown", "cluster: {backend: gre}\n" + NODES, "cluster.backend",
+     "must be one of vxlan, ipip, direct, got 'gre'"),
+    ("backend-case", "cluster: {backend: VXLAN}\n" + NODES, "cluster.backend", "got 'VXLAN'"),
+    ("backend-list", "cluster: {backend: [ipip]}\n" + NODES, "cluster.backend", "got a list"),
+    ("backend-number", "cluster: {backend: 4}\n" + NODES, "cluster.backend", "got 4 (a number)"),
+    # a bad backend is one error: podMTU is not also reported against some guessed overhead
+    ("backend-bad-pod-mtu-too", "cluster: {backend: gre, podMTU: 1500}\n" + NODES, "cluster.backend", "'gre'"),
+    ("pod-mtu-ipip-too-big", "cluster: {backend: ipip, podMTU: 1481}\n" + NODES, "cluster.podMTU",
+     "expected an integer from 576 to 1480 (at most mtu 1500 less 20 bytes of IPIP)"),
+    ("pod-mtu-direct-too-big", "cluster: {backend: direct, mtu: 9000, podMTU: 9001}\n" + NODES, "cluster.podMTU",
+     "expected an integer from 576 to 9000 (at most mtu 9000: direct routing adds no header)"),
     ("vni-zero", "cluster: {vni: 0}\n" + NODES, "cluster.vni", "expected an integer from 1 to 16777215"),
     ("vxlan-port", "cluster: {vxlanPort: 65536}\n" + NODES, "cluster.vxlanPort", "out of range"),
     ("cluster-name-chars", "cluster: {name: Pod_Net}\n" + NODES, "cluster.name", "is not a DNS-1123 label"),
@@ -247,3 +258,25 @@ services: [{name: s, ports: [{port: 0, protocol: ICMP}]}]
         parse_spec("nodes: [{name: A}, {name: B}]", "x.yaml")
     assert str(exc.value) == "\n".join(exc.value.errors) and len(exc.value.errors) == 2
     assert str(exc.value).startswith("x.yaml: nodes[0].name: ")
+
+
+@pytest.mark.parametrize("backend,pod_mtu", [("vxlan", 1450), ("ipip", 1480), ("direct", 1500)])
+def test_backend_sets_the_default_and_largest_pod_mtu(backend, pod_mtu):
+    spec = parse_spec(f"cluster: {{backend: {backend}}}\n" + NODES)
+    assert (spec.backend, spec.mtu, spec.pod_mtu) == (backend, 1500, pod_mtu)
+    assert parse_spec(f"cluster: {{backend: {backend}, podMTU: {pod_mtu}}}\n" + NODES).pod_mtu == pod_mtu
+    (err,) = errors_of(f"cluster: {{backend: {backend}, podMTU: {pod_mtu + 1}}}\n" + NODES)
+    assert f"{pod_mtu + 1} is out of range; expected an integer from 576 to {pod_mtu} " in err
+    # jumbo fabric: the overhead is what the backend adds, whatever the MTU
+    assert parse_spec(f"cluster: {{backend: {backend}, mtu: 9000}}\n" + NODES).pod_mtu == 9000 - (1500 - pod_mtu)
+    assert parse_spec(json.dumps(spec.to_dict())) == spec                # to_dict carries the backend
+
+
+def test_backend_defaults_to_vxlan_and_keeps_vni_and_port_in_every_mode():
+    assert parse_spec(NODES).backend == "vxlan" and parse_spec("cluster: {backend: null}\n" + NODES).backend == "vxlan"
+    assert load_spec(None).backend == "vxlan" and load_spec(None).to_dict()["cluster"]["backend"] == "vxlan"
+    for backend in ("ipip", "direct"):     # accepted (and kept) though only vxlan uses them
+        spec = parse_spec(f"cluster: {{backend: {backend}, vni: 42, vxlanPort: 8472}}\n" + NODES)
+        assert (spec.backend, spec.vni, spec.vxlan_port) == (backend, 42, 8472)
+        assert errors_of(f"cluster: {{backend: {backend}, vni: 0}}\n" + NODES)[0].startswith("<spec>: cluster.vni: ")
+    assert parse_spec("cluster: {backend: ipip}\n" + NODES) != parse_spec(NODES)
