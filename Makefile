@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.podnet-installed
 # command:debian-package pairs the tests, demo and benchmarks use
-TOOLS  := ip:iproute2 ping:iputils-ping iperf3:iperf3 tcpdump:tcpdump bridge:iproute2 gcc:gcc iptables:iptables nft:nftables podman:podman runc:runc busybox:busybox-static ctr:containerd /usr/lib/cni/loopback:containernetworking-plugins
+TOOLS  := ip:iproute2 ping:iputils-ping iperf3:iperf3 tcpdump:tcpdump tshark:tshark bridge:iproute2 gcc:gcc iptables:iptables nft:nftables podman:podman runc:runc busybox:busybox-static ctr:containerd /usr/lib/cni/loopback:containernetworking-plugins
 
 .PHONY: all setup deps build test demo bench fuzz annotate clean
 

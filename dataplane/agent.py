@@ -23,7 +23,7 @@ from dataplane.snapshot import Snapshotter
 from fastpath import Dataplane
 from fastpath.ioloop import IOLoop
 from tap import POD_OFFLOADS, TUN_F_UDP_TUNNEL_GSO, UPLINK_OFFLOADS, UPLINK_VNET_HDR_LEN
-from tap.device import TUN_F_CSUM, VNET_HDR_LEN, open_tap
+from tap.device import TUN_F_CSUM, TUN_F_TSO4, VNET_HDR_LEN, open_tap
 
 AGE_EVERY = 1.0            # seconds between FDB aging sweeps
 UPLINK_PORT = 255          # the fabric port: outside the pods' bridge domain
@@ -38,6 +38,7 @@ UPSERT_KEYS = ("vip", "port", "protocol", "backends", "load_balancing", "affinit
 DELETE_KEYS = ("vip", "port", "protocol")
 ROUTE_KEYS = ("name", "cidr", "vtep", "inner_mac", "vni", "vtep_mac")
 POD_KEYS = ("name", "port", "netns", "ifname", "ip", "mac", "prefixlen", "mtu", "loopback")
+BACKENDS = ("vxlan", "ipip", "direct")    # cluster.backend (dataplane/spec.py)
 
 
 def _known_keys(what, obj, known):
@@ -218,26 +219,46 @@ class Agent:
 
     def setup_uplink(self):
         """The node's port on the fabric: a TAP enslaved to the fabric bridge.
-        Returns the offloads pods may use: TSO only if encapsulated super-frames
-        can leave whole (UDP-tunnel GSO on this TAP); otherwise checksum
-        offload alone, so pods send MTU-sized frames (the fallback)."""
+        Returns the offloads pods may use, by backend (cfg uplink.backend):
+        vxlan: TSO only if encapsulated super-frames can leave whole (UDP-tunnel
+        GSO on this TAP); otherwise checksum offload alone, so pods send
+        MTU-sized frames (the fallback). ipip: checksum offload alone (the
+        virtio-net header has no IPIP GSO type: pods send MTU-sized frames).
+        direct: super-frames leave unencapsulated, whole, if the uplink takes
+        plain TSO; else checksum offload alone."""
         up = self.cfg["uplink"]
+        backend = up.get("backend", "vxlan")
+        if backend not in BACKENDS:
+            raise ValueError(f"uplink.backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         # Made inside the fabric namespace under its own name (up<index>),
-        # as pods' TAPs are made inside theirs (open_tap).
+        # as pods' TAPs are made inside theirs (open_tap). Only VXLAN asks for
+        # the tunnel bits (and the 24-byte header that carries them).
+        vxlan = backend == "vxlan"
         tap, again = open_tap(up["fabric_netns"], up["ifname"], vnet_hdr=self.vnet,
-                              offloads=UPLINK_OFFLOADS, vnet_len=UPLINK_VNET_HDR_LEN, queues=max(1, self.workers),
-                              mtu=up["mtu"], master=up["bridge"])
+                              offloads=UPLINK_OFFLOADS if vxlan else POD_OFFLOADS,
+                              vnet_len=UPLINK_VNET_HDR_LEN if vxlan else VNET_HDR_LEN,
+                              queues=max(1, self.workers), mtu=up["mtu"], master=up["bridge"])
         self.reattached += again
-        tunnel_gso = self.vnet and bool(tap.offloads & TUN_F_UDP_TUNNEL_GSO)
-        if self.vnet and not tunnel_gso:      # kernel without UDP-tunnel GSO: 12-byte headers, CSUM only
+        if backend == "vxlan":
+            tunnel_gso = self.vnet and bool(tap.offloads & TUN_F_UDP_TUNNEL_GSO)
+            path = "udp-tunnel-gso"
+        elif backend == "direct":
+            tunnel_gso = self.vnet and bool(tap.offloads & TUN_F_TSO4)
+            path = "tso"
+        else:
+            tunnel_gso = False
+            path = None
+        if self.vnet and not tunnel_gso:      # no super-frames on the uplink: 12-byte headers, CSUM only
             tap.configure(VNET_HDR_LEN, TUN_F_CSUM)
         self.uplink_tap = tap
         self.dp.add_port(UPLINK_PORT, domain=UPLINK_DOMAIN)
         self.dp.set_port_vnet(UPLINK_PORT, tap.vnet_len)
         self.dp.overlay.configure(UPLINK_PORT, up["ip"], up["mac"], vni=up["vni"], port=up["port"],
-                                  mtu=up["mtu"], tunnel_gso=tunnel_gso)
+                                  mtu=up["mtu"], tunnel_gso=tunnel_gso, backend=backend,
+                                  prefixlen=up.get("prefixlen"))
         self.io.attach(UPLINK_PORT, tap.filenos())
-        self.gso_path = "udp-tunnel-gso" if tunnel_gso else ("mtu-frames" if self.vnet else "plain")
+        self.backend = backend
+        self.gso_path = path if tunnel_gso else ("mtu-frames" if self.vnet else "plain")
         return POD_OFFLOADS if tunnel_gso else TUN_F_CSUM
 
     def solicit(self):
@@ -368,8 +389,11 @@ class Agent:
         flushed[1] += m
 
     def _route_list(self):
-        return [{"cidr": r["cidr"], "vtep": r["vtep"], "inner_mac": r["inner_mac"], "vni": r["vni"],
-                 "name": r["name"], **({"vtep_mac": r["vtep_mac"]} if r["vtep_state"] == "static" else {})}
+        """The routes in force, as set_routes takes them (inner_mac only where
+        one was given: ipip and direct routes have none)."""
+        return [{"cidr": r["cidr"], "vtep": r["vtep"], "vni": r["vni"], "name": r["name"],
+                 **({"inner_mac": r["inner_mac"]} if r.get("inner_mac") else {}),
+                 **({"vtep_mac": r["vtep_mac"]} if r["vtep_state"] == "static" else {})}
                 for r in self.dp.overlay.routes()]
 
     def route_add(self, args):
@@ -483,7 +507,8 @@ class Agent:
             "node": self.node, "netns": self.cfg["netns"], "pid": os.getpid(),
             "uptime": round(time.time() - self.started, 1),
             "gateway": self.dp.gateway.info(),
-            "overlay": self.dp.overlay.info(), "gso_path": getattr(self, "gso_path", None),
+            "overlay": self.dp.overlay.info(), "backend": getattr(self, "backend", None),
+            "gso_path": getattr(self, "gso_path", None),
             "vnet_hdr": self.dp.vnet_len, "offloads": t.offloads if t else 0,
             "workers": self.workers, "table_lock": self.dp.lock_stats(),
             "restored": self.restored, "reattached": self.reattached,

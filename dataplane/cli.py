@@ -106,7 +106,7 @@ def cmd_status(args):
     st = cluster.status()
     if _as_json(args, st):
         return 0
-    print(f"cluster {st['cluster']} ({st['source']})\n")
+    print(f"cluster {st['cluster']} ({st['source']}), backend {st.get('backend', 'vxlan')}\n")
     _out(args, st["nodes"], [("node", "name"), ("agent", "agent"), ("pid", "agent_pid"),
                              ("namespace", "netns"), ("pod subnet", "subnet"),
                              ("gateway", "gateway_ip"), ("gateway mac", "gateway_mac")])
@@ -170,7 +170,11 @@ def cmd_node(args):
     from dataplane import cluster
     if args.action == "add":
         r = cluster.node_add(args.name, args.pod_cidr, args.vtep, args.vtep_mac)
-        print(f"node {args.name}: {r['cidr']} via VTEP {r['vtep']} (inner MAC {r['inner_mac']}) on every agent")
+        via = {"vxlan": f"VTEP {r['vtep']} (inner MAC {r.get('inner_mac')})",
+               "ipip": f"IPIP to {r['vtep']}", "direct": f"next hop {r['vtep']}"}[r["backend"]]
+        if r["backend"] != "vxlan" and r.get("vtep_mac"):
+            via += f" (underlay MAC {r['vtep_mac']})"
+        print(f"node {args.name}: {r['cidr']} via {via} on every agent")
     else:
         cluster.node_remove(args.name)
         print(f"node {args.name} removed from every agent")
@@ -322,13 +326,15 @@ def build_parser():
     s.add_argument("node")
     s = add("routes", cmd_routes, "a node's overlay routes (flannel-style: pod CIDR -> VTEP)", output=True)
     s.add_argument("node")
-    s = add("node", cmd_node, "register/remove an external node (e.g. Linux's own vxlan) with every agent")
+    s = add("node", cmd_node, "register/remove an external node (Linux's own vxlan, tunl0 or routes) with every agent")
     nsub = s.add_subparsers(dest="action", required=True, metavar="add|remove")
     a = nsub.add_parser("add", help="podnet node add NAME --pod-cidr CIDR --vtep IP [--vtep-mac MAC]")
     a.add_argument("name")
     a.add_argument("--pod-cidr", required=True)
-    a.add_argument("--vtep", required=True, help="the node's underlay IP")
-    a.add_argument("--vtep-mac", help="its VXLAN device MAC (inner destination); default: podnet's gateway MAC convention")
+    a.add_argument("--vtep", required=True,
+                   help="the node's underlay IP on the fabric (the tunnel's far end; in direct mode the next hop)")
+    a.add_argument("--vtep-mac", help="vxlan: its VXLAN device MAC (inner destination; default: podnet's gateway "
+                                      "MAC convention); ipip, direct: its underlay MAC (default: found by ARP)")
     r = nsub.add_parser("remove", help="podnet node remove NAME")
     r.add_argument("name")
     s = add("trace", cmd_trace, "show every fast-path decision for one packet from a pod", output=True)

@@ -207,7 +207,7 @@ def _plan_state(spec, plan, vnet, nworkers):
         fabric={"namespace": fabric_ns(spec.name), "bridge": FABRIC_BRIDGE,
                 "subnet": str(spec.fabric_cidr), "mtu": spec.mtu},
         vni=spec.vni, vxlan_port=spec.vxlan_port, pod_mtu=spec.pod_mtu, vnet=vnet, workers=nworkers,
-        created=time.time())
+        backend=spec.backend, created=time.time())
 
 
 def _up(spec_path, vnet, progress, metrics=False, metrics_port=None, workers=None):
@@ -246,9 +246,12 @@ def _up(spec_path, vnet, progress, metrics=False, metrics_port=None, workers=Non
 
 
 def _routes_for(state, node):
-    """flannel's view from node: every other node's pod CIDR behind its VTEP,
-    inner frames addressed to that node's gateway MAC."""
-    return [{"name": o.name, "cidr": o.subnet, "vtep": o.underlay_ip, "inner_mac": o.gateway_mac, "vni": state.vni}
+    """flannel's view from node: every other node's pod CIDR behind its VTEP
+    (its underlay IP: the tunnel's far end, or in direct mode the next hop);
+    in VXLAN, inner frames addressed to that node's gateway MAC (ipip and
+    direct carry no inner Ethernet header)."""
+    return [{"name": o.name, "cidr": o.subnet, "vtep": o.underlay_ip, "vni": state.vni,
+             **({"inner_mac": o.gateway_mac} if state.backend == "vxlan" else {})}
             for o in state.nodes.values() if o.name != node]
 
 
@@ -262,7 +265,8 @@ def _start_agent(spec, state, node, metrics=False, metrics_port=None):
         "pods": [p.agent_config() for p in state.pods_on(node)],
         "uplink": {"ip": n.underlay_ip, "mac": n.underlay_mac, "prefixlen": spec.fabric_cidr.prefixlen,
                    "fabric_netns": fabric_ns(spec.name), "bridge": FABRIC_BRIDGE,
-                   "ifname": f"up{n.index}", "mtu": spec.mtu, "vni": spec.vni, "port": spec.vxlan_port},
+                   "ifname": f"up{n.index}", "mtu": spec.mtu, "vni": spec.vni, "port": spec.vxlan_port,
+                   "backend": state.backend},
         "routes": _routes_for(state, node),
         "service_cidr": str(spec.service_cidr),
     }
@@ -370,11 +374,13 @@ def _resync(state, node):
         if r["name"] and r["name"] not in state.nodes and r["name"] not in want:
             request(sock, "route_remove", name=r["name"])
             done.append(f"route to {r['name']} removed")
-    have = {r["name"]: (r["cidr"], r["vtep"], r["inner_mac"]) for r in routes}
+    vxlan = state.backend == "vxlan"
+    # the MAC a route was given: VXLAN's inner MAC, else a static underlay MAC (or none)
+    have = {r["name"]: (r["cidr"], r["vtep"], r.get("inner_mac") if vxlan else
+                        (r.get("vtep_mac") if r.get("vtep_state") == "static" else None)) for r in routes}
     for name, e in want.items():
-        if have.get(name) != (e["pod_cidr"], e["vtep"], e["vtep_mac"].lower()):
-            request(sock, "route_add", name=name, cidr=e["pod_cidr"], vtep=e["vtep"], vni=state.vni,
-                    inner_mac=e["vtep_mac"])
+        if have.get(name) != (e["pod_cidr"], e["vtep"], (e.get("vtep_mac") or "").lower() or None):
+            request(sock, "route_add", **_external_route(state, e))
             done.append(f"route to {name} added")
     key = lambda e: (e["vip"], e["port"], e["protocol"])
     running = {key(s): ({tuple(b) for b in s["backends"]}, s["lb"], s["affinity_timeout"])
@@ -535,11 +541,11 @@ def status():
             try:
                 s = request(n.socket, "status", timeout=3.0)
                 entry.update(vnet_hdr=s["vnet_hdr"], offloads=s["offloads"], gso_path=s.get("gso_path"),
-                             workers=s.get("workers"))
+                             workers=s.get("workers"), backend=s.get("backend"))
             except ControlError as e:
                 entry["agent"] = f"unreachable: {e}"
         nodes.append(entry)
-    return {"cluster": state.cluster, "source": state.source, "fabric": state.fabric,
+    return {"cluster": state.cluster, "source": state.source, "backend": state.backend, "fabric": state.fabric,
             "vni": state.vni, "vxlan_port": state.vxlan_port,
             "external_nodes": list(state.external.values()), "nodes": nodes, "pods": _pod_rows(state),
             "services": [{"name": n, "clusterIP": ip} for n, ip in state.services_plan.items()]}
@@ -588,11 +594,28 @@ def _push_all(state, op, undo=None, what=None, progress=None, **args):
     return len(done)
 
 
+def _external_route(state, e):
+    """The route_add request for an external node's record (state.external):
+    in VXLAN, inner frames go to its VXLAN device's MAC (vtep_mac); in ipip
+    and direct mode vtep_mac, when given, is its static underlay MAC."""
+    route = {"name": e["name"], "cidr": e["pod_cidr"], "vtep": e["vtep"], "vni": state.vni}
+    if state.backend == "vxlan":
+        route["inner_mac"] = e["vtep_mac"]
+    elif e.get("vtep_mac"):
+        route["vtep_mac"] = e["vtep_mac"]
+    return route
+
+
 def node_add(name, pod_cidr, vtep, vtep_mac=None):
-    """Register an external node (Linux's own vxlan, say) with every agent:
-    its pod CIDR is reached through VXLAN to vtep, inner frames addressed to
-    vtep_mac (flannel's VtepMAC: the remote vxlan device's MAC; by default
-    podnet's gateway-MAC convention for that CIDR). All agents or none."""
+    """Register an external node with every agent: its pod CIDR is reached
+    through vtep, its underlay IP, whatever the backend. VXLAN (Linux's own
+    vxlan, say): inner frames addressed to vtep_mac (flannel's VtepMAC: the
+    remote vxlan device's MAC; by default podnet's gateway-MAC convention
+    for that CIDR). ipip (a kernel tunl0) and direct (plain routes): no
+    inner Ethernet header; vtep_mac, if given, is the node's underlay MAC
+    (else ARP finds it); in direct mode vtep is the next hop and must be on
+    the fabric's subnet. All agents or none. Returns the route sent, with
+    the cluster's backend."""
     import ipaddress
     from dataplane.ipam import mac_for
     with _exclusive():
@@ -606,13 +629,20 @@ def node_add(name, pod_cidr, vtep, vtep_mac=None):
             raise ClusterError(f"node add: {name!r} is a podnet node of this cluster", "exists")
         fabric = ipaddress.IPv4Network(state.fabric["subnet"])
         if ip not in fabric:
+            if state.backend == "direct":
+                raise ClusterError(f"node add: next hop {ip} is not on the fabric {fabric} "
+                                   f"(direct routing reaches only nodes on the fabric's subnet)")
             raise ClusterError(f"node add: VTEP {ip} is not on the fabric {fabric}")
-        route = {"name": name, "cidr": str(net), "vtep": str(ip), "vni": state.vni,
-                 "inner_mac": vtep_mac or mac_for(net.network_address + 1)}
+        if state.backend == "vxlan":
+            vtep_mac = vtep_mac or mac_for(net.network_address + 1)
+        record = {"name": name, "pod_cidr": str(net), "vtep": str(ip), "vtep_mac": vtep_mac or None}
+        route = _external_route(state, record)
         _push_all(state, "route_add", ("route_remove", {"name": name}), f"node add {name}", **route)
-        state.external[name] = {"name": name, "pod_cidr": str(net), "vtep": str(ip), "vtep_mac": route["inner_mac"]}
+        if record["vtep_mac"]:
+            record["vtep_mac"] = record["vtep_mac"].lower()
+        state.external[name] = record
         _save_state(state)
-        return route
+        return {**route, "backend": state.backend}
 
 
 def node_remove(name):

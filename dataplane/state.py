@@ -89,6 +89,7 @@ class ClusterState:
     pod_mtu: int
     vnet: bool = True
     workers: int = 1
+    backend: str = "vxlan"                  # vxlan | ipip | direct; a record from before backends is vxlan
     external: dict = field(default_factory=dict)          # name -> {name, pod_cidr, vtep, vtep_mac}
     service_store: dict | None = None
     service_entries: list = field(default_factory=list)

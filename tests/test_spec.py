@@ -280,3 +280,39 @@ def test_backend_defaults_to_vxlan_and_keeps_vni_and_port_in_every_mode():
         assert (spec.backend, spec.vni, spec.vxlan_port) == (backend, 42, 8472)
         assert errors_of(f"cluster: {{backend: {backend}, vni: 0}}\n" + NODES)[0].startswith("<spec>: cluster.vni: ")
     assert parse_spec("cluster: {backend: ipip}\n" + NODES) != parse_spec(NODES)
+
+
+# ---- the backend in the control plane's records (no root, no agents) ---------
+
+def _state(backend=None):
+    from dataplane.state import ClusterState, NodeState
+    nodes = {n: NodeState(n, i, f"10.244.{i}.0/24", f"10.244.{i}.1", f"0a:58:0a:f4:0{i}:01", f"x-node-{n}",
+                          underlay_ip=f"172.30.250.{i + 1}", underlay_mac=f"0a:5a:ac:1e:fa:0{i + 1}")
+             for i, n in enumerate(("n1", "n2"))}
+    kw = {} if backend is None else {"backend": backend}
+    return ClusterState("x", "<test>", {}, nodes, {}, {}, [], {}, 1, 4789, 1450, **kw)
+
+
+def test_state_records_the_backend_and_old_records_read_as_vxlan(tmp_path):
+    from dataplane import state as st
+    for backend in ("ipip", "direct", "vxlan"):
+        st.save(tmp_path / "state.json", _state(backend))
+        assert st.load(tmp_path / "state.json").backend == backend
+    d = _state("ipip").to_dict()
+    assert d["backend"] == "ipip"
+    del d["backend"]                      # written before backends existed
+    assert st.ClusterState.from_dict(d).backend == "vxlan"
+
+
+def test_routes_carry_an_inner_mac_only_in_vxlan():
+    from dataplane.cluster import _external_route, _routes_for
+    assert _routes_for(_state(), "n1") == [{"name": "n2", "cidr": "10.244.1.0/24", "vtep": "172.30.250.2",
+                                            "vni": 1, "inner_mac": "0a:58:0a:f4:01:01"}]
+    for backend in ("ipip", "direct"):
+        assert _routes_for(_state(backend), "n2") == [{"name": "n1", "cidr": "10.244.0.0/24",
+                                                       "vtep": "172.30.250.1", "vni": 1}]
+    ext = {"name": "k1", "pod_cidr": "10.244.9.0/24", "vtep": "172.30.250.100", "vtep_mac": "02:00:00:00:00:09"}
+    base = {"name": "k1", "cidr": "10.244.9.0/24", "vtep": "172.30.250.100", "vni": 1}
+    assert _external_route(_state("vxlan"), ext) == dict(base, inner_mac="02:00:00:00:00:09")
+    assert _external_route(_state("ipip"), ext) == dict(base, vtep_mac="02:00:00:00:00:09")   # its underlay MAC
+    assert _external_route(_state("direct"), dict(ext, vtep_mac=None)) == base                # ARP finds it
