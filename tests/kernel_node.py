@@ -19,6 +19,10 @@ and per remote node (add_peer), what flanneld installs:
     ip neigh replace REMOTE_NET lladdr REMOTE_VTEP_MAC dev flannel.1 nud permanent
     bridge fdb replace REMOTE_VTEP_MAC dev flannel.1 dst REMOTE_VTEP_IP self permanent
 
+KernelDirectNode (no encapsulation: `ip route replace POD_CIDR via NODE_IP`) and
+KernelIpipNode (Calico's IPIP mode: tunl0, `POD_CIDR via NODE_IP dev tunl0 onlink`)
+are the same node with routes in place of flannel.1.
+
 Everything is made with `ip`/`bridge`/`sysctl` through subprocess, every
 command is time-bounded, and __exit__ (or a failing __enter__) deletes exactly
 what this object made. Needs root. Importable from tests/ and, with tests/ on
@@ -333,6 +337,210 @@ class KernelNode:
 
     def __repr__(self):
         return f"KernelNode({self.name!r}, netns={self.netns!r}, vtep={self.vtep_ip}, pods={self.pod_cidr})"
+
+
+class IpipUnavailable(RuntimeError):
+    """This kernel cannot make an ipip device (built without CONFIG_NET_IPIP, or the module
+    cannot be loaded): str() says so plainly, with what `ip link add` answered."""
+
+
+class _RoutedNode:
+    """What KernelDirectNode and KernelIpipNode share: a node netns with a veth uplink into the
+    fabric bridge (underlay IP, ip_forward=1), a Linux bridge cni0 with the pods' gateway (.1 of
+    the pod CIDR), and veth pods behind it, MTU = fabric MTU - OVERHEAD. Peers are plain routes
+    (add_peer). The same building blocks, names and clean-up as KernelNode."""
+
+    BRIDGE_DEV = "cni0"
+    UPLINK_DEV = "eth0"
+    OVERHEAD = 0
+    KIND = "routed"
+
+    def __init__(self, name, *, fabric_ns, fabric_bridge, underlay_ip, underlay_prefixlen, pod_cidr,
+                 fabric_mtu=1500, pods=1, prefix="pnr"):
+        net = ipaddress.ip_network(pod_cidr)
+        if net.version != 4 or net.num_addresses < pods + 3:
+            raise ValueError(f"pod_cidr {pod_cidr} cannot hold {pods} pods")
+        self.name, self.prefix = name, prefix
+        self.fabric_ns, self.fabric_bridge = fabric_ns, fabric_bridge
+        self.node_ip = self.vtep_ip = str(ipaddress.ip_address(underlay_ip))
+        self.underlay_prefixlen = int(underlay_prefixlen)
+        self.pod_cidr = str(net)
+        self.fabric_mtu = int(fabric_mtu)
+        self.mtu = self.fabric_mtu - self.OVERHEAD
+        self.netns = f"{prefix}-{name}"
+        self.uplink = ifname(prefix, "-", name)        # the uplink's end in the fabric netns
+        self.gateway_ip = str(net.network_address + 1)
+        self.npods = pods
+        self.underlay_mac = self.gateway_mac = None
+        self.pods = []
+        self.peers = {}          # pod_cidr -> (node_ip, underlay_mac)
+        self._undo = _Undo()
+
+    def __enter__(self):
+        try:
+            self._build()
+        except BaseException:
+            self._undo.run()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self._undo.run()
+        self.peers.clear()
+        return False
+
+    def close(self):
+        return self._undo.run()
+
+    _add_netns = KernelNode._add_netns
+
+    def _build(self):
+        ns, fab, mtu = self.netns, self.fabric_ns, self.mtu
+        if not netns_exists(fab):
+            raise RuntimeError(f"fabric netns {fab} does not exist")
+        self._add_netns(ns)
+        self.node_exec("sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+        run("ip", "-n", fab, "link", "add", self.uplink, "mtu", self.fabric_mtu, "type", "veth",
+            "peer", "name", self.UPLINK_DEV, "netns", ns)
+        self._undo.push("ip", "-n", fab, "link", "del", self.uplink)
+        run("ip", "-n", fab, "link", "set", self.uplink, "master", self.fabric_bridge, "up")
+        run("ip", "-n", ns, "link", "set", self.UPLINK_DEV, "mtu", self.fabric_mtu, "up")
+        run("ip", "-n", ns, "addr", "add", f"{self.node_ip}/{self.underlay_prefixlen}", "dev", self.UPLINK_DEV)
+        self.underlay_mac = link_mac(ns, self.UPLINK_DEV)
+        self._build_tunnel()
+        plen = ipaddress.ip_network(self.pod_cidr).prefixlen
+        run("ip", "-n", ns, "link", "add", self.BRIDGE_DEV, "mtu", mtu, "type", "bridge")
+        run("ip", "-n", ns, "addr", "add", f"{self.gateway_ip}/{plen}", "dev", self.BRIDGE_DEV)
+        run("ip", "-n", ns, "link", "set", self.BRIDGE_DEV, "up")
+        self.gateway_mac = link_mac(ns, self.BRIDGE_DEV)
+        base = ipaddress.ip_network(self.pod_cidr).network_address
+        for i in range(self.npods):
+            pname, pns, ip = f"p{i}", f"{self.netns}-p{i}", str(base + 2 + i)
+            self._add_netns(pns)
+            host_if = f"veth{i}"
+            run("ip", "-n", ns, "link", "add", host_if, "mtu", mtu, "type", "veth",
+                "peer", "name", "eth0", "netns", pns)
+            run("ip", "-n", ns, "link", "set", host_if, "master", self.BRIDGE_DEV, "up")
+            run("ip", "-n", pns, "link", "set", "eth0", "mtu", mtu, "up")
+            run("ip", "-n", pns, "addr", "add", f"{ip}/{plen}", "dev", "eth0")
+            run("ip", "-n", pns, "route", "add", "default", "via", self.gateway_ip, "dev", "eth0")
+            self.pods.append({"name": pname, "netns": pns, "ip": ip, "mac": link_mac(pns, "eth0"),
+                              "host_if": host_if})
+        run("ip", "-n", ns, "link", "set", self.BRIDGE_DEV, "address", self.gateway_mac)
+
+    def _build_tunnel(self):
+        pass
+
+    def _route(self, pod_cidr, node_ip):
+        raise NotImplementedError
+
+    # ---- peers ---------------------------------------------------------------
+
+    def add_peer(self, pod_cidr, node_ip, underlay_mac=None):
+        """The route to a remote node's pods (see _route); with underlay_mac, a permanent ARP
+        entry for node_ip on the uplink (otherwise the kernel ARPs for it)."""
+        net = str(ipaddress.ip_network(pod_cidr))
+        if underlay_mac:
+            self.node_exec("ip", "neigh", "replace", node_ip, "lladdr", underlay_mac, "dev", self.UPLINK_DEV,
+                           "nud", "permanent")
+        self.node_exec("ip", "route", "replace", net, *self._route(node_ip))
+        self.peers[net] = (node_ip, underlay_mac)
+
+    def remove_peer(self, pod_cidr):
+        net = str(ipaddress.ip_network(pod_cidr))
+        node_ip, underlay_mac = self.peers.pop(net, (None, None))
+        self.node_exec("ip", "route", "del", net, check=False)
+        if underlay_mac:
+            self.node_exec("ip", "neigh", "del", node_ip, "dev", self.UPLINK_DEV, check=False)
+
+    def routes(self):
+        """The node's IPv4 routes (ip -j route)."""
+        return json.loads(self.node_exec("ip", "-j", "route", "show").stdout or "[]")
+
+    pod = KernelNode.pod
+    exec = KernelNode.exec
+    popen = KernelNode.popen
+    node_exec = KernelNode.node_exec
+
+    def facts(self):
+        return {"name": self.name, "kind": self.KIND, "netns": self.netns, "uplink": self.uplink,
+                "pod_cidr": self.pod_cidr, "node_ip": self.node_ip, "underlay_mac": self.underlay_mac,
+                "gateway_ip": self.gateway_ip, "gateway_mac": self.gateway_mac, "mtu": self.mtu,
+                "pods": [dict(p) for p in self.pods]}
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.name!r}, netns={self.netns!r}, ip={self.node_ip}, pods={self.pod_cidr})"
+
+
+class KernelDirectNode(_RoutedNode):
+    """A node with no encapsulation at all (flannel's host-gw, Calico in BGP mode on one L2
+    segment): its pods' packets leave the uplink as they are, to the next hop's MAC. Per remote
+    node: `ip route replace POD_CIDR via NODE_IP` (the next hop must be on the uplink's subnet).
+    Pod MTU = fabric MTU."""
+
+    OVERHEAD = 0
+    KIND = "direct"
+
+    def __init__(self, name, *, prefix="pnd", **kw):
+        super().__init__(name, prefix=prefix, **kw)
+
+    def _route(self, node_ip):
+        return ("via", node_ip, "dev", self.UPLINK_DEV)
+
+
+class KernelIpipNode(_RoutedNode):
+    """A node with Linux's own ipip device, the way Calico's IPIP mode sets it up: tunl0
+    (`ip link add tunl0 type ipip`: no local, no remote, so it receives protocol-4 packets from
+    any source and takes each packet's outer destination from its route's next hop), MTU fabric
+    - 20, up; per remote node `ip route replace POD_CIDR via NODE_IP dev tunl0 onlink`.
+    Kernel defaults as Calico leaves them: ttl inherit, tos 0 (inherit off), pmtudisc (DF on).
+    Raises IpipUnavailable from __enter__ when the kernel cannot make an ipip device (this
+    machine's: CONFIG_NET_IPIP is not set)."""
+
+    TUNNEL_DEV = "tunl0"
+    OVERHEAD = 20
+    KIND = "ipip"
+
+    def __init__(self, name, *, prefix="pni", **kw):
+        super().__init__(name, prefix=prefix, **kw)
+
+    @staticmethod
+    def probe(ns_prefix="pni-probe"):
+        """None if this kernel makes ipip devices, else the reason (a sentence, for pytest.skip).
+        Tried in a namespace of its own, removed again."""
+        ns = f"{ns_prefix}-{os.getpid()}"
+        run("ip", "netns", "add", ns)
+        try:
+            r = run("ip", "-n", ns, "link", "add", "tunl0", "type", "ipip", check=False)
+            if r.returncode == 0 or "File exists" in r.stderr:   # the module's fallback tunl0 is there
+                return None
+            return f"this kernel has no IPIP (ip link add tunl0 type ipip: {r.stderr.strip() or r.returncode})"
+        finally:
+            run("ip", "netns", "del", ns, check=False)
+
+    def _build_tunnel(self):
+        ns = self.netns
+        # Loading the ipip module gives every namespace a fallback tunl0 (any local, any remote):
+        # that is the device Calico uses; make it where it is not there yet.
+        r = self.node_exec("ip", "link", "add", self.TUNNEL_DEV, "type", "ipip", check=False)
+        if r.returncode != 0 and "File exists" not in r.stderr:
+            raise IpipUnavailable(f"this kernel has no IPIP (ip link add {self.TUNNEL_DEV} type ipip: "
+                                  f"{r.stderr.strip() or r.returncode})")
+        info = json.loads(self.node_exec("ip", "-d", "-j", "link", "show", self.TUNNEL_DEV).stdout)[0]
+        kind = (info.get("linkinfo") or {}).get("info_kind")
+        if kind != "ipip":
+            raise RuntimeError(f"{self.TUNNEL_DEV} in {ns} is a {kind!r} device, not ipip")
+        self.node_exec("sysctl", "-q", "-e", "-w", f"net.ipv4.conf.{self.TUNNEL_DEV}.rp_filter=0", check=False)
+        self.node_exec("ip", "link", "set", self.TUNNEL_DEV, "mtu", self.mtu, "up")
+
+    def tunnel_info(self):
+        """tunl0 as the kernel reports it (ip -d -j link): local, remote, ttl, tos, pmtudisc, ...
+        plus mtu."""
+        d = json.loads(self.node_exec("ip", "-d", "-j", "link", "show", self.TUNNEL_DEV).stdout)[0]
+        return {**d["linkinfo"].get("info_data", {}), "mtu": d["mtu"]}
+
+    def _route(self, node_ip):
+        return ("via", node_ip, "dev", self.TUNNEL_DEV, "onlink")
 
 
 def is_root():
