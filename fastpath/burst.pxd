@@ -7,7 +7,7 @@ from fastpath.counters cimport stats_t, port_stats_t
 from fastpath.fdb cimport Fdb, fdb_t
 from fastpath.ports cimport Ports, ports_t
 from fastpath.gateway cimport Gateway, gw_t
-from fastpath.vxlan cimport Overlay, overlay_t
+from fastpath.overlay cimport Overlay, overlay_t
 from fastpath.services cimport Services, svcmap_t
 from fastpath.conntrack cimport Conntrack, ct_t, ct_tab_t, conn_t
 from fastpath.trace cimport trace_t

@@ -13,8 +13,10 @@ from fastpath.parse cimport parse_frame
 from fastpath.fdb cimport fdb_key, fdb_learn, fdb_lookup
 from fastpath.gateway cimport *
 from fastpath.gateway cimport Gateway
-from fastpath.vxlan cimport *
-from fastpath.vxlan cimport Overlay
+from fastpath.packets cimport *
+from fastpath.overlay cimport *
+from fastpath.overlay cimport Overlay
+from fastpath.tunnel cimport *
 from fastpath.services cimport *
 from fastpath.services cimport Services
 from fastpath.conntrack cimport *
@@ -30,10 +32,43 @@ from fastpath.sync cimport *
 
 
 # ---- the burst loop ---------------------------------------------------
+# A stage graph, as VPP's nodes hand a frame on: each stage looks at the
+# frame, does its one job and returns a verdict, the next stage (ST_*), to
+# one dispatcher; terminal verdicts (ST_TX to pk.out, ST_REPLY, ST_LOCAL,
+# ST_FLOOD, ST_DROP with pk.reason) are acted on by the dispatcher alone.
+#
+#   ST_INPUT -> ST_L2 ---------------------------> ST_BRIDGE -> ST_TX | ST_FLOOD
+#      |          |-> ST_SERVICE --+
+#      |          |                v
+#      |          +-------------> ST_GATEWAY -> ST_FORWARD -> ST_TX | ST_FLOOD
+#      |                           ^    |-----> ST_ENCAP ---> ST_TX (uplink)
+#      +-> ST_UPLINK -> ST_INNER --+    +-----> ST_REPLY | ST_LOCAL
+#
 # Module functions rather than methods: they are fused over mode_t, so each
 # is compiled twice, without trace hooks (what traffic runs) and with them
 # (trace()); fused methods would be called through the vtable, these are
 # called directly and inlined.
+
+cdef enum:
+    ST_DONE = 0        # the verdict is complete (a stage acted and counted already)
+    ST_INPUT           # port up, counters, parse, source checks, port guard
+    ST_L2              # bridge domain, learning; to the gateway or bridged
+    ST_GATEWAY         # an IPv4 frame to the gateway: route it (gw_ip4)
+    ST_SERVICE         # to a ClusterIP: conntrack, backend, DNAT
+    ST_FORWARD         # routed: to the port the FDB has for the new destination MAC
+    ST_BRIDGE          # bridged: the same, but never back out of the ingress port
+    ST_ENCAP           # for another node's pods: the tunnel, out of the uplink
+    ST_UPLINK          # from the fabric: the underlay's own traffic, or decap
+    ST_INNER           # decapsulated: parsed, checked, then routed
+    ST_TX              # terminal: out of port pk.out
+    ST_REPLY           # terminal: rewritten in place, back out of the ingress port
+    ST_LOCAL           # terminal: consumed
+    ST_FLOOD           # terminal: every other port of the domain
+    ST_DROP            # terminal: dropped for pk.reason
+
+cdef inline int fail(pkt_t *pk, uint16_t reason) noexcept nogil:
+    pk.reason = reason
+    return ST_DROP
 
 cdef inline void drop(Dataplane self, mode_t *md, pkt_t *pk, uint16_t reason) noexcept nogil:
     pk.out = OUT_DROP
@@ -56,12 +91,12 @@ cdef inline void enqueue(Dataplane self, mode_t *md, uint16_t port, uint32_t i, 
         tr_note(self.tr, EV_TX, port, length, 0)
 
 cdef inline void reply(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk) noexcept nogil:
-    # A frame the gateway wrote: complete checksums, so no offload metadata.
+    # A frame the gateway or the node wrote: complete checksums, so no
+    # offload metadata. pk.reason stays (a reject is a reply that is a drop).
     cdef uint32_t n = self.pvnet[pk.in_port]
     if n:
         memset(pk.data - n, 0, n)
     pk.out = pk.in_port
-    pk.reason = DROP_NONE
     if mode_t is traced_t:
         tr_note(self.tr, EV_REPLY, pk.in_port, 0, 0)
     enqueue(self, md, pk.in_port, i, pk.len)
@@ -69,57 +104,20 @@ cdef inline void reply(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk) noexce
 cdef inline void local(Dataplane self, mode_t *md, pkt_t *pk) noexcept nogil:
     # consumed by the gateway or the node (an ARP reply to learn from)
     pk.out = OUT_LOCAL
-    pk.reason = DROP_NONE
     if mode_t is traced_t:
         tr_note(self.tr, EV_LOCAL, 0, 0, 0)
 
-cdef inline int gateway_ip4(Dataplane self, mode_t *md, pkt_t *pk) noexcept nogil:
-    # gw_ip4 as the loop sees it: a TTL expiry answered with ICMP time
-    # exceeded is a reply that also counts a ttl_exceeded drop (as encap
-    # counts an answered too_big).
-    cdef int a = gw_ip4(self.gw, pk)
-    if mode_t is traced_t:
-        tr_note(self.tr, EV_GW, <uint32_t>a, get32(pk.data + pk.m.l3_off + 16), 0)
-    if a == GW_ROUTE or a == GW_REMOTE:
-        inc(&self.stats.routed)
-    elif a == GW_TIME_EXCEEDED:
-        inc(&self.stats.drops[DROP_TTL])
-        return GW_REPLY
-    return a
-
-cdef inline void forward(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk, uint16_t d, bint routed) noexcept nogil:
-    cdef ports_t *pt = self.pt
-    cdef uint16_t port = pk.in_port
-    cdef int out
-    if not (pk.m.flags & F_BCAST):
-        out = fdb_lookup(self.ft, fdb_key(pk.data, d), self.now)
-        if mode_t is traced_t:
-            tr_note(self.tr, EV_FDB, <uint32_t>out, d, 0)
-        # A routed frame may leave by the port it came in on (two pods
-        # behind one port); a bridged one may not.
-        if out == port and not routed:
-            drop(self, md, pk, DROP_SAME_PORT)
-            return
-        if out >= 0 and pt.up[out]:
-            pk.out = out
-            pk.reason = DROP_NONE
-            enqueue(self, md, <uint16_t>out, i, pk.len)
-            inc(&self.stats.forwarded)
-            return
-    flood(self, md, i, pk, d)
-
-cdef void flood(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk, uint16_t d) noexcept nogil:
+cdef void flood(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk) noexcept nogil:
     """Broadcast, multicast or unknown unicast: every other port of the domain.
     Out of line: keeps the known-unicast path small."""
     cdef ports_t *pt = self.pt
-    cdef uint16_t port = pk.in_port, s, k, c
+    cdef uint16_t port = pk.in_port, d = pk.domain, s, k, c
     s = pt.dom_start[d]
     c = pt.dom_count[d]
     if c <= 1:
         drop(self, md, pk, DROP_NO_PORTS)
         return
     pk.out = OUT_FLOOD
-    pk.reason = DROP_NONE
     inc(&self.stats.flooded)
     if mode_t is traced_t:
         tr_note(self.tr, EV_FLOOD, d, c - 1, 0)
@@ -127,130 +125,149 @@ cdef void flood(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk, uint16_t d) n
         if pt.flood[k] != port:
             enqueue(self, md, pt.flood[k], i, pk.len)
 
-cdef inline void bridge(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk, uint64_t now) noexcept nogil:
+cdef inline int gateway_ip4(Dataplane self, mode_t *md, pkt_t *pk) noexcept nogil:
+    # gw_ip4 as the loop sees it: a TTL expiry answered with ICMP time
+    # exceeded is a reply that also counts a ttl_exceeded drop (as encap
+    # counts an answered too_big).
+    cdef int a = gw_ip4(self.gw, pk)
+    if mode_t is traced_t:
+        tr_note(self.tr, EV_GW, <uint32_t>a, get32(pk.data + pk.m.l3_off + IP4_DST), 0)
+    if a == GW_ROUTE or a == GW_REMOTE:
+        inc(&self.stats.routed)
+    elif a == GW_TIME_EXCEEDED:
+        inc(&self.stats.drops[DROP_TTL])
+        return GW_REPLY
+    return a
+
+cdef inline int gw_next(Dataplane self, pkt_t *pk, int a) noexcept nogil:
+    """The gateway's action (gw_arp, gw_ip4) as the next stage: the one
+    place it is read."""
+    if a == GW_ROUTE:
+        return ST_FORWARD
+    if a == GW_REMOTE:
+        return ST_ENCAP
+    if a == GW_REPLY:
+        if pk.in_port == self.ov.uplink and self.ov.enabled:
+            # An answer to a decapsulated frame goes back through the tunnel;
+            # the gateway wrote it with complete checksums, so the offload
+            # metadata decap left in front is not its own.
+            if pk.vnet:
+                memset(pk.data - pk.vnet, 0, pk.vnet)
+            return ST_ENCAP
+        return ST_REPLY
+    if a == GW_LOCAL:
+        return ST_LOCAL
+    if a < 0:
+        return fail(pk, <uint16_t>(-a))
+    return fail(pk, DROP_NO_ROUTE)
+
+cdef inline int st_input(Dataplane self, mode_t *md, pkt_t *pk) noexcept nogil:
     # Locals, not self->..., so stores through the frame's uint8_t* (which
     # may alias anything) do not force the compiler to reload the tables.
     cdef ports_t *pt = self.pt
-    cdef gw_t *gw = self.gw
-    cdef uint16_t port = pk.in_port, d, r
+    cdef uint16_t port = pk.in_port, r
     cdef uint32_t length = pk.len
     cdef const uint8_t *data = pk.data
-    cdef int a
     cdef port_stats_t *ps
+    pk.reason = DROP_NONE
     if port >= MAX_PORTS or not pt.up[port]:
-        drop(self, md, pk, DROP_BAD_PORT)
-        return
+        return fail(pk, DROP_BAD_PORT)
+    pk.vnet = self.pvnet[port]
     ps = &self.stats.port[port]
     inc(&ps.rx_packets)
     add(&ps.rx_bytes, length)
     if mode_t is traced_t:
-        tr_note(self.tr, EV_RX, port, length, (data - self.pvnet[port])[0] | ((data - self.pvnet[port])[1] << 8)
-                if self.pvnet[port] else 0)
+        tr_note(self.tr, EV_RX, port, length, (data - pk.vnet)[0] | ((data - pk.vnet)[1] << 8)
+                if pk.vnet else 0)
     r = parse_frame(data, length, &pk.m)
     if r != DROP_NONE:
-        drop(self, md, pk, r)
-        return
+        return fail(pk, r)
     if mode_t is traced_t:
         tr_note(self.tr, EV_PARSE, pk.m.ethertype, pk.m.l4_proto, pk.m.flags)
-    if data[6] & 1:
-        drop(self, md, pk, DROP_SRC_MCAST)
-        return
+    if data[ETH_SRC] & 1:
+        return fail(pk, DROP_SRC_MCAST)
     if self.pg.on[port]:
         r = guard_check(self.pg, port, data, &pk.m)
         if r != DROP_NONE:
-            drop(self, md, pk, r)
-            return
+            return fail(pk, r)
     if port == self.ov.uplink and self.ov.enabled:
-        uplink_rx(self, md, i, pk)
-        return
-    d = pt.domain[port]
+        return ST_UPLINK
+    return ST_L2
+
+cdef inline int st_l2(Dataplane self, mode_t *md, pkt_t *pk) noexcept nogil:
+    cdef gw_t *gw = self.gw
+    cdef uint16_t port = pk.in_port
+    cdef uint16_t d = self.pt.domain[port]
+    cdef const uint8_t *data = pk.data
+    cdef int a
     pk.domain = d
-    fdb_learn(self.ft, fdb_key(data + 6, d), port, now)
+    fdb_learn(self.ft, fdb_key(data + ETH_SRC, d), port, self.now)
     if mode_t is traced_t:
         tr_note(self.tr, EV_LEARN, d, port, 0)
     if gw.enabled and d == gw.domain:
-        a = GW_PASS
         if pk.m.flags & F_ARP:
             a = gw_arp(gw, pk, self.sy, self.wid)
             if mode_t is traced_t:
                 tr_note(self.tr, EV_ARP, <uint32_t>a, 0, 0)
+            if a != GW_PASS:
+                return gw_next(self, pk, a)
         elif gw_is_dst(gw, data):
             if not (pk.m.flags & F_IP4):
-                drop(self, md, pk, DROP_GW_UNSUPPORTED)
-                return
-            if svc_is_vip(self.sm, get32(data + pk.m.l3_off + 16)):
-                service(self, md, i, pk, self.pvnet[port])
-                return
+                return fail(pk, DROP_GW_UNSUPPORTED)
+            if svc_is_vip(self.sm, get32(data + pk.m.l3_off + IP4_DST)):
+                return ST_SERVICE
             if ld32(&self.ct.any):
-                unnat(self, md, pk, self.pvnet[port])     # e.g. a hairpin reply to the gateway
-            a = gateway_ip4(self, md, pk)
-        if a < 0:
-            drop(self, md, pk, <uint16_t>(-a))
-            return
-        if a == GW_REPLY:
-            reply(self, md, i, pk)
-            return
-        if a == GW_LOCAL:
-            local(self, md, pk)
-            return
-        if a == GW_ROUTE:
-            forward(self, md, i, pk, d, True)
-            return
-        if a == GW_REMOTE:
-            encap(self, md, i, pk, self.pvnet[port])
-            return
+                unnat(self, md, pk)                  # e.g. a hairpin reply to the gateway
+            return ST_GATEWAY
     if ld32(&self.ct.any) and (pk.m.flags & F_IP4):
-        unnat(self, md, pk, self.pvnet[port])         # a local backend answering a local client
-    forward(self, md, i, pk, d, False)
+        unnat(self, md, pk)                          # a local backend answering a local client
+    return ST_BRIDGE
 
-cdef inline void route(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk, uint32_t cur_vnet) noexcept nogil:
-    """Route an IPv4 frame through the gateway: local pod, or the overlay."""
-    cdef int a = gateway_ip4(self, md, pk)
-    if a < 0:
-        drop(self, md, pk, <uint16_t>(-a))
-    elif a == GW_ROUTE:
-        forward(self, md, i, pk, self.gw.domain, True)
-    elif a == GW_REMOTE:
-        encap(self, md, i, pk, cur_vnet)
-    elif a == GW_REPLY:
-        if pk.in_port == self.ov.uplink and self.ov.enabled:
-            # The gateway wrote it with complete checksums: the offload
-            # metadata decap left in front is not its own.
-            if cur_vnet:
-                memset(pk.data - cur_vnet, 0, cur_vnet)
-            encap(self, md, i, pk, cur_vnet)
-        else:
-            reply(self, md, i, pk)
-    else:
-        drop(self, md, pk, DROP_NO_ROUTE)
+cdef inline int st_forward(Dataplane self, mode_t *md, pkt_t *pk, bint routed) noexcept nogil:
+    cdef uint16_t d
+    cdef int out
+    if routed:
+        pk.domain = self.gw.domain
+    d = pk.domain
+    if not (pk.m.flags & F_BCAST):
+        out = fdb_lookup(self.ft, fdb_key(pk.data, d), self.now)
+        if mode_t is traced_t:
+            tr_note(self.tr, EV_FDB, <uint32_t>out, d, 0)
+        # A routed frame may leave by the port it came in on (two pods
+        # behind one port); a bridged one may not.
+        if out == pk.in_port and not routed:
+            return fail(pk, DROP_SAME_PORT)
+        if out >= 0 and self.pt.up[out]:
+            pk.out = out
+            inc(&self.stats.forwarded)
+            return ST_TX
+    return ST_FLOOD
 
-cdef void reject(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk) noexcept nogil:
+cdef int st_reject(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk) noexcept nogil:
     """What kube-proxy does for a service without endpoints: TCP RST,
-    UDP ICMP port unreachable, from the service address."""
+    UDP ICMP port unreachable, from the service address. Counted here as
+    a service_rejected drop, answered or not."""
     inc(&self.stats.drops[DROP_SVC_REJECTED])
     if mode_t is traced_t:
         tr_note(self.tr, EV_REJECT, pk.m.l4_proto, 0, 0)
     if pk.in_port < MAX_PORTS:
         inc(&self.stats.port[pk.in_port].rx_dropped)
-    if pk.m.l4_proto == 6:
+    pk.reason = DROP_SVC_REJECTED
+    if pk.m.l4_proto == IPPROTO_TCP:
         if tcp_reset(pk, self.gw.mac) == 0:
-            reply(self, md, i, pk)
-            pk.reason = DROP_SVC_REJECTED
-            return
+            return ST_REPLY
     elif gw_icmp_error(self.gw, pk, 3, 3, 0, DROP_SVC_REJECTED) == GW_REPLY:
         # the error must come from the ClusterIP the client used
-        put32(pk.data + pk.m.l3_off + 12, get32(pk.data + pk.m.l3_off + 20 + 8 + 16))
-        put16(pk.data + pk.m.l3_off + 10, 0)
-        put16(pk.data + pk.m.l3_off + 10, csum(pk.data + pk.m.l3_off, 20))
-        reply(self, md, i, pk)
-        pk.reason = DROP_SVC_REJECTED
-        return
+        put32(pk.data + pk.m.l3_off + IP4_SRC, get32(pk.data + pk.m.l3_off + IP4_HLEN + 8 + IP4_DST))
+        put16(pk.data + pk.m.l3_off + IP4_CSUM, 0)
+        put16(pk.data + pk.m.l3_off + IP4_CSUM, csum(pk.data + pk.m.l3_off, IP4_HLEN))
+        return ST_REPLY
     pk.out = OUT_DROP
-    pk.reason = DROP_SVC_REJECTED
+    return ST_DONE
 
-cdef void service(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk, uint32_t cur_vnet) noexcept nogil:
+cdef int st_service(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk) noexcept nogil:
     """A frame to a ClusterIP: conntrack, or a new flow (pick a backend),
-    then DNAT (and SNAT for hairpin) and route to the backend."""
+    then DNAT (and SNAT for hairpin); the gateway routes it to the backend."""
     cdef ct_t *ct
     cdef uint8_t *ip = pk.data + pk.m.l3_off
     cdef uint8_t *l4 = pk.data + pk.m.l4_off
@@ -264,12 +281,11 @@ cdef void service(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk, uint32_t cu
     cdef svc_t *s
     cdef int c
     cdef uint64_t hits
-    cdef bint partial = cur_vnet > 0 and ((pk.data - cur_vnet)[0] & VNET_F_NEEDS_CSUM)
+    cdef bint partial = pk.vnet > 0 and ((pk.data - pk.vnet)[0] & VNET_F_NEEDS_CSUM)
     if mode_t is traced_t:
         tr_note(self.tr, EV_SERVICE, vip, get16(l4 + 2) if pk.m.flags & F_L4 else 0, proto)
     if unlikely((proto != 6 and proto != 17) or not (pk.m.flags & F_L4) or (pk.m.flags & F_FRAG)):
-        drop(self, md, pk, DROP_SVC_UNSUPPORTED)
-        return
+        return fail(pk, DROP_SVC_UNSUPPORTED)
     cport = get16(l4)
     vport = get16(l4 + 2)
     if proto == 6:
@@ -302,27 +318,23 @@ cdef void service(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk, uint32_t cu
         # its backend is gone: end the connection (kube-proxy's stale-flow RST)
         ct_delete(ct, <uint32_t>(k - ct.conns))
         pn_spin_unlock(&ct.lock)
-        reject(self, md, i, pk)
-        return
+        return st_reject(self, md, i, pk)
     if k == NULL:
         s = svc_find(self.sm, svc_key(vip, vport, proto))
         if unlikely(s == NULL):
             pn_spin_unlock(&ct.lock)
             ainc(&self.sm.no_service)
-            reject(self, md, i, pk)
-            return
+            return st_reject(self, md, i, pk)
         if unlikely(proto == 6 and (flags & 0x17) != 0x02):     # not a bare SYN
             ct.invalid += 1
             pn_spin_unlock(&ct.lock)
-            drop(self, md, pk, DROP_CT_INVALID)
-            return
+            return fail(pk, DROP_CT_INVALID)
         hits = ld(&self.sm.affinity_hits)
         if unlikely(svc_pick(self.sm, s, cip, mix64(tuple_a(cip, vip) ^ (<uint64_t>cport << 16) ^ proto),
                              self.now, &bip, &bport, self.rngp) < 0):
             pn_spin_unlock(&ct.lock)
             ainc(&self.sm.no_endpoints)
-            reject(self, md, i, pk)
-            return
+            return st_reject(self, md, i, pk)
         if mode_t is traced_t:
             tr_note(self.tr, EV_PICK, bip, bport,
                     s.nb | (<uint32_t>s.lb << 16) | (<uint32_t>(hits != ld(&self.sm.affinity_hits)) << 24))
@@ -356,13 +368,11 @@ cdef void service(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk, uint32_t cu
                 k = NULL
             else:
                 pn_spin_unlock(&ct.lock)
-                drop(self, md, pk, DROP_CT_CLASH)
-                return
+                return fail(pk, DROP_CT_CLASH)
         c = ct_insert(ct, &nc, self.now)
         if unlikely(c < 0):
             pn_spin_unlock(&ct.lock)
-            drop(self, md, pk, DROP_CT_FULL)
-            return
+            return fail(pk, DROP_CT_FULL)
         k = &ct.conns[c]
         if unlikely(not ld32(&self.ct.any)):
             st32(&self.ct.any, 1)                       # under a shard lock: see conntrack.pxd
@@ -386,9 +396,9 @@ cdef void service(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk, uint32_t cu
     nat_port(pk, 2, bport, partial)
     if snat:
         nat_ip(pk, 12, sip, partial)
-    route(self, md, i, pk, cur_vnet)
+    return ST_GATEWAY
 
-cdef void unnat(Dataplane self, mode_t *md, pkt_t *pk, uint32_t cur_vnet) noexcept nogil:
+cdef void unnat(Dataplane self, mode_t *md, pkt_t *pk) noexcept nogil:
     """A reply of a NATed connection: back to ClusterIP:port as the source
     (and to the client as destination, after hairpin SNAT). Callers test
     ct.any first: with no NATed connection there is nothing to find."""
@@ -419,7 +429,7 @@ cdef void unnat(Dataplane self, mode_t *md, pkt_t *pk, uint32_t cur_vnet) noexce
         ct.expired += 1
         pn_spin_unlock(&ct.lock)
         return
-    partial = cur_vnet > 0 and ((pk.data - cur_vnet)[0] & VNET_F_NEEDS_CSUM)
+    partial = pk.vnet > 0 and ((pk.data - pk.vnet)[0] & VNET_F_NEEDS_CSUM)
     if proto == 6:
         if l4[13] & 0x04:
             k.state = CT_CLOSED
@@ -444,84 +454,119 @@ cdef void unnat(Dataplane self, mode_t *md, pkt_t *pk, uint32_t cur_vnet) noexce
     if snat:
         nat_ip(pk, 16, cip, partial)
 
-cdef void encap(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk, uint32_t cur_vnet) noexcept nogil:
-    """A routed frame for another node: VXLAN toward its VTEP, out of the uplink."""
+cdef int st_encap(Dataplane self, mode_t *md, pkt_t *pk) noexcept nogil:
+    """A routed frame for another node: the tunnel (tunnel.pxd), out of the uplink."""
     cdef overlay_t *ov = self.ov
     cdef int r
     cdef uint8_t df
+    cdef uint32_t up_vnet
     if not ov.enabled:
-        drop(self, md, pk, DROP_NO_ROUTE)
-        return
-    df = pk.data[pk.m.l3_off + 6] & 0x40
-    r = ov_encap(ov, pk, self.gw.mac, cur_vnet, self.pvnet[ov.uplink], self.now, &self.ip_id, self.sy, self.wid)
-    if r == 0 or r == 2:
+        return fail(pk, DROP_NO_ROUTE)
+    up_vnet = self.pvnet[ov.uplink]
+    df = pk.data[pk.m.l3_off + IP4_FRAG] & 0x40
+    r = tun_encap(ov, pk, self.gw.mac, up_vnet, self.now, &self.ip_id, self.sy, self.wid)
+    if r == TUN_SENT or r == TUN_SENT_GSO:
         inc(&self.stats.encapsulated)
-        if r == 2:
+        if r == TUN_SENT_GSO:
             inc(&self.stats.gso_encapsulated)
         pk.out = ov.uplink
-        pk.reason = DROP_NONE
         if mode_t is traced_t:
             tr_note(self.tr, EV_ENCAP, ov.uplink, 0, 0)
-        enqueue(self, md, ov.uplink, i, pk.len)
-        return
-    if r == 1:                           # the frame became an ARP request for the VTEP
+        return ST_TX
+    if r == TUN_ARP:                     # the frame became an ARP request for the peer
         inc(&self.stats.drops[DROP_VTEP_UNRESOLVED])
         if mode_t is traced_t:
             tr_note(self.tr, EV_VTEP_ARP, 0, 0, 0)
-        if self.pvnet[ov.uplink]:
-            memset(pk.data - self.pvnet[ov.uplink], 0, self.pvnet[ov.uplink])
+        if up_vnet:
+            memset(pk.data - up_vnet, 0, up_vnet)
         pk.out = ov.uplink
         pk.reason = DROP_VTEP_UNRESOLVED
-        enqueue(self, md, ov.uplink, i, pk.len)
-        return
-    if r == -DROP_TOO_BIG and df and cur_vnet == self.pvnet[pk.in_port] and pk.in_port != ov.uplink:
+        return ST_TX
+    if r == -DROP_TOO_BIG and df and pk.vnet == self.pvnet[pk.in_port] and pk.in_port != ov.uplink:
         # Path MTU discovery (RFC 1191): tell the pod the inner MTU.
         # (Counted here only if answered: an ICMP error gets no answer
-        # and is counted by drop() below, once.)
-        if gw_icmp_error(self.gw, pk, 3, 4, <uint16_t>(ov.mtu - VXLAN_OVERHEAD), DROP_TOO_BIG) == GW_REPLY:
+        # and is counted as a drop, once.)
+        if gw_icmp_error(self.gw, pk, 3, 4, <uint16_t>(ov.mtu - ov.overhead), DROP_TOO_BIG) == GW_REPLY:
             inc(&self.stats.drops[DROP_TOO_BIG])
-            reply(self, md, i, pk)
-            return
-    drop(self, md, pk, <uint16_t>(-r))
+            return ST_REPLY
+    return fail(pk, <uint16_t>(-r))
 
-cdef void uplink_rx(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk) noexcept nogil:
-    """From the fabric: the node's own ARP/ICMP, or VXLAN for a local pod."""
+cdef int st_uplink(Dataplane self, mode_t *md, pkt_t *pk) noexcept nogil:
+    """From the fabric: the node's own ARP/ICMP, or a tunnel's frame for a local pod."""
     cdef int a
-    cdef uint16_t r
-    cdef uint32_t pod_vnet = self.vnet_len, vni = 0
+    cdef uint32_t vni = 0
     if mode_t is traced_t:
-        if pk.m.l4_proto == 17 and (pk.m.flags & F_L4) and pk.m.l4_len >= 16:
+        if self.ov.mode == TUN_VXLAN and pk.m.l4_proto == IPPROTO_UDP and (pk.m.flags & F_L4) \
+                and pk.m.l4_len >= 16:
             vni = get32(pk.data + pk.m.l4_off + 12) >> 8  # the decap reuses these bytes
-    a = ov_uplink(self.ov, pk, self.pvnet[pk.in_port], pod_vnet, self.sy, self.wid)
-    if a < 0:
-        drop(self, md, pk, <uint16_t>(-a))
-        return
+    a = tun_rx(self.ov, pk, self.gw.mac, self.vnet_len, self.sy, self.wid)
+    if a == OV_INNER:
+        inc(&self.stats.decapsulated)
+        if mode_t is traced_t:
+            tr_note(self.tr, EV_DECAP, vni, self.ov.mode, 0)
+        return ST_INNER
     if a == OV_REPLY:
-        reply(self, md, i, pk)
-        return
+        return ST_REPLY
     if a == OV_LOCAL:
-        local(self, md, pk)
-        return
-    inc(&self.stats.decapsulated)
-    if mode_t is traced_t:
-        tr_note(self.tr, EV_DECAP, vni, 0, 0)
-    r = parse_frame(pk.data, pk.len, &pk.m)
+        return ST_LOCAL
+    return fail(pk, <uint16_t>(-a))
+
+cdef int st_inner(Dataplane self, mode_t *md, pkt_t *pk) noexcept nogil:
+    """A decapsulated frame: parsed, then routed if it is IPv4 to this
+    node's gateway for one of its pods (flannel is L3, as are the others)."""
+    cdef uint16_t r = parse_frame(pk.data, pk.len, &pk.m)
+    cdef uint32_t dst
     if r != DROP_NONE:
-        drop(self, md, pk, DROP_VXLAN_INNER)
-        return
+        return fail(pk, DROP_IPIP_INNER if self.ov.mode == TUN_IPIP else DROP_VXLAN_INNER)
     if mode_t is traced_t:
         tr_note(self.tr, EV_PARSE, pk.m.ethertype, pk.m.l4_proto, pk.m.flags)
-    # flannel is L3: inner frames are addressed to this node's gateway.
     if not self.gw.enabled or not gw_is_dst(self.gw, pk.data) or not (pk.m.flags & F_IP4):
-        drop(self, md, pk, DROP_VXLAN_NOT_ROUTED)
-        return
+        return fail(pk, DROP_VXLAN_NOT_ROUTED)
     if ld32(&self.ct.any):
-        unnat(self, md, pk, pod_vnet)         # a remote backend's reply to a local client
-    if not gw_in_subnet(self.gw, get32(pk.data + pk.m.l3_off + 16)) and \
-            get32(pk.data + pk.m.l3_off + 16) != self.gw.ip:
-        drop(self, md, pk, DROP_NO_ROUTE)     # no transit between remote nodes
-        return
-    route(self, md, i, pk, pod_vnet)
+        unnat(self, md, pk)                  # a remote backend's reply to a local client
+    dst = get32(pk.data + pk.m.l3_off + IP4_DST)
+    if not gw_in_subnet(self.gw, dst) and dst != self.gw.ip:
+        return fail(pk, DROP_NO_ROUTE)       # no transit between remote nodes
+    return ST_GATEWAY
+
+cdef inline void dispatch(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk) noexcept nogil:
+    """Run one frame through the graph: each stage's verdict picks the next
+    until a terminal one, which is acted on here."""
+    cdef int n = st_input(self, md, pk)
+    while True:
+        if n == ST_L2:
+            n = st_l2(self, md, pk)
+        elif n == ST_BRIDGE:
+            n = st_forward(self, md, pk, False)
+        elif n == ST_FORWARD:
+            n = st_forward(self, md, pk, True)
+        elif n == ST_GATEWAY:
+            n = gw_next(self, pk, gateway_ip4(self, md, pk))
+        elif n == ST_SERVICE:
+            n = st_service(self, md, i, pk)
+        elif n == ST_ENCAP:
+            n = st_encap(self, md, pk)
+        elif n == ST_UPLINK:
+            n = st_uplink(self, md, pk)
+        elif n == ST_INNER:
+            n = st_inner(self, md, pk)
+        elif n == ST_TX:
+            enqueue(self, md, <uint16_t>pk.out, i, pk.len)
+            return
+        elif n == ST_REPLY:
+            reply(self, md, i, pk)
+            return
+        elif n == ST_FLOOD:
+            flood(self, md, i, pk)
+            return
+        elif n == ST_LOCAL:
+            local(self, md, pk)
+            return
+        elif n == ST_DROP:
+            drop(self, md, pk, pk.reason)
+            return
+        else:
+            return
 
 cdef void run_mode(Dataplane self, mode_t *md, uint32_t start, uint32_t n, uint64_t now) noexcept nogil:
     cdef uint32_t i, k
@@ -531,7 +576,7 @@ cdef void run_mode(Dataplane self, mode_t *md, uint32_t start, uint32_t n, uint6
     self.n_active = 0
     self.now = now
     for i in range(start, start + n):
-        bridge(self, md, i, &pkts[i], now)
+        dispatch(self, md, i, &pkts[i])
 
 
 cdef class Dataplane:
@@ -672,6 +717,7 @@ cdef class Dataplane:
         cdef untraced_t plain
         pk.data = self.mem + <size_t>i * self.stride + HEADROOM
         pk.in_port = in_port
+        pk.vnet = <uint8_t>hl
         if hl:
             memset(pk.data - hl, 0, hl)
             if vnet is not None:
@@ -731,7 +777,10 @@ cdef class Dataplane:
         the port it leaves by (or came in on, if it does not leave by one)."""
         self._slot_check(i)
         cdef pkt_t *pk = &self.pkts[i]
-        cdef uint32_t n = self.pvnet[pk.out] if 0 <= pk.out < MAX_PORTS else self.pvnet[pk.in_port % MAX_PORTS]
+        # A frame that leaves by a port has that port's header; one that does
+        # not (flooded, dropped, consumed) its own: a decapsulated frame's is
+        # a pod's, whatever the uplink's size.
+        cdef uint32_t n = self.pvnet[pk.out] if 0 <= pk.out < MAX_PORTS else pk.vnet
         return (<char *>(pk.data - n))[:n]
 
     def verdict(self, uint32_t i):

@@ -52,4 +52,5 @@ ctypedef struct pkt_t:
     uint16_t domain
     int32_t out          # egress port, OUT_FLOOD or OUT_DROP
     uint16_t reason      # DROP_* when out == OUT_DROP
+    uint8_t vnet         # bytes of virtio-net header in front of data (its port's; a pod's once decapsulated)
     meta_t m

@@ -40,4 +40,8 @@ cdef enum:
     DROP_SPOOF_MAC           # guarded pod port: source MAC (or ARP sender MAC) not the pod's
     DROP_SPOOF_IP            # guarded pod port: IPv4 source (or ARP sender IP) not the pod's
     DROP_CT_CLASH            # new flow whose reply tuple a live connection holds (client port reused to another ClusterIP, same backend)
+    DROP_TUN_UNKNOWN_SRC     # IP-in-IP from an address that is no known node, or (direct) routed in from outside every route CIDR
+    DROP_IPIP_FRAG           # a fragmented IP-in-IP packet
+    DROP_IPIP_INNER          # inner IPv4 packet of an IP-in-IP packet truncated or malformed
+    DROP_ECN_CE_NOT_ECT      # outer CE over a Not-ECT inner packet (RFC 6040 sec. 4.2: dropped)
     N_DROP

@@ -18,7 +18,7 @@ cdef enum:
     EV_FLOOD                 # a=domain b=ports
     EV_ENCAP                 # a=uplink port
     EV_VTEP_ARP              # the VTEP's MAC is unknown: the frame became an ARP request
-    EV_DECAP                 # a=VNI
+    EV_DECAP                 # a=VNI (vxlan; 0 otherwise) b=backend (0 vxlan, 1 ipip, 2 direct)
     EV_REPLY                 # a=port: the gateway or node answered in place
     EV_LOCAL                 # consumed by the gateway/node
     EV_TX                    # a=port b=len

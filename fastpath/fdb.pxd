@@ -13,6 +13,7 @@
 # with every worker between bursts.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from fastpath.defs cimport MAX_DOMAINS
+from fastpath.packets cimport mac_key
 from fastpath.sync cimport ld, st, ld16, st16, ld8, ld_acq, st_rel, cas, ainc, aadd, pn_sync_t
 
 cdef enum:
@@ -40,21 +41,10 @@ ctypedef struct fdb_t:
     uint64_t aged
     uint64_t static_conflicts  # frames whose source MAC is static on another port
 
-cdef extern from *:
-    """
-    #include <string.h>
-    /* 8 bytes from a possibly unaligned address, most significant first. */
-    static inline uint64_t podnet_load_be64(const uint8_t *p) {
-        uint64_t v; memcpy(&v, p, 8); return __builtin_bswap64(v);
-    }
-    """
-    uint64_t load_be64 "podnet_load_be64"(const uint8_t *p) noexcept nogil
 
 cdef inline uint64_t fdb_key(const uint8_t *mac, uint16_t domain) noexcept nogil:
-    # One 8-byte load: the MAC lands in the top 48 bits, the two bytes after it
-    # are masked off. Callers guarantee 8 readable bytes (MACs sit in a >= 14
-    # byte Ethernet header).
-    return (load_be64(mac) & 0xFFFFFFFFFFFF0000ULL) | FDB_VALID | (domain & (MAX_DOMAINS - 1))
+    # The MAC's key (packets.pxd) with the domain in its two low bytes.
+    return mac_key(mac) | FDB_VALID | (domain & (MAX_DOMAINS - 1))
 
 cdef inline uint64_t fdb_home(const fdb_t *t, uint64_t key) noexcept nogil:
     return (key * 0x9E3779B97F4A7C15ULL) >> t.shift

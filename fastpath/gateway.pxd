@@ -6,7 +6,7 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memcmp
 from fastpath.defs cimport *
 from fastpath.checksum cimport *
-from fastpath.fdb cimport load_be64
+from fastpath.packets cimport *
 from fastpath.sync cimport pn_sync_t, pn_upgrade, pn_downgrade, ainc
 
 # Actions returned to the burst loop (negative: -DROP_*).
@@ -66,7 +66,7 @@ cdef inline void icmp_echo_reply(pkt_t *pk, const uint8_t *mac, uint32_t addr) n
     put16(icmp + 2, <uint16_t>(c + (c >> 16)))
 
 cdef inline bint gw_is_dst(const gw_t *g, const uint8_t *frame) noexcept nogil:
-    return (load_be64(frame) & 0xFFFFFFFFFFFF0000ULL) == g.mac_key
+    return mac_key(frame + ETH_DST) == g.mac_key
 
 cdef inline bint gw_in_subnet(const gw_t *g, uint32_t ip) noexcept nogil:
     return (ip & g.mask) == g.net

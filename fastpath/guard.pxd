@@ -8,7 +8,7 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from fastpath.sync cimport pn_sync_t
 from fastpath.defs cimport *
 from fastpath.checksum cimport get32
-from fastpath.fdb cimport load_be64
+from fastpath.packets cimport *
 
 ctypedef struct guard_t:
     uint8_t on[MAX_PORTS]
@@ -22,16 +22,16 @@ cdef inline uint16_t guard_check(const guard_t *g, uint16_t port, const uint8_t 
     4-byte compare for the address."""
     cdef const uint8_t *l3 = data + m.l3_off
     cdef uint32_t spa
-    if (load_be64(data + 6) & 0xFFFFFFFFFFFF0000ULL) != g.mac[port]:
+    if mac_key(data + ETH_SRC) != g.mac[port]:
         return DROP_SPOOF_MAC
     if m.flags & F_IP4:
-        if get32(l3 + 12) != g.ip[port]:
+        if get32(l3 + IP4_SRC) != g.ip[port]:
             return DROP_SPOOF_IP
     elif m.flags & F_ARP:
         # Ethernet/IPv4 ARP (parse guarantees 28 bytes): sender MAC at 8, IP at 14.
-        if (load_be64(l3 + 8) & 0xFFFFFFFFFFFF0000ULL) != g.mac[port]:
+        if mac_key(l3 + ARP_SHA) != g.mac[port]:
             return DROP_SPOOF_MAC
-        spa = get32(l3 + 14)
+        spa = get32(l3 + ARP_SPA)
         if spa != g.ip[port] and spa != 0:       # 0.0.0.0: an RFC 5227 probe
             return DROP_SPOOF_IP
     return DROP_NONE

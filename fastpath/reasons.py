@@ -52,6 +52,10 @@ DROPS = (
     ('spoof_mac', 'SPOOF_MAC', "guarded pod port: source MAC (or ARP sender MAC) not the pod's"),
     ('spoof_ip', 'SPOOF_IP', "guarded pod port: IPv4 source (or ARP sender IP) not the pod's"),
     ('conntrack_clash', 'CT_CLASH', 'new flow whose reply tuple a live connection holds (client port reused to another ClusterIP, same backend)'),
+    ('tunnel_unknown_source', 'TUN_UNKNOWN_SRC', 'IP-in-IP from an address that is no known node, or (direct) routed in from outside every route CIDR'),
+    ('ipip_fragment', 'IPIP_FRAG', 'a fragmented IP-in-IP packet'),
+    ('ipip_inner', 'IPIP_INNER', 'inner IPv4 packet of an IP-in-IP packet truncated or malformed'),
+    ('ecn_ce_not_ect', 'ECN_CE_NOT_ECT', 'outer CE over a Not-ECT inner packet (RFC 6040 sec. 4.2: dropped)'),
 )
 
 EVENTS = (
@@ -72,7 +76,7 @@ EVENTS = (
     ('flood', 'FLOOD', 'a=domain b=ports'),
     ('encap', 'ENCAP', 'a=uplink port'),
     ('vtep_arp', 'VTEP_ARP', "the VTEP's MAC is unknown: the frame became an ARP request"),
-    ('decap', 'DECAP', 'a=VNI'),
+    ('decap', 'DECAP', 'a=VNI (vxlan; 0 otherwise) b=backend (0 vxlan, 1 ipip, 2 direct)'),
     ('reply', 'REPLY', 'a=port: the gateway or node answered in place'),
     ('local', 'LOCAL', 'consumed by the gateway/node'),
     ('tx', 'TX', 'a=port b=len'),

@@ -62,3 +62,19 @@ cdef inline void vnet_write(uint8_t *p, uint32_t n, const vnet_t *h) noexcept no
     if n >= 24:
         put_le16(p + 20, h.outer_th_offset)
         put_le16(p + 22, h.inner_nh_offset)
+
+cdef inline void vnet_strip(vnet_t *h, uint32_t start) noexcept nogil:
+    """Offload metadata of a frame whose first `start` bytes (outer headers)
+    are cut off: offsets move back; a partial checksum that began before
+    `start` was an outer one (a kernel VTEP's UDP checksum), so the inner
+    checksums are complete."""
+    if h.flags & VNET_F_NEEDS_CSUM:
+        if h.csum_start >= start:
+            h.csum_start -= start
+        else:
+            h.flags = (h.flags & ~VNET_F_NEEDS_CSUM) | VNET_F_DATA_VALID
+            h.csum_start = 0
+            h.csum_offset = 0
+    h.hdr_len = h.hdr_len - start if h.hdr_len > start else 0
+    h.outer_th_offset = 0
+    h.inner_nh_offset = 0

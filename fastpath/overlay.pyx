@@ -1,13 +1,19 @@
-"""Control side of the overlay: the node's underlay address, routes to other
-nodes' pod CIDRs, peer VTEPs. Route sets are validated whole and swapped in:
-a bad request changes nothing."""
+"""Control side of the overlay: the backend (vxlan, ipip or direct), the
+node's underlay address, routes to other nodes' pod CIDRs, peer nodes
+(VTEPs; next hops in direct mode). Route sets are validated whole and
+swapped in: a bad request changes nothing."""
 import ipaddress
 
 from libc.string cimport memcpy, memset
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from fastpath.defs cimport MAX_PORTS
 from fastpath.sync cimport pn_write_lock, pn_write_unlock, ld
+from fastpath.underlay cimport ul_template
+from fastpath.tunnel cimport tun_overhead
 from fastpath.fdb import mac_bytes, mac_str
+
+BACKENDS = {"vxlan": TUN_VXLAN, "ipip": TUN_IPIP, "direct": TUN_DIRECT}
+BACKEND_NAMES = {v: k for k, v in BACKENDS.items()}
 
 STATES = {VTEP_FREE: "free", VTEP_INCOMPLETE: "incomplete", VTEP_REACHABLE: "reachable",
           VTEP_STATIC: "static"}
@@ -25,7 +31,20 @@ def _mac(value, what):
 
 cdef class Overlay:
     def configure(self, int uplink, ip, mac, int vni=1, int port=4789, int mtu=1500,
-                  bint tunnel_gso=False):
+                  bint tunnel_gso=False, backend="vxlan", prefixlen=None):
+        """The node on the fabric: uplink port, underlay IP and MAC, fabric
+        MTU, and the backend: "vxlan" (vni, port: its UDP port), "ipip" or
+        "direct". tunnel_gso: the uplink takes this backend's super-frames
+        whole (vxlan: UDP-tunnel GSO; direct: TSO); there is no GSO type for
+        IP-in-IP. prefixlen: the fabric subnet's, so direct routing can refuse
+        next hops that are not on it."""
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        if backend == "ipip" and tunnel_gso:
+            raise ValueError("ipip: there is no virtio-net GSO type for IP-in-IP; pods send MTU-sized frames "
+                             "(tunnel_gso must be False)")
+        if prefixlen is not None and (type(prefixlen) is not int or not 1 <= prefixlen <= 32):
+            raise ValueError(f"fabric prefix length must be 1..32, got {prefixlen!r}")
         if not 0 <= uplink < MAX_PORTS:
             raise ValueError(f"uplink port must be 0..{MAX_PORTS - 1}, got {uplink}")
         if not 1 <= vni < (1 << 24):
@@ -38,6 +57,12 @@ cdef class Overlay:
         m = _mac(mac, "underlay MAC")
         cdef uint32_t a = int(addr)
         cdef uint64_t mk = int.from_bytes(m + b"\0\0", "big")
+        cdef uint32_t k
+        fabric = ipaddress.IPv4Network(f"{addr}/{prefixlen}", strict=False) if prefixlen is not None else None
+        if backend == "direct" and fabric is not None and self.ov.enabled:
+            for r in self.routes():
+                if ipaddress.IPv4Address(r["vtep"]) not in fabric:
+                    raise ValueError(f"direct: next hop {r['vtep']} of {r['cidr']} is not on the fabric {fabric}")
         pn_write_lock(self.sy)
         self.ov.uplink = uplink
         self.ov.ip = a
@@ -47,8 +72,25 @@ cdef class Overlay:
         self.ov.port = port
         self.ov.mtu = mtu
         self.ov.tunnel_gso = tunnel_gso
+        self.ov.mode = BACKENDS[backend]
+        self.ov.overhead = tun_overhead(self.ov.mode)
         self.ov.enabled = 1
+        for k in range(self.ov.nvteps):          # a backend changed with routes in place
+            if self.ov.vteps[k].state >= VTEP_REACHABLE:
+                ul_template(&self.ov, &self.ov.vteps[k])
         pn_write_unlock(self.sy)
+        self.fabric = fabric
+
+    @property
+    def backend(self):
+        """"vxlan", "ipip" or "direct" (None until configured)."""
+        return BACKEND_NAMES[self.ov.mode] if self.ov.enabled else None
+
+    @property
+    def overhead(self):
+        """Bytes the backend adds to each frame on the fabric (50, 20, 0):
+        the pod MTU is the fabric MTU less this."""
+        return self.ov.overhead
 
     @property
     def enabled(self):
@@ -90,11 +132,17 @@ cdef class Overlay:
                 raise ValueError(f"route {i}: {net} overlaps this node's pod subnet {local}")
             if int(vtep) == self.ov.ip:
                 raise ValueError(f"route {i}: VTEP {vtep} is this node's own address")
-            inner = _mac(r.get("inner_mac", ""), f"route {i} inner_mac")
+            if self.ov.mode == TUN_DIRECT and self.fabric is not None and vtep not in self.fabric:
+                raise ValueError(f"route {i}: next hop {vtep} is not on the fabric {self.fabric} "
+                                 f"(direct routing sends to a neighbour's MAC)")
+            if self.ov.mode == TUN_VXLAN or r.get("inner_mac") is not None:
+                inner = _mac(r.get("inner_mac", ""), f"route {i} inner_mac")
+            else:
+                inner = None                 # ipip and direct have no inner Ethernet header
             vni = r.get("vni", self.ov.vni)
             if not isinstance(vni, int) or isinstance(vni, bool):
                 raise ValueError(f"route {i}: vni must be an integer, got {vni!r}")
-            if vni != self.ov.vni:
+            if vni != self.ov.vni and self.ov.mode == TUN_VXLAN:
                 raise ValueError(f"route {i}: VNI {vni}, but this node serves VNI {self.ov.vni}")
             static = _mac(r["vtep_mac"], f"route {i} vtep_mac") if r.get("vtep_mac") else None
             if static is not None and vteps.get(int(vtep), static) != static:
@@ -132,7 +180,9 @@ cdef class Overlay:
             nr[k].net = int(net.network_address)
             nr[k].mask = int(net.netmask)
             nr[k].plen = net.prefixlen
-            memcpy(nr[k].inner_mac, <const char *>inner, 6)
+            if inner is not None:
+                memcpy(nr[k].inner_mac, <const char *>inner, 6)
+                nr[k].has_inner = 1
             nr[k].vni = vni
             nr[k].vtep = index[ip]
             nv[nr[k].vtep].refs += 1
@@ -152,10 +202,11 @@ cdef class Overlay:
                 nv[k].state = VTEP_INCOMPLETE
                 nv[k].asked = 0
             if nv[k].state >= VTEP_REACHABLE:
-                ov_vtep_template(&self.ov, &nv[k])
+                ul_template(&self.ov, &nv[k])
         memcpy(self.ov.vteps, nv, sizeof(nv))
         memcpy(self.ov.routes, nr, sizeof(nr))
         self.ov.nroutes = nroutes
+        self.ov.nvteps = nvteps
         pn_write_unlock(self.sy)
         self.names = {str(n[0]): n[5] for n in norm}
         self.generation += 1
@@ -182,7 +233,8 @@ cdef class Overlay:
                         "vtep_mac": mac_str(int.from_bytes((<char *>v.mac)[:6] + b"\0\0", "big"))
                         if v.state >= VTEP_REACHABLE else None,
                         "vtep_state": STATES[v.state],
-                        "inner_mac": mac_str(int.from_bytes((<char *>r.inner_mac)[:6] + b"\0\0", "big")),
+                        "inner_mac": mac_str(int.from_bytes((<char *>r.inner_mac)[:6] + b"\0\0", "big"))
+                        if r.has_inner else None,
                         "vni": r.vni})
         return out
 
@@ -216,7 +268,7 @@ cdef class Overlay:
                                                  or self.ov.vteps[k].state == VTEP_REACHABLE):
                     memcpy(self.ov.vteps[k].mac, <const char *>m, 6)
                     self.ov.vteps[k].state = VTEP_REACHABLE
-                    ov_vtep_template(&self.ov, &self.ov.vteps[k])
+                    ul_template(&self.ov, &self.ov.vteps[k])
                     hit = True
                     break
             pn_write_unlock(self.sy)
@@ -258,9 +310,12 @@ cdef class Overlay:
     def info(self):
         if not self.ov.enabled:
             return None
-        return {"uplink_port": self.ov.uplink, "ip": str(ipaddress.IPv4Address(self.ov.ip)),
+        gso = {TUN_VXLAN: "udp-tunnel-gso", TUN_IPIP: "none", TUN_DIRECT: "tso"}[self.ov.mode]
+        return {"backend": self.backend, "overhead": self.ov.overhead,
+                "uplink_port": self.ov.uplink, "ip": str(ipaddress.IPv4Address(self.ov.ip)),
                 "mac": mac_str(self.ov.mac_key), "vni": self.ov.vni, "udp_port": self.ov.port,
-                "mtu": self.ov.mtu, "gso": "udp-tunnel-gso" if self.ov.tunnel_gso else "none"}
+                "mtu": self.ov.mtu, "gso": gso if self.ov.tunnel_gso else "none",
+                "fabric": str(self.fabric) if self.fabric is not None else None}
 
     def counters(self):
         # encapsulated, decapsulated, gso_encapsulated: per worker (the dataplane sums them in)
