@@ -3,10 +3,18 @@ callgrind (collection on only inside Dataplane.bench_stage, less the same
 loop with the fast path left out, i.e. the header restore). Unlike packets/s on a
 shared VM, whose speed drifts by 2x over minutes, the count is the same
 run to run: the figure to watch for regressions. Writes
-bench/results/instructions.json.
+bench/results/instructions.json (or --out FILE).
 
-    python bench/instructions.py
+--baseline FILE: an earlier instructions.json to compare with; each stage
+both files count gets its growth (now / before) in the output, and with
+--max-growth (issue 15: 1.05) the run exits 1 when a stage grew more. The
+tunnel stages of every backend are counted (vxlan, ipip and direct, encap
+and decap); --stage NAME (repeatable) counts only those (written to
+bench/build/ unless --out says where).
+
+    python bench/instructions.py [--stage ipip_encap ...] [--baseline OLD.json [--max-growth 1.05]] [--out FILE]
 """
+import argparse
 import json
 import re
 import shutil
@@ -22,8 +30,8 @@ ITERS = 100
 # in the slots; the restore between bursts copies each frame back in whole.
 SETUP = {
     "bridge": "dp, frames, py, snap = sw.stage('bridge')\n",
-    "vxlan_encap": "dp, frames, py, snap = sw.stage('vxlan_encap')\n",
-    "vxlan_decap": "dp, frames, py, snap = sw.stage('vxlan_decap')\n",
+    **{f"{t}_{side}": f"dp, frames, py, snap = sw.stage('{t}_{side}')\n"
+       for t in ("vxlan", "ipip", "direct") for side in ("encap", "decap")},
     "dnat_established": "dp, frames, py, snap = sw.stage('dnat_established', 1000)\n"
                         "sw.load(dp, frames)\ndp.bench_stage(256, 1, snap)\n",
     # every frame a new flow: the source port changes each burst (sport_off)
@@ -46,19 +54,49 @@ def count(stage, tmp):
     return (_instructions(stage, tmp, True) - _instructions(stage, tmp, False)) / (ITERS * 256)
 
 
-def main():
+def growth(res, before):
+    """now / before for every stage both count."""
+    return {k: round(v / before[k], 4) for k, v in res.items() if before.get(k)}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--stage", action="append", choices=list(SETUP), help="only these stages (repeatable)")
+    ap.add_argument("--baseline", help="an earlier instructions.json: report each stage's growth against it")
+    ap.add_argument("--max-growth", type=float, default=None,
+                    help="with --baseline: exit 1 if a stage grew more than this factor (e.g. 1.05)")
+    ap.add_argument("--out", default=None,
+                    help="default bench/results/instructions.json; with --stage bench/build/instructions-stages.json "
+                         "(the README's table reads the whole set)")
+    args = ap.parse_args(argv)
+    if args.out is None:
+        args.out = str(HERE / "build" / "instructions-stages.json" if args.stage
+                       else HERE / "results" / "instructions.json")
     if not shutil.which("valgrind"):
         sys.exit("valgrind not installed (apt-get install valgrind)")
+    # read before counting: --baseline may be the file --out overwrites
+    before = json.loads(Path(args.baseline).read_text())["results"] if args.baseline else None
     tmp = tempfile.mkdtemp(prefix="pncg-")
     try:
-        res = {stage: round(count(stage, tmp), 1) for stage in SETUP}
+        res = {stage: round(count(stage, tmp), 1) for stage in (args.stage or SETUP)}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     doc = {"bench": "instructions_per_packet", "tool": "valgrind callgrind, inside Dataplane.run",
            "burst": 256, "results": res}
-    (HERE / "results" / "instructions.json").write_text(json.dumps(doc, indent=2) + "\n")
-    print(json.dumps(res, indent=2))
+    if before is not None:
+        doc["baseline"] = {k: before[k] for k in res if k in before}
+        doc["growth"] = growth(res, before)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2) + "\n")
+    print(json.dumps({k: doc[k] for k in ("results", "growth") if k in doc}, indent=2))
+    if args.max_growth is not None and before is not None:
+        over = {k: g for k, g in doc["growth"].items() if g > args.max_growth}
+        if over:
+            print(f"grew more than {args.max_growth}x: {over}", file=sys.stderr)
+            return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

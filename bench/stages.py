@@ -17,10 +17,15 @@ byte before anything is timed):
   python   the stage written per packet with dpkt and dicts, from the frames'
            bytes to a list of (port, output bytes)
 
-Writes bench/results/stages.json (every round's figures and, per stage, the
-median and min-max over rounds) and stages.png.
+The tunnels are measured each way for every backend (vxlan, ipip, direct:
+{tunnel}_encap, {tunnel}_decap). Writes bench/results/stages.json (every
+round's figures and, per stage, the median and min-max over rounds) and
+stages.png. --stage KEY (repeatable) measures only those cases; --quick is a
+smoke run (one round, a few bursts per measurement, one alternation: the
+code works, the figures mean nothing) written to bench/build/stages-quick.json
+unless --out says otherwise.
 
-    python bench/stages.py [--rounds 5]
+    python bench/stages.py [--rounds 5] [--stage ipip_encap ...] [--quick] [--out FILE]
 """
 import argparse
 import json
@@ -36,28 +41,40 @@ sys.path.insert(0, str(HERE.parent))
 RESULTS = HERE / "results"
 SERVICE_COUNTS = (10, 1000, 10000, 100000)
 ALTERNATIONS = 3
+TUNNEL_STAGES = tuple(f"{t}_{side}" for t in ("vxlan", "ipip", "direct") for side in ("encap", "decap"))
+QUICK = {"iters": 5, "new_flow_iters": 2, "python_bursts": 1, "alternations": 1, "warmups": 1}
+FULL = {"iters": None, "new_flow_iters": 200, "python_bursts": 8, "alternations": ALTERNATIONS, "warmups": 3}
 
 
-def cases():
-    """(key, stage name, services, burst) in the order a round measures them."""
+def cases(only=None):
+    """(key, stage name, services, burst) in the order a round measures them;
+    only: the keys to keep (None: all)."""
     out = [("bridge", "bridge", None, 256), ("bridge_burst32", "bridge", None, 32),
-           ("bridge_burst1", "bridge", None, 1), ("vxlan_encap", "vxlan_encap", None, 256),
-           ("vxlan_decap", "vxlan_decap", None, 256)]
+           ("bridge_burst1", "bridge", None, 1)]
+    out += [(t, t, None, 256) for t in TUNNEL_STAGES]
     out += [(f"dnat_established_{n}", "dnat_established", n, 256) for n in SERVICE_COUNTS]
     out += [(f"dnat_new_flows_{n}", "dnat_new_flows", n, 256) for n in SERVICE_COUNTS]
+    if only:
+        unknown = set(only) - {c[0] for c in out}
+        if unknown:
+            raise ValueError(f"no such stage: {', '.join(sorted(unknown))} (have: {', '.join(c[0] for c in out)})")
+        out = [c for c in out if c[0] in only]
     return out
 
 
-def one_case(name, nservices, burst):
+def one_case(name, nservices, burst, how=FULL):
     """One stage in this process: fast, net and python packets/s, each the
-    median of ALTERNATIONS measurements taken in turn."""
+    median of how["alternations"] measurements taken in turn."""
     import stagework as sw
     dp, frames, py, snap = sw.stage(name, nservices)
     new_flows = name == "dnat_new_flows"
     sport_off = 34 if new_flows else 0
     frames = frames[:burst]
     sw.load(dp, frames)
-    iters = max(50, 100000 // burst) if not new_flows else 200       # new flows: 51,200 distinct per call
+    if new_flows:
+        iters = how["new_flow_iters"]                                 # new flows: 51,200 distinct per call
+    else:
+        iters = how["iters"] or max(50, 100000 // burst)
     if name == "dnat_established":
         dp.bench_stage(burst, 1, snap)                                # the flows exist from now on
         py.process(frames)
@@ -68,7 +85,7 @@ def one_case(name, nservices, burst):
             dp.conntrack.clear()
         return dp.bench_stage(burst, iters, snap, sport_off=sport_off)
 
-    def python_once(bursts=8):
+    def python_once(bursts=how["python_bursts"]):
         t = time.perf_counter()
         for _ in range(bursts):
             if new_flows:
@@ -76,10 +93,10 @@ def one_case(name, nservices, burst):
             py.process(frames)
         return (time.perf_counter() - t) / (bursts * len(frames))
 
-    for _ in range(3):
+    for _ in range(how["warmups"]):
         fast_once()                                                   # warm caches and tables
-    python_once(2)
-    for _ in range(ALTERNATIONS):
+    python_once(min(2, how["python_bursts"]))
+    for _ in range(how["alternations"]):
         fast.append(fast_once() / (iters * burst))
         restore.append(dp.bench_stage(burst, iters, snap, run=False, sport_off=sport_off) / (iters * burst))
         slow.append(python_once())
@@ -93,13 +110,14 @@ def one_case(name, nservices, burst):
             "fast_ns_per_packet": f * 1e9, "restore_ns_per_packet": r * 1e9, "python_ns_per_packet": s * 1e9}
 
 
-def child():
+def child(only=None, quick=False):
     import stagework as sw
     checked = {}
-    for key, name, n, burst in cases():
+    for key, name, n, burst in cases(only):
         if (name, n) not in checked:
             checked[(name, n)] = sw.check(name, n)                    # same outputs, or no figures at all
-    out = {key: one_case(name, n, burst) for key, name, n, burst in cases()}
+    how = QUICK if quick else FULL
+    out = {key: one_case(name, n, burst, how) for key, name, n, burst in cases(only)}
     print(json.dumps(out))
 
 
@@ -111,13 +129,16 @@ def spread(values):
 
 def summarize(rounds):
     summary = {}
-    for key, *_ in cases():
+    keys = [k for k, *_ in cases() if all(k in r for r in rounds)]
+    for key in keys:
         summary[key] = {m: spread([r[key][m] for r in rounds])
                         for m in ("fast_mpps", "net_mpps", "python_mpps", "ratio_vs_python")}
     # Service-count scaling: per round, the cost per packet at N services over the cost at 10.
     scaling = {}
     for kind in ("dnat_established", "dnat_new_flows"):
         for n in SERVICE_COUNTS[1:]:
+            if f"{kind}_{n}" not in keys or f"{kind}_10" not in keys:
+                continue
             scaling[f"{kind}_{n}_vs_10"] = spread([r[f"{kind}_{n}"]["fast_ns_per_packet"]
                                                    / r[f"{kind}_10"]["fast_ns_per_packet"] for r in rounds])
     return summary, scaling
@@ -127,10 +148,10 @@ def plot(doc, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    keys = ["bridge", "vxlan_encap", "vxlan_decap", "dnat_established_10", "dnat_established_100000",
-            "dnat_new_flows_10", "dnat_new_flows_100000"]
     s = doc["summary"]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [3, 2]})
+    keys = [k for k in ("bridge", *TUNNEL_STAGES, "dnat_established_10", "dnat_established_100000",
+                        "dnat_new_flows_10", "dnat_new_flows_100000") if k in s]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(4 + 1.1 * len(keys), 3.8), gridspec_kw={"width_ratios": [3, 2]})
     x = range(len(keys))
     for off, metric, color, label in ((-0.2, "fast_mpps", "#3b7dd8", "fast path (copy-in + stage)"),
                                       (0.2, "net_mpps", "#9cc0ee", "stage alone (net of copy-in)")):
@@ -158,26 +179,40 @@ def plot(doc, path):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=None, help="fresh processes (default 5; --quick 1)")
+    ap.add_argument("--stage", action="append", metavar="KEY",
+                    help="only this case (repeatable): " + ", ".join(c[0] for c in cases()))
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: a few bursts per measurement, one alternation, one round")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--out", default=str(RESULTS / "stages.json"))
+    ap.add_argument("--out", default=None, help="default bench/results/stages.json (--quick: bench/build/)")
     args = ap.parse_args()
+    try:
+        cases(args.stage)
+    except ValueError as e:
+        ap.error(str(e))
     if args.child:
-        return child()
+        return child(args.stage, args.quick)
+    if args.rounds is None:
+        args.rounds = 1 if args.quick else 5
+    if args.out is None:
+        args.out = str(HERE / "build" / "stages-quick.json" if args.quick else RESULTS / "stages.json")
     from machine import machine
     rounds = []
+    sub = [a for k in (args.stage or []) for a in ("--stage", k)] + (["--quick"] if args.quick else [])
     for k in range(args.rounds):
         print(f"round {k + 1}/{args.rounds} (a fresh process) ...", file=sys.stderr, flush=True)
-        r = subprocess.run([sys.executable, __file__, "--child"], capture_output=True, text=True, timeout=900)
+        r = subprocess.run([sys.executable, __file__, "--child", *sub], capture_output=True, text=True, timeout=900)
         if r.returncode != 0:
             sys.exit(f"round {k + 1} failed:\n{r.stderr}")
         rounds.append(json.loads(r.stdout.strip().splitlines()[-1]))
     summary, scaling = summarize(rounds)
     doc = {"bench": "stages", "machine": machine(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-           "rounds": args.rounds, "alternations_per_round": ALTERNATIONS, "frame_bytes": 60,
+           "rounds": args.rounds, "alternations_per_round": (QUICK if args.quick else FULL)["alternations"],
+           "frame_bytes": 60, **({"quick": True} if args.quick else {}),
            "summary": summary, "scaling": scaling, "per_round": rounds}
     out = Path(args.out)
-    out.parent.mkdir(exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=2) + "\n")
     plot(doc, out.with_suffix(".png"))
     for key, m in summary.items():

@@ -9,8 +9,12 @@ bytes objects), parses, learns, looks up, rewrites with incremental
 checksums, and ends with every frame assigned to its output port (the fast
 path's TX queue entry; the Python version's (port, bytes) list). Their
 outputs are compared byte for byte, except the two fields the stages may
-choose differently: the outer IPv4 id (and with it the outer checksum) and
-the outer UDP source port, which the fast path takes from its own flow hash.
+choose differently: the outer IPv4 id (and with it the outer checksum) and,
+for VXLAN, the outer UDP source port, which the fast path takes from its own
+flow hash. Tunnels behave as the fast path's backends do: an outer frame
+ends with its inner packet (Ethernet padding does not cross the fabric, in
+direct mode either), and a decapsulated packet is sent to the pod at its IP
+length.
 
 Stages (64-byte frames on the wire, 60 without the FCS, burst 256):
   bridge            learn the source, forward to the known destination port
@@ -18,6 +22,16 @@ Stages (64-byte frames on the wire, 60 without the FCS, burst 256):
                     MACs rewritten, TTL decremented -> VXLAN outer headers
   vxlan_decap       outer checks (MAC, IP, UDP port, fragment, flags, VNI)
                     -> inner frame to the gateway -> local pod, MACs, TTL
+  ipip_encap        the same route, IP-in-IP (RFC 2003): the inner IPv4
+                    packet behind an outer IPv4 header, protocol 4 (outer
+                    TTL = inner after the decrement, DF, ECN copied)
+  ipip_decap        outer checks (MAC, IP, protocol 4, a known node, no
+                    fragment, a well-formed inner packet, RFC 6040 ECN)
+                    -> the inner packet routed to a local pod, MACs, TTL
+  direct_encap      the same route, no encapsulation: the frame leaves the
+                    uplink to the next hop's MAC (the peer node's), TTL - 1
+  direct_decap      a pod's packet from another node (its source inside a
+                    route's CIDR, to our MAC, not our IP) -> local pod, MACs, TTL
   dnat_established  UDP to a ClusterIP:80 with a connection already tracked
                     -> DNAT to its backend -> local pod, MACs, TTL
   dnat_new_flows    the same with an empty connection table: lookup, pick a
@@ -39,6 +53,8 @@ POD = ("10.244.0.2", "0a:58:0a:f4:00:02")
 REMOTE_GW, REMOTE_CIDR = "0a:58:0a:f4:01:01", "10.244.1.0/24"
 NODE, PEER = ("172.30.250.1", "0a:5a:ac:1e:fa:01"), ("172.30.250.2", "0a:5a:ac:1e:fa:02")
 UPLINK, VNI, VXLAN_PORT = 255, 1, 4789
+TUNNELS = ("vxlan", "ipip", "direct")
+IPPROTO_IPIP = 4
 BACKENDS = [(f"10.244.0.{h}", 8080) for h in range(3, 13)]     # 10 local backends, ports 1..10
 
 
@@ -85,15 +101,27 @@ def bridge_dp():
     return dp
 
 
-def overlay_dp():
+def tunnel_routes(backend="vxlan"):
+    """The one remote pod CIDR, behind the peer node (its MAC static, so no
+    ARP); only VXLAN has an inner MAC."""
+    r = {"cidr": REMOTE_CIDR, "vtep": PEER[0], "vtep_mac": PEER[1]}
+    if backend == "vxlan":
+        r["inner_mac"] = REMOTE_GW
+    return [r]
+
+
+def overlay_dp(backend="vxlan"):
     dp = Dataplane(nslots=BURST, slot_size=2048)
     dp.add_port(0)
     dp.add_port(1)
     dp.add_port(UPLINK, domain=4095)
     dp.gateway.configure(GW_IP, GW_MAC, POD_CIDR)
     dp.gateway.add_neighbor(*POD)
-    dp.overlay.configure(UPLINK, NODE[0], NODE[1], mtu=1600)
-    dp.overlay.set_routes([{"cidr": REMOTE_CIDR, "vtep": PEER[0], "inner_mac": REMOTE_GW, "vtep_mac": PEER[1]}])
+    if backend == "vxlan":                # as before the backends: the same call, the same counts
+        dp.overlay.configure(UPLINK, NODE[0], NODE[1], mtu=1600)
+    else:
+        dp.overlay.configure(UPLINK, NODE[0], NODE[1], mtu=1600, backend=backend, prefixlen=24)
+    dp.overlay.set_routes(tunnel_routes(backend))
     dp.process(bytes(Ether(src=POD[1], dst="ff:ff:ff:ff:ff:ff") / ARP(psrc=POD[0])), 0)
     dp.reset_counters()
     return dp
@@ -112,6 +140,21 @@ def decap_frames():
         out.append((bytes(Ether(src=PEER[1], dst=NODE[1]) / IP(src=PEER[0], dst=NODE[0], flags="DF")
                           / UDP(sport=50000 + i, dport=VXLAN_PORT, chksum=0) / VXLAN(vni=VNI) / inner), UPLINK))
     return out
+
+
+def ipip_decap_frames():
+    """IP-in-IP from the peer node: outer IPv4 (DF, protocol 4) around a
+    remote pod's UDP packet to our pod; 62 bytes, no padding."""
+    return [(bytes(Ether(src=PEER[1], dst=NODE[1]) / IP(src=PEER[0], dst=NODE[0], flags="DF", ttl=64)
+                   / IP(src="10.244.1.2", dst=POD[0], ttl=64) / UDP(sport=1024 + i, dport=9)), UPLINK)
+            for i in range(BURST)]
+
+
+def direct_decap_frames():
+    """A remote pod's UDP packet routed here unencapsulated: to our MAC, its
+    own addresses; 60 bytes."""
+    return [(pad60(Ether(src=PEER[1], dst=NODE[1]) / IP(src="10.244.1.2", dst=POD[0], ttl=64)
+                   / UDP(sport=1024 + i, dport=9)), UPLINK) for i in range(BURST)]
 
 
 def vip(k):
@@ -225,8 +268,11 @@ class PyGateway(PyBridge):
     """The bridge plus the pod gateway: routing to local pods (neighbour table,
     MAC rewrite, TTL) and, with routes, to remote pod CIDRs over VXLAN."""
 
-    def __init__(self, nports, neighbors, routes=(), uplink=UPLINK):
+    def __init__(self, nports, neighbors, routes=(), uplink=UPLINK, backend="vxlan"):
         super().__init__(nports)
+        if backend not in TUNNELS:
+            raise ValueError(backend)
+        self.backend = backend
         self.gw_mac, self.gw_ip = mb(GW_MAC), ip4(GW_IP)
         self.net, self.mask = struct.unpack("!I", ip4(POD_CIDR.split("/")[0]))[0], 0xffffff00
         self.neigh = {ip4(ip): mb(m) for ip, m in neighbors}
@@ -235,13 +281,15 @@ class PyGateway(PyBridge):
         for r in routes:
             net, plen = r["cidr"].split("/")
             self.routes.append((struct.unpack("!I", ip4(net))[0], (0xffffffff << (32 - int(plen))) & 0xffffffff,
-                                ip4(r["vtep"]), mb(r["vtep_mac"]), mb(r["inner_mac"]), r.get("vni", VNI)))
+                                ip4(r["vtep"]), mb(r["vtep_mac"]),
+                                mb(r["inner_mac"]) if r.get("inner_mac") else None, r.get("vni", VNI)))
         self.routes.sort(key=lambda r: -bin(r[1]).count("1"))
         self.uplink, self.node_ip, self.node_mac = uplink, ip4(NODE[0]), mb(NODE[1])
         self.ip_id = 0
 
-    def route(self, buf, eth, ip, now, out):
-        """Route an IPv4 frame sent to the gateway (buf: a bytearray of it)."""
+    def route(self, buf, eth, ip, now, out, local_only=False):
+        """Route an IPv4 frame sent to the gateway (buf: a bytearray of it);
+        local_only: a packet from the fabric, for local pods or nothing."""
         if ip.ttl <= 1:
             return
         dst = struct.unpack("!I", ip.dst)[0]
@@ -255,12 +303,20 @@ class PyGateway(PyBridge):
             if port is not None:
                 out.append((port, bytes(buf)))
             return
+        if local_only:
+            return                                 # no_route
         for net, mask, vtep, vtep_mac, inner_mac, vni in self.routes:
             if dst & mask == net:
-                buf[0:6], buf[6:12] = inner_mac, self.gw_mac
                 ttl_dec(buf, 14)
                 del buf[14 + ip.len:]              # Ethernet padding does not cross the overlay
-                out.append((self.uplink, self.encap(buf, ip, vtep, vtep_mac, vni)))
+                if self.backend == "vxlan":
+                    buf[0:6], buf[6:12] = inner_mac, self.gw_mac
+                    out.append((self.uplink, self.encap(buf, ip, vtep, vtep_mac, vni)))
+                elif self.backend == "ipip":
+                    out.append((self.uplink, self.encap_ipip(buf[14:], vtep, vtep_mac)))
+                else:                              # direct: to the next hop as routed
+                    buf[0:6], buf[6:12] = vtep_mac, self.node_mac
+                    out.append((self.uplink, bytes(buf)))
                 return
 
     def encap(self, inner, ip, vtep, vtep_mac, vni):
@@ -272,6 +328,17 @@ class PyGateway(PyBridge):
                                       self.node_ip, vtep)
                         + struct.pack("!HHHH", sport, VXLAN_PORT, total - 20, 0)
                         + struct.pack("!II", 0x08000000, vni << 8))
+        hdr[24:26] = dpkt.in_cksum(bytes(hdr[14:34])).to_bytes(2, "big")
+        return bytes(hdr) + bytes(inner)
+
+    def encap_ipip(self, inner, vtep, vtep_mac):
+        """RFC 2003 as Linux's ipip device writes it by default: DSCP 0 with
+        the inner ECN (RFC 6040 normal mode), DF, TTL inherited (the inner
+        TTL after the gateway's decrement), protocol 4."""
+        self.ip_id = (self.ip_id + 1) & 0xffff
+        hdr = bytearray(vtep_mac + self.node_mac + b"\x08\x00"
+                        + struct.pack("!BBHHHBBH4s4s", 0x45, inner[1] & 3, 20 + len(inner), self.ip_id, 0x4000,
+                                      inner[8], IPPROTO_IPIP, 0, self.node_ip, vtep))
         hdr[24:26] = dpkt.in_cksum(bytes(hdr[14:34])).to_bytes(2, "big")
         return bytes(hdr) + bytes(inner)
 
@@ -299,13 +366,80 @@ class PyGateway(PyBridge):
 
 class PyDecap(PyGateway):
     """The uplink's receive side: outer checks, VNI, then the inner frame is
-    routed by the gateway as a pod's would be."""
+    routed by the gateway as a pod's would be (VXLAN); for ipip and direct,
+    their own checks (ipip_process, direct_process)."""
 
     def __init__(self, *a, vnis=(VNI,), **kw):
         super().__init__(*a, **kw)
         self.vnis = set(vnis)
+        self.vteps = {r[2] for r in self.routes}
+
+    def ipip_process(self, frames):
+        now = self.now()
+        out = []
+        for buf, port in frames:
+            try:
+                eth = dpkt.ethernet.Ethernet(buf)
+            except dpkt.UnpackError:
+                continue
+            if port != self.uplink:
+                continue
+            ip = eth.data
+            if eth.dst != self.node_mac or not isinstance(ip, dpkt.ip.IP) or ip.dst != self.node_ip:
+                continue                                           # uplink_not_ours
+            if ip.p != IPPROTO_IPIP:
+                continue                                           # uplink_unsupported
+            if ip.src not in self.vteps:
+                continue                                           # tunnel_unknown_source
+            if ip.mf or ip.offset:
+                continue                                           # ipip_fragment
+            l3 = 14 + ip.hl * 4
+            inner = bytearray(buf[l3:14 + ip.len])
+            if len(inner) < 20 or inner[0] >> 4 != 4:
+                continue                                           # ipip_inner
+            ihl, tot = (inner[0] & 0xf) * 4, struct.unpack("!H", inner[2:4])[0]
+            if ihl < 20 or ihl > len(inner) or tot < ihl or tot > len(inner):
+                continue                                           # ipip_inner
+            oecn, iecn = ip.tos & 3, inner[1] & 3
+            if oecn == 3 or (oecn == 1 and iecn == 2):             # RFC 6040 sec. 4.2
+                if iecn == 0:
+                    continue                                       # ecn_ce_not_ect
+                if iecn != oecn:
+                    old = struct.unpack("!H", inner[0:2])[0]
+                    inner[1] = (inner[1] & ~3 & 0xff) | oecn
+                    c = csum_update16(struct.unpack("!H", inner[10:12])[0], old, struct.unpack("!H", inner[0:2])[0])
+                    inner[10:12] = c.to_bytes(2, "big")
+            frame = bytearray(self.gw_mac + eth.src + b"\x08\x00") + inner[:tot]
+            ieth = dpkt.ethernet.Ethernet(bytes(frame))
+            self.route(frame, ieth, ieth.data, now, out, local_only=True)
+        return out
+
+    def direct_process(self, frames):
+        now = self.now()
+        out = []
+        for buf, port in frames:
+            try:
+                eth = dpkt.ethernet.Ethernet(buf)
+            except dpkt.UnpackError:
+                continue
+            if port != self.uplink:
+                continue
+            ip = eth.data
+            if eth.dst != self.node_mac or not isinstance(ip, dpkt.ip.IP) or ip.dst == self.node_ip:
+                continue                                           # not ours / the node's own
+            src = struct.unpack("!I", ip.src)[0]
+            if not any(src & mask == net for net, mask, *_ in self.routes):
+                continue                                           # tunnel_unknown_source
+            frame = bytearray(buf[:14 + ip.len])
+            frame[0:6] = self.gw_mac
+            self.route(frame, eth, ip, now, out, local_only=True)
+        return out
 
     def process(self, frames):
+        if self.backend == "ipip":
+            return self.ipip_process(frames)
+        if self.backend == "direct":
+            return self.direct_process(frames)
         now = self.now()
         out = []
         for buf, port in frames:
@@ -413,13 +547,15 @@ def stage(name, nservices=None):
         for s in range(NSTATIONS):
             py.learn(mb(mac(s)), s % NPORTS, 0.0)
         return bridge_dp(), bridge_frames(), py, 64
-    if name in ("vxlan_encap", "vxlan_decap"):
-        routes = [{"cidr": REMOTE_CIDR, "vtep": PEER[0], "inner_mac": REMOTE_GW, "vtep_mac": PEER[1]}]
-        if name == "vxlan_encap":
-            py = _learned(PyGateway(2, [POD], routes), [(POD[1], 0)])
-            return overlay_dp(), encap_frames(), py, 64
-        py = _learned(PyDecap(2, [POD], routes), [(POD[1], 0)])
-        return overlay_dp(), decap_frames(), py, 128
+    tunnel, _, side = name.partition("_")
+    if tunnel in TUNNELS and side in ("encap", "decap"):
+        routes = tunnel_routes(tunnel)
+        if side == "encap":
+            py = _learned(PyGateway(2, [POD], routes, backend=tunnel), [(POD[1], 0)])
+            return overlay_dp(tunnel), encap_frames(), py, 64
+        py = _learned(PyDecap(2, [POD], routes, backend=tunnel), [(POD[1], 0)])
+        frames = {"vxlan": decap_frames, "ipip": ipip_decap_frames, "direct": direct_decap_frames}[tunnel]()
+        return overlay_dp(tunnel), frames, py, 128 if tunnel == "vxlan" else 64
     if name in ("dnat_established", "dnat_new_flows"):
         neigh = [POD] + [(ip, backend_mac(p)) for p, (ip, _) in enumerate(BACKENDS, start=1)]
         py = _learned(PyServices(11, neigh, nservices), [(m, p) for p, (_, m) in enumerate(neigh)])
@@ -429,10 +565,13 @@ def stage(name, nservices=None):
 
 def _masked(port, frame):
     """A frame with the fields the two versions may choose differently zeroed:
-    the outer IPv4 id and checksum and the UDP source port of a VXLAN frame."""
+    the outer IPv4 id and checksum and the UDP source port of a VXLAN frame,
+    the outer id and checksum of an IP-in-IP one."""
     b = bytearray(frame)
     if port == UPLINK and len(b) >= 50 and b[12:14] == b"\x08\x00" and b[23] == 17:
         b[18:20] = b[24:26] = b[34:36] = b"\0\0"
+    elif port == UPLINK and len(b) >= 54 and b[12:14] == b"\x08\x00" and b[23] == IPPROTO_IPIP:
+        b[18:20] = b[24:26] = b"\0\0"
     return bytes(b)
 
 

@@ -5,7 +5,10 @@ podnet path per worker count, and PodnetCluster taking down its own cluster
 when several are up; pod churn and CNI latency (e2e_churn, e2e_cni): their
 percentiles, ratios within a round, targets, arguments, the CNI launcher and
 config they run, podman's timing wrapper, their tables, and a table whose
-results file does not exist yet. (The committed results files are rendered
+results file does not exist yet; the backends (issue 15): e2e_overlay's
+paths per backend, its ratios within a round (and the ones it could not
+take, with why), their table, the fast-path stage table's tunnel rows and
+instruction growth. (The committed results files are rendered
 by tests/test_readme_figures.py.)"""
 import json
 import os
@@ -88,16 +91,71 @@ def test_workers_argument():
 
 
 def test_overlay_path_argument():
+    # the names from before the backends still run
     assert e2e_overlay.path_name("kernel") == "kernel"
     assert e2e_overlay.path_name("podnet-w2") == "podnet-w2"
-    for bad in ("podnet", "podnet-w0", "podnet-w17", "tapfwd", "podnet-w1x"):
+    for good in ("kernel-vxlan", "kernel-ipip", "kernel-direct", "podnet-vxlan", "podnet-ipip", "podnet-direct",
+                 "podnet-same-node", "podnet-direct-w2", "podnet-same-node-w16"):
+        assert e2e_overlay.path_name(good) == good
+    for bad in ("podnet", "podnet-w0", "podnet-w17", "tapfwd", "podnet-w1x", "kernel-gre", "podnet-gre",
+                "podnet-vxlan-w1", "podnet-ipip-w17", "podnet-direct-w0", "kernel-vxlan-w2", "kernel-same-node"):
         with pytest.raises(Exception, match="--path"):
             e2e_overlay.path_name(bad)
+    assert e2e_overlay.parse_path("podnet-direct-w2") == ("podnet", "direct", 2, False)
+    assert e2e_overlay.parse_path("podnet-w2") == ("podnet", "vxlan", 2, True)
+    assert e2e_overlay.parse_path("kernel-ipip") == ("kernel", "ipip", None, False)
+    with pytest.raises(SystemExit):
+        e2e_overlay.parse_args(["--backend", "gre"])
+    with pytest.raises(SystemExit):
+        e2e_overlay.parse_args(["--legacy", "--backend", "ipip"])
+
+
+def test_overlay_default_paths_per_backend_and_legacy():
+    a = e2e_overlay.parse_args([])
+    assert a.workers == [1] and not a.legacy
+    names, un = e2e_overlay.select(a, (True, ""))
+    assert names == ["kernel-vxlan", "podnet-vxlan", "kernel-ipip", "podnet-ipip", "kernel-direct", "podnet-direct",
+                     "podnet-same-node"] and un == {}
+    # where the kernel has no ipip its path is left out, with the reason recorded
+    names, un = e2e_overlay.select(a, (False, "kernel ipip: not in this kernel (Unknown device type)"))
+    assert "kernel-ipip" not in names and "podnet-ipip" in names
+    assert un == {"kernel-ipip": "kernel ipip: not in this kernel (Unknown device type)"}
+    names, _ = e2e_overlay.select(e2e_overlay.parse_args(["--backend", "direct", "--workers", "1,2"]), (False, "x"))
+    assert names == ["kernel-direct", "podnet-direct", "podnet-direct-w2", "podnet-same-node", "podnet-same-node-w2"]
+    names, _ = e2e_overlay.select(e2e_overlay.parse_args(["--path", "podnet-ipip", "--backend", "vxlan"]), (True, ""))
+    assert names == ["podnet-ipip", "kernel-vxlan", "podnet-vxlan"]
+    # the set from before the backends, as it ran
+    leg = e2e_overlay.parse_args(["--legacy"])
+    assert leg.workers == [1, 2]
+    assert e2e_overlay.select(leg, (False, "x")) == (["kernel", "podnet-w1", "podnet-w2"], {})
+
+
+def test_overlay_backend_paths_are_distinct_clusters():
+    from dataplane.spec import parse_spec
+    paths = [e2e_overlay.make_path(n) for n in (
+        "podnet-vxlan", "podnet-ipip", "podnet-direct", "podnet-same-node", "podnet-direct-w2", "podnet-same-node-w2",
+        "podnet-w1", "podnet-w2")]
+    specs = [parse_spec(p.spec_text) for p in paths]
+    assert len({p.name for p in paths}) == len(paths)
+    assert len({s.name for s in specs}) == len(specs)
+    for i, a in enumerate(specs):
+        for b in specs[i + 1:]:
+            assert not a.pod_cidr.overlaps(b.pod_cidr) and not a.fabric_cidr.overlaps(b.fabric_cidr)
+    assert [s.backend for s in specs] == ["vxlan", "ipip", "direct", "direct", "direct", "direct", "vxlan", "vxlan"]
+    assert [len(s.nodes) for s in specs] == [2, 2, 2, 1, 2, 1, 2, 2]
+    assert [p.workers for p in paths] == [1, 1, 1, 1, 2, 2, 1, 2]
+    # the earlier path's spec is the one it had (no backend key: vxlan by default)
+    assert "backend" not in paths[-1].spec_text and specs[-1].name == "pnbo-w2"
+    # the kernel paths keep their namespaces apart too
+    k = [e2e_overlay.make_path(n) for n in ("kernel", "kernel-vxlan", "kernel-direct", "kernel-ipip")]
+    assert len({x.fabric.ns for x in k}) == 4
+    assert len({n.netns for x in k for n in x.nodes}) == 8
+    assert [x.nodes[0].mtu for x in k] == [1450, 1450, 1500, 1480]
 
 
 def test_podnet_paths_are_distinct_clusters():
     """Paths for several worker counts coexist: names, clusters and CIDRs differ."""
-    for cls in (e2e_pods.Podnet, e2e_overlay.PodnetOverlay):
+    for cls in (e2e_pods.Podnet, lambda w: e2e_overlay.PodnetOverlay(w, legacy=True)):
         a, b = cls(1), cls(2)
         assert (a.name, b.name) == ("podnet-w1", "podnet-w2")
         assert (a.workers, b.workers) == (1, 2)
@@ -218,6 +276,101 @@ def test_overlay_table_shows_every_worker_path(monkeypatch):
     assert "| podnet-w2 / kernel, CPU-s per GB, TCP 4 streams | 1.10 (1.10–1.10) | ≤ 1.5: met |" in text
     assert "C forwarder" not in text
     assert sum(1 for line in text.splitlines() if line.startswith("| podnet-w")) == len(doc["ratios"])
+
+
+def backend_raw():
+    """Two rounds of every backend path (no kernel ipip); podnet-direct at
+    0.9 and 0.8 of the same node, its kernel ratio 1.2 and 0.9 of vxlan's."""
+    t = lambda a, b, cpu=1.0: [fig(a, cpu=cpu), fig(b, cpu=cpu)]            # noqa: E731
+    u = lambda a, b: [fig(rx=a, cpu=500), fig(rx=b, cpu=500)]               # noqa: E731
+    return {
+        "tcp1": {"kernel-vxlan": t(10, 10), "podnet-vxlan": t(5, 8, 1.5), "podnet-ipip": t(6, 6, 1.2),
+                 "kernel-direct": t(20, 20), "podnet-direct": t(12, 14.4, 1.1), "podnet-same-node": t(13.333333, 18)},
+        "tcp4": {"kernel-vxlan": t(10, 10), "podnet-vxlan": t(6, 6, 1.5), "podnet-ipip": t(6, 6, 1.2),
+                 "kernel-direct": t(20, 20), "podnet-direct": t(12, 12, 1.6), "podnet-same-node": t(12, 12)},
+        "udp64": {"kernel-vxlan": u(100e3, 100e3), "podnet-vxlan": u(80e3, 80e3), "podnet-ipip": u(90e3, 90e3),
+                  "kernel-direct": u(200e3, 200e3), "podnet-direct": u(180e3, 160e3),
+                  "podnet-same-node": u(200e3, 200e3)},
+    }
+
+
+NO_IPIP = "kernel ipip: not in this kernel (`ip link add type ipip`: Error: Unknown device type.)"
+
+
+def backend_doc():
+    raw = backend_raw()
+    names = list(raw["tcp1"])
+    ratios, none = e2e_overlay.backend_ratios(raw, names, {"kernel-ipip": NO_IPIP})
+    backends = {n: ("same-node" if n.endswith("same-node") else n.split("-", 1)[1]) for n in names}
+    mtu = {"vxlan": 1450, "ipip": 1480, "direct": 1500, "same-node": 1500}
+    return {"bench": "overlay", "layout": "backends", "seconds": 5, "rounds": 2, "workers": [1], "cpus": [0, 1],
+            "machine": {"cpu": "TestCPU", "cores": 2, "kernel": "6.x", "python": "3.11", "cython": "3"},
+            "date": "2026-01-01T00:00:00Z", "labels": {n: n for n in names}, "backends": backends,
+            "kernel_ipip": NO_IPIP, "unavailable": {"kernel-ipip": NO_IPIP},
+            "setup": {n: {"backend": backends[n], "pod_mtu": mtu[backends[n]],
+                          **({"workers": 1} if n.startswith("podnet") else {})} for n in names},
+            "summary": summarize(raw, e2e_overlay.METRICS), "raw": raw, "ratios": ratios, "ratios_none": none}
+
+
+def test_backend_ratios_within_each_round():
+    raw = backend_raw()
+    r, none = e2e_overlay.backend_ratios(raw, list(raw["tcp1"]), {"kernel-ipip": NO_IPIP})
+    assert r["podnet_direct_vs_kernel_direct_tcp1"]["values"] == pytest.approx([0.6, 0.72])
+    assert r["podnet_vxlan_vs_kernel_vxlan_tcp1"]["values"] == pytest.approx([0.5, 0.8])
+    # the direct mode's ratio to its kernel over vxlan's, round by round: 0.6/0.5, 0.72/0.8
+    assert r["podnet_direct_kernel_ratio_vs_vxlan_tcp1"]["values"] == pytest.approx([1.2, 0.9])
+    assert r["podnet_direct_vs_podnet_same_node_tcp1"]["values"] == pytest.approx([0.9, 0.8], rel=1e-6)
+    assert r["podnet_direct_vs_podnet_same_node_udp64_rx"]["values"] == pytest.approx([0.9, 0.8])
+    assert r["podnet_direct_cpu_per_gb_vs_kernel_direct_tcp4"]["values"] == pytest.approx([1.6, 1.6])
+    # no kernel ipip: neither the ipip ratio nor its comparison with vxlan's, and why
+    assert not any(k.startswith("podnet_ipip_vs_kernel") or k.startswith("podnet_ipip_kernel_ratio") for k in r)
+    assert none == {"podnet_ipip_vs_kernel_ipip": NO_IPIP, "podnet_ipip_kernel_ratio_vs_vxlan": NO_IPIP}
+    # a run without the same-node path says so instead of a ratio
+    raw2 = {k: {p: v for p, v in per.items() if p != "podnet-same-node"} for k, per in raw.items()}
+    r2, none2 = e2e_overlay.backend_ratios(raw2, list(raw2["tcp1"]))
+    assert not any("same_node" in k for k in r2)
+    assert none2["podnet_direct_vs_podnet_same_node"] == "podnet-same-node was not in this run"
+    assert none2["podnet_ipip_vs_kernel_ipip"] == "kernel-ipip was not in this run"
+
+
+def test_backend_ratios_per_worker_count():
+    raw = backend_raw()
+    for k in raw:
+        raw[k]["podnet-direct-w2"] = raw[k]["podnet-direct"]
+        raw[k]["podnet-same-node-w2"] = raw[k]["podnet-same-node"]
+    r, _ = e2e_overlay.backend_ratios(raw, list(raw["tcp1"]))
+    assert r["podnet_direct_w2_vs_podnet_same_node_w2_tcp1"]["values"] == pytest.approx([0.9, 0.8], rel=1e-6)
+    assert r["podnet_direct_w2_vs_podnet_direct_tcp1"]["values"] == [1.0, 1.0]
+    assert "podnet_direct_w2_kernel_ratio_vs_vxlan_tcp1" not in r        # no podnet-vxlan-w2 in this run
+
+
+def test_overlay_table_per_backend(monkeypatch):
+    doc = backend_doc()
+    monkeypatch.setattr(tables, "load", lambda name: doc)
+    text = tables.overlay()
+    lines = text.splitlines()
+    assert lines[0].startswith("2 interleaved rounds of 5 s per figure on CPUs 0,1; TestCPU")
+    assert f"No Linux IP-in-IP baseline: {NO_IPIP}." in text
+    assert "| VXLAN: Linux vxlan (flannel.1) + bridges | 1450 | 10.0 (10.0–10.0) |" in text
+    assert "| IP-in-IP: **podnet**, 1 worker (MTU-sized frames) | 1480 | 6.0 (6.0–6.0) | 6.0 (6.0–6.0) | 90 (90–90) |" \
+        in text
+    assert "| direct routing: Linux routing (host-gw: pod CIDR via node IP) + bridges | 1500 | 20.0 (20.0–20.0) |" in text
+    assert "| same node: **podnet**, 1 worker (the direct path's pod MTU) | 1500 |" in text
+    assert "| podnet-direct / kernel-direct, TCP 1 stream | 0.66 (0.60–0.72) | ≥ 0.9: **not met** (0 of 2 rounds) |" \
+        in text
+    assert "| (podnet-direct / kernel-direct) / (podnet-vxlan / kernel-vxlan), TCP 1 stream | 1.05 (0.90–1.20) " \
+           "| ≥ 1.0: **not met** (1 of 2 rounds) |" in text
+    assert "| podnet-direct / podnet-same-node, TCP 1 stream | 0.85 (0.80–0.90) | ≥ 0.9: **not met** (1 of 2 rounds) |" \
+        in text
+    assert "| podnet-direct / podnet-same-node, TCP 4 streams | 1.00 (1.00–1.00) | ≥ 0.9: met |" in text
+    assert "| podnet-direct / kernel-direct, CPU-s per GB, TCP 4 streams | 1.60 (1.60–1.60) | ≤ 1.5: **not met** " \
+           "(0 of 2 rounds) |" in text
+    assert f"| podnet-ipip / kernel-ipip | none: {NO_IPIP} | |" in text
+    assert f"| (podnet-ipip / kernel-ipip) / (podnet-vxlan / kernel-vxlan) | none: {NO_IPIP} | |" in text
+    # every ratio of the file has its row, and each ratio the run could not take one
+    ratio_rows = [line for line in lines if line.startswith("| podnet-") or line.startswith("| (podnet-")]
+    assert len(ratio_rows) == len(doc["ratios"]) + len(doc["ratios_none"])
+    assert "| same node: **podnet**, 1 worker (the direct path's pod MTU) | 1.00 (1.00–1.00) |" in text   # CPU table
 
 
 def test_old_layout_still_renders(monkeypatch):
@@ -560,3 +713,72 @@ def test_a_table_without_its_results_file_is_left_out(tmp_path, monkeypatch):
     assert tables.main(["--check"]) == 1
     fake.write_text(f"x\n<!-- bench:churn -->\n{tables.churn()}\n<!-- /bench:churn -->\n")
     assert tables.main(["--check"]) == 0
+
+
+# ---- fast-path stages of every backend (bench/stages.py, bench/instructions.py) -----
+
+def stage_spread(v):
+    return spread([v, v])
+
+
+def stages_docs():
+    """The committed stages and instructions files plus the tunnel rows of
+    the backends: IP-in-IP at 20 Mpps, direct at 30; instructions with a
+    baseline (one stage 6 % over)."""
+    st = json.loads((tables.RESULTS / "stages.json").read_text())
+    ins = json.loads((tables.RESULTS / "instructions.json").read_text())
+    for key, mpps in (("ipip_encap", 20.0), ("ipip_decap", 20.0), ("direct_encap", 30.0), ("direct_decap", 30.0)):
+        st["summary"][key] = {"fast_mpps": stage_spread(mpps), "net_mpps": stage_spread(mpps + 2),
+                              "python_mpps": stage_spread(0.04), "ratio_vs_python": stage_spread(mpps / 0.04)}
+        ins["results"][key] = 300.0
+    ins["baseline"] = {"bridge": ins["results"]["bridge"], "vxlan_encap": 400.0}
+    ins["results"]["vxlan_encap"] = 424.0
+    ins["growth"] = {"bridge": 1.0, "vxlan_encap": 1.06}
+    return st, ins
+
+
+def test_stages_table_has_a_row_per_tunnel_and_instruction_growth(monkeypatch):
+    st, ins = stages_docs()
+    monkeypatch.setattr(tables, "load", lambda name: {"stages": st, "instructions": ins}[name])
+    text = tables.stages()
+    assert "| IP-in-IP encap (parse, route, outer IPv4) | 20.0 (20.0–20.0) | 22.0 (22.0–22.0) | 0.040 (0.040–0.040) " \
+           "| 500 (500–500)× | 300.0 |  |" in text
+    assert "| direct routing in (source check, route) | 30.0 (30.0–30.0) |" in text
+    assert "| instructions per packet | before | now | now / before | target: ≤ 1.05 |" in text
+    assert "| vxlan encap | 400.0 | 424.0 | 1.060 | **not met** |" in text
+    assert f"| bridge | {ins['results']['bridge']:,.1f} | {ins['results']['bridge']:,.1f} | 1.000 | met |" in text
+
+
+def test_stages_table_of_a_file_from_before_the_backends(monkeypatch):
+    st = json.loads((tables.RESULTS / "stages.json").read_text())
+    ins = json.loads((tables.RESULTS / "instructions.json").read_text())
+    for k in ("ipip_encap", "ipip_decap", "direct_encap", "direct_decap"):
+        st["summary"].pop(k, None)
+        ins["results"].pop(k, None)
+    ins.pop("growth", None)
+    monkeypatch.setattr(tables, "load", lambda name: {"stages": st, "instructions": ins}[name])
+    text = tables.stages()
+    assert "IP-in-IP" not in text and "direct routing" not in text and "now / before" not in text
+    assert "| VXLAN encap (parse, route, encap) |" in text
+
+
+def test_stage_cases_and_subsets():
+    import stages
+    keys = [c[0] for c in stages.cases()]
+    assert keys[:9] == ["bridge", "bridge_burst32", "bridge_burst1", "vxlan_encap", "vxlan_decap",
+                        "ipip_encap", "ipip_decap", "direct_encap", "direct_decap"]
+    assert [c[0] for c in stages.cases(["ipip_decap", "bridge"])] == ["bridge", "ipip_decap"]
+    with pytest.raises(ValueError, match="no such stage: gre_encap"):
+        stages.cases(["gre_encap"])
+    # a subset's summary has its own keys and no scaling it cannot compute
+    one = {"fast_mpps": 1.0, "net_mpps": 2.0, "python_mpps": 0.01, "ratio_vs_python": 100.0,
+           "fast_ns_per_packet": 1000.0}
+    summary, scaling = stages.summarize([{"ipip_encap": one}, {"ipip_encap": {**one, "fast_mpps": 3.0}}])
+    assert set(summary) == {"ipip_encap"} and scaling == {}
+    assert summary["ipip_encap"]["fast_mpps"]["median"] == 2.0
+
+
+def test_instruction_growth():
+    import instructions
+    assert instructions.growth({"bridge": 231.0, "ipip_encap": 300.0}, {"bridge": 220.0}) == {"bridge": 1.05}
+    assert set(instructions.SETUP) >= {f"{t}_{s}" for t in ("vxlan", "ipip", "direct") for s in ("encap", "decap")}
