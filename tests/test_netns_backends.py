@@ -395,14 +395,15 @@ from scapy.layers.l2 import Ether
 conf.verb = 0
 node_mac, node_ip, outer_src, inner_src, inner_dst = sys.argv[1:6]
 me = get_if_hwaddr("eth0")
-sn = AsyncSniffer(iface="eth0", filter=f"ip proto 4 and src host {node_ip}", count=1, timeout=5)
+sn = AsyncSniffer(iface="eth0", filter=f"ip proto 4 and src host {node_ip}", count=1)
 sn.start()
 import time; time.sleep(0.3)
 sendp(Ether(src=me, dst=node_mac) / IP(src=outer_src, dst=node_ip, proto=4, flags="DF", ttl=64, id=7)
       / IP(src=inner_src, dst=inner_dst, ttl=64) / ICMP(id=4242, seq=1) / b"podnet-ipip", iface="eth0")
-sn.join()
+sn.join(timeout=5)
+got = sn.stop() if sn.running else sn.results
 out = []
-for p in sn.results or []:
+for p in got or []:
     o = p[IP]; i = o.payload
     out.append({"esrc": p[Ether].src, "edst": p[Ether].dst, "src": o.src, "dst": o.dst, "proto": o.proto,
                 "df": bool(o.flags.DF), "ttl": o.ttl, "isrc": i.src, "idst": i.dst, "ittl": i.ttl,
