@@ -433,8 +433,10 @@ def parse_args(argv=None):
 
 
 def select(args, ipip_ok):
-    """(names to run, {name: why not}) for the arguments: kernel-ipip is left
-    out, with its reason, where the kernel has no ipip."""
+    """(names to run, {name: why not}, ipip_ok's answer or None) for the
+    arguments: kernel-ipip is left out, with its reason, where the kernel has
+    no ipip. ipip_ok: () -> (bool, reason), asked only when kernel-ipip is
+    among the names."""
     if args.path:
         names = list(args.path)
         if args.backend:
@@ -442,11 +444,13 @@ def select(args, ipip_ok):
     else:
         names = default_paths(args.backend or BACKENDS, args.workers, legacy=args.legacy)
     names = list(dict.fromkeys(names))
-    unavailable = {}
-    if "kernel-ipip" in names and not ipip_ok[0]:
-        names.remove("kernel-ipip")
-        unavailable["kernel-ipip"] = ipip_ok[1]
-    return names, unavailable
+    unavailable, probe = {}, None
+    if "kernel-ipip" in names:
+        probe = ipip_ok()
+        if not probe[0]:
+            names.remove("kernel-ipip")
+            unavailable["kernel-ipip"] = probe[1]
+    return names, unavailable, probe
 
 
 def main(argv=None):
@@ -455,8 +459,7 @@ def main(argv=None):
         sys.exit("needs root (network namespaces)")
     cpus = pin(args.cpus)                 # before any child: they all inherit it
     from machine import machine
-    ipip_ok = (False, "not asked for") if args.legacy else ipip_available()
-    names, unavailable = select(args, ipip_ok)
+    names, unavailable, probe = select(args, ipip_available)
     for n, why in unavailable.items():
         print(f"{n}: left out: {why}", file=sys.stderr)
     if not names:
@@ -476,7 +479,8 @@ def main(argv=None):
         doc["layout"] = "backends"
         doc["workers"] = list(args.workers)
         doc["backends"] = {n: paths[n].backend or "same-node" for n in names}
-        doc["kernel_ipip"] = "available" if ipip_ok[0] else ipip_ok[1]
+        if probe is not None:
+            doc["kernel_ipip"] = "available" if probe[0] else probe[1]
         doc["unavailable"] = unavailable
         ratios, none = backend_ratios(raw, names, unavailable)
         ratios.update(e2e_ratios(raw, legacy) if legacy else {})

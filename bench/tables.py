@@ -383,20 +383,24 @@ def overlay_backends(d):
     s, setup = d["summary"], d.get("setup", {})
     labels = backend_labels(d)
     out = [run_line(d), ""]
-    if d.get("kernel_ipip") and d["kernel_ipip"] != "available":
-        out += [f"No Linux IP-in-IP baseline: {d['kernel_ipip']}.", ""]
+    why = d.get("unavailable", {}).get("kernel-ipip")
+    if why:
+        out += [f"No Linux IP-in-IP baseline in this run: {why}", ""]
     out += ["| path | pod MTU | TCP 1 stream, Gbit/s | TCP 4 streams | UDP 64 B, k frames/s received |",
             "|---|---|---|---|---|"]
     for p, label in labels.items():
         mtu = (setup.get(p) or {}).get("pod_mtu")
         out.append(f"| {label} | {mtu if mtu else '–'} | {fig(s['tcp1'][p]['gbps'])} | {fig(s['tcp4'][p]['gbps'])} "
                    f"| {fig(s['udp64'][p]['rx_pps'], 1e-3, 0)} |")
-    out += ["", *cpu_table(d, labels), "", *RATIO_HEAD, *backend_ratio_rows(d)]
+    out += ["", *cpu_table(d, labels)]
+    rows = backend_ratio_rows(d)
     legacy = [p for p in podnet_paths(d) if p.startswith("podnet-w")]
     if legacy:
         # a path from before the backends in the same run: its rows as they were
-        out += worker_ratio_rows({"ratios": d.get("ratios", {}), "summary": {"tcp1": dict.fromkeys(legacy)}},
-                                 {"kernel": ("kernel", {"tcp1": 0.9, "tcp4": 0.9})})
+        rows += worker_ratio_rows({"ratios": d.get("ratios", {}), "summary": {"tcp1": dict.fromkeys(legacy)}},
+                                  {"kernel": ("kernel", {"tcp1": 0.9, "tcp4": 0.9})})
+    if rows:
+        out += ["", *RATIO_HEAD, *rows]
     return "\n".join(out)
 
 

@@ -113,21 +113,25 @@ def test_overlay_path_argument():
 def test_overlay_default_paths_per_backend_and_legacy():
     a = e2e_overlay.parse_args([])
     assert a.workers == [1] and not a.legacy
-    names, un = e2e_overlay.select(a, (True, ""))
+    names, un, probe = e2e_overlay.select(a, lambda: (True, ""))
     assert names == ["kernel-vxlan", "podnet-vxlan", "kernel-ipip", "podnet-ipip", "kernel-direct", "podnet-direct",
-                     "podnet-same-node"] and un == {}
+                     "podnet-same-node"] and un == {} and probe == (True, "")
     # where the kernel has no ipip its path is left out, with the reason recorded
-    names, un = e2e_overlay.select(a, (False, "kernel ipip: not in this kernel (Unknown device type)"))
+    names, un, _ = e2e_overlay.select(a, lambda: (False, "kernel ipip: not in this kernel (Unknown device type)"))
     assert "kernel-ipip" not in names and "podnet-ipip" in names
     assert un == {"kernel-ipip": "kernel ipip: not in this kernel (Unknown device type)"}
-    names, _ = e2e_overlay.select(e2e_overlay.parse_args(["--backend", "direct", "--workers", "1,2"]), (False, "x"))
+
+    def unasked():
+        raise AssertionError("ipip probed though no kernel-ipip path was asked for")
+    names, _, probe = e2e_overlay.select(e2e_overlay.parse_args(["--backend", "direct", "--workers", "1,2"]), unasked)
     assert names == ["kernel-direct", "podnet-direct", "podnet-direct-w2", "podnet-same-node", "podnet-same-node-w2"]
-    names, _ = e2e_overlay.select(e2e_overlay.parse_args(["--path", "podnet-ipip", "--backend", "vxlan"]), (True, ""))
+    assert probe is None
+    names, _, _ = e2e_overlay.select(e2e_overlay.parse_args(["--path", "podnet-ipip", "--backend", "vxlan"]), unasked)
     assert names == ["podnet-ipip", "kernel-vxlan", "podnet-vxlan"]
     # the set from before the backends, as it ran
     leg = e2e_overlay.parse_args(["--legacy"])
     assert leg.workers == [1, 2]
-    assert e2e_overlay.select(leg, (False, "x")) == (["kernel", "podnet-w1", "podnet-w2"], {})
+    assert e2e_overlay.select(leg, unasked) == (["kernel", "podnet-w1", "podnet-w2"], {}, None)
 
 
 def test_overlay_backend_paths_are_distinct_clusters():
@@ -350,7 +354,7 @@ def test_overlay_table_per_backend(monkeypatch):
     text = tables.overlay()
     lines = text.splitlines()
     assert lines[0].startswith("2 interleaved rounds of 5 s per figure on CPUs 0,1; TestCPU")
-    assert f"No Linux IP-in-IP baseline: {NO_IPIP}." in text
+    assert f"No Linux IP-in-IP baseline in this run: {NO_IPIP}\n" in text
     assert "| VXLAN: Linux vxlan (flannel.1) + bridges | 1450 | 10.0 (10.0–10.0) |" in text
     assert "| IP-in-IP: **podnet**, 1 worker (MTU-sized frames) | 1480 | 6.0 (6.0–6.0) | 6.0 (6.0–6.0) | 90 (90–90) |" \
         in text
@@ -371,6 +375,15 @@ def test_overlay_table_per_backend(monkeypatch):
     ratio_rows = [line for line in lines if line.startswith("| podnet-") or line.startswith("| (podnet-")]
     assert len(ratio_rows) == len(doc["ratios"]) + len(doc["ratios_none"])
     assert "| same node: **podnet**, 1 worker (the direct path's pod MTU) | 1.00 (1.00–1.00) |" in text   # CPU table
+    # kernel paths alone: no ratio table, and no word on ipip when it was not asked for
+    kernel_only = {n for n in doc["backends"] if n.startswith("kernel")}
+    for k in ("tcp1", "tcp4", "udp64"):
+        doc["summary"][k] = {p: v for p, v in doc["summary"][k].items() if p in kernel_only}
+    doc.update(backends={p: b for p, b in doc["backends"].items() if p in kernel_only}, ratios={}, ratios_none={},
+               unavailable={})
+    text = tables.overlay()
+    assert "ratio (within each round)" not in text and "IP-in-IP baseline" not in text
+    assert "| direct routing: Linux routing (host-gw: pod CIDR via node IP) + bridges | 1500 |" in text
 
 
 def test_old_layout_still_renders(monkeypatch):
