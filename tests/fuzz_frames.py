@@ -17,6 +17,10 @@ oracle against the fast path's verdict and counters, not against a twin):
     unknown connection; from the fabric: not our MAC or IP, not VXLAN on
     our port, a fragment, I flag clear, a foreign VNI, an inner frame cut
     short, not routed, routed nowhere, TTL 1 (answered into the tunnel);
+    in ipip mode: an outer source that is no node's, an outer fragment, an
+    inner packet cut short or with a wrong version, IHL or length, outer CE
+    over a Not-ECT inner, VXLAN; in direct mode: a source in no route's
+    CIDR, a destination not ours, not our MAC, tunnels to the node's IP;
   - "spoof:*": frames from a pod with another MAC, another IPv4 source, an
     ARP sender MAC or IP that is not its own (spoof_mac / spoof_ip when the
     port is guarded), and the RFC 5227 probe (sender 0.0.0.0) that passes."""
@@ -28,8 +32,8 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Ether
 from scapy.layers.vxlan import VXLAN
 
-from fuzz_node import (GW_IP, GW_MAC, NO_NEIGH_IP, NODE_IP, NODE_MAC, PEER2_IP, PEER2_MAC, PEER_IP, PEER_MAC,
-                       PODS, REMOTE_GW_MAC, REMOTE_PODS, SERVICES, UPLINK, VIPS, Config)
+from fuzz_node import (GW_IP, GW_MAC, NO_NEIGH_IP, NODE_IP, NODE_MAC, PEER2_IP, PEER2_MAC, PEER3_IP, PEER_IP,
+                       PEER_MAC, PODS, REMOTE_GW_MAC, REMOTE_PODS, SERVICES, UPLINK, VIPS, Config)
 from fuzz_wire import CSUM_FIELD, Ip4, set_partial_csum
 
 BCAST = "ff:ff:ff:ff:ff:ff"
@@ -52,6 +56,7 @@ class Frame:
 
 configs = st.builds(
     Config,
+    backend=st.sampled_from(["vxlan", "ipip", "direct", "vxlan", "ipip", "direct", "vxlan"]),
     vnet=st.sampled_from(["gso", "csum", "plain"]),
     slot_size=st.sampled_from([65536 + 512, 65536 + 512, 9216, 2048, 128]),
     nslots=st.sampled_from([4, 1, 2, 8]),
@@ -73,8 +78,9 @@ def payload(draw, big=0):
     if big:
         n = draw(st.integers(1000, big))
         return bytes([draw(u8)]) * n
-    # sizes around the fabric MTUs' limits (1500 and 576 less VXLAN and headers) too
-    sizes = st.one_of(st.integers(0, 1600), st.sampled_from([1422, 1423, 1450, 1451, 1472, 1473, 498, 499, 8950]))
+    # sizes around the fabric MTUs' limits (1500 and 576 less each backend's overhead and headers) too
+    sizes = st.one_of(st.integers(0, 1600), st.sampled_from([1422, 1423, 1450, 1451, 1452, 1453, 1472, 1473, 1480,
+                                                             1481, 498, 499, 528, 529, 548, 549, 8950, 8980]))
     return draw(st.one_of(st.binary(max_size=48), st.builds(lambda n, b: bytes([b]) * n, sizes, u8)))
 
 
@@ -158,7 +164,8 @@ def pod_frame(draw, cfg):
         pkt = Ether(src=mac, dst=GW_MAC) / draw(ip4(ip, dst, draw(l4(big=big, proto="tcp" if big else None))))
     elif kind == "pmtu":
         # path MTU discovery: DF set, around the tunnel's limit, ICMP errors included
-        size = draw(st.sampled_from([1422, 1423, 498, 499, 8922, 8923])) + draw(st.integers(-2, 2))
+        size = draw(st.sampled_from([1422, 1423, 498, 499, 8922, 8923, cfg.pod_mtu, cfg.pod_mtu + 1])) \
+            + draw(st.integers(-2, 2))
         quote = IP(src=draw(st.sampled_from(REMOTE_PODS)), dst=ip) / UDP() if draw(st.booleans()) else b""
         body = draw(st.sampled_from([ICMP(type=3, code=4) / quote, ICMP(type=11) / quote, ICMP(type=8) / b"",
                                      UDP(sport=9, dport=9) / b"", TCP(flags="A") / b""]))
@@ -316,6 +323,10 @@ def spoof_frame(draw, ip, mac, port, peer):
 @st.composite
 def bad_uplink_frame(draw, cfg):
     """A frame from the fabric with exactly one defect, and its drop reason."""
+    if cfg.backend == "ipip":
+        return draw(bad_ipip_frame(cfg))
+    if cfg.backend == "direct":
+        return draw(bad_direct_frame(cfg))
     cls = draw(st.sampled_from(["uplink_not_ours", "uplink_unsupported", "vxlan_fragment", "vxlan_inner", "vxlan_flags",
                                 "vxlan_vni", "vxlan_not_routed", "no_route", "ttl_exceeded"]))
     src_pod = draw(st.sampled_from(REMOTE_PODS[:2]))        # behind the resolved VTEP (static MAC)
@@ -332,11 +343,12 @@ def bad_uplink_frame(draw, cfg):
         else:
             outer = IP(src=PEER_IP, dst=draw(st.sampled_from([PEER2_IP, "172.30.250.99", PODS[0][0]])))
     elif cls == "uplink_unsupported":
-        what = draw(st.sampled_from(["tcp", "port", "icmp", "ip6"]))
+        what = draw(st.sampled_from(["tcp", "port", "icmp", "ip6", "ipip"]))
         if what == "ip6":
             return Frame(UPLINK, bytes(ip6(PEER_MAC, NODE_MAC)), None, "bad:" + cls, cls)
         l4 = {"tcp": TCP(dport=cfg.vxlan_port), "port": UDP(sport=50000, dport=cfg.vxlan_port ^ 1) / vx / inner_eth
-              / inner_ip / inner_l4, "icmp": ICMP(type=draw(st.sampled_from([0, 13, 3])))}[what]
+              / inner_ip / inner_l4, "icmp": ICMP(type=draw(st.sampled_from([0, 13, 3]))),
+              "ipip": inner_ip / inner_l4}[what]                 # IP in IP in vxlan mode
         return Frame(UPLINK, bytes(eth / outer / l4), None, "bad:" + cls, cls)
     elif cls == "vxlan_fragment":
         flags, frag = draw(st.sampled_from([("MF", 0), ("MF", 1), (0, 1), (0, 100), ("MF", 8191)]))
@@ -363,6 +375,106 @@ def bad_uplink_frame(draw, cfg):
     else:                                            # ttl_exceeded: answered back into the tunnel
         inner_ip = IP(src=src_pod, dst=draw(st.sampled_from(PODS))[0], id=draw(u16), ttl=draw(st.sampled_from([0, 1])))
     return Frame(UPLINK, bytes(eth / outer / udp / vx / inner_eth / inner_ip / inner_l4), None, "bad:" + cls, cls)
+
+
+ECN_NOT_ECT, ECN_CE = 0, 3
+UNKNOWN_NODES = ["172.30.250.9", "172.30.250.99", "10.9.9.9", REMOTE_PODS[0]]   # never a route's VTEP
+UNROUTED_SOURCES = ["10.244.9.2", "8.8.8.8", PEER_IP, PODS[1][0], "172.30.250.9"]  # in no route's CIDR, ever
+
+
+def ipip_wire(draw, inner, src=PEER_IP, tos=0, flags="DF", frag=0, dst_mac=NODE_MAC, dst=NODE_IP):
+    return bytes(Ether(src=PEER_MAC, dst=dst_mac) / IP(src=src, dst=dst, proto=4, tos=tos, flags=flags, frag=frag,
+                                                       ttl=draw(st.sampled_from([64, 63])), id=draw(u16)) / inner)
+
+
+@st.composite
+def bad_ipip_frame(draw, cfg):
+    """ipip mode: an RFC 2003 packet from the fabric with exactly one defect."""
+    cls = draw(st.sampled_from(["tunnel_unknown_source", "ipip_fragment", "ipip_inner", "ecn_ce_not_ect", "no_route",
+                                "uplink_not_ours", "uplink_unsupported", "ttl_exceeded"]))
+    src_pod = draw(st.sampled_from(REMOTE_PODS[:2]))        # behind PEER_IP, in every route table
+    dscp = draw(st.sampled_from([0, 0x28, 0xb8]))
+    inner_ecn = draw(st.sampled_from([0, 1, 2, 3]))
+    outer_ecn = draw(st.sampled_from([0, 2, 1] + [inner_ecn] * 3))
+    if inner_ecn == ECN_NOT_ECT and outer_ecn == ECN_CE:
+        outer_ecn = 0
+    inner = IP(src=src_pod, dst=draw(st.sampled_from(PODS))[0], id=draw(u16), ttl=63, tos=dscp | inner_ecn) \
+        / UDP(sport=draw(ports), dport=9) / draw(st.binary(max_size=16))
+    kw = {"tos": outer_ecn}
+    if cls == "tunnel_unknown_source":
+        kw["src"] = draw(st.sampled_from(UNKNOWN_NODES))
+    elif cls == "ipip_fragment":
+        kw["flags"], kw["frag"] = draw(st.sampled_from([("MF", 0), ("MF", 1), (0, 1), (0, 100), ("DF+MF", 8191)]))
+    elif cls == "ipip_inner":
+        b = bytearray(bytes(inner))
+        how = draw(st.sampled_from(["cut", "version", "ihl", "ihl_past", "len_past", "len_short"]))
+        if how == "cut":
+            b = b[:draw(st.integers(0, 19))]
+        elif how == "version":
+            b[0] = (draw(st.sampled_from([0, 5, 6, 15])) << 4) | 5
+        elif how == "ihl":
+            b[0] = 0x40 | draw(st.integers(0, 4))
+        elif how == "ihl_past":                      # options said to run past the packet
+            b = b[:draw(st.integers(20, 59))]
+            b[0] = 0x4f
+        else:
+            n = len(b) + draw(st.integers(1, 300)) if how == "len_past" else draw(st.integers(0, 19))
+            b[2:4] = struct.pack("!H", n)
+        inner = bytes(b)
+    elif cls == "ecn_ce_not_ect":
+        inner[IP].tos = dscp | ECN_NOT_ECT
+        kw["tos"] = draw(st.sampled_from([0, 0x28])) | ECN_CE
+    elif cls == "no_route":
+        inner[IP].dst = draw(st.sampled_from(["10.244.9.9", "8.8.8.8", REMOTE_PODS[1], "10.244.2.7"]))
+    elif cls == "uplink_not_ours":
+        if draw(st.booleans()):
+            kw["dst_mac"] = draw(st.sampled_from([PEER2_MAC, GW_MAC, "0a:5a:ac:1e:fa:99"]))
+        else:
+            kw["dst"] = draw(st.sampled_from([PEER2_IP, "172.30.250.99", PODS[0][0]]))
+    elif cls == "uplink_unsupported":                # to the node's IP, not IP in IP: VXLAN, other, IPv6
+        what = draw(st.sampled_from(["vxlan", "tcp", "icmp", "ip6"]))
+        if what == "ip6":
+            return Frame(UPLINK, bytes(ip6(PEER_MAC, NODE_MAC)), None, "bad:" + cls, cls)
+        l4 = {"vxlan": UDP(sport=50000, dport=cfg.vxlan_port) / VXLAN(flags=0x08, vni=1)
+              / Ether(src=REMOTE_GW_MAC, dst=GW_MAC) / inner,
+              "tcp": TCP(dport=draw(ports)), "icmp": ICMP(type=draw(st.sampled_from([0, 13, 3])))}[what]
+        return Frame(UPLINK, bytes(Ether(src=PEER_MAC, dst=NODE_MAC) / IP(src=PEER_IP, dst=NODE_IP) / l4), None,
+                     "bad:" + cls, cls)
+    else:                                            # ttl_exceeded: answered back through the tunnel
+        inner[IP].ttl = draw(st.sampled_from([0, 1]))
+    return Frame(UPLINK, ipip_wire(draw, inner, **kw), None, "bad:" + cls, cls)
+
+
+@st.composite
+def bad_direct_frame(draw, cfg):
+    """direct mode: a routed packet from the fabric with exactly one defect."""
+    cls = draw(st.sampled_from(["tunnel_unknown_source", "no_route", "uplink_not_ours", "uplink_unsupported",
+                                "ttl_exceeded"]))
+    src, dst_mac, ttl = draw(st.sampled_from(REMOTE_PODS[:2])), NODE_MAC, 63
+    dst = draw(st.sampled_from(PODS))[0]
+    l4 = draw(st.sampled_from([UDP(sport=draw(ports), dport=9), TCP(sport=draw(ports), dport=80, flags="S"),
+                               ICMP(type=8)])) / draw(st.binary(max_size=16))
+    if cls == "tunnel_unknown_source":
+        src = draw(st.sampled_from(UNROUTED_SOURCES))
+    elif cls == "no_route":
+        dst = draw(st.sampled_from(["10.244.9.9", "8.8.8.8", REMOTE_PODS[1], "10.244.2.7", "172.30.250.99"]))
+    elif cls == "uplink_not_ours":
+        dst_mac = draw(st.sampled_from([PEER2_MAC, GW_MAC, "0a:5a:ac:1e:fa:99"]))
+    elif cls == "uplink_unsupported":                # to the node's IP: tunnels, other protocols, IPv6
+        what = draw(st.sampled_from(["vxlan", "ipip", "tcp", "icmp", "ip6"]))
+        if what == "ip6":
+            return Frame(UPLINK, bytes(ip6(PEER_MAC, NODE_MAC)), None, "bad:" + cls, cls)
+        inner = IP(src=src, dst=dst, ttl=63) / l4
+        body = {"vxlan": UDP(sport=50000, dport=cfg.vxlan_port) / VXLAN(flags=0x08, vni=1)
+                / Ether(src=REMOTE_GW_MAC, dst=GW_MAC) / inner, "ipip": inner,
+                "tcp": TCP(dport=draw(ports)), "icmp": ICMP(type=draw(st.sampled_from([0, 13, 3])))}[what]
+        return Frame(UPLINK, bytes(Ether(src=PEER_MAC, dst=NODE_MAC) / IP(src=PEER_IP, dst=NODE_IP) / body), None,
+                     "bad:" + cls, cls)
+    else:
+        ttl = draw(st.sampled_from([0, 1]))
+    pkt = Ether(src=PEER_MAC, dst=dst_mac) / IP(src=src, dst=dst, ttl=ttl, id=draw(u16),
+                                                 tos=draw(st.sampled_from([0, 2, 3, 0xb8]))) / l4
+    return Frame(UPLINK, bytes(pkt), None, "bad:" + cls, cls)
 
 
 # ---- frames from the fabric -------------------------------------------------
@@ -393,10 +505,43 @@ def inner_frame(draw):
 
 
 @st.composite
+def inner_packet(draw, unrouted=False):
+    """What a peer routes to this node in ipip or direct mode: an IPv4 packet
+    (no Ethernet header), to a pod mostly, ECN any; unrouted: from sources
+    in no route's CIDR too."""
+    src = draw(st.sampled_from(REMOTE_PODS + (UNROUTED_SOURCES if unrouted else [])))
+    kind = draw(st.sampled_from(["pod", "pod", "gateway", "reply", "transit", "super"]))
+    if kind in ("pod", "super"):
+        pkt = draw(ip4(src, draw(st.sampled_from(PODS))[0], draw(l4(big=65535 - 220 if kind == "super" else 0))))
+    elif kind == "gateway":
+        pkt = draw(ip4(src, GW_IP, draw(l4(proto="icmp"))))
+    elif kind == "reply":
+        pkt = draw(ip4(REMOTE_PODS[0], draw(st.sampled_from(PODS))[0],
+                       draw(l4(draw(st.sampled_from([8080, 53])), draw(st.sampled_from([40000, 40001])),
+                               draw(st.sampled_from(["tcp", "udp"])))), ttl=64))
+    else:
+        pkt = draw(ip4(src, draw(st.sampled_from(REMOTE_PODS + ["10.244.9.9", NO_NEIGH_IP])), draw(l4())))
+    pkt[IP].tos = draw(st.sampled_from([0, 0, 1, 2, 3, 0x28 | 2, 0xb8 | 3]))
+    return pkt
+
+
+@st.composite
 def uplink_frame(draw, cfg):
-    kind = draw(st.sampled_from(["vxlan", "vxlan", "vxlan", "arp", "ping", "other", "random", "bad"]))
+    tunnel = {"vxlan": "vxlan", "ipip": "ipip", "direct": "direct"}[cfg.backend]
+    kind = draw(st.sampled_from([tunnel, tunnel, tunnel, "arp", "ping", "other", "random", "bad",
+                                 draw(st.sampled_from(["vxlan", "ipip", "direct"]))]))   # another backend's too
     if kind == "bad":
         return draw(bad_uplink_frame(cfg))
+    if kind == "ipip":                # (frames() mutates the whole, inner header included)
+        pkt = Ether(src=PEER_MAC, dst=draw(st.sampled_from([NODE_MAC] * 12 + [BCAST, PEER2_MAC]))) / draw(ip4(
+            draw(st.sampled_from([PEER_IP] * 6 + [PEER2_IP, PEER3_IP, "172.30.250.9"])),
+            draw(st.sampled_from([NODE_IP] * 12 + [PEER2_IP])), (4, bytes(draw(inner_packet()))), ttl=64))
+        pkt[IP].tos = draw(st.sampled_from([0, 0, 1, 2, 3, 0x28 | 3]))
+        return Frame(UPLINK, bytes(pkt), None, "uplink-ipip")
+    if kind == "direct":
+        pkt = Ether(src=draw(st.sampled_from([PEER_MAC, PEER2_MAC])),
+                    dst=draw(st.sampled_from([NODE_MAC] * 12 + [BCAST, PEER2_MAC]))) / draw(inner_packet(unrouted=True))
+        return Frame(UPLINK, bytes(pkt), None, "uplink-direct")
     if kind == "vxlan":
         inner = draw(inner_frame())
         pkt = Ether(src=PEER_MAC, dst=draw(st.sampled_from([NODE_MAC] * 6 + [BCAST, PEER2_MAC]))) / draw(ip4(
@@ -423,7 +568,7 @@ def uplink_frame(draw, cfg):
 # ---- mutations --------------------------------------------------------------
 
 def ip_offsets(data):
-    """Where IPv4 headers start (through any VLAN tags and one VXLAN level)."""
+    """Where IPv4 headers start (through any VLAN tags and one VXLAN or IP-in-IP level)."""
     out, base = [], 0
     for _ in range(2):
         off = base + 12
@@ -434,6 +579,9 @@ def ip_offsets(data):
         off += 2
         out.append(off)
         ihl = (data[off] & 0x0f) * 4
+        if data[off + 9] == 4 and ihl >= 20 and len(data) >= off + ihl + 20:
+            out.append(off + ihl)                 # IP in IP: the inner header right behind
+            break
         if data[off + 9] != 17 or len(data) < off + ihl + 16 + 14:
             break
         base = off + ihl + 16

@@ -1,9 +1,10 @@
 """The node the fuzzing harness drives: three pods on the bridge with the
-gateway, an uplink with the VXLAN overlay (one peer resolved, one not), and
+gateway, an uplink with the overlay (one peer resolved, one not), and
 ClusterIP services (backends local, remote and hairpin; one without
-endpoints). What varies per example is in Config: vnet header sizes, slot
-sizes, MTU, table sizes, whether pods 0 and 1 have the anti-spoofing guard
-(pod 2 never does at set-up), and whether the scenario may use the I/O loop.
+endpoints). What varies per example is in Config: the backend between nodes
+(VXLAN, IP-in-IP or direct routing), vnet header sizes, slot sizes, MTU,
+table sizes, whether pods 0 and 1 have the anti-spoofing guard (pod 2 never
+does at set-up), and whether the scenario may use the I/O loop.
 
 The live changes a scenario makes between bursts (CHANGES: services set and
 removed, route tables replaced, pod 2's port removed and added back, guards
@@ -29,6 +30,9 @@ REMOTE_GW_MAC = "0a:58:0a:f4:01:01"
 REMOTE_PODS = ["10.244.1.2", "10.244.1.3", "10.244.2.2"]
 NO_NEIGH_IP = "10.244.0.77"            # in the subnet, never a neighbour (nothing ARPs from it)
 VNI = 1
+BACKENDS = ("vxlan", "ipip", "direct")
+OVERHEAD = {"vxlan": 50, "ipip": 20, "direct": 0}
+VTEPS = (PEER_IP, PEER2_IP, PEER3_IP)
 PROTO = {"TCP": 6, "UDP": 17}
 MAGLEV_SIZE = 251                      # the smallest prime table: cheap to build per example
 VIPS = ["10.96.0.10", "10.96.0.11", "10.96.0.12"]
@@ -54,15 +58,21 @@ SERVICE_CHANGES = [
 ] + SERVICES
 
 
-def routes(variant, static):
+def routes(variant, static, backend="vxlan"):
     """Route table variant (0 = the set-up's); static: every VTEP MAC given
-    (I/O-loop scenarios run on real time, where ARP retry timing would differ)."""
+    (I/O-loop scenarios run on real time, where ARP retry timing would differ).
+    10.244.1.0/24 via PEER_IP is in every variant. ipip and direct routes
+    come without inner_mac, as the agent sends them, but for variant 3,
+    which gives one (taken, unused)."""
     r1 = {"cidr": "10.244.1.0/24", "vtep": PEER_IP, "inner_mac": REMOTE_GW_MAC, "vtep_mac": PEER_MAC}
     r2 = {"cidr": "10.244.2.0/24", "vtep": PEER2_IP, "inner_mac": REMOTE_GW_MAC}
     r3 = {"cidr": "10.244.3.0/24", "vtep": PEER3_IP, "inner_mac": REMOTE_GW_MAC}
     if static:
         r2, r3 = dict(r2, vtep_mac=PEER2_MAC), dict(r3, vtep_mac=PEER3_MAC)
-    return [[r1, r2], [r1], [r1, r2, r3], [dict(r1, inner_mac="0a:58:0a:f4:01:09"), r3]][variant]
+    table = [[r1, r2], [r1], [r1, r2, r3], [dict(r1, inner_mac="0a:58:0a:f4:01:09"), r3]][variant]
+    if backend != "vxlan" and variant != 3:
+        table = [{k: v for k, v in r.items() if k != "inner_mac"} for r in table]
+    return table
 
 
 N_ROUTES = 4
@@ -77,6 +87,7 @@ CHANGES = ([("svc", i) for i in range(len(SERVICE_CHANGES))] + [("svc_rm", i) fo
 
 @dataclass(frozen=True)
 class Config:
+    backend: str = "vxlan"     # between nodes: "vxlan", "ipip" or "direct"
     vnet: str = "gso"          # "plain" (no vnet headers), "csum" (12-byte everywhere), "gso" (uplink 24 bytes)
     slot_size: int = 65536 + 512
     nslots: int = 4
@@ -95,6 +106,15 @@ class Config:
     @property
     def uplink_vnet(self):
         return {"plain": 0, "csum": 12, "gso": 24}[self.vnet]
+
+    @property
+    def tunnel_gso(self):
+        """The uplink takes this backend's super-frames whole (never for ipip: no IPIP GSO type)."""
+        return self.vnet == "gso" and self.backend != "ipip"
+
+    @property
+    def pod_mtu(self):
+        return self.mtu - OVERHEAD[self.backend]
 
     def vnet_len(self, port):
         return self.uplink_vnet if port == UPLINK else self.pod_vnet
@@ -117,14 +137,14 @@ def build(cfg, clock, services=True, route_table=True):
     dp.add_port(UPLINK, domain=UPLINK_DOMAIN)
     dp.set_port_vnet(UPLINK, cfg.uplink_vnet)
     dp.overlay.configure(UPLINK, NODE_IP, NODE_MAC, vni=VNI, port=cfg.vxlan_port, mtu=cfg.mtu,
-                         tunnel_gso=cfg.vnet == "gso")
+                         tunnel_gso=cfg.tunnel_gso, backend=cfg.backend, prefixlen=24)
     for ip, mac, port in PODS:
         dp.add_port(port)
         dp.gateway.add_neighbor(ip, mac)
         if cfg.guard and port in GUARDED:
             dp.set_port_guard(port, mac, ip)
     if route_table:
-        dp.overlay.set_routes(routes(0, cfg.io), local=SUBNET)
+        dp.overlay.set_routes(routes(0, cfg.io, cfg.backend), local=SUBNET)
     if services:
         for s in SERVICES:
             set_service(dp, *s)
@@ -150,7 +170,7 @@ def change(dp, op, cfg):
             dp.services.remove(vip, port, proto)
             dp.conntrack.flush(vip=vip, vport=port, proto=PROTO[proto], mark_tcp_dead=True)
         elif op[0] == "routes":
-            dp.overlay.set_routes(routes(op[1], cfg.io), local=SUBNET)
+            dp.overlay.set_routes(routes(op[1], cfg.io, cfg.backend), local=SUBNET)
         elif op[0] == "port_rm":
             dp.remove_port(op[1])
         elif op[0] == "port_add":

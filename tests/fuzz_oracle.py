@@ -11,9 +11,13 @@ filled with 0xa5, so each verdict and counter change belongs to one frame:
     was to carry the time exceeded of a tunnelled frame);
   - it sits in the TX queue of its port, or of every other port of its
     domain for a flood, and nowhere else;
-  - what the fast path writes itself (ICMP errors, RSTs, the VXLAN outer
-    header) has correct checksums and lengths and, for a reply, a zero vnet
-    header; what it rewrites (routing, NAT, encap, decap) keeps the IP and
+  - what the fast path writes itself (ICMP errors, RSTs, the VXLAN or
+    IP-in-IP outer header) has correct checksums and lengths and, for a
+    reply, a zero vnet header; an IP-in-IP outer header is RFC 2003's as
+    Linux writes it (IHL 5, DF, TTL and ECN of the inner packet, DSCP 0, to
+    a route's VTEP), never with GSO; a direct frame leaves from the node's
+    MAC within the fabric MTU unless GSO; what it rewrites (routing, NAT,
+    encap, decap) keeps the IP and
     L4 checksums that were right (complete or partial, as the vnet header
     says) right, and a vnet header that fitted the frame fitting it.
 Expectations of its own, independent of the fast path's code:
@@ -25,7 +29,8 @@ Expectations of its own, independent of the fast path's code:
     spoof_ip exactly when its Ethernet source, IPv4 source, ARP sender MAC
     or ARP sender IP (0.0.0.0 allowed) is not the pod's;
   - a routed frame leaves with its TTL decremented exactly once (encap and
-    decap included), a bridged one with it unchanged, an echo reply with 64;
+    decap included, a direct-mode frame from the fabric counted as routed),
+    a bridged one with it unchanged, an echo reply with 64;
   - ARP requests for the gateway (pod side) or the node (uplink) are
     answered in place (op 2, sender the gateway/node, target the asker,
     Ethernet to the asker, the rest unchanged); ARP replies to them consumed;
@@ -57,7 +62,7 @@ from fastpath.ioloop import IOLoop
 from fastpath.services import maglev_table
 from fuzz_frames import Frame
 from fuzz_node import (GW_IP, GW_MAC, MAGLEV_SIZE, NO_NEIGH_IP, NODE_IP, NODE_MAC, PODS, SUBNET, UPLINK,
-                       VIPS, build, change)
+                       VIPS, VTEPS, build, change)
 from fuzz_wire import (arp_at, ip4_arp_ok, ip4n, ip4s, ip_header_ok, ip_layers, l3_offset, l4_status, mix64,
                        vnet_fields)
 
@@ -72,6 +77,13 @@ META = {"cluster": "fuzz", "node": "n"}
 GW_MAC_B, NODE_MAC_B = bytes.fromhex(GW_MAC.replace(":", "")), bytes.fromhex(NODE_MAC.replace(":", ""))
 GW_IP_B, NODE_IP_B = bytes(map(int, GW_IP.split("."))), bytes(map(int, NODE_IP.split(".")))
 CAPTURED_PORT = PODS[0][2]
+NODE_IP_N = int.from_bytes(NODE_IP_B, "big")
+VTEPS_N = {int.from_bytes(bytes(map(int, v.split("."))), "big") for v in VTEPS}
+
+
+def layers(frame, cfg):
+    """The IPv4 layers of frame as cfg's backend carries them (fuzz_wire.ip_layers)."""
+    return ip_layers(frame, cfg.vxlan_port, cfg.backend, NODE_IP_N)
 
 
 class Clock:
@@ -174,6 +186,7 @@ class Twin:
         self.rig = None             # A's I/O loop, made at the first I/O burst
         self.shadow = None          # (C restored from B's snapshot, compare?) for the next burst
         self.reached = Counter()    # what this scenario exercised, for the run's summary
+        self.reached["backend:" + cfg.backend] += 1
         self.maglev = {}
         if cfg.prelearn:
             for ip, mac, port in PODS:
@@ -647,15 +660,21 @@ class Twin:
         (sent to the gateway MAC, here or inside the tunnel), the same if
         bridged; an echo reply's is 64."""
         cfg = self.cfg
-        ins, outs = ip_layers(f.data, cfg.vxlan_port), ip_layers(frame, cfg.vxlan_port)
+        ins, outs = layers(f.data, cfg), layers(frame, cfg)
         if not ins or not outs:
             return
+        routed = None
         if port == UPLINK and f.port != UPLINK and len(outs) == 2 and outs[0].src == ip4n(NODE_IP):
             i, o = ins[0], outs[1]                  # encapsulated
         elif f.port == UPLINK and port != UPLINK:
-            if len(ins) != 2:
+            if len(ins) == 2:
+                i, o = ins[1], outs[0]              # decapsulated
+                if i.eth is None:
+                    routed = True                   # IP in IP: a routed packet, no Ethernet header inside
+            elif cfg.backend == "direct":
+                i, o, routed = ins[0], outs[0], True    # direct mode: routed from the fabric
+            else:
                 return
-            i, o = ins[1], outs[0]                  # decapsulated
         elif f.port == UPLINK or (port == UPLINK and len(outs) == 2 and outs[0].src == ip4n(NODE_IP)):
             return                                  # answers into the tunnel, and the node's own
         else:
@@ -667,7 +686,8 @@ class Twin:
             return
         if o.proto != i.proto or frame[o.off + 4:o.off + 6] != f.data[i.off + 4:i.off + 6]:
             return                                  # not the same packet
-        routed = f.data[i.eth:i.eth + 6] == GW_MAC_B
+        if routed is None:
+            routed = f.data[i.eth:i.eth + 6] == GW_MAC_B
         want = (i.ttl - 1) & 0xff if routed else i.ttl
         assert o.ttl == want, f"TTL {i.ttl} -> {o.ttl}, {'routed' if routed else 'bridged'} ({f!r})"
         self.reached["ttl-routed" if routed else "ttl-bridged"] += 1
@@ -677,14 +697,14 @@ class Twin:
         if c1["conntrack"]["inserts"] == c0["conntrack"]["inserts"] or v[0] == "drop" or f.port == UPLINK:
             return
         cfg = self.cfg
-        ins = ip_layers(f.data, cfg.vxlan_port)
+        ins = layers(f.data, cfg)
         i = ins[0]
         proto = {6: "TCP", 17: "UDP"}[i.proto]
         sport, vport = struct.unpack("!HH", f.data[i.l4:i.l4 + 4])
         svc = self.b.services.get(ip4s(i.dst), vport, proto)
         assert svc is not None, f"a new flow to {ip4s(i.dst)}:{vport}/{proto}, no such service"
         for p, h, b in outs:
-            outl = ip_layers(b, cfg.vxlan_port)
+            outl = layers(b, cfg)
             if not outl:
                 continue                               # the ARP request for the backend's VTEP
             o = outl[1] if p == UPLINK and len(outl) == 2 and outl[0].src == ip4n(NODE_IP) else outl[0]
@@ -742,10 +762,21 @@ class Twin:
         assert len(frame) <= limit, f"{len(frame)}-byte frame out of port {port}, slot {cfg.slot_size}"
         vin = vnet_fields(f.vnet if f.vnet is not None else bytes(cfg.vnet_len(f.port) if f.port < 256 else 0))
         vout = vnet_fields(hdr)
-        outs = ip_layers(frame, cfg.vxlan_port)
-        ins = ip_layers(f.data, cfg.vxlan_port)
+        outs = layers(frame, cfg)
+        ins = layers(f.data, cfg)
         if port == UPLINK and len(outs) == 2 and outs[0].src == ip4n(NODE_IP):
-            self.check_outer(frame, outs[0], vout)
+            if cfg.backend == "ipip":
+                self.check_outer_ipip(frame, outs[0], outs[1], vout)
+            else:
+                self.check_outer(frame, outs[0], vout)
+            if f.port != UPLINK:
+                self.reached["encap:" + cfg.backend] += 1
+        elif port == UPLINK and cfg.backend == "direct" and outs and outs[0].src != ip4n(NODE_IP):
+            self.check_direct_out(frame, outs[0], vout)
+            if f.port != UPLINK:
+                self.reached["encap:direct"] += 1
+        if f.port == UPLINK and port != UPLINK and outs and (len(ins) == 2 or cfg.backend == "direct"):
+            self.reached["decap:" + cfg.backend] += 1
         if not outs:
             return
         o = outs[-1]
@@ -779,6 +810,33 @@ class Twin:
         if not vout or vout["gso_type"] == 0:
             assert outer.tot == len(frame) - 14 and ulen == len(frame) - 34, (outer.tot, ulen, len(frame))
             assert len(frame) <= cfg.mtu + 14, f"{len(frame)}-byte encapsulated frame, fabric MTU {cfg.mtu}"
+
+
+    def check_outer_ipip(self, frame, outer, inner, vout):
+        """The RFC 2003 header encap wrote (notes/contract15.md): IHL 5,
+        protocol 4, DF and no fragment, TTL inherited from the inner packet,
+        DSCP 0 and the inner ECN, to a route's VTEP from the node's MAC;
+        lengths final (there is no IPIP GSO type)."""
+        cfg = self.cfg
+        assert ip_header_ok(frame, outer), "outer IP checksum"
+        o = frame[outer.off:outer.off + 20]
+        assert (outer.ihl, outer.proto, o[6:8]) == (20, 4, b"\x40\x00"), o.hex()
+        assert outer.ttl == inner.ttl, f"outer TTL {outer.ttl}, inner {inner.ttl}"
+        assert o[1] == frame[inner.off + 1] & 3, f"outer TOS {o[1]:#x}, inner {frame[inner.off + 1]:#x}"
+        assert outer.dst in VTEPS_N and frame[6:12] == NODE_MAC_B, (ip4s(outer.dst), frame[6:12].hex())
+        assert not vout or vout["gso_type"] == 0, f"an IP-in-IP frame with GSO {vout}"
+        assert outer.tot == len(frame) - 14 == inner.tot + 20, (outer.tot, inner.tot, len(frame))
+        assert len(frame) <= cfg.mtu + 14, f"{len(frame)}-byte IP-in-IP frame, fabric MTU {cfg.mtu}"
+
+    def check_direct_out(self, frame, ip, vout):
+        """A frame routed onto the fabric in direct mode: from the node's
+        MAC, within the fabric MTU unless the uplink segments it."""
+        cfg = self.cfg
+        assert frame[6:12] == NODE_MAC_B, f"direct frame from {frame[6:12].hex()}"
+        if not vout or vout["gso_type"] == 0:
+            assert len(frame) <= cfg.mtu + 14, f"{len(frame)}-byte direct frame, fabric MTU {cfg.mtu}"
+        else:
+            assert cfg.tunnel_gso, f"a GSO frame {vout} on an uplink without TSO"
 
 
 def service_packet(mac, ip, vip, sport, dport, proto):
@@ -823,10 +881,10 @@ def answers(f, port, frame, cfg):
             and frame[l3[0] + 14:l3[0] + 18] == NODE_IP_B and arp_at(f.data) is None:
         # the ARP request for the VTEP, in place of what was to be encapsulated
         return ["vtep_unresolved"] + (["ttl_exceeded"] if f.port == UPLINK and tunnelled_ttl_expired(f, cfg) else [])
-    outs = ip_layers(frame, cfg.vxlan_port)
+    outs = layers(frame, cfg)
     if not outs:
         return []
-    ins = ip_layers(f.data, cfg.vxlan_port)
+    ins = layers(f.data, cfg)
     o, i = outs[-1], (ins[-1] if ins else None)
     if not generated(i, f.data, o, frame):
         return []
@@ -837,10 +895,19 @@ def answers(f, port, frame, cfg):
 
 
 def tunnelled_ttl_expired(f, cfg):
-    """A frame from the fabric whose inner IPv4 packet, routed to a local pod
-    (no transit: others are no_route drops first), has no TTL left."""
-    ins = ip_layers(f.data, cfg.vxlan_port)
-    return len(ins) == 2 and ins[1].ttl <= 1 and ins[1].dst != ip4n(GW_IP) and ins[1].dst >> 8 == ip4n(GW_IP) >> 8
+    """A frame from the fabric whose inner IPv4 packet (in direct mode: the
+    frame's own, to our MAC and not our IP), routed to a local pod (no
+    transit: others are no_route drops first), has no TTL left."""
+    ins = layers(f.data, cfg)
+    if cfg.backend == "direct":
+        if len(ins) != 1 or f.data[:6] != NODE_MAC_B or ins[0].dst == NODE_IP_N:
+            return False
+        p = ins[0]
+    elif len(ins) == 2:
+        p = ins[1]
+    else:
+        return False
+    return p.ttl <= 1 and p.dst != ip4n(GW_IP) and p.dst >> 8 == ip4n(GW_IP) >> 8
 
 
 def outer_id_zeroed(frame):

@@ -1,6 +1,6 @@
 """Byte-level views of frames for the fuzzing harness, independent of the
 fast path's parser: where the IPv4 layers sit (through VLAN tags and one
-VXLAN level), Internet checksums (complete, or the partial pseudo-header sum
+VXLAN or IP-in-IP level), Internet checksums (complete, or the partial pseudo-header sum
 an offloaded frame carries), virtio-net header fields."""
 import struct
 
@@ -78,10 +78,13 @@ def l3_offset(frame):
     return None
 
 
-def ip_layers(frame, vxlan_port):
+def ip_layers(frame, vxlan_port, backend="vxlan", node_ip=None):
     """The IPv4 layers of a frame, outermost first: the frame's own, and the
-    inner frame's when it is VXLAN to vxlan_port (each with .eth, the offset
-    of the Ethernet header in front of it)."""
+    one it carries: in vxlan mode the inner frame's when it is VXLAN to
+    vxlan_port; in ipip mode the inner packet of IP in IP (protocol 4, not a
+    fragment) to or from node_ip, whole inside the outer one; none in direct
+    mode. Each with .eth, the offset of the Ethernet header in front of it
+    (None for the inner packet of IP in IP, which has none)."""
     out = []
     l3 = l3_offset(frame)
     if l3 is None or l3[1] != 0x0800:
@@ -91,6 +94,15 @@ def ip_layers(frame, vxlan_port):
         return out
     ip.eth = 0
     out.append(ip)
+    if backend == "ipip":
+        if ip.proto == 4 and not ip.fragment and node_ip in (ip.src, ip.dst):
+            inner = Ip4.at(frame, ip.l4)
+            if inner is not None and inner.off + inner.tot <= ip.off + ip.tot:
+                inner.eth = None
+                out.append(inner)
+        return out
+    if backend != "vxlan":
+        return out
     if ip.proto == 17 and not ip.fragment and ip.l4_len >= 8 + 8 + 14:
         dport, = struct.unpack("!H", frame[ip.l4 + 2:ip.l4 + 4])
         if dport == vxlan_port:

@@ -2,9 +2,11 @@
 AddressSanitizer: a CI-sized, derandomized run (PODNET_FUZZ_EXAMPLES
 scenarios), after checking that the child process really runs the ASan build
 with ASan active, and that the run reached every entry the harness claims:
-guarded ports (forged frames dropped), the traced copy of the loop (also
-forked), the I/O loop (with a capture), live changes of each kind, snapshot
-restores (whole, and corrupt ones refused), and each independent expectation.
+every backend between nodes (vxlan, ipip, direct) with frames encapsulated
+and decapsulated in each, guarded ports (forged frames dropped), the traced
+copy of the loop (also forked), the I/O loop (with a capture), live changes
+of each kind, snapshot restores (whole, and corrupt ones refused), and each
+independent expectation.
 `make fuzz` runs the long version."""
 import os
 from pathlib import Path
@@ -68,4 +70,7 @@ def test_fuzz_under_asan(asan_build, tmp_path, monkeypatch):
 REACHED = ["guarded", "spoof-dropped", "traced", "trace-fork", "burst:io", "io-frames", "io-truncated", "captured",
            "change:svc", "change:svc_rm", "change:routes", "change:port_rm", "change:port_add", "change:guard",
            "restore", "restored-frames", "restore-corrupt-refused",
-           "expect:", "arp-answered", "ttl-routed", "ttl-bridged", "answered:"]   # "x:": any x:...
+           "expect:", "arp-answered", "ttl-routed", "ttl-bridged", "answered:",   # "x:": any x:...
+           # every backend between nodes, with frames carried each way
+           "backend:vxlan", "backend:ipip", "backend:direct", "encap:vxlan", "encap:ipip", "encap:direct",
+           "decap:vxlan", "decap:ipip", "decap:direct"]

@@ -1,7 +1,10 @@
-"""What the fuzzing harness found, with the exact frames it found them with."""
+"""What the fuzzing harness found, with the exact frames it found them with,
+and the same edges on the ipip and direct paths (issue 15): answers to
+tunnelled frames, ICMP errors too big, GSO metadata on a fragment, inner
+headers that claim more than is there, the smallest slots."""
 import pytest
 from scapy.layers.inet import ICMP, IP, IPerror, TCPerror, IPOption_RR, UDP
-from scapy.layers.l2 import Dot1Q, Ether
+from scapy.layers.l2 import ARP, Dot1Q, Ether
 
 from fastpath import Dataplane
 
@@ -76,14 +79,22 @@ TTL1_FROM_REMOTE = bytes.fromhex(
 NEEDS_CSUM_AT_INNER_TCP = bytes.fromhex("010000000000540010000000000000000000000000000000")
 
 
-def overlay_node(clock):
-    dp = node(clock, nslots=4, slot_size=65536 + 512)
+BACKENDS = ["vxlan", "ipip", "direct"]
+NODE_IP, NODE_MAC, PEER_IP, PEER_MAC = "172.30.250.1", "0a:5a:ac:1e:fa:01", "172.30.250.2", "0a:5a:ac:1e:fa:02"
+
+
+def overlay_node(clock, backend="vxlan", **kw):
+    """An overlay node as the agent makes it: 24-byte uplink headers with
+    the tunnel's GSO, but in ipip mode (no IPIP GSO type: 12 bytes)."""
+    dp = node(clock, **dict(dict(nslots=4, slot_size=65536 + 512), **kw))
+    gso = backend != "ipip"
     dp.set_vnet_len(12)
     dp.add_port(255, domain=4095)
-    dp.set_port_vnet(255, 24)
-    dp.overlay.configure(255, "172.30.250.1", "0a:5a:ac:1e:fa:01", tunnel_gso=True)
-    dp.overlay.set_routes([{"cidr": "10.244.1.0/24", "vtep": "172.30.250.2", "inner_mac": "0a:58:0a:f4:01:01",
-                            "vtep_mac": "0a:5a:ac:1e:fa:02"}], local="10.244.0.0/24")
+    dp.set_port_vnet(255, 24 if gso else 12)
+    dp.overlay.configure(255, NODE_IP, NODE_MAC, tunnel_gso=gso, backend=backend, prefixlen=24)
+    dp.overlay.set_routes([{"cidr": "10.244.1.0/24", "vtep": PEER_IP, "vtep_mac": PEER_MAC,
+                            **({"inner_mac": "0a:58:0a:f4:01:01"} if backend == "vxlan" else {})}],
+                          local="10.244.0.0/24")
     return dp
 
 
@@ -99,10 +110,11 @@ def test_answer_to_a_tunnelled_frame_leaves_without_its_offload_header(clock):
     assert inner[TCPerror].dport == 80
 
 
-def test_too_big_icmp_error_is_counted_once(clock):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_too_big_icmp_error_is_counted_once(clock, backend):
     """An ICMP error too big for the tunnel, DF set: dropped without an
     answer (no error about an error), and counted once, not twice."""
-    dp = overlay_node(clock)
+    dp = overlay_node(clock, backend)
     err = bytes(Ether(src=A[1], dst=GW_MAC) / IP(src=A[0], dst="10.244.1.2", flags="DF")
                 / ICMP(type=3, code=4) / (b"p" * 1500))
     assert dp.process(err, 0) == []
@@ -110,14 +122,144 @@ def test_too_big_icmp_error_is_counted_once(clock):
     assert dp.counters()["gateway"]["icmp_errors_sent"] == 0
 
 
-def test_gso_metadata_on_a_tcp_fragment_reads_nothing_past_the_frame(clock):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gso_metadata_on_a_tcp_fragment_reads_nothing_past_the_frame(clock, backend):
     """Encap read the TCP data offset of a 4-byte non-first fragment from
-    past its end (whatever the slot held decided too_big or a GSO header)."""
+    past its end (whatever the slot held decided too_big or a GSO header).
+    Direct mode with uplink TSO too: a fragment has no header to segment by."""
     frag = bytes(Ether(src=A[1], dst=GW_MAC) / IP(src=A[0], dst="10.244.1.2", proto=6, frag=100) / b"abcd")
     gso = bytes.fromhex("0101360076052200100000" "00")        # NEEDS_CSUM, TCPV4, hdr_len 54, gso_size 1398
     for fill in (0x00, 0xa5, 0xff):
-        dp = overlay_node(clock)
+        dp = overlay_node(clock, backend)
         dp.load(3, bytes([fill]) * dp.slot_size, 0)
         dp.load(3, frag, 0, vnet=gso)
         dp.run_burst(3, 1)
         assert dp.verdict(3) == ("drop", "too_big")
+
+
+# ---- the ipip and direct paths ------------------------------------------------------
+
+def ipip_frame(inner):
+    return bytes(Ether(src=PEER_MAC, dst=NODE_MAC) / IP(src=PEER_IP, dst=NODE_IP, proto=4, flags="DF", ttl=64) / inner)
+
+
+# TTL1_FROM_REMOTE's inner IPv4 packet: a remote pod's TCP segment to pod A, TTL 1.
+TTL1_INNER = TTL1_FROM_REMOTE[50 + 14:]
+
+
+def from_fabric(backend, inner_ip):
+    """inner_ip (bytes) as node-b sends it in backend's mode."""
+    if backend == "direct":
+        return bytes(Ether(src=PEER_MAC, dst=NODE_MAC, type=0x0800)) + inner_ip
+    return ipip_frame(inner_ip)
+
+
+def vnet(flags, csum_start, csum_offset, n):
+    """An n-byte virtio-net header without GSO."""
+    return (bytes([flags, 0]) + bytes(4) + csum_start.to_bytes(2, "little") + csum_offset.to_bytes(2, "little")
+            + bytes(n - 10))
+
+
+@pytest.mark.parametrize("backend", ["ipip", "direct"])
+def test_answer_to_a_tunnelled_frame_leaves_without_its_offload_header_ipip_direct(clock, backend):
+    """As TTL1_FROM_REMOTE above, the same segment carried by IP in IP or
+    routed directly, its header asking for the inner TCP checksum: the time
+    exceeded goes back to node-b with a zero vnet header."""
+    dp = overlay_node(clock, backend)
+    frame = from_fabric(backend, TTL1_INNER)
+    start = len(frame) - len(TTL1_INNER) + 20                        # the inner TCP header
+    dp.load(3, frame, 255, vnet=vnet(0x01, start, 16, dp.port_vnet(255)))
+    dp.run_burst(3, 1)
+    assert dp.verdict(3) == (255, None)
+    assert dp.vnet_hdr(3) == bytes(dp.port_vnet(255))
+    out = dp.frame(3)
+    assert (Ether(out).dst, Ether(out).src) == (PEER_MAC, NODE_MAC)
+    inner = IP(out[34 if backend == "ipip" else 14:])
+    for layer in (IP, ICMP):
+        want = inner[layer].chksum
+        q = inner.copy()
+        del q[layer].chksum
+        assert IP(bytes(q))[layer].chksum == want, layer.__name__
+    assert (inner.src, inner.dst, inner[ICMP].type) == (GW_IP, "10.244.1.2", 11)
+    assert inner[TCPerror].dport == 80
+
+
+def with_outer_len(frame, n):
+    """frame (Ethernet/IPv4) with the outer total length n, its checksum fixed."""
+    q = IP(frame[14:34])
+    q.len = n
+    del q.chksum
+    return frame[:14] + bytes(q)[:20] + frame[34:]
+
+
+UDP_INNER = bytes(IP(src="10.244.1.2", dst=A[0], ttl=63) / UDP(sport=7, dport=9) / (b"u" * 20))
+
+
+@pytest.mark.parametrize("frame", [
+    ipip_frame(b"\x4f" + UDP_INNER[1:]),                      # a 60-byte inner header, 48 bytes there
+    ipip_frame(UDP_INNER[:2] + (len(UDP_INNER) + 40).to_bytes(2, "big") + UDP_INNER[4:]),   # inner length past the end
+    ipip_frame(UDP_INNER[:13]),                                # the inner header cut short
+    # the inner packet whole in the frame, but past the outer packet's end
+    with_outer_len(ipip_frame(UDP_INNER), 20 + len(UDP_INNER) - 10),
+    with_outer_len(ipip_frame(UDP_INNER), 20 + 19),
+], ids=["ihl-past", "len-past", "cut", "past-outer", "outer-19"])
+def test_ipip_inner_that_claims_more_than_is_there_reads_nothing_past_it(clock, frame):
+    """Whatever the slot held past the frame (and past the outer packet
+    inside it), the verdict is ipip_inner."""
+    for fill in (0x00, 0x45, 0xa5, 0xff):
+        dp = overlay_node(clock, "ipip")
+        dp.load(3, bytes([fill]) * dp.slot_size, 0)
+        dp.load(3, frame, 255)
+        dp.run_burst(3, 1)
+        assert dp.verdict(3) == ("drop", "ipip_inner"), fill
+
+
+def test_ipip_decap_of_a_padded_minimal_packet_leaves_the_padding(clock):
+    """A 20-byte inner packet in a 60-byte frame (Ethernet padding after the
+    outer packet): the pod gets the inner packet, not the padding."""
+    dp = overlay_node(clock, "ipip")
+    dp.process(bytes(Ether(src=A[1], dst="ff:ff:ff:ff:ff:ff") / ARP(psrc=A[0], pdst="10.244.0.9")), 0)
+    inner = bytes(IP(src="10.244.1.2", dst=A[0], proto=253, ttl=63))
+    frame = ipip_frame(inner)
+    frame += b"\xee" * (60 - len(frame))
+    [(port, out)] = dp.process(frame, 255)
+    assert port == 0 and len(out) == 14 + 20
+    assert IP(out[14:]).ttl == 62 and IP(out[14:]).proto == 253
+
+
+@pytest.mark.parametrize("backend", ["ipip", "direct"])
+def test_time_exceeded_for_a_tunnelled_frame_fits_the_smallest_slot(clock, backend):
+    """The largest quote (a 60-byte inner header) answered back across the
+    fabric from 128-byte slots: the ICMP error in the slot, the outer header
+    in front of it."""
+    dp = overlay_node(clock, backend, nslots=1, slot_size=128)
+    inner = bytes(IP(src="10.244.1.2", dst=A[0], ttl=1, options=[IPOption_RR(routers=["1.2.3.4"] * 9)])
+                  / UDP(sport=7, dport=9))
+    frame = from_fabric(backend, inner)
+    assert len(frame) <= 128
+    [(port, out)] = dp.process(frame, 255)
+    assert port == 255
+    e = IP(out[34 if backend == "ipip" else 14:])
+    assert (e.src, e.dst, e[ICMP].type) == (GW_IP, "10.244.1.2", 11)
+    assert len(bytes(e[IPerror])) == 60 + 8
+    for layer in (IP, ICMP):
+        want = e[layer].chksum
+        q = e.copy()
+        del q[layer].chksum
+        assert IP(bytes(q))[layer].chksum == want, layer.__name__
+    if backend == "ipip":
+        o = IP(out[14:34])
+        assert (o.proto, o.len, o.ttl) == (4, len(out) - 14, e.ttl)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_encap_of_a_frame_filling_the_smallest_slot(clock, backend):
+    """A pod's frame of exactly slot_size bytes: the outer header goes in
+    front of the slot, the frame stays whole."""
+    dp = overlay_node(clock, backend, nslots=1, slot_size=128)
+    f = bytes(Ether(src=A[1], dst=GW_MAC) / IP(src=A[0], dst="10.244.1.2") / UDP(sport=1, dport=2) / (b"z" * 86))
+    assert len(f) == 128
+    [(port, out)] = dp.process(f, 0)
+    assert port == 255 and len(out) == 128 + {"vxlan": 50, "ipip": 20, "direct": 0}[backend]
+    assert out[-(128 - 14 - 20):] == f[14 + 20:]
+    assert IP(out[-(128 - 14):]).ttl == 63
