@@ -498,3 +498,32 @@ def test_no_namespace_left_of_a_linux_node_that_could_not_be_built():
             assert KernelIpipNode.probe() == str(e)
         assert not [n for n in netns_list() if n.startswith("pnbx-x")]
     assert "pnbx-fabric" not in netns_list()
+
+
+def test_a_restarted_agent_keeps_its_backend_and_routes(cl):
+    """SIGKILL n1's agent; `podnet up` starts it again: it comes back in the same backend, its
+    routes restored from its snapshot (no inner MAC in ipip or direct; the Linux node's static
+    underlay MAC kept) agree with state.json, so nothing needs putting right, and traffic
+    crosses again. (Last in the module: the cluster's agent PIDs change.)"""
+    from netns_helpers import kill_agent
+    st = cl.st
+    before = {r["name"]: r for r in agent(st, "n1", "routes")}
+    kill_agent(st, "n1")
+    out = podnet("up").stdout
+    [line] = [ln for ln in out.splitlines() if ln.startswith("node n1:")]
+    assert "agent was dead, restarted" in line and "route to" not in line, line
+    s = json.loads(podnet("status", "-o", "json").stdout)
+    n1 = next(n for n in s["nodes"] if n["name"] == "n1")
+    assert (n1["agent"], n1["backend"]) == ("running", cl.backend)
+    assert agent(st, "n1", "status")["overlay"]["backend"] == cl.backend
+    after = {r["name"]: r for r in agent(st, "n1", "routes")}
+    assert after.keys() == before.keys()
+    for name, r in after.items():
+        assert (r["cidr"], r["vtep"], r["inner_mac"]) == (before[name]["cidr"], before[name]["vtep"], None)
+        if before[name]["vtep_state"] == "static":
+            assert (r["vtep_state"], r["vtep_mac"]) == ("static", before[name]["vtep_mac"])
+    r = in_pod(st, "a", "ping", "-c", "2", "-i", "0.2", "-W", "2", pod_ip(st, "c"))
+    assert "2 received" in r.stdout
+    if cl.k is not None:
+        r = in_pod(st, "a", "ping", "-c", "2", "-i", "0.2", "-W", "2", cl.k.pods[0]["ip"])
+        assert "2 received" in r.stdout
