@@ -6,9 +6,9 @@ devices, all in one run:
                     vxlan, veth uplinks into a fabric bridge in its own
                     namespace; tests/kernel_node.py)
   kernel-direct     flannel host-gw: the same nodes without a tunnel, routes
-                    POD_CIDR via the peer's underlay IP (bench/kernel_routed.py)
+                    POD_CIDR via the peer's underlay IP (KernelDirectNode)
   kernel-ipip       Calico's IPIP (tunl0, POD_CIDR via NODE_IP dev tunl0
-                    onlink), only where `ip link add type ipip` works; this
+                    onlink; KernelIpipNode), only where `ip link add type ipip` works; this
                     machine's kernel has no ipip, so the JSON says
                     "kernel ipip: not in this kernel" instead
   podnet-vxlan      two podnet nodes, cluster.backend vxlan (agents, TAPs with
@@ -62,13 +62,23 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 from cpustat import pin  # noqa: E402
 from e2e_pods import KINDS, THROUGHPUT, cpu_list, e2e_ratios, iperf, parse_workers, plot, print_summary  # noqa: E402
-from kernel_node import Fabric, KernelNode, ns_run  # noqa: E402
-from kernel_routed import KernelRoutedNode, ipip_available  # noqa: E402
+from kernel_node import Fabric, KernelDirectNode, KernelIpipNode, KernelNode, ns_run  # noqa: E402
 from podnet_cluster import PodnetCluster  # noqa: E402
 from rounds import all_up, measure_paths, ratio, spread, summarize  # noqa: E402
 
 FABRIC_MTU = 1500
 BACKENDS = ("vxlan", "ipip", "direct")
+NOT_IN_KERNEL = "kernel ipip: not in this kernel"
+
+
+def ipip_available():
+    """(True, "") where this kernel makes ipip devices, else (False, why),
+    tried in a scratch namespace (KernelIpipNode.probe)."""
+    why = KernelIpipNode.probe("pnbench-ipipchk")
+    if why is None:
+        return True, ""
+    # "this kernel has no IPIP (ip link add ...: what it answered)": the answer, after our words
+    return False, f"{NOT_IN_KERNEL} ({why.split('(', 1)[1][:-1] if why.endswith(')') else why})"
 
 
 def pod_mtu(ns):
@@ -109,8 +119,8 @@ class KernelOverlay:
                 part.__enter__()
                 made.append(part)
             a, b = self.nodes
-            a.peer_with(b)
-            b.peer_with(a)
+            self.peer(a, b)
+            self.peer(b, a)
             # the first packet would otherwise wait on ARP for the peer VTEP
             a.exec(0, "ping", "-c", "1", "-W", "2", b.pods[0]["ip"], timeout=10)
         except BaseException:
@@ -118,6 +128,9 @@ class KernelOverlay:
                 part.__exit__(None, None, None)
             raise
         return self
+
+    def peer(self, a, b):
+        a.peer_with(b)
 
     def pods(self):
         a, b = self.nodes
@@ -138,7 +151,8 @@ class KernelOverlay:
 
 
 class KernelRouted(KernelOverlay):
-    """Two KernelRoutedNodes: direct (flannel host-gw) or ipip (Calico tunl0)."""
+    """Two routed kernel nodes (tests/kernel_node.py): KernelDirectNode
+    (flannel host-gw) or KernelIpipNode (Calico's tunl0)."""
 
     PLACES = {"direct": ("pnbkd", "pnbench-kdfab", "172.30.253", ("10.247.3.0/24", "10.247.4.0/24")),
               "ipip": ("pnbki", "pnbench-kifab", "172.30.254", ("10.247.5.0/24", "10.247.6.0/24"))}
@@ -149,13 +163,22 @@ class KernelRouted(KernelOverlay):
         prefix, fabric_ns, underlay, cidrs = self.PLACES[mode]
         self.name, self.backend, self.label = f"kernel-{mode}", mode, self.LABELS[mode]
         self.fabric = Fabric(fabric_ns, "br-fabric", mtu=FABRIC_MTU)
-        self.nodes = [KernelRoutedNode(f"n{i + 1}", mode=mode, fabric_ns=fabric_ns, fabric_bridge="br-fabric",
-                                       underlay_ip=f"{underlay}.{i + 1}", underlay_prefixlen=24, pod_cidr=cidr,
-                                       fabric_mtu=FABRIC_MTU, pods=1, prefix=prefix)
+        cls = KernelDirectNode if mode == "direct" else KernelIpipNode
+        self.nodes = [cls(f"n{i + 1}", fabric_ns=fabric_ns, fabric_bridge="br-fabric",
+                          underlay_ip=f"{underlay}.{i + 1}", underlay_prefixlen=24, pod_cidr=cidr,
+                          fabric_mtu=FABRIC_MTU, pods=1, prefix=prefix)
                       for i, cidr in enumerate(cidrs)]
 
+    def peer(self, a, b):
+        a.add_peer(b.pod_cidr, b.node_ip)
+
     def describe(self):
-        return {"backend": self.backend, **self.nodes[0].describe()}
+        a = self.nodes[0]
+        out = {"backend": self.backend, "pod_mtu": a.mtu, "fabric_mtu": a.fabric_mtu,
+               "routes": {cidr: ip for cidr, (ip, _) in a.peers.items()}}
+        if self.backend == "ipip":
+            out["tunnel"] = a.tunnel_info()
+        return out
 
 
 # ---- podnet paths -----------------------------------------------------------------
