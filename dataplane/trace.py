@@ -107,7 +107,9 @@ def run(pod, frame, commit=False):
     port = next((p for p, n in names.items() if n == f"pod {pod}"), None)
     if port is None:
         raise TraceError(f"pod {pod} has no port on node {node}")
-    by_vtep = {n.underlay_ip: name for name, n in state.nodes.items()}
+    # The next node is the one whose underlay MAC the frame leaves for: in
+    # every backend (a direct frame's IP destination is the pod's, not a node's).
+    by_mac = {n.underlay_mac.lower(): name for name, n in state.nodes.items()}
     hops, todo = [], [(node, port, frame, names)]
     while todo and len(hops) < MAX_HOPS:
         node, port, frame, names = todo.pop(0)
@@ -117,16 +119,10 @@ def run(pod, frame, commit=False):
         hops.append(hop)
         for out in r["outputs"]:
             f = bytes.fromhex(out["frame"])
-            peer = by_vtep.get(_outer_dst(f)) if out["port"] == UPLINK_PORT else None
+            peer = by_mac.get(f[:6].hex(":")) if out["port"] == UPLINK_PORT and len(f) >= 14 else None
             if peer is not None and peer != node:
                 todo.append((peer, UPLINK_PORT, f, _ports(state, peer)))
     return hops
-
-
-def _outer_dst(frame):
-    if len(frame) >= 34 and frame[12:14] == b"\x08\x00":
-        return ip(int.from_bytes(frame[30:34], "big"))
-    return None
 
 
 def _summary(frame):
@@ -137,11 +133,23 @@ def _summary(frame):
         return f"{len(frame)} bytes"
 
 
+def _ip_summary(packet):
+    from scapy.layers.inet import IP
+    try:
+        return IP(packet).summary()
+    except Exception:
+        return f"{len(packet)} bytes"
+
+
 def _outer(frame):
     from scapy.layers.inet import IP, UDP
     from scapy.layers.l2 import Ether
     from scapy.layers.vxlan import VXLAN
     e = Ether(frame)
+    if IP in e and e[IP].proto == 4 and isinstance(e[IP].payload, IP):       # IP-in-IP (RFC 2003)
+        o = e[IP]
+        return (f"IPIP: outer {e.src} > {e.dst}, IP {o.src} > {o.dst} ttl {o.ttl} id {o.id}"
+                f"{' DF' if o.flags.DF else ''} tos {o.tos:#x}; inner: {o.payload.summary()}")
     if not e.haslayer(VXLAN):
         return _summary(frame)
     o = e[IP]
@@ -192,11 +200,25 @@ def describe(hop):
         elif name == "flood":
             text = f"flooded to {b} ports of bridge domain {a}"
         elif name == "encap":
-            text = "VXLAN: " + (_outer(outs[a]) if a in outs else "")
+            text = _outer(outs[a]) if a in outs else ""
+            if not text:
+                text = "encapsulated, out of the uplink"
+            elif text.startswith("outer"):
+                text = "VXLAN: " + text
+            elif not text.startswith("IPIP"):
+                text = "routed to the next hop, not encapsulated: " + text
         elif name == "vtep_arp":
             text = "the VTEP's MAC is not known yet: sent an ARP request for it instead"
         elif name == "decap":
-            text = f"VXLAN VNI {a} decapsulated: {_summary(frame[50:])}"
+            if b == 1:
+                o = frame[14:] if len(frame) > 14 else b""
+                ihl = (o[0] & 15) * 4 if o else 20
+                text = f"IPIP from {ip(int.from_bytes(o[12:16], 'big')) if len(o) >= 16 else '?'} decapsulated: " \
+                       f"{_ip_summary(o[ihl:])}"
+            elif b == 2:
+                text = f"routed in from the fabric (direct): {_summary(frame)}"
+            else:
+                text = f"VXLAN VNI {a} decapsulated: {_summary(frame[50:])}"
         elif name == "reply":
             text = f"answered out of {pname(a)}"
         elif name == "local":

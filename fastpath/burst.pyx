@@ -270,7 +270,7 @@ cdef int st_service(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk) noexcept 
     cdef uint8_t *ip = pk.data + pk.m.l3_off
     cdef uint8_t *l4 = pk.data + pk.m.l4_off
     cdef uint8_t proto = pk.m.l4_proto, flags = 0
-    cdef uint32_t cip = get32(ip + 12), vip = get32(ip + 16), bip, sip
+    cdef uint32_t cip = get32(ip + IP4_SRC), vip = get32(ip + IP4_DST), bip, sip
     cdef uint16_t cport, vport, bport
     cdef uint8_t snat
     cdef tuple_t *t
@@ -281,13 +281,13 @@ cdef int st_service(Dataplane self, mode_t *md, uint32_t i, pkt_t *pk) noexcept 
     cdef uint64_t hits
     cdef bint partial = pk.vnet > 0 and ((pk.data - pk.vnet)[0] & VNET_F_NEEDS_CSUM)
     if mode_t is traced_t:
-        tr_note(self.tr, EV_SERVICE, vip, get16(l4 + 2) if pk.m.flags & F_L4 else 0, proto)
+        tr_note(self.tr, EV_SERVICE, vip, get16(l4 + L4_DPORT) if pk.m.flags & F_L4 else 0, proto)
     if unlikely((proto != 6 and proto != 17) or not (pk.m.flags & F_L4) or (pk.m.flags & F_FRAG)):
         return fail(pk, DROP_SVC_UNSUPPORTED)
     cport = get16(l4)
-    vport = get16(l4 + 2)
+    vport = get16(l4 + L4_DPORT)
     if proto == 6:
-        flags = l4[13]
+        flags = l4[TCP_FLAGS]
     # One hold of the shard's lock from lookup to the NAT fields copied
     # out (nat below works on locals): other workers insert, and forward
     # this connection's replies, meanwhile.
@@ -413,11 +413,11 @@ cdef void unnat(Dataplane self, mode_t *md, pkt_t *pk) noexcept nogil:
         return
     ip = pk.data + pk.m.l3_off
     l4 = pk.data + pk.m.l4_off
-    ct = ct_shard(self.ct, get16(l4 + 2))          # a reply is to the client's port
+    ct = ct_shard(self.ct, get16(l4 + L4_DPORT))          # a reply is to the client's port
     if not ld(&ct.count):
         return                                     # nothing tracked in its shard: no lock taken
     pn_spin_lock(&ct.lock)
-    t = ct_find(ct, tuple_a(get32(ip + 12), get32(ip + 16)), tuple_b(get16(l4), get16(l4 + 2), proto))
+    t = ct_find(ct, tuple_a(get32(ip + IP4_SRC), get32(ip + IP4_DST)), tuple_b(get16(l4), get16(l4 + L4_DPORT), proto))
     if t == NULL or t.dir != CT_REPLY:
         pn_spin_unlock(&ct.lock)
         return
@@ -429,9 +429,9 @@ cdef void unnat(Dataplane self, mode_t *md, pkt_t *pk) noexcept nogil:
         return
     partial = pk.vnet > 0 and ((pk.data - pk.vnet)[0] & VNET_F_NEEDS_CSUM)
     if proto == 6:
-        if l4[13] & 0x04:
+        if l4[TCP_FLAGS] & 0x04:
             k.state = CT_CLOSED
-        elif l4[13] & 0x01:
+        elif l4[TCP_FLAGS] & 0x01:
             k.state = CT_FIN
         elif k.state == CT_NEW:
             k.state = CT_ESTABLISHED

@@ -51,13 +51,13 @@ cdef inline void icmp_echo_reply(pkt_t *pk, const uint8_t *mac, uint32_t addr) n
     cdef uint8_t *icmp = pk.data + pk.m.l4_off
     cdef uint16_t old
     cdef uint32_t c
-    memcpy(pk.data, pk.data + 6, 6)
-    memcpy(pk.data + 6, mac, 6)
-    put32(ip + 16, get32(ip + 12))
-    put32(ip + 12, addr)
-    old = get16(ip + 8)
-    ip[8] = 64
-    csum_update16(ip + 10, old, get16(ip + 8))
+    memcpy(pk.data, pk.data + ETH_SRC, 6)
+    memcpy(pk.data + ETH_SRC, mac, 6)
+    put32(ip + IP4_DST, get32(ip + IP4_SRC))
+    put32(ip + IP4_SRC, addr)
+    old = get16(ip + IP4_TTL)
+    ip[IP4_TTL] = 64
+    csum_update16(ip + IP4_CSUM, old, get16(ip + IP4_TTL))
     icmp[0] = 0
     # Type 8 -> 0 adds 0x0800 to the checksum, with end-around carry. Not
     # RFC 1624 eqn. 3: that gives 0x0000 when the reply is all zeros (id 0,
@@ -107,7 +107,7 @@ cdef inline int gw_arp(gw_t *g, pkt_t *pk, pn_sync_t *sy, uint32_t wid) noexcept
     gw_learn(g, spa, a + 8, sy, wid)
     if op == 1 and tpa == g.ip:
         memcpy(pk.data, a + 8, 6)        # eth dst = requester
-        memcpy(pk.data + 6, g.mac, 6)
+        memcpy(pk.data + ETH_SRC, g.mac, 6)
         put16(a + 6, 2)
         memcpy(a + 18, a + 8, 10)        # target = old sender (MAC + IP)
         memcpy(a + 8, g.mac, 6)
@@ -129,26 +129,26 @@ cdef inline int gw_icmp_error(gw_t *g, pkt_t *pk, uint8_t type, uint8_t code,
     cdef uint8_t *icmp
     cdef uint32_t ihl = (ip[0] & 0x0f) * 4u, qlen
     cdef uint8_t t
-    if get16(ip + 6) & 0x1fff:
+    if get16(ip + IP4_FRAG) & 0x1fff:
         return -drop                     # a non-initial fragment: never an ICMP error (RFC 1812 4.3.2.7)
-    if ip[9] == 1 and (pk.m.flags & F_L4):
+    if ip[IP4_PROTO] == 1 and (pk.m.flags & F_L4):
         t = ip[ihl]
         if t != 0 and t != 8 and t != 13 and t != 15 and t != 17:
             return -drop                 # an ICMP error: no error about an error
     qlen = ihl + 8 if ihl + 8 <= pk.m.l3_len else pk.m.l3_len
     memcpy(quote, ip, qlen)
-    memcpy(pk.data, pk.data + 6, 6)
-    memcpy(pk.data + 6, g.mac, 6)
+    memcpy(pk.data, pk.data + ETH_SRC, 6)
+    memcpy(pk.data + ETH_SRC, g.mac, 6)
     ip[0] = 0x45
     ip[1] = 0xc0
     put16(ip + 2, <uint16_t>(20 + 8 + qlen))
     put32(ip + 4, 0)                     # id 0, no fragment bits
-    ip[8] = 64
-    ip[9] = 1
-    put16(ip + 10, 0)
-    put32(ip + 16, get32(quote + 12))    # back to the sender
-    put32(ip + 12, g.ip)
-    put16(ip + 10, csum(ip, 20))
+    ip[IP4_TTL] = 64
+    ip[IP4_PROTO] = 1
+    put16(ip + IP4_CSUM, 0)
+    put32(ip + IP4_DST, get32(quote + IP4_SRC))    # back to the sender
+    put32(ip + IP4_SRC, g.ip)
+    put16(ip + IP4_CSUM, csum(ip, IP4_HLEN))
     icmp = ip + 20
     icmp[0] = type
     icmp[1] = code
@@ -169,19 +169,19 @@ cdef inline int gw_ip4(gw_t *g, pkt_t *pk) noexcept nogil:
     """An IPv4 frame sent to the gateway MAC."""
     cdef uint8_t *ip = pk.data + pk.m.l3_off
     cdef uint8_t *icmp
-    cdef uint32_t dst = get32(ip + 16)
+    cdef uint32_t dst = get32(ip + IP4_DST)
     cdef neigh_t *n
     cdef uint16_t old
     cdef int a
     if dst == g.ip:
         icmp = pk.data + pk.m.l4_off
-        if (ip[9] != 1 or not (pk.m.flags & F_L4) or (pk.m.flags & F_FRAG)
+        if (ip[IP4_PROTO] != 1 or not (pk.m.flags & F_L4) or (pk.m.flags & F_FRAG)
                 or icmp[0] != 8 or icmp[1] != 0):
             return -DROP_GW_UNSUPPORTED
         icmp_echo_reply(pk, g.mac, g.ip)
         ainc(&g.icmp_replies)
         return GW_REPLY
-    if ip[8] <= 1:
+    if ip[IP4_TTL] <= 1:
         a = gw_icmp_error(g, pk, 11, 0, 0, DROP_TTL)
         return GW_TIME_EXCEEDED if a == GW_REPLY else a
     if gw_in_subnet(g, dst):
@@ -189,14 +189,14 @@ cdef inline int gw_ip4(gw_t *g, pkt_t *pk) noexcept nogil:
         if n.state == NEIGH_NONE or dst == (g.net | ~g.mask):
             return -DROP_NO_NEIGH
         memcpy(pk.data, n.mac, 6)
-        memcpy(pk.data + 6, g.mac, 6)
+        memcpy(pk.data + ETH_SRC, g.mac, 6)
     # A frame for another node keeps its source MAC here: ov_encap writes both
     # inner MACs, and when the frame is too big for the overlay the ICMP
     # fragmentation-needed goes back to that source MAC (it went to the
     # gateway's own MAC, so the pod never heard it and path MTU discovery failed).
-    old = get16(ip + 8)
-    ip[8] -= 1
-    csum_update16(ip + 10, old, get16(ip + 8))
+    old = get16(ip + IP4_TTL)
+    ip[IP4_TTL] -= 1
+    csum_update16(ip + IP4_CSUM, old, get16(ip + IP4_TTL))
     return GW_ROUTE if gw_in_subnet(g, dst) else GW_REMOTE
 
 cdef class Gateway:

@@ -7,6 +7,7 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 from fastpath.defs cimport *
 from fastpath.checksum cimport *
+from fastpath.packets cimport *
 
 cdef inline uint8_t *l4_csum(pkt_t *pk) noexcept nogil:
     if pk.m.l4_proto == 6:
@@ -28,7 +29,7 @@ cdef inline void nat_ip(pkt_t *pk, uint32_t off, uint32_t new, bint partial) noe
     if old == new:
         return
     put32(ip + off, new)
-    csum_update32(ip + 10, old, new)
+    csum_update32(ip + IP4_CSUM, old, new)
     if c == NULL or (pk.m.l4_proto == 17 and get16(c) == 0 and not partial):
         return
     if partial:
@@ -57,44 +58,44 @@ cdef inline int tcp_reset(pkt_t *pk, const uint8_t *gw_mac) noexcept nogil:
     generation"), from the address it was sent to. Returns 0, or -1 for a RST."""
     cdef uint8_t *ip = pk.data + pk.m.l3_off
     cdef uint8_t *t = pk.data + pk.m.l4_off
-    cdef uint8_t flags = t[13]
+    cdef uint8_t flags = t[TCP_FLAGS]
     cdef uint32_t seq = get32(t + 4), ack = get32(t + 8), paylen, src, dst
     cdef uint16_t sport = get16(t), dport = get16(t + 2)
     cdef uint64_t s
     if flags & 0x04:
         return -1                                   # never answer a RST
     paylen = pk.m.l4_len - (t[12] >> 4) * 4u
-    memcpy(pk.data, pk.data + 6, 6)
-    memcpy(pk.data + 6, gw_mac, 6)
-    src = get32(ip + 12)
-    dst = get32(ip + 16)
+    memcpy(pk.data, pk.data + ETH_SRC, 6)
+    memcpy(pk.data + ETH_SRC, gw_mac, 6)
+    src = get32(ip + IP4_SRC)
+    dst = get32(ip + IP4_DST)
     ip[0] = 0x45
     ip[1] = 0
     put16(ip + 2, 40)
     put16(ip + 4, 0)
-    put16(ip + 6, 0x4000)
-    ip[8] = 64
-    ip[9] = 6
-    put16(ip + 10, 0)
-    put32(ip + 12, dst)
-    put32(ip + 16, src)
-    put16(ip + 10, csum(ip, 20))
+    put16(ip + IP4_FRAG, 0x4000)
+    ip[IP4_TTL] = 64
+    ip[IP4_PROTO] = 6
+    put16(ip + IP4_CSUM, 0)
+    put32(ip + IP4_SRC, dst)
+    put32(ip + IP4_DST, src)
+    put16(ip + IP4_CSUM, csum(ip, IP4_HLEN))
     t = ip + 20
     put16(t, dport)
     put16(t + 2, sport)
     if flags & 0x10:                                # ACK set: RST with seq = their ack
         put32(t + 4, ack)
         put32(t + 8, 0)
-        t[13] = 0x04
+        t[TCP_FLAGS] = 0x04
     else:
         put32(t + 4, 0)
         put32(t + 8, seq + paylen + (1 if flags & 0x02 else 0) + (1 if flags & 0x01 else 0))
-        t[13] = 0x14
+        t[TCP_FLAGS] = 0x14
     t[12] = 0x50
     put16(t + 14, 0)
     put16(t + 16, 0)
     put16(t + 18, 0)
-    s = csum_partial(ip + 12, 8, 0) + 6 + 20      # pseudo-header
+    s = csum_partial(ip + IP4_SRC, 8, 0) + 6 + 20      # pseudo-header
     put16(t + 16, <uint16_t>(~csum_fold(csum_partial(t, 20, s)) & 0xffff))
     pk.len = pk.m.l3_off + 40
     pk.m.l3_len = 40

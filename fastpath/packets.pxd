@@ -46,6 +46,8 @@ cdef enum:
     UDP_CSUM = 6
     UDP_HLEN = 8
 
+    L4_SPORT = 0           # TCP and UDP alike
+    L4_DPORT = 2
     TCP_FLAGS = 13
 
     ARP_OP = 6             # Ethernet/IPv4 ARP: offsets from the ARP header

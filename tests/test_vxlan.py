@@ -464,3 +464,20 @@ def test_pod_mtu_is_fabric_mtu_less_50_with_jumbo_frames(clock):
     [(port, out)] = dp.process(bytes(big), 0)
     e = Ether(out)
     assert port == 0 and (e[ICMP].type, e[ICMP].code, e[ICMP].nexthopmtu) == (3, 4, 8950)
+
+
+def test_vnet_hdr_of_a_flooded_decapsulated_frame_is_the_pods_size(clock):
+    """A decapsulated frame routed to a pod whose MAC the bridge has not
+    learned is flooded to the pods' ports with a pod-sized (12-byte) header
+    in front of it, not the uplink's 24: vnet_hdr(i) reports the frame's own."""
+    dp = make(clock, vnet=12, tunnel_gso=True)
+    dp.gateway.add_neighbor("10.244.0.7", "0a:58:0a:f4:00:07")          # known to the gateway, not to the FDB
+    inner = Ether(src=REMOTE_GW_MAC, dst=GW_MAC) / IP(src="10.244.1.2", dst="10.244.0.7") / UDP(sport=1, dport=2)
+    outer = (Ether(src=PEER_MAC, dst=NODE_MAC) / IP(src=PEER_IP, dst=NODE_IP, flags="DF")
+             / UDP(sport=50000, dport=4789, chksum=0) / VXLAN(vni=1) / inner)
+    assert dp.load(0, bytes(outer), UPLINK, vnet=bytes(24))
+    dp.run_burst(0, 1)
+    assert dp.verdict(0) == ("flood", None)
+    assert sorted(dp.tx_ports()) == [0, 1]
+    assert len(dp.vnet_hdr(0)) == 12 and dp.vnet_hdr(0) == bytes(12)
+    assert Ether(dp.frame(0))[IP].dst == "10.244.0.7" and Ether(dp.frame(0)).dst == "0a:58:0a:f4:00:07"
