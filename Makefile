@@ -42,6 +42,7 @@ bench: setup
 	$(PY) bench/instructions.py >/dev/null
 	$(PY) bench/scaling.py >/dev/null
 	@if [ "$$(id -u)" = 0 ]; then $(PY) bench/e2e_pods.py && $(PY) bench/e2e_overlay.py >/dev/null \
+	  && $(PY) bench/e2e_overlay.py --legacy --workers 1,2 --out bench/results/overlay_workers.json >/dev/null \
 	  && $(PY) bench/e2e_services.py >/dev/null && $(PY) bench/e2e_connect.py >/dev/null \
 	  && $(PY) bench/e2e_pause.py >/dev/null && $(PY) bench/e2e_churn.py >/dev/null \
 	  && $(PY) bench/e2e_cni.py >/dev/null; \

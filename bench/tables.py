@@ -582,8 +582,15 @@ def cni():
     return "\n".join(out)
 
 
-TABLES = {"stages": stages, "pods": pods, "overlay": overlay, "services": services, "connect": connect,
-          "pause": pause, "scaling": scaling, "churn": churn, "cni": cni}
+def overlay_by_workers():
+    """The cross-node run by worker count (vxlan only, e2e_overlay.py --legacy
+    --workers 1,2), kept beside the per-backend one as overlay_workers.json."""
+    d = load("overlay_workers")
+    return overlay_single(d) if "podnet" in d["summary"]["tcp1"] else overlay_workers(d)
+
+
+TABLES = {"stages": stages, "pods": pods, "overlay": overlay, "overlay_workers": overlay_by_workers,
+          "services": services, "connect": connect, "pause": pause, "scaling": scaling, "churn": churn, "cni": cni}
 
 
 def render():
