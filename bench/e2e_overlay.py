@@ -13,7 +13,10 @@ devices, all in one run:
                     "kernel ipip: not in this kernel" instead
   podnet-vxlan      two podnet nodes, cluster.backend vxlan (agents, TAPs with
                     vnet headers, UDP-tunnel GSO on the uplinks)
-  podnet-ipip       the same with cluster.backend ipip (pods get MTU-sized frames)
+  podnet-ipip       the same with cluster.backend ipip (pods' TCP super-frames cut
+                    into segments in the fast path: there is no IPIP GSO type)
+  podnet-ipip-mtu   the same with PODNET_IPIP_TSO=0 (pods get no TSO and send
+                    MTU-sized frames): issue 15's other way, in the same rounds
   podnet-direct     the same with cluster.backend direct (uplink TSO)
   podnet-same-node  one podnet node, both pods on it (backend direct: pod MTU
                     1500, as podnet-direct's): what podnet-direct is measured
@@ -191,9 +194,9 @@ class PodnetOverlay(PodnetCluster):
     podnet-wN, its cluster name and CIDRs, no backend in the spec)."""
 
     SHORT = {"vxlan": "vx", "ipip": "ip", "direct": "dr"}
-    GSO = {"vxlan": "UDP-tunnel GSO", "ipip": "MTU-sized frames", "direct": "uplink TSO"}
+    GSO = {"vxlan": "UDP-tunnel GSO", "ipip": "TSO segmented in the fast path", "direct": "uplink TSO"}
 
-    def __init__(self, workers=1, backend="vxlan", legacy=False):
+    def __init__(self, workers=1, backend="vxlan", legacy=False, mtu_frames=False):
         if not 1 <= workers <= 16:
             raise ValueError(f"workers must be 1..16, got {workers}")
         if backend not in BACKENDS:
@@ -213,11 +216,30 @@ class PodnetOverlay(PodnetCluster):
             b = BACKENDS.index(backend)
             spec = (f"cluster: {{name: pnbo-{self.SHORT[backend]}-w{workers}, podCIDR: 10.{240 + b}.{4 * workers}.0/22, "
                     f"fabricCIDR: 172.27.{16 * b + workers}.0/24, backend: {backend}}}\n")
+            if mtu_frames:
+                if backend != "ipip":
+                    raise ValueError("mtu_frames is ipip's other way (PODNET_IPIP_TSO=0)")
+                self.name = "podnet-ipip-mtu" + (f"-w{workers}" if workers != 1 else "")
+                self.label = f"podnet agents, ipip (pods without TSO: MTU-sized frames), {ws}"
+                spec = (f"cluster: {{name: pnbo-im-w{workers}, podCIDR: 10.239.{4 * workers}.0/22, "
+                        f"fabricCIDR: 172.27.{64 + workers}.0/24, backend: ipip}}\n")
+        self.mtu_frames = mtu_frames
+        self.mode = "ipip-mtu" if mtu_frames else backend
         super().__init__(spec + "nodes: [{name: n1}, {name: n2}]\n"
                          "pods: [{name: a, node: n1}, {name: b, node: n2}]\n", workers=workers)
 
     def __enter__(self):
-        super().__enter__()
+        # the agents read PODNET_IPIP_TSO when they start (dataplane/agent.py)
+        saved = os.environ.get("PODNET_IPIP_TSO")
+        if self.mtu_frames:
+            os.environ["PODNET_IPIP_TSO"] = "0"
+        try:
+            super().__enter__()
+        finally:
+            if saved is None:
+                os.environ.pop("PODNET_IPIP_TSO", None)
+            else:
+                os.environ["PODNET_IPIP_TSO"] = saved
         try:
             warm_up(*self.pods()[0::2])
         except BaseException:
@@ -279,7 +301,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 CPU = ["cpu_s_per_gb", "cores_busy"]
 METRICS = {"tcp1": ["gbps", *CPU], "tcp4": ["gbps", *CPU], "udp64": ["rx_pps", *CPU]}
 PATH_NAME = re.compile(r"kernel|podnet-w(?P<legacy>\d+)|kernel-(?P<kmode>vxlan|ipip|direct)"
-                       r"|podnet-(?P<pmode>vxlan|ipip|direct|same-node)(?:-w(?P<w>\d+))?")
+                       r"|podnet-(?P<pmode>vxlan|ipip-mtu|ipip|direct|same-node)(?:-w(?P<w>\d+))?")
 
 
 def parse_path(text):
@@ -334,6 +356,8 @@ def default_paths(backends=BACKENDS, workers=(1,), legacy=False):
             continue
         out.append(f"kernel-{b}")
         out += [podnet_name(b, w) for w in workers]
+        if b == "ipip":
+            out += [podnet_name("ipip-mtu", w) for w in workers]
         if b == "direct":
             out += [podnet_name("same-node", w) for w in workers]
     return out
@@ -350,6 +374,8 @@ def make_path(name):
         return KernelRouted(backend)
     if backend == "same-node":
         return PodnetSameNode(workers)
+    if backend == "ipip-mtu":
+        return PodnetOverlay(workers, "ipip", mtu_frames=True)
     return PodnetOverlay(workers, backend, legacy=legacy)
 
 
@@ -390,6 +416,14 @@ def backend_ratios(raw, names, unavailable=None):
     for p in podnets:
         _, b, w, _ = parsed[p]
         if b == "same-node":
+            continue
+        if b == "ipip-mtu":                  # ipip's other way: against ipip's segmentation, same round
+            seg = podnet_name("ipip", w)
+            if seg in names:
+                for kind, (metric, suffix) in THROUGHPUT.items():
+                    out[f"{key(seg)}_vs_{key(p)}_{suffix}"] = ratio(raw, kind, metric, seg, p)
+                for kind in KINDS:
+                    out[f"{key(seg)}_cpu_per_gb_vs_{key(p)}_{kind}"] = ratio(raw, kind, "cpu_s_per_gb", seg, p)
             continue
         base = f"kernel-{b}"
         if base in names:
@@ -501,7 +535,7 @@ def main(argv=None):
         # the layout tables.py renders per backend
         doc["layout"] = "backends"
         doc["workers"] = list(args.workers)
-        doc["backends"] = {n: paths[n].backend or "same-node" for n in names}
+        doc["backends"] = {n: getattr(paths[n], "mode", paths[n].backend) or "same-node" for n in names}
         if probe is not None:
             doc["kernel_ipip"] = "available" if probe[0] else probe[1]
         doc["unavailable"] = unavailable

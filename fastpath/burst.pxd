@@ -17,6 +17,10 @@ from fastpath.sync cimport pn_sync_t
 @cython.final
 cdef class Dataplane:
     cdef readonly uint32_t nslots
+    cdef readonly uint32_t nseg          # segment slots after the frame slots (ipip TSO), 0: none
+    cdef readonly uint32_t qcap          # nslots + nseg: a TX queue's capacity, descriptors in all
+    cdef uint32_t seg_used               # segment slots taken in this burst
+    cdef uint8_t *segmem
     cdef readonly uint32_t slot_size     # largest frame a slot holds
     cdef uint32_t stride                 # bytes between slot starts
     cdef uint8_t *mem

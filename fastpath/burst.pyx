@@ -83,7 +83,7 @@ cdef inline void enqueue(Dataplane self, mode_t *md, uint16_t port, uint32_t i, 
     if self.txq_len[port] == 0:
         self.tx_active[self.n_active] = port
         self.n_active += 1
-    self.txq[<size_t>port * self.nslots + self.txq_len[port]] = <uint16_t>i
+    self.txq[<size_t>port * self.qcap + self.txq_len[port]] = <uint16_t>i
     self.txq_len[port] += 1
     inc(&self.stats.port[port].tx_packets)
     add(&self.stats.port[port].tx_bytes, length)
@@ -463,6 +463,10 @@ cdef int st_encap(Dataplane self, mode_t *md, pkt_t *pk) noexcept nogil:
     up_vnet = self.pvnet[ov.uplink]
     df = pk.data[pk.m.l3_off + IP4_FRAG] & 0x40
     r = tun_encap(ov, pk, self.gw.mac, up_vnet, self.now, &self.ip_id, self.sy, self.wid)
+    if r == TUN_SEGMENT:
+        r = segment(self, md, pk, up_vnet)
+        if r >= 0:
+            return ST_DONE
     if r == TUN_SENT or r == TUN_SENT_GSO:
         inc(&self.stats.encapsulated)
         if r == TUN_SENT_GSO:
@@ -488,6 +492,28 @@ cdef int st_encap(Dataplane self, mode_t *md, pkt_t *pk) noexcept nogil:
             inc(&self.stats.drops[DROP_TOO_BIG])
             return ST_REPLY
     return fail(pk, <uint16_t>(-r))
+
+cdef int segment(Dataplane self, mode_t *md, pkt_t *pk, uint32_t up_vnet) noexcept nogil:
+    """An ipip TCP super-frame: cut into segments in this burst's segment
+    slots (ipip.pxd, ipip_segment), each queued on the uplink; the
+    super-frame's own slot is not sent. 0, or -DROP_* (the frame untouched)."""
+    cdef overlay_t *ov = self.ov
+    cdef uint32_t base = self.nslots + self.seg_used, k
+    cdef int n = tun_segment(ov, pk, &self.pkts[base], self.nseg - self.seg_used, up_vnet, &self.ip_id)
+    if n < 0:
+        return n
+    self.seg_used += <uint32_t>n
+    inc(&self.stats.encapsulated)
+    inc(&self.stats.segmented)
+    add(&self.stats.segments, <uint64_t>n)
+    pk.out = ov.uplink
+    if mode_t is traced_t:
+        tr_note(self.tr, EV_ENCAP, ov.uplink, <uint32_t>n, 0)
+    for k in range(<uint32_t>n):
+        self.pkts[base + k].in_port = pk.in_port
+        self.pkts[base + k].out = ov.uplink
+        enqueue(self, md, ov.uplink, base + k, self.pkts[base + k].len)
+    return 0
 
 cdef int st_uplink(Dataplane self, mode_t *md, pkt_t *pk) noexcept nogil:
     """From the fabric: the node's own ARP/ICMP, or a tunnel's frame for a local pod."""
@@ -568,6 +594,7 @@ cdef void run_mode(Dataplane self, mode_t *md, uint32_t start, uint32_t n, uint6
         self.txq_len[self.tx_active[k]] = 0
     self.n_active = 0
     self.now = now
+    self.seg_used = 0
     for i in range(start, start + n):
         dispatch(self, md, i, &pkts[i])
 
@@ -576,7 +603,7 @@ cdef class Dataplane:
     def __cinit__(self, uint32_t nslots=256, uint32_t slot_size=2048,
                   uint64_t fdb_capacity=65536, double aging=300.0, clock=None,
                   uint64_t service_capacity=131072, uint32_t conntrack_capacity=262144,
-                  service_cidr="10.96.0.0/12", Dataplane primary=None):
+                  service_cidr="10.96.0.0/12", uint32_t segments=0, Dataplane primary=None):
         cdef void *mem = NULL
         if not 1 <= nslots <= 65536:
             raise ValueError(f"nslots must be 1..65536, got {nslots}")
@@ -584,7 +611,11 @@ cdef class Dataplane:
         # (two VLAN tags, IP and ICMP headers, a quoted 60-byte header + 8).
         if not 128 <= slot_size <= 65536 + 1024:
             raise ValueError(f"slot_size must be 128..66560 bytes, got {slot_size}")
+        if segments > 4096 or nslots + segments > 65536:
+            raise ValueError(f"segments must be 0..4096 and nslots + segments at most 65536, got {segments}")
         self.nslots = nslots
+        self.nseg = segments
+        self.qcap = nslots + segments
         self.slot_size = slot_size
         # Round to cache lines, and avoid strides that are a multiple of 4 KB:
         # those map every frame header to the same cache set.
@@ -594,10 +625,19 @@ cdef class Dataplane:
         if posix_memalign(&mem, 64, <size_t>nslots * self.stride) != 0:
             raise MemoryError("frame slots")
         self.mem = <uint8_t *>mem
-        self.pkts = <pkt_t *>calloc(nslots, sizeof(pkt_t))
-        self.txq = <uint16_t *>calloc(<size_t>MAX_PORTS * nslots, sizeof(uint16_t))
+        self.pkts = <pkt_t *>calloc(self.qcap, sizeof(pkt_t))
+        self.txq = <uint16_t *>calloc(<size_t>MAX_PORTS * self.qcap, sizeof(uint16_t))
         if self.pkts == NULL or self.txq == NULL:
             raise MemoryError("burst descriptors")
+        # Segment slots (ipip's TSO in the fast path): descriptors after the
+        # frame slots, over memory of their own, sized for one frame each.
+        self.segmem = NULL
+        if segments:
+            if posix_memalign(&mem, 64, <size_t>segments * MAX_SEGMENT) != 0:
+                raise MemoryError("segment slots")
+            self.segmem = <uint8_t *>mem
+            for i in range(segments):
+                self.pkts[nslots + i].data = self.segmem + <size_t>i * MAX_SEGMENT + HEADROOM
         memset(&self.stats, 0, sizeof(self.stats))
         memset(self.txq_len, 0, sizeof(self.txq_len))
         self.n_active = 0
@@ -659,6 +699,7 @@ cdef class Dataplane:
 
     def __dealloc__(self):
         free(self.mem)
+        free(self.segmem)
         free(self.pkts)
         free(self.txq)
         if self.primary is None and self.sy != NULL:
@@ -668,7 +709,7 @@ cdef class Dataplane:
         """A new worker over this dataplane's tables: its own slots, TX
         queues and counters (summed into this one's counters()). Bursts it
         runs while other threads run theirs go through run_locked()."""
-        return Dataplane(self.nslots, self.slot_size, primary=self)
+        return Dataplane(self.nslots, self.slot_size, segments=self.nseg, primary=self)
 
     @property
     def workers(self):
@@ -757,18 +798,24 @@ cdef class Dataplane:
         """Slot indices queued for port by the last burst, in arrival order."""
         if port >= MAX_PORTS:
             raise ValueError(f"port must be 0..{MAX_PORTS - 1}, got {port}")
-        base = <size_t>port * self.nslots
+        base = <size_t>port * self.qcap
         return [self.txq[base + k] for k in range(self.txq_len[port])]
 
+    def _queued_check(self, uint32_t i):
+        # a frame slot, or a segment slot (ipip TSO) a TX queue may name
+        if i >= self.qcap:
+            raise IndexError(f"slot {i} out of range 0..{self.qcap - 1}")
+
     def frame(self, uint32_t i):
-        """Bytes of the frame now in slot i."""
-        self._slot_check(i)
+        """Bytes of the frame now in slot i (a segment slot, i >= nslots,
+        holds one segment of a super-frame cut by the last burst)."""
+        self._queued_check(i)
         return (<char *>self.pkts[i].data)[:self.pkts[i].len]
 
     def vnet_hdr(self, uint32_t i):
         """The virtio-net header in front of slot i's frame, in the format of
         the port it leaves by (or came in on, if it does not leave by one)."""
-        self._slot_check(i)
+        self._queued_check(i)
         cdef pkt_t *pk = &self.pkts[i]
         # A frame that leaves by a port has that port's header; one that does
         # not (flooded, dropped, consumed) its own: a decapsulated frame's is
@@ -863,9 +910,10 @@ cdef class Dataplane:
                   for k in range(min(tr.n, TRACE_MAX))]
         outputs = []
         for port in self.tx_ports():
-            if 0 in self.tx_queue(port):
-                n = self.pvnet[port]
-                outputs.append((port, self.frame(0), (<char *>(self.pkts[0].data - n))[:n]))
+            n = self.pvnet[port]
+            for j in self.tx_queue(port):
+                if j == 0 or j >= self.nslots:         # the frame, or the segments it was cut into
+                    outputs.append((port, self.frame(j), (<char *>(self.pkts[j].data - n))[:n]))
         return {"events": events, "verdict": self.verdict(0), "outputs": outputs,
                 "lost_events": max(0, <int>tr.n - TRACE_MAX)}
 
@@ -891,7 +939,7 @@ cdef class Dataplane:
             for k in range(self.n_active):
                 p = self.tx_active[k]
                 for q in range(self.txq_len[p]):
-                    pairs.append((self.txq[<size_t>p * self.nslots + q], p))
+                    pairs.append((self.txq[<size_t>p * self.qcap + q], p))
             pairs.sort()
             out.extend((p, self.frame(j)) for j, p in pairs)
             pos += n
@@ -1054,7 +1102,8 @@ cdef class Dataplane:
         gw = self.gateway.counters()
         gw["routed"] = t.routed
         ov = self.overlay.counters()
-        ov.update(encapsulated=t.encapsulated, decapsulated=t.decapsulated, gso_encapsulated=t.gso_encapsulated)
+        ov.update(encapsulated=t.encapsulated, decapsulated=t.decapsulated, gso_encapsulated=t.gso_encapsulated,
+                  segmented=t.segmented, segments=t.segments)
         return {
             "drops": {DROP_NAMES[r]: t.drops[r] for r in range(1, N_DROP)},
             "bridge": {"forwarded": t.forwarded, "flooded": t.flooded},

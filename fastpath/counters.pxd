@@ -19,4 +19,6 @@ ctypedef struct stats_t:
     uint64_t encapsulated  # VXLAN (reported under "overlay")
     uint64_t gso_encapsulated  # of them, super-frames sent whole with UDP-tunnel GSO
     uint64_t decapsulated
+    uint64_t segmented     # TCP super-frames cut into MTU-sized segments (ipip: no GSO type)
+    uint64_t segments      # the segments they became
     port_stats_t port[MAX_PORTS]

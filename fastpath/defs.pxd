@@ -15,6 +15,7 @@ cdef enum:
     MAX_PORTS = 256        # port ids are 0..255; tables are sized once
     MAX_DOMAINS = 4096     # bridge domain ids fit the 12 low bits of an FDB key
     HEADROOM = 128         # bytes kept free before each frame (vnet header, outer headers)
+    MAX_SEGMENT = 9472     # bytes of a segment slot, headroom included: one frame at the largest fabric MTU (9216)
 
 # Where a frame goes after the burst loop.
 cdef enum:

@@ -44,4 +44,5 @@ cdef enum:
     DROP_IPIP_FRAG           # a fragmented IP-in-IP packet
     DROP_IPIP_INNER          # inner IPv4 packet of an IP-in-IP packet truncated or malformed
     DROP_ECN_CE_NOT_ECT      # outer CE over a Not-ECT inner packet (RFC 6040 sec. 4.2: dropped)
+    DROP_SEG_FULL            # a TCP super-frame to segment (ipip) and too few of the burst's segment slots left
     N_DROP

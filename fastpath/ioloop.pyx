@@ -177,7 +177,7 @@ cdef class Worker:
                 continue
             hl = self.dp.pvnet[port]
             for q in range(self.dp.txq_len[port]):
-                idx = self.dp.txq[<size_t>port * self.dp.nslots + q]
+                idx = self.dp.txq[<size_t>port * self.dp.qcap + q]
                 pk = &self.dp.pkts[idx]
                 if ld8(&self.io.cap_on[port]):
                     self.io.capture(<uint16_t>port, 1, pk.data, pk.len)

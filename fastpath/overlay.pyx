@@ -34,15 +34,14 @@ cdef class Overlay:
                   bint tunnel_gso=False, backend="vxlan", prefixlen=None):
         """The node on the fabric: uplink port, underlay IP and MAC, fabric
         MTU, and the backend: "vxlan" (vni, port: its UDP port), "ipip" or
-        "direct". tunnel_gso: the uplink takes this backend's super-frames
-        whole (vxlan: UDP-tunnel GSO; direct: TSO); there is no GSO type for
-        IP-in-IP. prefixlen: the fabric subnet's, so direct routing can refuse
-        next hops that are not on it."""
+        "direct". tunnel_gso: TCP super-frames from pods go on whole (vxlan:
+        UDP-tunnel GSO on the uplink; direct: TSO on the uplink); ipip, which
+        has no GSO type, cuts them into segments in the fast path instead
+        (the dataplane needs segment slots: Dataplane(segments=N)).
+        prefixlen: the fabric subnet's, so direct routing can refuse next
+        hops that are not on it."""
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-        if backend == "ipip" and tunnel_gso:
-            raise ValueError("ipip: there is no virtio-net GSO type for IP-in-IP; pods send MTU-sized frames "
-                             "(tunnel_gso must be False)")
         if prefixlen is not None and (type(prefixlen) is not int or not 1 <= prefixlen <= 32):
             raise ValueError(f"fabric prefix length must be 1..32, got {prefixlen!r}")
         if not 0 <= uplink < MAX_PORTS:
@@ -310,7 +309,7 @@ cdef class Overlay:
     def info(self):
         if not self.ov.enabled:
             return None
-        gso = {TUN_VXLAN: "udp-tunnel-gso", TUN_IPIP: "none", TUN_DIRECT: "tso"}[self.ov.mode]
+        gso = {TUN_VXLAN: "udp-tunnel-gso", TUN_IPIP: "segmented", TUN_DIRECT: "tso"}[self.ov.mode]
         return {"backend": self.backend, "overhead": self.ov.overhead,
                 "uplink_port": self.ov.uplink, "ip": str(ipaddress.IPv4Address(self.ov.ip)),
                 "mac": mac_str(self.ov.mac_key), "vni": self.ov.vni, "udp_port": self.ov.port,

@@ -56,6 +56,7 @@ DROPS = (
     ('ipip_fragment', 'IPIP_FRAG', 'a fragmented IP-in-IP packet'),
     ('ipip_inner', 'IPIP_INNER', 'inner IPv4 packet of an IP-in-IP packet truncated or malformed'),
     ('ecn_ce_not_ect', 'ECN_CE_NOT_ECT', 'outer CE over a Not-ECT inner packet (RFC 6040 sec. 4.2: dropped)'),
+    ('segments_full', 'SEG_FULL', "a TCP super-frame to segment (ipip) and too few of the burst's segment slots left"),
 )
 
 EVENTS = (

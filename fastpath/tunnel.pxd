@@ -12,7 +12,7 @@ from fastpath.checksum cimport get32
 from fastpath.overlay cimport *
 from fastpath.underlay cimport *
 from fastpath.vxlan cimport vx_encap, vx_decap, VXLAN_OVERHEAD
-from fastpath.ipip cimport ipip_encap, ipip_decap, IPIP_OVERHEAD
+from fastpath.ipip cimport ipip_encap, ipip_decap, ipip_segment, IPIP_OVERHEAD
 from fastpath.direct cimport direct_encap, direct_rx, DIRECT_OVERHEAD
 from fastpath.sync cimport pn_sync_t
 
@@ -20,6 +20,7 @@ cdef enum:
     TUN_SENT = 0                 # encapsulated, to the uplink
     TUN_ARP = 1                  # the frame became an ARP request for the peer (a drop, counted)
     TUN_SENT_GSO = 2             # encapsulated whole as a GSO super-frame
+    TUN_SEGMENT = 3              # a TCP super-frame the caller segments (tun_segment): ipip, tunnel_gso
 
 cdef inline uint32_t tun_overhead(uint8_t mode) noexcept nogil:
     if mode == TUN_VXLAN:
@@ -45,8 +46,19 @@ cdef inline int tun_encap(overlay_t *ov, pkt_t *pk, const uint8_t *gw_mac, uint3
     if ov.mode == TUN_VXLAN:
         return vx_encap(ov, pk, r, v, gw_mac, out_vnet, ip_id)
     if ov.mode == TUN_IPIP:
+        if ov.tunnel_gso and (pk.data - pk.vnet)[1] != 0 and pk.vnet >= 10:    # a GSO super-frame
+            return TUN_SEGMENT
         return ipip_encap(ov, pk, v, out_vnet, ip_id)
     return direct_encap(ov, pk, v, out_vnet)
+
+cdef inline int tun_segment(overlay_t *ov, pkt_t *pk, pkt_t *segs, uint32_t nfree, uint32_t out_vnet,
+                            uint16_t *ip_id) noexcept nogil:
+    """After TUN_SEGMENT (the peer resolved): the super-frame as n
+    encapsulated segments in segs[0:n]; n or -DROP_*."""
+    cdef route_t *r = ov_route(ov, get32(pk.data + pk.m.l3_off + IP4_DST))
+    if r == NULL:
+        return -DROP_NO_ROUTE
+    return ipip_segment(ov, pk, &ov.vteps[r.vtep], segs, nfree, out_vnet, ip_id)
 
 cdef inline int tun_rx(overlay_t *ov, pkt_t *pk, const uint8_t *gw_mac, uint32_t pod_vnet,
                        pn_sync_t *sy, uint32_t wid) noexcept nogil:

@@ -114,8 +114,8 @@ def test_overlay_default_paths_per_backend_and_legacy():
     a = e2e_overlay.parse_args([])
     assert a.workers == [1] and not a.legacy
     names, un, probe = e2e_overlay.select(a, lambda: (True, ""))
-    assert names == ["kernel-vxlan", "podnet-vxlan", "kernel-ipip", "podnet-ipip", "kernel-direct", "podnet-direct",
-                     "podnet-same-node"] and un == {} and probe == (True, "")
+    assert names == ["kernel-vxlan", "podnet-vxlan", "kernel-ipip", "podnet-ipip", "podnet-ipip-mtu", "kernel-direct",
+                     "podnet-direct", "podnet-same-node"] and un == {} and probe == (True, "")
     # where the kernel has no ipip its path is left out, with the reason recorded
     names, un, _ = e2e_overlay.select(a, lambda: (False, "kernel ipip: not in this kernel (Unknown device type)"))
     assert "kernel-ipip" not in names and "podnet-ipip" in names
@@ -289,10 +289,13 @@ def backend_raw():
     u = lambda a, b: [fig(rx=a, cpu=500), fig(rx=b, cpu=500)]               # noqa: E731
     return {
         "tcp1": {"kernel-vxlan": t(10, 10), "podnet-vxlan": t(5, 8, 1.5), "podnet-ipip": t(6, 6, 1.2),
+                 "podnet-ipip-mtu": t(3, 2, 2.4),
                  "kernel-direct": t(20, 20), "podnet-direct": t(12, 14.4, 1.1), "podnet-same-node": t(13.333333, 18)},
         "tcp4": {"kernel-vxlan": t(10, 10), "podnet-vxlan": t(6, 6, 1.5), "podnet-ipip": t(6, 6, 1.2),
+                 "podnet-ipip-mtu": t(3, 3, 2.4),
                  "kernel-direct": t(20, 20), "podnet-direct": t(12, 12, 1.6), "podnet-same-node": t(12, 12)},
         "udp64": {"kernel-vxlan": u(100e3, 100e3), "podnet-vxlan": u(80e3, 80e3), "podnet-ipip": u(90e3, 90e3),
+                  "podnet-ipip-mtu": u(90e3, 90e3),
                   "kernel-direct": u(200e3, 200e3), "podnet-direct": u(180e3, 160e3),
                   "podnet-same-node": u(200e3, 200e3)},
     }
@@ -306,7 +309,7 @@ def backend_doc():
     names = list(raw["tcp1"])
     ratios, none = e2e_overlay.backend_ratios(raw, names, {"kernel-ipip": NO_IPIP})
     backends = {n: ("same-node" if n.endswith("same-node") else n.split("-", 1)[1]) for n in names}
-    mtu = {"vxlan": 1450, "ipip": 1480, "direct": 1500, "same-node": 1500}
+    mtu = {"vxlan": 1450, "ipip": 1480, "ipip-mtu": 1480, "direct": 1500, "same-node": 1500}
     return {"bench": "overlay", "layout": "backends", "seconds": 5, "rounds": 2, "workers": [1], "cpus": [0, 1],
             "machine": {"cpu": "TestCPU", "cores": 2, "kernel": "6.x", "python": "3.11", "cython": "3"},
             "date": "2026-01-01T00:00:00Z", "labels": {n: n for n in names}, "backends": backends,
@@ -326,6 +329,8 @@ def test_backend_ratios_within_each_round():
     assert r["podnet_direct_vs_podnet_same_node_tcp1"]["values"] == pytest.approx([0.9, 0.8], rel=1e-6)
     assert r["podnet_direct_vs_podnet_same_node_udp64_rx"]["values"] == pytest.approx([0.9, 0.8])
     assert r["podnet_direct_cpu_per_gb_vs_kernel_direct_tcp4"]["values"] == pytest.approx([1.6, 1.6])
+    assert r["podnet_ipip_vs_podnet_ipip_mtu_tcp1"]["values"] == pytest.approx([2.0, 3.0])
+    assert r["podnet_ipip_cpu_per_gb_vs_podnet_ipip_mtu_tcp1"]["values"] == pytest.approx([0.5, 0.5])
     # no kernel ipip: neither the ipip ratio nor its comparison with vxlan's, and why
     assert not any(k.startswith("podnet_ipip_vs_kernel") or k.startswith("podnet_ipip_kernel_ratio") for k in r)
     assert none == {"podnet_ipip_vs_kernel_ipip": NO_IPIP, "podnet_ipip_kernel_ratio_vs_vxlan": NO_IPIP}
@@ -356,8 +361,12 @@ def test_overlay_table_per_backend(monkeypatch):
     assert lines[0].startswith("2 interleaved rounds of 5 s per figure on CPUs 0,1; TestCPU")
     assert f"No Linux IP-in-IP baseline in this run: {NO_IPIP}\n" in text
     assert "| VXLAN: Linux vxlan (flannel.1) + bridges | 1450 | 10.0 (10.0–10.0) |" in text
-    assert "| IP-in-IP: **podnet**, 1 worker (MTU-sized frames) | 1480 | 6.0 (6.0–6.0) | 6.0 (6.0–6.0) | 90 (90–90) |" \
-        in text
+    assert "| IP-in-IP: **podnet**, 1 worker (TSO segmented in the fast path) | 1480 | 6.0 (6.0–6.0) | 6.0 (6.0–6.0) " \
+        "| 90 (90–90) |" in text
+    assert "| IP-in-IP: **podnet**, 1 worker (pods without TSO: MTU-sized frames) | 1480 | 2.5 (2.0–3.0) |" in text
+    # ipip's two ways, within each round: 6/3 and 6/2
+    assert "| podnet-ipip (segmented here) / podnet-ipip-mtu (MTU-sized frames), TCP 1 stream | 2.50 (2.00–3.00) " \
+        "| ≥ 1.0: met |" in text
     assert "| direct routing: Linux routing (host-gw: pod CIDR via node IP) + bridges | 1500 | 20.0 (20.0–20.0) |" in text
     assert "| same node: **podnet**, 1 worker (the direct path's pod MTU) | 1500 |" in text
     assert "| podnet-direct / kernel-direct, TCP 1 stream | 0.66 (0.60–0.72) | ≥ 0.9: **not met** (0 of 2 rounds) |" \

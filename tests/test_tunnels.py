@@ -480,7 +480,7 @@ def test_vxlan_is_the_default_backend(clock):
 
 
 @pytest.mark.parametrize("kw", [{"backend": "gre"}, {"backend": ""}, {"backend": "VXLAN"},
-                                {"backend": "ipip", "tunnel_gso": True}])
+                                {"backend": "ipip", "mtu": 100}])
 def test_configure_refuses(clock, kw):
     dp = make(clock, "direct")
     with pytest.raises(ValueError):
