@@ -12,7 +12,6 @@ from fastpath.packets cimport *
 from fastpath.checksum cimport *
 from fastpath.vnet cimport *
 from fastpath.overlay cimport *
-from fastpath.vxlan cimport gso_l4_hdr
 
 cdef enum:
     DIRECT_OVERHEAD = 0

@@ -14,6 +14,7 @@
 # (fastpath/sync.pxd), a worker's learning by upgrading to it.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from fastpath.defs cimport *
+from fastpath.packets cimport IPPROTO_TCP, UDP_HLEN
 from fastpath.sync cimport pn_sync_t
 
 cdef enum:
@@ -76,6 +77,15 @@ ctypedef struct overlay_t:
     uint64_t arp_learned
     uint64_t icmp_replies
 
+
+cdef inline uint32_t gso_l4_hdr(const pkt_t *pk) noexcept nogil:
+    """Bytes of the L4 header a GSO super-frame's segments each repeat
+    (0: a TCP fragment, which has none to segment by)."""
+    if pk.m.l4_proto == IPPROTO_TCP:
+        if not (pk.m.flags & F_L4):
+            return 0
+        return (pk.data[pk.m.l4_off + 12] >> 4) * 4u
+    return UDP_HLEN
 
 cdef inline route_t *ov_route(const overlay_t *ov, uint32_t dst) noexcept nogil:
     cdef uint32_t k

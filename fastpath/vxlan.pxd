@@ -44,15 +44,6 @@ cdef inline uint16_t vx_src_port(const pkt_t *pk) noexcept nogil:
     h *= 0x9E3779B97F4A7C15ULL
     return <uint16_t>(49152 | ((h >> 50) & 0x3fff))
 
-cdef inline uint32_t gso_l4_hdr(const pkt_t *pk) noexcept nogil:
-    """Bytes of the L4 header a GSO super-frame's segments each repeat
-    (0: a TCP fragment, which has none to segment by)."""
-    if pk.m.l4_proto == IPPROTO_TCP:
-        if not (pk.m.flags & F_L4):
-            return 0
-        return (pk.data[pk.m.l4_off + 12] >> 4) * 4u
-    return UDP_HLEN
-
 cdef inline int vx_encap(const overlay_t *ov, pkt_t *pk, const route_t *r, const vtep_t *v,
                          const uint8_t *gw_mac, uint32_t out_vnet, uint16_t *ip_id) noexcept nogil:
     """Encapsulate a routed IPv4 frame (TTL already decremented) toward v.

@@ -240,7 +240,11 @@ class KernelNode:
         run("ip", "-n", ns, "link", "set", self.VXLAN_DEV, "up")
         self.vtep_mac = link_mac(ns, self.VXLAN_DEV)
 
-        # cni0 with the pods' gateway
+        self._build_cni0_and_pods(ns, mtu)
+
+    def _build_cni0_and_pods(self, ns, mtu):
+        """cni0 with the pods' gateway, and the veth pods on it (the bridge CNI
+        plugin's part of a node, whatever carries traffic between nodes)."""
         plen = ipaddress.ip_network(self.pod_cidr).prefixlen
         run("ip", "-n", ns, "link", "add", self.BRIDGE_DEV, "mtu", mtu, "type", "bridge")
         run("ip", "-n", ns, "addr", "add", f"{self.gateway_ip}/{plen}", "dev", self.BRIDGE_DEV)
@@ -376,23 +380,12 @@ class _RoutedNode:
         self.peers = {}          # pod_cidr -> (node_ip, underlay_mac)
         self._undo = _Undo()
 
-    def __enter__(self):
-        try:
-            self._build()
-        except BaseException:
-            self._undo.run()
-            raise
-        return self
-
-    def __exit__(self, *exc):
-        self._undo.run()
-        self.peers.clear()
-        return False
-
-    def close(self):
-        return self._undo.run()
-
+    # made, torn down and run in exactly as KernelNode is
+    __enter__ = KernelNode.__enter__
+    __exit__ = KernelNode.__exit__
+    close = KernelNode.close
     _add_netns = KernelNode._add_netns
+    _build_cni0_and_pods = KernelNode._build_cni0_and_pods
 
     def _build(self):
         ns, fab, mtu = self.netns, self.fabric_ns, self.mtu
@@ -408,25 +401,7 @@ class _RoutedNode:
         run("ip", "-n", ns, "addr", "add", f"{self.node_ip}/{self.underlay_prefixlen}", "dev", self.UPLINK_DEV)
         self.underlay_mac = link_mac(ns, self.UPLINK_DEV)
         self._build_tunnel()
-        plen = ipaddress.ip_network(self.pod_cidr).prefixlen
-        run("ip", "-n", ns, "link", "add", self.BRIDGE_DEV, "mtu", mtu, "type", "bridge")
-        run("ip", "-n", ns, "addr", "add", f"{self.gateway_ip}/{plen}", "dev", self.BRIDGE_DEV)
-        run("ip", "-n", ns, "link", "set", self.BRIDGE_DEV, "up")
-        self.gateway_mac = link_mac(ns, self.BRIDGE_DEV)
-        base = ipaddress.ip_network(self.pod_cidr).network_address
-        for i in range(self.npods):
-            pname, pns, ip = f"p{i}", f"{self.netns}-p{i}", str(base + 2 + i)
-            self._add_netns(pns)
-            host_if = f"veth{i}"
-            run("ip", "-n", ns, "link", "add", host_if, "mtu", mtu, "type", "veth",
-                "peer", "name", "eth0", "netns", pns)
-            run("ip", "-n", ns, "link", "set", host_if, "master", self.BRIDGE_DEV, "up")
-            run("ip", "-n", pns, "link", "set", "eth0", "mtu", mtu, "up")
-            run("ip", "-n", pns, "addr", "add", f"{ip}/{plen}", "dev", "eth0")
-            run("ip", "-n", pns, "route", "add", "default", "via", self.gateway_ip, "dev", "eth0")
-            self.pods.append({"name": pname, "netns": pns, "ip": ip, "mac": link_mac(pns, "eth0"),
-                              "host_if": host_if})
-        run("ip", "-n", ns, "link", "set", self.BRIDGE_DEV, "address", self.gateway_mac)
+        self._build_cni0_and_pods(ns, mtu)
 
     def _build_tunnel(self):
         pass
