@@ -1,13 +1,16 @@
-"""The README's benchmark tables, rendered from bench/results/*.json, so every
-figure the README quotes is one a committed results file holds. Each figure
-is the median over the rounds with the min-max beside it; a target counts as
-met only when the whole spread meets it.
+"""The benchmark tables of the README and docs/ pages, rendered from
+bench/results/*.json, so every figure they quote is one a committed results
+file holds. Each figure is the median over the rounds with the min-max
+beside it; a target counts as met only when the whole spread meets it.
 
     python bench/tables.py            # print the tables (markdown)
-    python bench/tables.py --check    # exit 1 if README.md's copy differs
+    python bench/tables.py --write    # rewrite each table in the page that holds it
+    python bench/tables.py --check    # exit 1 if a table is missing, held twice or differs
 
-README.md holds each table between `<!-- bench:NAME -->` and
-`<!-- /bench:NAME -->`; tests/test_readme_figures.py runs the check.
+A page (README.md or docs/*.md) holds a table between `<!-- bench:NAME -->`
+and `<!-- /bench:NAME -->`; each table lives in exactly one page (the
+README's front page has `headline`, docs/benchmarks.md most of the others).
+tests/test_readme_figures.py runs the check.
 """
 import json
 import re
@@ -16,7 +19,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-README = HERE.parent / "README.md"
+ROOT = HERE.parent
+README = ROOT / "README.md"
+DOCS = ROOT / "docs"
 
 
 class MissingResults(FileNotFoundError):
@@ -598,13 +603,108 @@ def overlay_by_workers():
     return overlay_single(d) if "podnet" in d["summary"]["tcp1"] else overlay_workers(d)
 
 
-TABLES = {"stages": stages, "pods": pods, "overlay": overlay, "overlay_workers": overlay_by_workers,
-          "services": services, "connect": connect, "pause": pause, "scaling": scaling, "churn": churn, "cni": cni}
+def headline():
+    """The README's front-page figures: a few rows of the results the detailed
+    tables render (the same spreads, so the same figures as there), each
+    podnet's median (min-max) beside its baseline from the same rounds, the
+    ratio taken within each round, the target the detailed table holds it to,
+    and below, the run and machine of each results file. A row whose results
+    file is missing is left out; with none, the table is."""
+    rows, runs = [], {}
+
+    def run(name, text):
+        runs.setdefault(f"`{name}.json`", text)
+
+    def stage_row(st, key, label, bound, unit):
+        m = st["summary"].get(key)
+        if m:
+            rows.append(f"| {label} | {fig(m['fast_mpps'])} | dpkt version: {fig(m['python_mpps'], digits=3)} "
+                        f"| {fig(m['ratio_vs_python'], digits=0)}× | ≥ {bound} {unit}: "
+                        f"{target(m['fast_mpps'], '>=', bound)} | `stages.json` |")
+
+    try:
+        st = load("stages")
+        run("stages", f"{st['rounds']} rounds, each a fresh process; {machine_line(st)}")
+        stage_row(st, "bridge", "fast path, one core, burst 256: bridge (learn + forward), Mpps", 50, "M")
+    except MissingResults:
+        st = None
+    try:
+        ins = load("instructions")
+        if "bridge" in ins.get("growth", {}):
+            rows.append(f"| fast path: instructions per bridged frame (callgrind) | {ins['results']['bridge']:,.1f} "
+                        f"| the baseline count: {ins['baseline']['bridge']:,.1f} | {ins['growth']['bridge']:.3f} "
+                        f"| ≤ 1.05: {'met' if ins['growth']['bridge'] <= 1.05 else '**not met**'} "
+                        f"| `instructions.json` |")
+            run("instructions", f"{ins.get('tool', 'callgrind')}, burst {ins.get('burst', 256)}; "
+                "counts, which do not drift from run to run, against the baseline counts `bench/instructions.py "
+                "--baseline` was given (the instructions table in docs/benchmarks.md has every stage)")
+    except MissingResults:
+        pass
+    if st:
+        stage_row(st, "dnat_established_10", "fast path: ClusterIP DNAT, established flows, 10 services, Mpps",
+                  20, "M")
+    try:
+        d = load("pods")
+        s, r = d["summary"], d["ratios"]
+        p = "podnet" if "podnet" in s["tcp1"] else podnet_paths(d)[0]
+        pk = p.replace("-", "_")
+        rows.append(f"| pod to pod, same node, TCP 1 stream, Gbit/s (podnet: {p}) | {fig(s['tcp1'][p]['gbps'])} "
+                    f"| Linux bridge + veth: {fig(s['tcp1']['kernel']['gbps'])} "
+                    f"| {fig(r[f'{pk}_vs_kernel_tcp1'], digits=2)} "
+                    f"| ≥ 0.9: {target(r[f'{pk}_vs_kernel_tcp1'], '>=', 0.9)} | `pods.json` |")
+        run("pods", run_line(d).rstrip("."))
+    except MissingResults:
+        pass
+    try:
+        d = load("overlay")
+        s, r = d["summary"], d.get("ratios", {})
+        if d.get("layout") == "backends":
+            p, base, key = "podnet-vxlan", "kernel-vxlan", "podnet_vxlan_vs_kernel_vxlan_tcp1"
+        else:
+            p = "podnet" if "podnet" in s["tcp1"] else podnet_paths(d)[0]
+            base, key = "kernel", f"{p.replace('-', '_')}_vs_kernel_tcp1"
+        if p in s["tcp1"] and key in r:
+            rows.append(f"| pod to pod across nodes, VXLAN, TCP 1 stream, Gbit/s (podnet: {p}) "
+                        f"| {fig(s['tcp1'][p]['gbps'])} | Linux vxlan (flannel.1): {fig(s['tcp1'][base]['gbps'])} "
+                        f"| {fig(r[key], digits=2)} | ≥ 0.9: {target(r[key], '>=', 0.9)} | `overlay.json` |")
+            run("overlay", run_line(d).rstrip("."))
+    except MissingResults:
+        pass
+    try:
+        d = load("connect_latency")
+        n = sorted(d["podnet"], key=int)[-1]
+        base = [f"iptables rules: {fig(d['iptables'][n]['median_us'], digits=0)}"]
+        ratio = [f"{fig(d['podnet_vs_iptables'][n], digits=2)} of iptables"]
+        met = ""
+        if "nftables" in d:
+            base.append(f"nftables: {fig(d['nftables'][n]['median_us'], digits=0)}")
+            ratio.append(f"{fig(d['podnet_vs_nftables'][n], digits=2)} of nftables")
+            met = f"≤ 1 of nftables: {target(d['podnet_vs_nftables'][n], '<=', 1.0)}"
+        rows.append(f"| TCP connect to the last of {int(n):,} ClusterIPs, µs | {fig(d['podnet'][n]['median_us'], digits=0)} "
+                    f"| {'; '.join(base)} | {'; '.join(ratio)} | {met} | `connect_latency.json` |")
+        run("connect_latency", f"{d['rounds']} interleaved rounds of {d['connects']} connects per figure "
+            f"(each figure a round's median); {machine_line(d)}")
+    except MissingResults:
+        pass
+    if not rows:
+        raise MissingResults("no results file of the headline figures")
+    out = ["| figure | podnet | baseline, same rounds | podnet / baseline, within each round | target: met? "
+           "| results |", "|---|---|---|---|---|---|", *rows, "",
+           "The runs (`bench/results/`):", ""]
+    out += [f"- {name}: {text}." for name, text in runs.items()]
+    return "\n".join(out)
+
+
+TABLES = {"headline": headline, "stages": stages, "pods": pods, "overlay": overlay,
+          "overlay_workers": overlay_by_workers, "services": services, "connect": connect, "pause": pause,
+          "scaling": scaling, "churn": churn, "cni": cni}
+
+BLOCK = r"<!-- bench:(\w+) -->\n(.*?)<!-- /bench:\1 -->"
 
 
 def render():
     """Every table whose results files exist; one a benchmark has not
-    written yet is left out (the README must not have its block until then:
+    written yet is left out (no page may have its block until then:
     --check and tests/test_readme_figures.py say so)."""
     out = {}
     for name, f in TABLES.items():
@@ -615,33 +715,83 @@ def render():
     return out
 
 
+def pages():
+    """The markdown files that may hold a table: README.md and docs/*.md."""
+    return [README, *sorted(DOCS.glob("*.md"))]
+
+
+def page_name(path):
+    return str(path.relative_to(README.parent)) if path.is_relative_to(README.parent) else str(path)
+
+
 def readme_blocks(text):
-    return {m.group(1): m.group(2).strip("\n")
-            for m in re.finditer(r"<!-- bench:(\w+) -->\n(.*?)<!-- /bench:\1 -->", text, re.S)}
+    """The blocks of one page's text: name -> body (the last, if one is there twice)."""
+    return {m.group(1): m.group(2).strip("\n") for m in re.finditer(BLOCK, text, re.S)}
 
 
-def update_readme():
-    text = README.read_text()
-    for name, body in render().items():
-        text, n = re.subn(rf"(<!-- bench:{name} -->\n).*?(<!-- /bench:{name} -->)",
-                          lambda m: m.group(1) + body + "\n" + m.group(2), text, flags=re.S)
-        if not n:
-            print(f"README.md has no bench:{name} block", file=sys.stderr)
-    README.write_text(text)
+def located():
+    """Every block in every page: name -> [(page, body), ...], one entry per
+    copy (a block twice in one page is listed twice)."""
+    out = {}
+    for path in pages():
+        for m in re.finditer(BLOCK, path.read_text(), re.S):
+            out.setdefault(m.group(1), []).append((path, m.group(2).strip("\n")))
+    return out
+
+
+def all_blocks():
+    """name -> body over every page; with a block held more than once, its first copy."""
+    return {name: copies[0][1] for name, copies in located().items()}
+
+
+def problems():
+    """What --check fails on: a table no page holds, a table held in more than
+    one place, a copy that differs from its rendering, a block no table
+    renders (its results file missing)."""
+    want, where, out = render(), located(), []
+    for name in want:
+        copies = where.get(name, [])
+        if not copies:
+            out.append(f"no page has a bench:{name} block (README.md or docs/*.md; python bench/tables.py prints it)")
+        elif len(copies) > 1:
+            out.append(f"bench:{name} is held {len(copies)} times, in "
+                       f"{', '.join(page_name(p) for p, _ in copies)}: it must live in exactly one page")
+        for path, body in copies:
+            if body != want[name]:
+                out.append(f"{page_name(path)}'s bench:{name} table differs from bench/results "
+                           "(python bench/tables.py --write)")
+    for name, copies in where.items():
+        if name not in want:
+            out.append(f"{', '.join(page_name(p) for p, _ in copies)} has a bench:{name} block but no table "
+                       "renders it (its results file is missing)")
+    return out
+
+
+def update_pages():
+    """Rewrite each table in whichever page holds it; a page is written only
+    when one of its tables changed."""
+    want, where = render(), located()
+    for name in want:
+        if name not in where:
+            print(f"no page has a bench:{name} block", file=sys.stderr)
+    for path in pages():
+        text = new = path.read_text()
+        for name, body in want.items():
+            new = re.sub(rf"(<!-- bench:{name} -->\n).*?(<!-- /bench:{name} -->)",
+                         lambda m: m.group(1) + body + "\n" + m.group(2), new, flags=re.S)
+        if new != text:
+            path.write_text(new)
+            print(f"{page_name(path)} rewritten", file=sys.stderr)
 
 
 def main(argv):
     if "--write" in argv:
-        return update_readme()
+        return update_pages()
     if "--check" in argv:
-        have, want = readme_blocks(README.read_text()), render()
-        bad = [n for n in want if have.get(n) != want[n]]
-        for n in bad:
-            print(f"README.md's bench:{n} table differs from bench/results (python bench/tables.py --write)")
-        orphans = [n for n in have if n not in want]
-        for n in orphans:
-            print(f"README.md has a bench:{n} block but no table renders it (its results file is missing)")
-        return 1 if bad or orphans else 0
+        bad = problems()
+        for line in bad:
+            print(line)
+        return 1 if bad else 0
     for name, body in render().items():
         print(f"<!-- bench:{name} -->\n{body}\n<!-- /bench:{name} -->\n")
 

@@ -1,6 +1,6 @@
 """The end-to-end benchmarks' bookkeeping, without running them: the CPU
 figures from /proc/stat, the --cpus/--workers/--path arguments, the ratios of
-every podnet-wN path, the README tables rendered from a results file with one
+every podnet-wN path, the benchmark tables rendered from a results file with one
 podnet path per worker count, and PodnetCluster taking down its own cluster
 when several are up; pod churn and CNI latency (e2e_churn, e2e_cni): their
 percentiles, ratios within a round, targets, arguments, the CNI launcher and
@@ -8,8 +8,9 @@ config they run, podman's timing wrapper, their tables, and a table whose
 results file does not exist yet; the backends (issue 15): e2e_overlay's
 paths per backend, its ratios within a round (and the ones it could not
 take, with why), their table, the fast-path stage table's tunnel rows and
-instruction growth. (The committed results files are rendered
-by tests/test_readme_figures.py.)"""
+instruction growth; where the tables live (README.md and docs/*.md, each
+in one page). (The committed results files are rendered by
+tests/test_readme_figures.py.)"""
 import json
 import os
 import shutil
@@ -727,13 +728,75 @@ def test_a_table_without_its_results_file_is_left_out(tmp_path, monkeypatch):
         tables.load("churn")
     (tmp_path / "churn.json").write_text(json.dumps(churn_doc()))
     assert set(tables.render()) == {"churn"}                 # the only one with a results file here
-    # a README block whose results file is missing is an error of --check
+    # a block whose results file is missing is an error of --check, in the README or a docs page
     fake = tmp_path / "README.md"
     fake.write_text(f"x\n<!-- bench:churn -->\n{tables.churn()}\n<!-- /bench:churn -->\n"
                     "<!-- bench:cni -->\nold\n<!-- /bench:cni -->\n")
     monkeypatch.setattr(tables, "README", fake)
+    monkeypatch.setattr(tables, "DOCS", tmp_path / "docs")
     assert tables.main(["--check"]) == 1
     fake.write_text(f"x\n<!-- bench:churn -->\n{tables.churn()}\n<!-- /bench:churn -->\n")
+    assert tables.main(["--check"]) == 0
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "benchmarks.md").write_text("<!-- bench:cni -->\nold\n<!-- /bench:cni -->\n")
+    assert tables.main(["--check"]) == 1
+
+
+# ---- where the blocks live: README.md and docs/*.md, each block in one page ------------
+
+@pytest.fixture
+def two_tables(tmp_path, monkeypatch):
+    """Pages in tmp_path, and two tables (a, b) rendered from nothing."""
+    (tmp_path / "docs").mkdir()
+    monkeypatch.setattr(tables, "README", tmp_path / "README.md")
+    monkeypatch.setattr(tables, "DOCS", tmp_path / "docs")
+    monkeypatch.setattr(tables, "TABLES", {"a": lambda: "| a | 1.0 (0.9–1.1) |", "b": lambda: "| b | 2.0 |"})
+    return tmp_path
+
+
+def block(name, body):
+    return f"<!-- bench:{name} -->\n{body}\n<!-- /bench:{name} -->\n"
+
+
+def test_blocks_live_in_any_page_each_in_exactly_one(two_tables, capsys):
+    readme, bench = two_tables / "README.md", two_tables / "docs" / "benchmarks.md"
+    readme.write_text("# x\n" + block("a", "| a | 1.0 (0.9–1.1) |"))
+    bench.write_text("# b\n" + block("b", "| b | 2.0 |"))
+    (two_tables / "docs" / "other.md").write_text("no tables\n")
+    assert [tables.page_name(p) for p in tables.pages()] == ["README.md", "docs/benchmarks.md", "docs/other.md"]
+    assert tables.main(["--check"]) == 0
+    assert {n: [tables.page_name(p) for p, _ in c] for n, c in tables.located().items()} == \
+        {"a": ["README.md"], "b": ["docs/benchmarks.md"]}
+    # missing: no page holds b
+    bench.write_text("# b\n")
+    assert tables.main(["--check"]) == 1
+    assert "no page has a bench:b block" in capsys.readouterr().out
+    # duplicated: in two pages, or twice in one
+    bench.write_text(block("b", "| b | 2.0 |") + block("a", "| a | 1.0 (0.9–1.1) |"))
+    assert tables.main(["--check"]) == 1
+    assert "bench:a is held 2 times, in README.md, docs/benchmarks.md" in capsys.readouterr().out
+    bench.write_text(block("b", "| b | 2.0 |") * 2)
+    assert tables.main(["--check"]) == 1
+    assert "bench:b is held 2 times, in docs/benchmarks.md, docs/benchmarks.md" in capsys.readouterr().out
+    # differs, in a docs page
+    bench.write_text(block("b", "| b | 2.1 |"))
+    assert tables.main(["--check"]) == 1
+    assert "docs/benchmarks.md's bench:b table differs" in capsys.readouterr().out
+    bench.write_text(block("b", "| b | 2.0 |"))
+    assert tables.main(["--check"]) == 0
+
+
+def test_write_rewrites_each_block_in_the_page_that_holds_it(two_tables):
+    readme, bench, other = (two_tables / "README.md", two_tables / "docs" / "benchmarks.md",
+                            two_tables / "docs" / "other.md")
+    readme.write_text("# x\nprose\n" + block("a", "old a") + "after\n")
+    bench.write_text("# b\n" + block("b", "old\nb") + "more prose\n")
+    other.write_text("untouched\n")
+    before = other.stat().st_mtime_ns
+    tables.main(["--write"])
+    assert readme.read_text() == "# x\nprose\n" + block("a", "| a | 1.0 (0.9–1.1) |") + "after\n"
+    assert bench.read_text() == "# b\n" + block("b", "| b | 2.0 |") + "more prose\n"
+    assert other.read_text() == "untouched\n" and other.stat().st_mtime_ns == before
     assert tables.main(["--check"]) == 0
 
 
