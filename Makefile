@@ -35,7 +35,7 @@ demo: setup
 	$(PY) -m dataplane demo
 
 # bench/stages.py: the fast-path stages against their dpkt versions, in fresh
-# processes (the README's table); `pytest bench` is pytest-benchmark's quick view
+# processes (docs/benchmarks.md's table); `pytest bench` is pytest-benchmark's quick view
 # of the same stages. End-to-end runs are interleaved rounds (bench/rounds.py).
 bench: setup
 	$(PY) bench/stages.py

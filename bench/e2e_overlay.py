@@ -546,7 +546,7 @@ def main(argv=None):
         ratios = e2e_ratios(raw, names)
         if ratios:
             doc["ratios"] = ratios
-    # bench/results holds only complete comparisons (the README's table reads it)
+    # bench/results holds only complete comparisons (docs/benchmarks.md's table reads it)
     out = Path(args.out) if args.out else (RESULTS / "overlay.json" if not (args.path or args.backend) else None)
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)

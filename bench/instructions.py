@@ -67,7 +67,7 @@ def main(argv=None):
                     help="with --baseline: exit 1 if a stage grew more than this factor (e.g. 1.05)")
     ap.add_argument("--out", default=None,
                     help="default bench/results/instructions.json; with --stage bench/build/instructions-stages.json "
-                         "(the README's table reads the whole set)")
+                         "(docs/benchmarks.md's table reads the whole set)")
     args = ap.parse_args(argv)
     if args.out is None:
         args.out = str(HERE / "build" / "instructions-stages.json" if args.stage

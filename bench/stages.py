@@ -1,5 +1,5 @@
 """Fast-path stages against their per-packet Python (dpkt) versions, packets/s
-on one core, repeated: the figures the README's fast-path table quotes.
+on one core, repeated: the figures docs/benchmarks.md's fast-path table quotes.
 
 Each round is a fresh process (this VM's speed drifts up to 2x between
 minutes, and some stages have run at different speeds in different processes

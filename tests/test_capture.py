@@ -2,7 +2,7 @@
 namespaces: its pod port and its uplink are socketpairs (frame boundaries
 kept, as on a TAP), its control socket is real, and its clock is injected.
 
-What the README states: the agent copies the frames crossing one port (a pod,
+What docs/architecture.md states: the agent copies the frames crossing one port (a pod,
 a number or `uplink`) into a 4 MB buffer; frames that do not fit are counted
 lost and never block forwarding; a capture nobody reads for 5 s stops by
 itself; --snaplen cuts what is kept; the CLI writes a nanosecond pcap and
