@@ -91,9 +91,7 @@ class Agent:
 
     def setup(self):
         gw = self.cfg["gateway"]
-        self.dp.gateway.configure(gw["ip"], gw["mac"], gw["subnet"])
-        if self.vnet:
-            self.dp.set_vnet_len(12)
+        self.configure_gateway()
         self.pod_offloads = self.setup_uplink() if self.cfg.get("uplink") else POD_OFFLOADS
         npods = len(self.cfg["pods"])
         for i, pod in enumerate(self.cfg["pods"]):
@@ -139,12 +137,7 @@ class Agent:
                               mtu=pod["mtu"], gateway=gw["ip"], loopback=pod.get("loopback", True) is not False)
         steps = []
         try:
-            self.dp.add_port(port)
-            steps.append(lambda: self.dp.remove_port(port))
-            # anti-spoofing: the pod sends only from its own MAC and IP
-            self.dp.set_port_guard(port, pod["mac"], pod["ip"])
-            self.dp.gateway.add_neighbor(pod["ip"], pod["mac"])
-            steps.append(lambda: self.dp.gateway.remove_neighbor(pod["ip"]))
+            self.plug(port, pod, steps)
             self.io.attach(port, tap.filenos())   # the workers read it from their next burst
         except Exception:
             for undo in reversed(steps):
@@ -154,6 +147,53 @@ class Agent:
         self.taps[port] = tap
         self.pods[port] = pod
         return again
+
+    def plug(self, port, pod, steps):
+        """The fast path's side of a pod: its port, its anti-spoofing guard
+        (it sends only from its own MAC and IP) and the gateway's neighbour
+        entry; each undo is appended to steps. Shared with the in-memory node
+        of dataplane.testing, which has no TAPs."""
+        self.dp.add_port(port)
+        steps.append(lambda: self.dp.remove_port(port))
+        self.dp.set_port_guard(port, pod["mac"], pod["ip"])
+        self.dp.gateway.add_neighbor(pod["ip"], pod["mac"])
+        steps.append(lambda: self.dp.gateway.remove_neighbor(pod["ip"]))
+
+    def configure(self, uplink_vnet_len=0, tunnel_gso=False):
+        """The fast path as setup() leaves it, without TAPs, sockets or
+        threads (dataplane.testing's in-memory node): gateway, vnet header
+        length, every pod's port, the uplink with its overlay and the routes.
+        The uplink's vnet header length and tunnel GSO are what the uplink
+        TAP would have negotiated."""
+        self.configure_gateway()
+        if self.cfg.get("uplink"):
+            self.configure_uplink(uplink_vnet_len, tunnel_gso)
+        for i, pod in enumerate(self.cfg["pods"]):
+            pod = {"port": i, **pod}                  # as setup() numbers them
+            self.plug(pod["port"], pod, [])
+            self.pods[pod["port"]] = pod
+        if self.cfg.get("uplink"):
+            self.dp.overlay.set_routes(self.cfg.get("routes", []), local=self.cfg["gateway"]["subnet"])
+
+    def configure_gateway(self):
+        gw = self.cfg["gateway"]
+        self.dp.gateway.configure(gw["ip"], gw["mac"], gw["subnet"])
+        if self.vnet:
+            self.dp.set_vnet_len(12)
+
+    def configure_uplink(self, vnet_len, tunnel_gso):
+        """The uplink port and the overlay on it (cfg uplink), for an uplink
+        whose frames carry vnet_len-byte headers."""
+        up = self.cfg["uplink"]
+        backend = up.get("backend", "vxlan")
+        if backend not in BACKENDS:
+            raise ValueError(f"uplink.backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        self.dp.add_port(UPLINK_PORT, domain=UPLINK_DOMAIN)
+        self.dp.set_port_vnet(UPLINK_PORT, vnet_len)
+        self.dp.overlay.configure(UPLINK_PORT, up["ip"], up["mac"], vni=up["vni"], port=up["port"],
+                                  mtu=up["mtu"], tunnel_gso=tunnel_gso, backend=backend,
+                                  prefixlen=up.get("prefixlen"))
+        self.backend = backend
 
     def remove_pod(self, name, destroy=True):
         """Unplug a pod: the workers stop reading its TAP first, then its
@@ -230,7 +270,7 @@ class Agent:
         MTU-sized frames (the fallback). ipip: the virtio-net header has no
         IPIP GSO type, so pods' TCP super-frames are cut into segments in the
         fast path (gso_path "segmented"; measured faster than MTU-sized frames
-        from the pods, README) unless PODNET_IPIP_TSO=0, which gives pods
+        from the pods, docs/benchmarks.md) unless PODNET_IPIP_TSO=0, which gives pods
         checksum offload alone (they send MTU-sized frames).
         direct: super-frames leave unencapsulated, whole, if the uplink takes
         plain TSO; else checksum offload alone."""
@@ -259,13 +299,8 @@ class Agent:
         if self.vnet and (not tunnel_gso or backend == "ipip"):   # no super-frames on the uplink: 12-byte headers, CSUM only
             tap.configure(VNET_HDR_LEN, TUN_F_CSUM)
         self.uplink_tap = tap
-        self.dp.add_port(UPLINK_PORT, domain=UPLINK_DOMAIN)
-        self.dp.set_port_vnet(UPLINK_PORT, tap.vnet_len)
-        self.dp.overlay.configure(UPLINK_PORT, up["ip"], up["mac"], vni=up["vni"], port=up["port"],
-                                  mtu=up["mtu"], tunnel_gso=tunnel_gso, backend=backend,
-                                  prefixlen=up.get("prefixlen"))
+        self.configure_uplink(tap.vnet_len, tunnel_gso)
         self.io.attach(UPLINK_PORT, tap.filenos())
-        self.backend = backend
         self.gso_path = path if tunnel_gso else ("mtu-frames" if self.vnet else "plain")
         return POD_OFFLOADS if tunnel_gso else TUN_F_CSUM
 

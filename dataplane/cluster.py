@@ -153,7 +153,7 @@ def _exclusive():
 def workers_for(spec_workers, override=None):
     """Forwarding threads per node: --workers, else the spec's cluster.workers;
     "auto" is one per two CPUs, at least one and at most 8. Measured on a
-    2-CPU machine (README, "Workers"): a second worker there only takes CPU
+    2-CPU machine (docs/fast-path.md, "Workers and shared tables"): a second worker there only takes CPU
     from the pods' own stacks (iperf3, the kernel's TAP receive), so "auto"
     means 1 there; on a bigger machine each worker gets a core of its own
     beside the pods'."""
@@ -186,7 +186,7 @@ def up(spec_path=None, vnet=True, progress=print, metrics=False, metrics_port=No
         return _up(spec_path, vnet, progress, metrics or metrics_port is not None, metrics_port, workers)
 
 
-def _plan_state(spec, plan, vnet, nworkers):
+def plan_state(spec, plan, vnet, nworkers):
     nodes = {}
     for n in spec.nodes:
         np = plan.nodes[n.name]
@@ -221,7 +221,7 @@ def _up(spec_path, vnet, progress, metrics=False, metrics_port=None, workers=Non
         raise ClusterError(f"network namespaces already exist: {', '.join(clash)}; "
                            f"remove them (`ip netns del NAME`) or pick another cluster name", "exists")
     plan = Ipam(state_dir() / "ipam.json").plan(spec)
-    state = _plan_state(spec, plan, vnet, nworkers)
+    state = plan_state(spec, plan, vnet, nworkers)
     _save_state(state)                                # before anything exists
     try:
         for name in names:
@@ -237,7 +237,7 @@ def _up(spec_path, vnet, progress, metrics=False, metrics_port=None, workers=Non
             _wait_ready(n, procs[node.name], progress if len(state.pods_on(node.name)) > 16 else None)
             progress(f"node {node.name}: agent pid {n.pid} ready, {len(state.pods_on(node.name))} pods")
         if spec.services:
-            _apply_objects(state, _spec_services(spec, plan), delete=False)
+            _apply_objects(state, spec_services(spec, plan), delete=False)
             progress(f"loaded {len(spec.services)} services from the spec")
     except BaseException:
         down(quiet=True, force=True)
@@ -255,10 +255,11 @@ def _routes_for(state, node):
             for o in state.nodes.values() if o.name != node]
 
 
-def _start_agent(spec, state, node, metrics=False, metrics_port=None):
+def agent_config(spec, state, node, rd):
+    """The config an agent of node is started with (its run files under rd);
+    dataplane.testing's in-memory node builds its fast path from the same."""
     n = state.nodes[node]
-    rd = run_dir()
-    cfg = {
+    return {
         "cluster": spec.name, "node": node, "netns": n.netns,
         "socket": str(rd / f"{node}.sock"), "vnet": state.vnet, "workers": state.workers,
         "gateway": {"ip": n.gateway_ip, "mac": n.gateway_mac, "subnet": n.subnet},
@@ -269,13 +270,19 @@ def _start_agent(spec, state, node, metrics=False, metrics_port=None):
                    "backend": state.backend},
         "routes": _routes_for(state, node),
         "service_cidr": str(spec.service_cidr),
+        "snapshot": str(rd / f"{node}.snapshot"),
     }
+
+
+def _start_agent(spec, state, node, metrics=False, metrics_port=None):
+    n = state.nodes[node]
+    rd = run_dir()
+    cfg = agent_config(spec, state, node, rd)
     if metrics:
         cfg["metrics"] = {"socket": str(rd / f"{node}.metrics.sock"),
                           "port": metrics_port + n.index if metrics_port is not None else None}
     if n.index == 0:                                  # the first node's agent answers podnet-cni
         cfg["cni"] = {"socket": str(cni_socket())}
-    cfg["snapshot"] = str(rd / f"{node}.snapshot")
     _remove_snapshot(cfg["snapshot"])                 # a new cluster starts empty
     cfg_path = rd / f"{node}.json"
     _write_json(cfg_path, cfg)
@@ -870,7 +877,7 @@ def agent_ready(node=None):
     return True, ""
 # ---- services ---------------------------------------------------------------
 
-def _spec_services(spec, plan):
+def spec_services(spec, plan):
     """The spec's services as Kubernetes Service manifests (endpoints by selector)."""
     from dataplane.manifests import parse_manifests
     docs = [{"apiVersion": "v1", "kind": "Service",
