@@ -1048,7 +1048,8 @@ class _Checks:
 
     def done(self):
         if self.problems:
-            raise AssertionError(f"{self.what}: {len(self.problems)} fields wrong in {describe(self.frame)}\n"
+            n = len(self.problems)
+            raise AssertionError(f"{self.what}: {n} field{'s' if n > 1 else ''} wrong in {describe(self.frame)}\n"
                                  + "\n".join(f"  {p}" for p in self.problems))
 
 
