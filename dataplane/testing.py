@@ -557,6 +557,7 @@ class Cluster:
         self.run_dir, self.state_dir = self.workdir / "run", self.workdir / "state"
         self.vnet, self.workers = vnet, workers
         self.started = False
+        self._before = set(self._namespaces())            # a name given by the caller may have some already
         self._endpoints = []
         self._napply = 0
         self.log = []                                    # `podnet up`'s progress lines
@@ -586,6 +587,7 @@ class Cluster:
         if not _have_root():
             raise PodnetTestError("a live podnet cluster needs root and /dev/net/tun")
         from dataplane import cluster
+        self._before |= set(self._namespaces())          # down removes only what this up made
         with self.env():
             cluster.up(str(self.spec_path), vnet=self.vnet, progress=self.log.append, workers=self.workers)
         self.started = True
@@ -600,12 +602,17 @@ class Cluster:
         from dataplane import cluster, netns
         with self.env():
             cluster.down(quiet=True, force=True, progress=lambda *_: None)
-        left = [n for n in netns.listing() if n.startswith(self.name + "-")] if os.path.isdir(netns.NETNS_DIR) else []
+        left = [n for n in self._namespaces() if n not in self._before]
         for n in left:                                   # never expected: removed, then reported
             netns.remove(n)
         self.started = False
         if left:
             raise PodnetTestError(f"cluster {self.name}: namespaces left after down (removed): {', '.join(left)}")
+
+    def _namespaces(self):
+        from dataplane import netns
+        d = netns.NETNS_DIR
+        return sorted(n for n in os.listdir(d) if n.startswith(self.name + "-")) if os.path.isdir(d) else []
 
     def __enter__(self):
         try:
