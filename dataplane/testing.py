@@ -239,7 +239,7 @@ def _report(title, sent, marks, arrived, by_marker, others, limit=12):
         lines.append(f"also arrived, without a marker of these packets ({len(others)}, first {min(limit, len(others))}):")
         lines.extend(f"  {describe(f)}" for f in others[:limit])
     else:
-        lines.append(f"nothing else arrived ({len(arrived)} frames in all)")
+        lines.append(f"nothing else arrived ({len(arrived)} frame{'' if len(arrived) == 1 else 's'} in all)")
     return "\n".join(lines)
 
 

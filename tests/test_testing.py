@@ -415,3 +415,31 @@ def test_the_plugin_is_registered_and_skips_live_clusters_without_root(tmp_path,
                        cwd=tmp_path, capture_output=True, text=True, timeout=120, env={**os.environ, "CI": ci})
     assert outcome in r.stdout, r.stdout + r.stderr
     assert "live podnet clusters need root and /dev/net/tun" in r.stdout
+
+
+# ---- the docs page shows what the toolkit does ---------------------------------------------
+
+DOCS = os.path.join(os.path.dirname(__file__), "..", "docs")
+
+
+def test_the_docs_page_holds_the_example_file_verbatim():
+    page = open(os.path.join(DOCS, "testing.md")).read()
+    example = open(os.path.join(DOCS, "examples", "test_podnet_packets.py")).read()
+    assert f"```python\n{example}```" in page
+
+
+def test_the_docs_failure_report_is_what_the_toolkit_prints():
+    """The sample report on the docs page, made again: identical but for the markers."""
+    page = open(os.path.join(DOCS, "testing.md")).read()
+    start = page.index("```\nsend_and_expect client-a -> web-a") + 4
+    shown = page[start:page.index("```", start)].rstrip("\n")
+    n = MemoryNode()
+    a, w = n.pod("client-a"), n.pod("web-a")
+    ok = Ether(src=a.mac, dst=a.gateway_mac) / IP(src=a.ip, dst=w.ip) / UDP(sport=1000, dport=2000)
+    spoofed = Ether(src=a.mac, dst=a.gateway_mac) / IP(src="10.244.0.99", dst=w.ip) / UDP(sport=1000, dport=2000)
+    with pytest.raises(AssertionError) as e:
+        send_and_expect(a, [ok, spoofed], w)
+    import re
+    def norm(t):                     # the markers differ, and with them the UDP checksums
+        return re.sub(r"chksum=\d+ / Raw", "chksum=N / Raw", re.sub(r"PNMK[0-9a-f]{6}[0-9]{6}", "PNMK", t))
+    assert norm(str(e.value)) == norm(shown)
