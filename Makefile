@@ -45,7 +45,7 @@ bench: setup
 	  && $(PY) bench/e2e_overlay.py --legacy --workers 1,2 --out bench/results/overlay_workers.json >/dev/null \
 	  && $(PY) bench/e2e_services.py >/dev/null && $(PY) bench/e2e_connect.py >/dev/null \
 	  && $(PY) bench/e2e_pause.py >/dev/null && $(PY) bench/e2e_churn.py >/dev/null \
-	  && $(PY) bench/e2e_cni.py >/dev/null; \
+	  && $(PY) bench/e2e_cni.py >/dev/null && $(PY) bench/e2e_toolkit.py >/dev/null; \
 	  else echo "end-to-end benchmarks skipped: they need root"; fi
 	$(PY) bench/tables.py --write
 

@@ -209,13 +209,16 @@ def main(argv=None):
                           log=lambda m: print(m, file=sys.stderr, flush=True))["setup"]
     fps = {p: [r["fps"] for r in v] for p, v in raw.items()}
     doc = {
-        "machine": machine(), "date": time.strftime("%Y-%m-%d"), "frames": args.frames, "rounds": args.rounds,
+        "machine": machine(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "frames": args.frames, "rounds": args.rounds,
         "sendsniff": {p: spread(v) for p, v in fps.items()},
         "ratios": {"toolkit_vs_scapy": spread([x / y for x, y in zip(fps["toolkit"], fps["scapy"])]),
                    "toolkit_vs_raw": spread([x / y for x, y in zip(fps["toolkit"], fps["raw"])])},
         "setup": {w: {k: spread([r[k] for r in v]) for k in ("up_s", "down_s")} for w, v in sraw.items()},
-        "setup_ratios": {k: spread([x[k] / y[k] for x, y in zip(sraw["fixture"], sraw["cli"])])
-                         for k in ("up_s", "down_s")},
+        "setup_total": {w: spread([r["up_s"] + r["down_s"] for r in v]) for w, v in sraw.items()},
+        "setup_ratios": {**{k: spread([x[k] / y[k] for x, y in zip(sraw["fixture"], sraw["cli"])])
+                            for k in ("up_s", "down_s")},
+                         "total": spread([(x["up_s"] + x["down_s"]) / (y["up_s"] + y["down_s"])
+                                          for x, y in zip(sraw["fixture"], sraw["cli"])])},
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

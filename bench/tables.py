@@ -596,6 +596,33 @@ def cni():
     return "\n".join(out)
 
 
+def toolkit():
+    """bench/e2e_toolkit.py: the packet-testing toolkit's frames per second
+    through a live pod pair, and a 2-node cluster fixture's set-up and
+    tear-down, each beside its baseline in the same rounds."""
+    d = load("toolkit")
+    s, r, su, sr = d["sendsniff"], d["ratios"], d["setup"], d["setup_ratios"]
+    out = [f"{d['rounds']} interleaved rounds; {d['frames']} UDP frames per figure from pod a to pod b of one node "
+           f"(built with scapy before the clock starts), each way in every round; {machine_line(d)}.", "",
+           "| sent and checked through a live pod pair | frames/s |", "|---|---|",
+           f"| `send_and_expect(a, packets, b)` (mark, build, send, capture, match, dissect) | {fig(s['toolkit'], digits=0)} |",
+           f"| scapy alone: `sendp` and an `AsyncSniffer`, payload numbers matched | {fig(s['scapy'], digits=0)} |",
+           f"| plain AF_PACKET sockets, prebuilt bytes, nothing dissected (the floor) | {fig(s['raw'], digits=0)} |",
+           "", "| a 2-node cluster (default spec: 4 pods, 1 service) | up, s | down, s | up + down, s |",
+           "|---|---|---|---|",
+           f"| the fixture (`dataplane.testing.Cluster`) | {fig(su['fixture']['up_s'], digits=2)} "
+           f"| {fig(su['fixture']['down_s'], digits=2)} | {fig(d['setup_total']['fixture'], digits=2)} |",
+           f"| `podnet up` / `podnet down` as commands | {fig(su['cli']['up_s'], digits=2)} "
+           f"| {fig(su['cli']['down_s'], digits=2)} | {fig(d['setup_total']['cli'], digits=2)} |",
+           "", *RATIO_HEAD,
+           ratio_row("toolkit / scapy alone, frames/s", r["toolkit_vs_scapy"]),
+           ratio_row("toolkit / plain sockets, frames/s", r["toolkit_vs_raw"]),
+           ratio_row("fixture up / `podnet up`", sr["up_s"]),
+           ratio_row("fixture down / `podnet down`", sr["down_s"]),
+           ratio_row("fixture up + down / the commands", sr["total"])]
+    return "\n".join(out)
+
+
 def overlay_by_workers():
     """The cross-node run by worker count (vxlan only, e2e_overlay.py --legacy
     --workers 1,2), kept beside the per-backend one as overlay_workers.json."""
@@ -686,6 +713,19 @@ def headline():
             f"(each figure a round's median); {machine_line(d)}")
     except MissingResults:
         pass
+    try:
+        d = load("toolkit")
+        s, su = d["sendsniff"], d["setup"]
+        rows.append(f"| packet tests: frames/s sent and checked through a live pod pair (`send_and_expect`) "
+                    f"| {fig(s['toolkit'], digits=0)} | scapy alone (`sendp` + `AsyncSniffer`): {fig(s['scapy'], digits=0)} "
+                    f"| {fig(d['ratios']['toolkit_vs_scapy'], digits=2)} | | `toolkit.json` |")
+        rows.append(f"| packet tests: a 2-node cluster fixture, up + down, s "
+                    f"| {fig(d['setup_total']['fixture'], digits=2)} | `podnet up` + `podnet down` as commands: "
+                    f"{fig(d['setup_total']['cli'], digits=2)} | {fig(d['setup_ratios']['total'], digits=2)} | "
+                    f"| `toolkit.json` |")
+        run("toolkit", f"{d['rounds']} interleaved rounds, {d['frames']} frames per figure; {machine_line(d)}")
+    except MissingResults:
+        pass
     if not rows:
         raise MissingResults("no results file of the headline figures")
     out = ["| figure | podnet | baseline, same rounds | podnet / baseline, within each round | target: met? "
@@ -697,7 +737,7 @@ def headline():
 
 TABLES = {"headline": headline, "stages": stages, "pods": pods, "overlay": overlay,
           "overlay_workers": overlay_by_workers, "services": services, "connect": connect, "pause": pause,
-          "scaling": scaling, "churn": churn, "cni": cni}
+          "scaling": scaling, "churn": churn, "cni": cni, "toolkit": toolkit}
 
 BLOCK = r"<!-- bench:(\w+) -->\n(.*?)<!-- /bench:\1 -->"
 

@@ -239,3 +239,13 @@ def test_a_failed_up_leaves_nothing(tmp_path):
         assert not (tmp_path / "run" / "state.json").exists()
     finally:
         netns.remove("ptclash-pod-b")
+
+
+def test_the_readmes_example_runs(tmp_path):
+    """The README's packet test, as printed there, passes in a fresh pytest."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Packet tests"):]
+    code = section[section.index("```python\n") + 10:section.index("```\n", section.index("```python\n") + 10)]
+    (tmp_path / "test_readme_example.py").write_text(code)
+    r = run_pytest(tmp_path, ["test_readme_example.py"])
+    assert "1 passed" in r.stdout, r.stdout + r.stderr
