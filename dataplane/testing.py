@@ -296,7 +296,7 @@ class Capture:
             self._poll(left)
 
     def close(self):
-        pass
+        """Stop capturing (the context manager's exit does)."""
 
     def __enter__(self):
         return self
@@ -437,6 +437,7 @@ class Endpoint:
         return r
 
     def close(self):
+        """Close the endpoint's sending socket (Cluster.down does)."""
         if self._tx is not None:
             self._tx.close()
             self._tx = None
@@ -754,6 +755,8 @@ class MemoryPort:
         self._node._process(self.port, frames)
 
     def capture(self, filter=None):
+        """A Capture of what the fast path puts out on this port from now on
+        (filter: a callable; BPF needs a kernel)."""
         return _MemoryCapture(self._node._queue(self.port), filter)
 
     def sniff(self, count=None, timeout=0.0, filter=None):
@@ -766,6 +769,7 @@ class MemoryPort:
         return frames[:count] if count else frames
 
     def exec(self, cmd, **kw):
+        """An in-memory port has no namespace: PodnetTestError."""
         raise PodnetTestError(f"{self.name} is in memory: it has no namespace to run {cmd!r} in")
 
 
@@ -885,6 +889,8 @@ class MemoryNode:
         return MemoryPod(self, rec, self.state.nodes[rec.node].gateway_mac, rec.node == self.name)
 
     def port_of(self, port_or_name):
+        """The port number of a pod's name, "uplink" or a port number of
+        this node; PodnetTestError naming what there is otherwise."""
         if isinstance(port_or_name, int) and not isinstance(port_or_name, bool):
             if port_or_name not in self._names:
                 raise PodnetTestError(f"node {self.name} has no port {port_or_name}; its ports: "

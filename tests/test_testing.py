@@ -443,3 +443,21 @@ def test_the_docs_failure_report_is_what_the_toolkit_prints():
     def norm(t):                     # the markers differ, and with them the UDP checksums
         return re.sub(r"chksum=\d+ / Raw", "chksum=N / Raw", re.sub(r"PNMK[0-9a-f]{6}[0-9]{6}", "PNMK", t))
     assert norm(str(e.value)) == norm(shown)
+
+
+def test_every_public_name_has_a_docstring():
+    import inspect
+    missing = []
+    for name in pt.__all__:
+        obj = getattr(pt, name)
+        if not (obj.__doc__ or "").strip():
+            missing.append(name)
+        if inspect.isclass(obj):
+            for attr, member in vars(obj).items():
+                if attr.startswith("_") or not (inspect.isfunction(member) or isinstance(member, property)):
+                    continue
+                doc = member.__doc__ or next((getattr(b, attr).__doc__ for b in obj.__mro__[1:]
+                                              if getattr(getattr(b, attr, None), "__doc__", None)), None)
+                if not (doc or "").strip():
+                    missing.append(f"{name}.{attr}")
+    assert not missing, f"public names without a docstring: {', '.join(missing)}"
