@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
-    "Cluster", "MemoryNode", "Pod", "Node", "NodeInfo", "Endpoint", "MemoryPod", "MemoryPort", "Capture",
+    "Cluster", "MemoryNode", "Clock", "Pod", "Node", "NodeInfo", "Endpoint", "MemoryPod", "MemoryPort", "Capture",
     "PodnetTestError", "FrameTooLong", "marker", "mark", "markers_in", "send_and_expect",
     "send_and_assert_no_reply", "expect_vxlan", "expect_ipip", "expect_routed", "diff", "describe",
     "require_root", "podnet_cluster", "podnet_node",
@@ -707,7 +707,8 @@ class Cluster:
 # ---- an in-memory node ------------------------------------------------------------------
 
 class Clock:
-    """The in-memory node's clock (seconds): tests move it, never sleep."""
+    """An injected clock (seconds) for the in-memory node (and any
+    Dataplane): tests move it, never sleep."""
 
     def __init__(self, t=1000.0):
         self.t = t
@@ -716,6 +717,7 @@ class Clock:
         return self.t
 
     def advance(self, seconds):
+        """Move the clock seconds on."""
         self.t += seconds
 
 

@@ -4,22 +4,11 @@ import os
 import pytest
 from scapy.layers.l2 import Ether
 
+from dataplane.testing import Clock  # noqa: F401  the toolkit's injected clock: tests move time, never sleep
 from fastpath import Dataplane
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
-
-class Clock:
-    """Injected clock (seconds): tests move time, never sleep."""
-
-    def __init__(self, t=1000.0):
-        self.t = t
-
-    def __call__(self):
-        return self.t
-
-    def advance(self, seconds):
-        self.t += seconds
 
 
 @pytest.fixture
