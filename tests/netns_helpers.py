@@ -1,5 +1,6 @@
 """Helpers for netns tests: an isolated run/state directory, a cluster up for
-the test and always taken down, and bounded commands inside pods."""
+the test and always taken down (dataplane.testing.Cluster), and bounded
+commands inside pods."""
 import contextlib
 import os
 import signal
@@ -28,15 +29,30 @@ def cluster_env(tmp_path):
 
 @contextlib.contextmanager
 def running_cluster(tmp_path, spec_text, vnet=True):
+    """The cluster of spec_text up for the block and always taken down after:
+    a dataplane.testing.Cluster under the spec's own cluster.name (its
+    namespaces' prefix, as the tests name them), its run and state
+    directories under tmp_path and PODNET_RUN_DIR/PODNET_STATE_DIR set to
+    them for the block. Yields the cluster's record (ClusterState, read once
+    it is up) with the toolkit's Cluster as `st.live` (st.live.pod("a"),
+    st.live.node("n1").uplink, ...). spec_text is also left in
+    tmp_path/spec.yaml, for tests that run `podnet up -f` on it again.
+    Skips without root (fails under CI=true)."""
     require_root()
-    from dataplane import cluster
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(spec_text)
-    with cluster_env(tmp_path):
-        try:
-            yield cluster.up(str(spec), vnet=vnet, progress=lambda *_: None)
-        finally:
-            cluster.down(quiet=True, force=True)
+    from dataplane.spec import parse_spec
+    from dataplane.testing import Cluster
+    (tmp_path / "spec.yaml").write_text(spec_text)
+    name = parse_spec(spec_text, str(tmp_path / "spec.yaml")).name
+    c = Cluster(spec_text, tmp_path, vnet=vnet, name=name)
+    with c.env(), c:
+        st = c.state()
+        st.live = c                    # not a field of ClusterState: never written to state.json
+        yield st
+
+
+def live(st):
+    """The dataplane.testing.Cluster behind a running_cluster state."""
+    return st.live
 
 
 def pod_ip(state, pod):
@@ -101,32 +117,6 @@ def wait_listening(state, pod, port, proto="tcp", timeout=10.0):
     wait_until(listening, timeout, f"{proto} port {port} listening in pod {pod}")
 
 
-@contextlib.contextmanager
-def tcpdump(netns, iface, pcap, *args, timeout=10.0):
-    """tcpdump -U -w pcap on iface in netns (extra args: -c N, a filter),
-    yielded once it says "listening on" (the capture is open), ended on exit
-    if it has not finished by itself. The caller waits for it (proc.wait)."""
-    import select
-    import time
-    proc = subprocess.Popen(["ip", "netns", "exec", netns, "tcpdump", "-U", "-i", iface, "-w", str(pcap), *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        end, seen = time.monotonic() + timeout, ""
-        while "listening on" not in seen:
-            left = end - time.monotonic()
-            if left <= 0 or proc.poll() is not None:
-                raise AssertionError(f"tcpdump did not start listening within {timeout} s: {seen}")
-            r, _, _ = select.select([proc.stderr], [], [], left)
-            if r:
-                seen += proc.stderr.readline()
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        proc.stderr.close()
-
-
 def read_json_line(proc, timeout=20.0):
     """The next line of proc's stdout (text mode) as JSON, within timeout s."""
     import json
@@ -152,3 +142,31 @@ def kill_agent(state, node):
         wait_until(lambda: not os.path.exists(f"/proc/{pid}/cmdline") or
                    not open(f"/proc/{pid}/cmdline", "rb").read(), 15, f"agent {pid} to die")
     return pid
+
+
+def echo_requests(src, dst_ip, n, tos=0, ttl=64, ident=0x7e57, payload=b"podnet"):
+    """n ICMP echo requests as pod src (a dataplane.testing Pod) sends them to
+    dst_ip through its gateway, seq 1..n (send_and_expect gives each its
+    marker; the echo reply carries it back)."""
+    from scapy.layers.inet import ICMP, IP
+    from scapy.layers.l2 import Ether
+    return [Ether(src=src.mac, dst=src.gateway_mac) / IP(src=src.ip, dst=dst_ip, tos=tos, ttl=ttl)
+            / ICMP(id=ident, seq=k + 1) / payload for k in range(n)]
+
+
+def wait_marked(cap, sent, count, timeout=5.0):
+    """The frames (scapy) a dataplane.testing Capture caught that carry a
+    marker of one of the packets sent (marked by send_and_expect or mark()),
+    once count of them are in (bounded in time), in arrival order; fails
+    unless exactly count arrived."""
+    from dataplane.testing import markers_in
+    marks = {m for p in sent for m in markers_in(p)}
+    assert marks, "the packets carry no marker: send them with send_and_expect or mark() them first"
+
+    def hits(raw):
+        return [k for k, r in enumerate(raw) if marks.intersection(markers_in(r))]
+    cap.wait(lambda raw: len(hits(raw)) >= count, timeout)
+    frames = cap.frames
+    got = [frames[k] for k in hits(cap.raw)]
+    assert len(got) == count, f"{len(got)} of {count} marked frames arrived within {timeout} s"
+    return got
