@@ -6,7 +6,10 @@ MTU-sized frames), and reports gso_path "mtu-frames"; encapsulated frames
 still leave correctly. The refusal is injected (TUNSETOFFLOAD answered
 EINVAL when it carries the tunnel bits, as an older kernel does); the
 namespaces, TAPs and fabric bridge are real. The agent runs in this
-process, set up from inside a node namespace this test made."""
+process, set up from inside a node namespace this test made; frames are
+sent from the pod's eth0 and caught on the fabric with dataplane.testing's
+Endpoint (the agent's loop pumped meanwhile), the VXLAN frame checked by
+expect_vxlan."""
 import array
 import errno
 import fcntl
@@ -22,6 +25,7 @@ from scapy.layers.vxlan import VXLAN
 
 import tap.device as device
 from conftest import require_root
+from dataplane.testing import Endpoint, NodeInfo, expect_vxlan, mark, markers_in
 
 PREFIX = "pnimgso"                  # namespaces of this file only
 GW = {"ip": "10.244.0.1", "mac": "0a:58:0a:f4:00:01", "subnet": "10.244.0.0/24"}
@@ -30,6 +34,8 @@ NODE_IP, NODE_MAC = "172.30.250.1", "0a:5a:ac:1e:fa:01"
 STATIC_VTEP, STATIC_VTEP_MAC = "172.30.250.2", "0a:5a:ac:1e:fa:02"
 ARP_VTEP = "172.30.250.3"          # no MAC given: asked by ARP at start-up
 UPLINK_IF = "pnimgsoup"
+N1 = NodeInfo("n1", 0, GW["subnet"], GW["ip"], GW["mac"], NODE_IP, NODE_MAC)                # this node
+N2 = NodeInfo("n2", 1, "10.244.1.0/24", "10.244.1.1", "0a:58:0a:f4:01:01", STATIC_VTEP, STATIC_VTEP_MAC)
 ETHTOOL_GTSO, SIOCETHTOOL = 0x1e, 0x8946
 
 
@@ -49,28 +55,18 @@ def tso_on(netns, ifname):
         s.close()
 
 
-def packet_socket(netns, ifname):
-    with device.in_netns(netns):
-        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))   # ETH_P_ALL
-    s.bind((ifname, 0))
-    s.settimeout(0.1)
-    return s
-
-
-def wait_frame(sock, want, agent=None, timeout=5.0):
-    """The first frame on sock for which want(Ether) holds, moving the
-    agent's frames meanwhile; bounded in time."""
+def pump(agent, cap, want, timeout=5.0):
+    """The first frame a dataplane.testing Capture has caught for which
+    want(Ether) holds, running the agent's loop meanwhile (it runs in this
+    process: nothing else moves its frames); bounded in time."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if agent is not None:
             agent.io.poll(20)
-        try:
-            e = Ether(sock.recv(65536))
-        except socket.timeout:
-            continue
-        if want(e):
-            return e
-    raise AssertionError("expected frame not seen")
+        for e in cap.wait(timeout=0 if agent is not None else 0.1):
+            if want(e):
+                return e
+    raise AssertionError(f"expected frame not seen among {len(cap.raw)} caught")
 
 
 @pytest.fixture
@@ -104,7 +100,7 @@ def agent_config(tmp_path, names, vnet=True):
                   "mtu": 1450}],
         "uplink": {"fabric_netns": names["fabric"], "ifname": UPLINK_IF, "bridge": "br-fabric", "mtu": 1500,
                    "ip": NODE_IP, "mac": NODE_MAC, "vni": 1, "port": 4789},
-        "routes": [{"name": "n2", "cidr": "10.244.1.0/24", "vtep": STATIC_VTEP, "inner_mac": "0a:58:0a:f4:01:01",
+        "routes": [{"name": "n2", "cidr": N2.subnet, "vtep": STATIC_VTEP, "inner_mac": N2.gateway_mac,
                     "vtep_mac": STATIC_VTEP_MAC},
                    {"name": "n3", "cidr": "10.244.2.0/24", "vtep": ARP_VTEP, "inner_mac": "0a:58:0a:f4:02:01"}],
     }
@@ -124,7 +120,8 @@ def test_uplink_gso_path_and_pod_offloads(tmp_path, namespaces, monkeypatch, ker
         return real_ioctl(fd, request, arg, *rest)
     monkeypatch.setattr(device.fcntl, "ioctl", ioctl)
 
-    fabric = packet_socket(namespaces["fabric"], "pnimtap1")
+    # the fabric's end of the bridge: what the uplink puts on the fabric arrives here
+    fabric = Endpoint(namespaces["fabric"], "pnimtap1", 1500, name="fabric").capture()
     agent = Agent(agent_config(tmp_path, namespaces, vnet=kernel != "plain"))
     try:
         with device.in_netns(namespaces["node"]):
@@ -153,23 +150,27 @@ def test_uplink_gso_path_and_pod_offloads(tmp_path, namespaces, monkeypatch, ker
         assert tso_on(namespaces["fabric"], UPLINK_IF) is not refused
 
         # start-up: a who-has for the VTEP without a MAC, from our underlay address
-        a = wait_frame(fabric, lambda e: e.haslayer(ARP))[ARP]
+        a = pump(None, fabric, lambda e: e.haslayer(ARP))[ARP]
         assert (a.op, a.hwsrc, a.psrc, a.pdst) == (1, NODE_MAC, NODE_IP, ARP_VTEP)
 
-        # a pod's frame to the other node leaves the uplink as VXLAN, whole
-        pod = packet_socket(namespaces["pod"], "eth0")
+        # a pod's frame to the other node leaves the uplink as VXLAN, whole (sent from the pod's eth0)
+        pod = Endpoint(namespaces["pod"], "eth0", 1450, name="p1")
         try:
-            sent = Ether(src=POD_MAC, dst=GW["mac"]) / IP(src=POD_IP, dst="10.244.1.2", ttl=64) \
-                / UDP(sport=4000, dport=5000) / (b"m" * 1000)
-            pod.send(bytes(sent))
-            e = wait_frame(fabric, lambda e: e.haslayer(VXLAN), agent=agent)
+            sent, m = mark(Ether(src=POD_MAC, dst=GW["mac"]) / IP(src=POD_IP, dst="10.244.1.2", ttl=64)
+                           / UDP(sport=4000, dport=5000) / (b"m" * 1000))
+            pod.send(sent)
+            e = pump(agent, fabric, lambda e: e.haslayer(VXLAN) and m in markers_in(e))
         finally:
             pod.close()
         assert (e.src, e.dst, e[IP].src, e[IP].dst, e[UDP].dport, e[VXLAN].vni) == \
             (NODE_MAC, STATIC_VTEP_MAC, NODE_IP, STATIC_VTEP, 4789, 1)
-        inner = Ether(bytes(e[VXLAN].payload))
+        # every outer field, and the inner frame byte for byte: the pod's, routed to n2's gateway
+        routed = IP(bytes(sent[IP]))
+        routed.ttl = 63
+        del routed.chksum
+        inner = expect_vxlan(e, N1, N2, vni=1, inner=Ether(src=GW["mac"], dst=N2.gateway_mac) / IP(bytes(routed)))
         assert (inner[IP].src, inner[IP].dst, inner[IP].ttl, bytes(inner[UDP].payload)) == \
-            (POD_IP, "10.244.1.2", 63, b"m" * 1000)
+            (POD_IP, "10.244.1.2", 63, b"m" * 1000 + m)
         assert agent.dp.counters()["overlay"]["encapsulated"] == 1
     finally:
         fabric.close()

@@ -1,9 +1,11 @@
 """The ipip and direct backends for real (cluster.backend), each on two podnet
 nodes: ping, TCP, UDP, a ClusterIP whose only backend is on the other node,
 the pods' MTU and path-MTU discovery at each backend's overhead, `podnet
-status`, and a fabric capture read by scapy and by tshark's dissector (ipip:
-RFC 2003 frames between the underlay IPs; direct: the pods' own packets
-between the underlay MACs). Linux nodes join: a direct one (plain routes
+status`, and what each node puts on the fabric (echo requests sent from a
+pod with dataplane.testing and the replies, caught at the nodes' uplinks)
+checked by expect_ipip/expect_routed and by tshark's dissector (ipip: RFC
+2003 frames between the underlay IPs; direct: the pods' own packets between
+the underlay MACs). Linux nodes join: a direct one (plain routes
 POD_CIDR via NODE_IP) both ways; a Calico-style tunl0 one wherever this
 kernel has IPIP (the one test allowed to skip: this machine's kernel has no
 CONFIG_NET_IPIP), and, on every kernel, a node that speaks IPIP from scapy.
@@ -14,9 +16,11 @@ import sys
 
 import pytest
 
+from dataplane.testing import (Endpoint, expect_ipip, expect_routed, markers_in, send_and_assert_no_reply,
+                               send_and_expect)
 from kernel_node import IpipUnavailable, KernelDirectNode, KernelIpipNode, netns_exists, run
-from netns_helpers import (agent, in_pod, pod_ip, podnet, py_in_pod, running_cluster, spawn_in_pod, tcpdump,
-                           wait_listening)
+from netns_helpers import (agent, echo_requests, in_pod, pod_ip, podnet, py_in_pod, running_cluster, spawn_in_pod,
+                           wait_listening, wait_marked, wait_until)
 from test_netns_node import TCP_CLIENT, TCP_SERVER, UDP_CLIENT, UDP_SERVER
 from test_netns_services import SERVER as SVC_SERVER
 from test_netns_services import TCP_CLIENT as SVC_TCP_CLIENT
@@ -231,47 +235,63 @@ def test_path_mtu_discovery_at_the_backend_mtu(cl):
 
 # ---- what the fabric carries -----------------------------------------------------------
 
+def fabric_exchange(cl, reqs, bpf):
+    """Send reqs (echo requests) from pod a to c with dataplane.testing and
+    catch what each node puts on the fabric for them (at its uplink, bpf
+    filtering): (the requests as n1 sent them, in order; c's replies as n2
+    sent them, in arrival order)."""
+    live = cl.st.live
+    a, c = live.pod("a"), live.pod("c")
+    n1, n2 = live.node("n1"), live.node("n2")
+    with n2.uplink.capture(bpf) as back:
+        there = send_and_expect(a, reqs, n1.uplink, filter=bpf)
+        replies = wait_marked(back, reqs, len(reqs))
+    return there, replies
+
+
 @ipip_only
 def test_fabric_capture_is_rfc2003_ipip(cl, tmp_path):
     """Outer Ethernet between the nodes' underlay MACs, outer IPv4 protocol 4 between their
     underlay IPs, DF set, TTL the inner one (ttl inherit), DSCP 0 and the inner ECN (RFC 6040
     normal mode), non-zero IDs, valid checksum, length inner + 20; the inner packet is the
-    pods' with TTL 63 (one gateway hop), its TOS untouched. scapy and tshark agree."""
-    from scapy.all import rdpcap
+    pods' with TTL 63 (one gateway hop), its TOS untouched. The frames are echo requests sent
+    from pod a with dataplane.testing and c's replies, caught at each node's uplink, checked
+    by expect_ipip and by tshark's dissector (a pcap of the same frames)."""
     from scapy.layers.inet import ICMP, IP
-    from scapy.layers.l2 import Ether
-    from scapy.utils import checksum
+    from scapy.utils import wrpcap
     st = cl.st
-    n1, n2 = st.nodes["n1"], st.nodes["n2"]
-    a, c = pod_ip(st, "a"), pod_ip(st, "c")
-    pcap = tmp_path / "ipip.pcap"
-    with tcpdump(cl.fabric_ns, "br-fabric", pcap, "-c", "8", "ip proto 4") as cap:
-        in_pod(st, "a", "ping", "-c", "2", "-i", "0.2", "-W", "2", c)
-        in_pod(st, "a", "ping", "-c", "2", "-i", "0.2", "-W", "2", "-Q", "0xb9", c)   # EF + ECT(1)
-        cap.wait(timeout=15)
-    pkts = rdpcap(str(pcap))
+    n1, n2 = st.live.node("n1"), st.live.node("n2")
+    a, c = st.live.pod("a"), st.live.pod("c")
+    reqs = echo_requests(a, c.ip, 2) + echo_requests(a, c.ip, 2, tos=0xb9)     # EF + ECT(1)
+    there, back = fabric_exchange(cl, reqs, "ip proto 4")
+    pkts = there + back
     assert len(pkts) == 8
-    macs = {n1.underlay_ip: n1.underlay_mac, n2.underlay_ip: n2.underlay_mac}
     ids = {n1.underlay_ip: [], n2.underlay_ip: []}
-    for p in pkts:
+    for p, req in zip(there, reqs):                           # requests: the pod's packet, routed, TOS untouched
+        want = IP(bytes(req[IP]))
+        want.ttl = 63
+        del want.chksum
+        inner = expect_ipip(p, n1, n2, inner=IP(bytes(want)))
+        assert inner.tos == req[IP].tos in (0, 0xb9)
+    for p in back:
+        expect_ipip(p, n2, n1)
+        assert (p[IP].payload.src, p[IP].payload.dst, p[IP].payload[ICMP].type) == (c.ip, a.ip, 0)
+    for p in pkts:                                            # every outer field, again by hand
         o = p[IP]
         inner = o.payload
         assert isinstance(inner, IP) and o.proto == 4 and o.ihl == 5
-        assert {o.src, o.dst} == {n1.underlay_ip, n2.underlay_ip}
-        assert (p[Ether].src, p[Ether].dst, p[Ether].type) == (macs[o.src], macs[o.dst], 0x0800)
         assert o.flags.DF and not o.flags.MF and o.frag == 0
         assert o.ttl == inner.ttl == 63
         assert o.tos >> 2 == 0 and o.tos & 3 == inner.tos & 3
         assert o.len == inner.len + 20 and o.id != 0
-        assert checksum(bytes(o)[:20]) == 0                    # the outer header's checksum is valid
         ids[o.src].append(o.id)
-        assert {inner.src, inner.dst} == {a, c} and inner.haslayer(ICMP)
-        if inner.src == a:                                     # requests: the pod's TOS untouched
-            assert inner.tos in (0, 0xb9)
-    marked = [p for p in pkts if p[IP].src == n1.underlay_ip and p[IP].payload.tos == 0xb9]
+        assert {inner.src, inner.dst} == {a.ip, c.ip} and inner.haslayer(ICMP)
+    marked = [p for p in there if p[IP].payload.tos == 0xb9]
     assert len(marked) == 2 and all(p[IP].tos == 0x01 for p in marked)     # ECT(1) copied, DSCP not
     assert all(len(set(v)) == len(v) == 4 for v in ids.values()), ids      # a new ID per packet
     # tshark's dissector: IP in IP, outer then inner header
+    pcap = tmp_path / "ipip.pcap"
+    wrpcap(str(pcap), pkts)
     rows = tshark(str(pcap), "frame.protocols", "ip.proto", "ip.src", "ip.dst", "ip.flags.df", "ip.ttl",
                   "ip.checksum.status", "ip.dsfield.dscp")
     assert len(rows) == 8
@@ -279,7 +299,7 @@ def test_fabric_capture_is_rfc2003_ipip(cl, tmp_path):
         assert protos == "eth:ethertype:ip:ip:icmp:data", protos
         assert proto == "4,1" and df.split(",")[0] == "1"
         assert set(src.split(",")[:1] + dst.split(",")[:1]) == {n1.underlay_ip, n2.underlay_ip}
-        assert {src.split(",")[1], dst.split(",")[1]} == {a, c}
+        assert {src.split(",")[1], dst.split(",")[1]} == {a.ip, c.ip}
         assert ttl == "63,63" and csum.split(",")[0] == "1"     # 1: good
         assert dscp.split(",")[0] == "0"
 
@@ -287,33 +307,38 @@ def test_fabric_capture_is_rfc2003_ipip(cl, tmp_path):
 @direct_only
 def test_fabric_capture_is_the_pods_own_packets(cl, tmp_path):
     """Direct routing: on the fabric, the pods' packets themselves (TTL 63 after the sending
-    node's gateway), no outer header, from one node's underlay MAC to the other's."""
-    from scapy.all import rdpcap
+    node's gateway, every other byte as sent: expect_routed), no outer header, from one
+    node's underlay MAC to the other's. Echo requests from pod a (dataplane.testing) and c's
+    replies, caught at each node's uplink; tshark's dissector reads a pcap of them."""
     from scapy.layers.inet import ICMP, IP, UDP
     from scapy.layers.l2 import Ether
+    from scapy.utils import wrpcap
     st = cl.st
-    n1, n2 = st.nodes["n1"], st.nodes["n2"]
-    a, c = pod_ip(st, "a"), pod_ip(st, "c")
-    pcap = tmp_path / "direct.pcap"
-    with tcpdump(cl.fabric_ns, "br-fabric", pcap, "-c", "8", f"icmp and host {a}") as cap:
-        in_pod(st, "a", "ping", "-c", "4", "-i", "0.2", "-W", "2", c)
-        cap.wait(timeout=15)
-    pkts = rdpcap(str(pcap))
+    n1, n2 = st.live.node("n1"), st.live.node("n2")
+    a, c = st.live.pod("a"), st.live.pod("c")
+    reqs = echo_requests(a, c.ip, 4)
+    there, back = fabric_exchange(cl, reqs, f"icmp and host {a.ip}")
+    pkts = there + back
     assert len(pkts) == 8
+    for p, req in zip(there, reqs):
+        expect_routed(p, req, src_mac=n1.underlay_mac, dst_mac=n2.underlay_mac)
     for p in pkts:
         ip = p[IP]
-        assert {ip.src, ip.dst} == {a, c} and ip.haslayer(ICMP)
+        assert {ip.src, ip.dst} == {a.ip, c.ip} and ip.haslayer(ICMP)
         assert not isinstance(ip.payload, IP) and not p.haslayer(UDP)         # no encapsulation
         assert ip.ttl == 63
-        to_n2 = ip.dst == c
+        to_n2 = ip.dst == c.ip
         assert (p[Ether].src, p[Ether].dst) == ((n1.underlay_mac, n2.underlay_mac) if to_n2
                                                 else (n2.underlay_mac, n1.underlay_mac))
-    assert sum(p[IP].dst == c for p in pkts) == 4
+    assert sum(p[IP].dst == c.ip for p in pkts) == 4
+    assert [p[ICMP].type for p in back] == [0] * 4
+    pcap = tmp_path / "direct.pcap"
+    wrpcap(str(pcap), pkts)
     rows = tshark(str(pcap), "frame.protocols", "ip.proto", "ip.src", "ip.dst", "eth.src", "eth.dst")
     assert len(rows) == 8
     for protos, proto, src, dst, esrc, edst in rows:
         assert (protos, proto) == ("eth:ethertype:ip:icmp:data", "1")
-        assert {src, dst} == {a, c} and {esrc, edst} == {n1.underlay_mac, n2.underlay_mac}
+        assert {src, dst} == {a.ip, c.ip} and {esrc, edst} == {n1.underlay_mac, n2.underlay_mac}
 
 
 # ---- Linux nodes ---------------------------------------------------------------------------
@@ -392,31 +417,15 @@ def test_linux_ipip_node_both_ways(cl):
     _unknown_source_dropped_then_rejoins(cl, k.underlay_mac)
 
 
-# A node speaking RFC 2003 from scapy, on every kernel: a namespace on the fabric bridge that
-# sends one IPIP-encapsulated echo request and prints what comes back, as JSON.
-SCAPY_IPIP = """
-import json, sys
-from scapy.all import AsyncSniffer, conf, get_if_hwaddr, sendp
-from scapy.layers.inet import ICMP, IP
-from scapy.layers.l2 import Ether
-conf.verb = 0
-node_mac, node_ip, outer_src, inner_src, inner_dst = sys.argv[1:6]
-me = get_if_hwaddr("eth0")
-sn = AsyncSniffer(iface="eth0", filter=f"ip proto 4 and src host {node_ip}", count=1)
-sn.start()
-import time; time.sleep(0.3)
-sendp(Ether(src=me, dst=node_mac) / IP(src=outer_src, dst=node_ip, proto=4, flags="DF", ttl=64, id=7)
-      / IP(src=inner_src, dst=inner_dst, ttl=64) / ICMP(id=4242, seq=1) / b"podnet-ipip", iface="eth0")
-sn.join(timeout=5)
-got = sn.stop() if sn.running else sn.results
-out = []
-for p in got or []:
-    o = p[IP]; i = o.payload
-    out.append({"esrc": p[Ether].src, "edst": p[Ether].dst, "src": o.src, "dst": o.dst, "proto": o.proto,
-                "df": bool(o.flags.DF), "ttl": o.ttl, "isrc": i.src, "idst": i.dst, "ittl": i.ttl,
-                "icmp": i[ICMP].type, "id": i[ICMP].id, "load": bytes(i[ICMP].payload).decode(errors="replace")})
-print(json.dumps(out))
-"""
+# A node speaking RFC 2003 from scapy, on every kernel: a namespace on the fabric bridge whose
+# eth0 the test sends from and captures at (a dataplane.testing Endpoint); its kernel answers
+# ARP for the node's address.
+def ipip_echo(mac, node, outer_src, inner_src, inner_dst):
+    from scapy.layers.inet import ICMP, IP
+    from scapy.layers.l2 import Ether
+    return (Ether(src=mac, dst=node.underlay_mac) / IP(src=outer_src, dst=node.underlay_ip, proto=4, flags="DF",
+                                                       ttl=64, id=7)
+            / IP(src=inner_src, dst=inner_dst, ttl=64) / ICMP(id=4242, seq=1) / b"podnet-ipip")
 
 
 @pytest.fixture
@@ -434,7 +443,11 @@ def scapy_node(cl):
         run("ip", "-n", ns, "link", "set", "eth0", "up")
         run("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", "eth0")
         mac = json.loads(run("ip", "-n", ns, "-j", "link", "show", "eth0").stdout)[0]["address"]
-        yield ns, ip, mac
+        ep = Endpoint(ns, "eth0", 1500, name="scapy-node")
+        try:
+            yield ep, ip, mac
+        finally:
+            ep.close()
     finally:
         run("ip", "-n", cl.fabric_ns, "link", "del", peer, check=False)
         run("ip", "netns", "del", ns, check=False)
@@ -445,27 +458,40 @@ def test_an_ipip_node_made_with_scapy_both_ways(cl, scapy_node):
     """An RFC 2003 packet from a registered node reaches pod c (decapsulated, TTL-1) and c's
     reply comes back IPIP-encapsulated to that node's underlay IP; the same packet from an
     outer source that is no node's is dropped as tunnel_unknown_source."""
+    from scapy.layers.inet import ICMP, IP
+    from scapy.layers.l2 import Ether
     st = cl.st
-    ns, ip, mac = scapy_node
-    n2 = st.nodes["n2"]
+    sx, ip, mac = scapy_node
+    n2 = st.live.node("n2")
     cidr = f"{cl.pod16}.10.0/24"
     inner_src = f"{cl.pod16}.10.2"
+    bpf = f"ip proto 4 and src host {n2.underlay_ip}"
     podnet("node", "add", "sx", "--pod-cidr", cidr, "--vtep", ip)
     try:
+        # n2 asks for the new node's MAC when the route comes (the scapy node's kernel answers)
+        wait_until(lambda: {r["name"]: r for r in agent(st, "n2", "routes")}["sx"]["vtep_state"] == "reachable",
+                   10, "n2 to resolve the scapy node's MAC")
         before = agent(st, "n2", "counters")
-        r = run("ip", "netns", "exec", ns, sys.executable, "-c", SCAPY_IPIP, n2.underlay_mac, n2.underlay_ip,
-                ip, inner_src, pod_ip(st, "c"), timeout=30)
-        (reply,) = json.loads(r.stdout)
+        pkt = ipip_echo(mac, n2, ip, inner_src, pod_ip(st, "c"))
+        [p] = send_and_expect(sx, pkt, sx, filter=bpf)
+        [m] = markers_in(pkt)
+        o = p[IP]
+        i = o.payload
+        reply = {"esrc": p[Ether].src, "edst": p[Ether].dst, "src": o.src, "dst": o.dst, "proto": o.proto,
+                 "df": bool(o.flags.DF), "ttl": o.ttl, "isrc": i.src, "idst": i.dst, "ittl": i.ttl,
+                 "icmp": i[ICMP].type, "id": i[ICMP].id, "load": bytes(i[ICMP].payload)}
         assert reply == {"esrc": n2.underlay_mac, "edst": mac, "src": n2.underlay_ip, "dst": ip, "proto": 4,
                          "df": True, "ttl": 63, "isrc": pod_ip(st, "c"), "idst": inner_src, "ittl": 63,
-                         "icmp": 0, "id": 4242, "load": "podnet-ipip"}, reply
+                         "icmp": 0, "id": 4242, "load": b"podnet-ipip" + m}, reply
+        expect_ipip(p, n2, ip)                                   # and every other outer field
         after = agent(st, "n2", "counters")
         assert after["overlay"]["decapsulated"] - before["overlay"]["decapsulated"] >= 1
         # the same from an outer source no route names
         before = after["drops"]["tunnel_unknown_source"]
-        r = run("ip", "netns", "exec", ns, sys.executable, "-c", SCAPY_IPIP, n2.underlay_mac, n2.underlay_ip,
-                f"{cl.fabric24}.201", inner_src, pod_ip(st, "c"), timeout=30)
-        assert json.loads(r.stdout) == []
+        send_and_assert_no_reply(sx, ipip_echo(mac, n2, f"{cl.fabric24}.201", inner_src, pod_ip(st, "c")), sx,
+                                 filter=bpf)
+        wait_until(lambda: agent(st, "n2", "counters")["drops"]["tunnel_unknown_source"] - before >= 1, 5,
+                   "the packet from .201 to be counted")
         assert agent(st, "n2", "counters")["drops"]["tunnel_unknown_source"] - before == 1
     finally:
         podnet("node", "remove", "sx")

@@ -1,17 +1,15 @@
-"""Hard to break, for real: a pod forging its MAC or IP (scapy sendp inside
-its namespace) is stopped by the agent's port guard and counted, while
+"""Hard to break, for real: a pod forging its MAC or IP (frames sent from its
+eth0 with dataplane.testing, none of which reaches its neighbour) is stopped by the agent's port guard and counted, while
 ordinary traffic keeps flowing; VXLAN with a VNI the node does not serve is
 counted; the agent's control socket is root-only and survives bad requests."""
 import os
 import stat
-import subprocess
-import sys
-import textwrap
 import time
 
 import pytest
 
-from netns_helpers import agent, in_pod, pod_ip, py_in_pod, running_cluster
+from dataplane.testing import send_and_assert_no_reply, send_and_expect
+from netns_helpers import agent, in_pod, pod_ip, running_cluster
 
 SPEC = """
 cluster: {name: pnhd, podCIDR: 10.238.0.0/16, serviceCIDR: 10.93.0.0/16, fabricCIDR: 172.30.243.0/24}
@@ -19,53 +17,42 @@ nodes: [{name: n1}, {name: n2}]
 pods: [{name: a1, node: n1}, {name: b1, node: n1}, {name: a2, node: n2}]
 """
 N = 5                                    # forged frames of each kind
-
-FORGE = """
-import sys
-from scapy.all import ARP, IP, UDP, Ether, conf, get_if_hwaddr, sendp
-conf.verb = 0
-me_ip, b_mac, b_ip, gw_ip, n = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
-me_mac = get_if_hwaddr("eth0")
-frames = (
-    # another source MAC (the classic FDB flood / impersonation)
-    [Ether(src="0a:58:de:ad:be:%02x" % i, dst=b_mac) / IP(src=me_ip, dst=b_ip) / UDP(dport=9) / b"x" for i in range(n)]
-    # our MAC, a neighbour's IP
-    + [Ether(src=me_mac, dst=b_mac) / IP(src=b_ip, dst=b_ip) / UDP(dport=9) / b"x" for _ in range(n)]
-    # gratuitous ARP: "the gateway is at my MAC" (would redirect b's traffic through us); target
-    # MAC = sender MAC makes Linux take it as gratuitous and override a fresh entry (arp_is_garp)
-    + [Ether(src=me_mac, dst="ff:ff:ff:ff:ff:ff") / ARP(op=2, hwsrc=me_mac, psrc=gw_ip, hwdst=me_mac,
-                                                        pdst=gw_ip) for _ in range(n)]
-)
-sendp(frames, iface="eth0")
-print(me_mac)
-"""
-
-SEND_RAW = """
-import socket, sys
-s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
-s.bind(("eth0", 0))
-for frame in sys.argv[1:]:
-    s.send(bytes.fromhex(frame))
-"""
+FOREIGN_MAC = "0a:5a:ac:1e:f3:c8"         # a host on the fabric no route names (at 172.30.243.200)
 
 
-def garp(mac, ip):
-    """A gratuitous ARP reply "ip is at mac" (target = sender, as Linux's
-    arp_is_garp wants it to override a fresh entry), as hex."""
+def forged(me_mac, me_ip, b_mac, b_ip, gw_ip, n=N):
+    """The frames a pod forging its way in sends (each a packet of its own:
+    send_and_expect gives each a marker of its own)."""
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+    return (
+        # another source MAC (the classic FDB flood / impersonation)
+        [Ether(src="0a:58:de:ad:be:%02x" % i, dst=b_mac) / IP(src=me_ip, dst=b_ip) / UDP(dport=9) / b"x"
+         for i in range(n)]
+        # our MAC, a neighbour's IP
+        + [Ether(src=me_mac, dst=b_mac) / IP(src=b_ip, dst=b_ip) / UDP(dport=9) / b"x" for _ in range(n)]
+        # gratuitous ARP: "the gateway is at my MAC" (would redirect b's traffic through us)
+        + garps(me_mac, gw_ip, n))
+
+
+def garps(mac, ip, n=N):
+    """n gratuitous ARP replies "ip is at mac" (target = sender, as Linux's
+    arp_is_garp wants it to override a fresh entry)."""
     from scapy.layers.l2 import ARP, Ether
-    return bytes(Ether(src=mac, dst="ff:ff:ff:ff:ff:ff") / ARP(op=2, hwsrc=mac, psrc=ip, hwdst=mac, pdst=ip)).hex()
+    return [Ether(src=mac, dst="ff:ff:ff:ff:ff:ff") / ARP(op=2, hwsrc=mac, psrc=ip, hwdst=mac, pdst=ip)
+            for _ in range(n)]
 
 
-VXLAN_FOREIGN_VNI = """
-import sys
-from scapy.all import IP, UDP, Ether, conf, sendp
-from scapy.layers.vxlan import VXLAN
-conf.verb = 0
-node_mac, node_ip, gw_mac, pod_ip, n = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
-inner = Ether(src="0a:58:0a:ee:09:01", dst=gw_mac) / IP(src="10.238.9.2", dst=pod_ip) / UDP(dport=9) / b"x"
-sendp([Ether(dst=node_mac) / IP(src="172.30.243.200", dst=node_ip) / UDP(sport=50000, dport=4789)
-       / VXLAN(vni=99) / inner for _ in range(n)], iface="br-fabric")
-"""
+def foreign_vni(node, gw_mac, pod_ip, n=N):
+    """VXLAN frames to node with VNI 99 (the cluster's is 1) from a fabric
+    host no route names, carrying a frame for pod_ip."""
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+    from scapy.layers.vxlan import VXLAN
+    return [Ether(src=FOREIGN_MAC, dst=node.underlay_mac) / IP(src="172.30.243.200", dst=node.underlay_ip)
+            / UDP(sport=50000, dport=4789) / VXLAN(vni=99)
+            / Ether(src="0a:58:0a:ee:09:01", dst=gw_mac) / IP(src="10.238.9.2", dst=pod_ip) / UDP(dport=9) / b"x"
+            for _ in range(n)]
 
 
 @pytest.fixture(scope="module")
@@ -73,10 +60,6 @@ def hd(tmp_path_factory):
     with running_cluster(tmp_path_factory.mktemp("hd"), SPEC) as st:
         yield st
 
-
-
-def mac_of(st, pod):
-    return st.pods[pod].mac
 
 
 def drops_reach(st, node, want, timeout=10.0):
@@ -100,8 +83,10 @@ def test_forged_frames_from_a_pod_are_dropped_and_counted(hd):
     gw_ip, gw_mac = st.nodes["n1"].gateway_ip, st.nodes["n1"].gateway_mac
     assert [p["pod"] for p in agent(st, "n1", "status")["ports"] if p["guarded"]] == ["a1", "b1"]
     assert ping(st, "b1", gw_ip)                                     # b1 knows the real gateway MAC
+    a1, b1 = st.live.pod("a1"), st.live.pod("b1")
     before = agent(st, "n1", "counters")["drops"]
-    py_in_pod(st, "a1", FORGE, pod_ip(st, "a1"), mac_of(st, "b1"), pod_ip(st, "b1"), gw_ip, N)
+    # sent from a1's eth0; none of them reaches b1
+    send_and_assert_no_reply(a1, forged(a1.mac, a1.ip, b1.mac, b1.ip, gw_ip), b1)
     after = drops_reach(st, "n1", timeout=2, want={"spoof_mac": before["spoof_mac"] + N, "spoof_ip": before["spoof_ip"] + 2 * N})
     assert after["spoof_mac"] - before["spoof_mac"] == N
     assert after["spoof_ip"] - before["spoof_ip"] == 2 * N           # forged IPv4 source and ARP sender
@@ -135,13 +120,14 @@ def test_gratuitous_arp_for_the_gateway_poisons_a_neighbour_only_without_the_gua
     st = hd
     gw_ip, gw_mac = st.nodes["n1"].gateway_ip, st.nodes["n1"].gateway_mac
     [port] = [p["port"] for p in agent(st, "n1", "status")["ports"] if p["pod"] == "a1"]
-    a1_mac = mac_of(st, "a1")
+    a1, b1 = st.live.pod("a1"), st.live.pod("b1")
+    a1_mac = a1.mac
     assert ping(st, "b1", gw_ip) and neigh_mac(st, "b1", gw_ip) == gw_mac
     try:
         assert agent(st, "n1", "port_guard", port=port, on=False)["guarded"] is False
         assert {p["pod"]: p["guarded"] for p in agent(st, "n1", "status")["ports"]} == {"a1": False, "b1": True}
         before = agent(st, "n1", "counters")["drops"]["spoof_ip"]
-        py_in_pod(st, "a1", SEND_RAW, *[garp(a1_mac, gw_ip)] * N)
+        send_and_expect(a1, garps(a1_mac, gw_ip), b1)                       # each flooded to b1 once
         assert wait_neigh(st, "b1", gw_ip, a1_mac) == a1_mac                 # poisoned
         assert agent(st, "n1", "counters")["drops"]["spoof_ip"] == before
     finally:
@@ -150,7 +136,7 @@ def test_gratuitous_arp_for_the_gateway_poisons_a_neighbour_only_without_the_gua
     assert ping(st, "b1", gw_ip) and neigh_mac(st, "b1", gw_ip) == gw_mac     # b1 healed
     assert all(p["guarded"] for p in agent(st, "n1", "status")["ports"])
     before = agent(st, "n1", "counters")["drops"]["spoof_ip"]
-    py_in_pod(st, "a1", SEND_RAW, *[garp(a1_mac, gw_ip)] * N)
+    send_and_assert_no_reply(a1, garps(a1_mac, gw_ip), b1)
     after = drops_reach(st, "n1", {"spoof_ip": before + N})["spoof_ip"]
     assert after - before == N                                             # every one dropped, counted
     assert neigh_mac(st, "b1", gw_ip) == gw_mac                             # and b1 never heard them
@@ -172,11 +158,9 @@ def test_vxlan_with_a_foreign_vni_is_counted(hd):
     st = hd
     n1 = st.nodes["n1"]
     before = agent(st, "n1", "counters")["drops"]["vxlan_vni"]
-    r = subprocess.run(["ip", "netns", "exec", st.fabric["namespace"], sys.executable, "-c",
-                        textwrap.dedent(VXLAN_FOREIGN_VNI), n1.underlay_mac, n1.underlay_ip,
-                        st.nodes["n1"].gateway_mac, pod_ip(st, "a1"), str(N)],
-                       capture_output=True, text=True, timeout=30)
-    assert r.returncode == 0, r.stderr
+    # sent into n1 from the fabric (its uplink); nothing reaches a1
+    send_and_assert_no_reply(st.live.node("n1").uplink, foreign_vni(n1, n1.gateway_mac, pod_ip(st, "a1")),
+                             st.live.pod("a1"))
     after = drops_reach(st, "n1", {"vxlan_vni": before + N})["vxlan_vni"]
     assert after - before == N
     assert ping(st, "a2", pod_ip(st, "a1"))                           # the overlay still works

@@ -1,5 +1,6 @@
 """Pods on one node, for real: namespaces whose eth0 is a TAP served by the
-agent. Ping, ARP, TCP, UDP, a routed path, GSO super-frames, and clean-up.
+agent. Ping, ARP (asked from a pod's eth0 with dataplane.testing), TCP,
+UDP, a routed path, GSO super-frames, and clean-up.
 Needs root: skips on a developer box without it, fails when CI=true."""
 import json
 import os
@@ -65,13 +66,22 @@ def test_ping_pods_and_gateway(cl):
 
 
 def test_arp_for_gateway_answered_with_gateway_mac(cl):
-    r = py_in_pod(cl, "c", """
-        from scapy.all import ARP, Ether, conf, srp
-        conf.verb = 0
-        ans, _ = srp(Ether(dst="ff:ff:ff:ff:ff:ff") / ARP(pdst="10.250.0.1"), iface="eth0", timeout=2, retry=2)
-        print(ans[0][1][ARP].hwsrc, ans[0][1][ARP].psrc, ans[0][1][ARP].op)
-    """)
-    assert r.stdout.split() == ["0a:58:0a:fa:00:01", "10.250.0.1", "2"]
+    """A who-has for the gateway, sent from pod c's eth0 (dataplane.testing),
+    is answered to c by the gateway with its MAC."""
+    from scapy.layers.l2 import ARP, Ether
+    c = cl.live.pod("c")
+    ask = Ether(src=c.mac, dst="ff:ff:ff:ff:ff:ff") / ARP(op=1, hwsrc=c.mac, psrc=c.ip, pdst="10.250.0.1")
+
+    def answer(frames):
+        return [e for e in frames if ARP in e and e[ARP].op == 2 and e[ARP].psrc == "10.250.0.1"]
+    with c.capture("arp") as cap:
+        c.send(ask)
+        cap.wait(lambda raw: answer(Ether(r) for r in raw), timeout=5)
+    got = answer(cap.frames)
+    assert got, f"no answer from the gateway among {len(cap.frames)} ARP frames at c"
+    a = got[0]
+    assert (a[ARP].hwsrc, a[ARP].psrc, a[ARP].op) == ("0a:58:0a:fa:00:01", "10.250.0.1", 2)
+    assert (a.src, a.dst, a[ARP].hwdst, a[ARP].pdst) == ("0a:58:0a:fa:00:01", c.mac, c.mac, c.ip)
 
 
 TCP_SERVER = """
