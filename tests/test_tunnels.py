@@ -16,6 +16,7 @@ from scapy.layers.inet import ICMP, IP, IPerror, TCP, UDP
 from scapy.layers.l2 import ARP, Ether
 from scapy.layers.vxlan import VXLAN
 
+from dataplane.testing import NodeInfo, expect_ipip, expect_routed, expect_vxlan
 from fastpath import Dataplane
 
 GW_IP, GW_MAC = "10.244.0.1", "0a:58:0a:f4:00:01"
@@ -110,40 +111,40 @@ def drops(dp):
 
 # ---- what the wire carries, per backend ---------------------------------------
 
+NODE = NodeInfo("node-a", 0, SUBNET, GW_IP, GW_MAC, NODE_IP, NODE_MAC)
+
+
+def peer(mac=PEER_MAC):
+    """node-b's addresses, its underlay MAC mac (the one frames to it carry)."""
+    return NodeInfo("node-b", 1, "10.244.1.0/24", "10.244.1.1", REMOTE_GW_MAC, PEER_IP, mac)
+
+
 def check_ipip(out, sent, dst_mac=PEER_MAC):
-    """An RFC 2003 frame to node-b carrying sent's IPv4 packet, routed.
-    Returns the outer IP id."""
-    inner = routed(sent)
-    e = Ether(out)
-    assert (e.dst, e.src, e.type) == (dst_mac, NODE_MAC, 0x0800)
-    o = e[IP]
-    assert (o.version, o.ihl, o.proto, o.src, o.dst) == (4, 5, 4, NODE_IP, PEER_IP)
+    """An RFC 2003 frame to node-b carrying sent's IPv4 packet, routed
+    (TTL-1 and its checksum, nothing else): every outer field by
+    expect_ipip (DSCP 0, ECN and TTL from the inner header, DF, length,
+    checksum). Returns the outer IP id."""
+    expect_ipip(out, NODE, peer(dst_mac), inner=routed(sent))
+    o = Ether(out)[IP]
     assert o.tos == sent[IP].tos & 3, "outer DSCP 0, ECN copied from the inner header"
-    assert int(o.flags) == 2 and o.frag == 0, "DF always, no fragment"
     assert o.ttl == sent[IP].ttl - 1, "outer TTL inherited from the routed inner packet"
-    assert o.len == len(inner) + 20 == len(out) - 14
     assert o.id != 0
-    assert ip_checksum_ok(out[14:34])
-    assert out[34:] == inner, "inner packet: TTL-1 and its checksum, nothing else"
     return o.id
 
 
 def check_direct(out, sent, dst_mac=PEER_MAC):
-    e = Ether(out)
-    assert (e.dst, e.src, e.type) == (dst_mac, NODE_MAC, 0x0800)
+    """The routed packet itself, unencapsulated, from this node's underlay
+    MAC to dst_mac (expect_routed), byte for byte."""
+    expect_routed(out, sent, src_mac=NODE_MAC, dst_mac=dst_mac)
+    assert Ether(out).type == 0x0800
     assert out[14:] == routed(sent), "the routed packet itself, unencapsulated"
 
 
 def check_vxlan(out, sent, dst_mac=PEER_MAC):
-    e = Ether(out)
-    assert (e.dst, e.src, e.type) == (dst_mac, NODE_MAC, 0x0800)
-    ip = e[IP]
-    assert (ip.src, ip.dst, ip.proto, int(ip.flags), ip.len) == (NODE_IP, PEER_IP, 17, 2, len(out) - 14)
-    assert ip_checksum_ok(out[14:34])
-    assert e[UDP].dport == 4789 and e[VXLAN].vni == 1
-    inner = out[50:]
-    assert (Ether(inner).src, Ether(inner).dst) == (GW_MAC, REMOTE_GW_MAC)
-    assert inner[14:] == routed(sent)
+    """VXLAN to node-b (expect_vxlan: every outer field, VNI 1, port 4789),
+    inside sent routed from this node's gateway MAC to node-b's."""
+    expect_vxlan(out, NODE, peer(dst_mac), vni=1, dport=4789,
+                 inner=Ether(src=GW_MAC, dst=REMOTE_GW_MAC) / IP(routed(sent)))
 
 
 CHECK = {"vxlan": check_vxlan, "ipip": check_ipip, "direct": check_direct}

@@ -6,6 +6,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import ARP, Ether
 from scapy.layers.vxlan import VXLAN
 
+from dataplane.testing import NodeInfo, expect_vxlan
 from fastpath import Dataplane
 
 GW_IP, GW_MAC = "10.244.0.1", "0a:58:0a:f4:00:01"
@@ -45,22 +46,27 @@ def recomputed(pkt, layer):
     return q.__class__(bytes(q))[layer].chksum
 
 
+NODE = NodeInfo("node-a", 0, "10.244.0.0/24", GW_IP, GW_MAC, NODE_IP, NODE_MAC)
+PEER = NodeInfo("node-b", 1, "10.244.1.0/24", "10.244.1.1", REMOTE_GW_MAC, PEER_IP, PEER_MAC)
+
+
+def routed_inner(inner_sent):
+    """The pod's frame as the gateway routes it to node-b: from its MAC to
+    node-b's gateway (no flooding), TTL one less, checksum fixed."""
+    q = IP(bytes(inner_sent[IP]))
+    q.ttl -= 1
+    del q.chksum
+    return Ether(src=GW_MAC, dst=REMOTE_GW_MAC) / IP(bytes(q))
+
+
 def check_encapsulation(out, inner_sent, vni=1, port=4789):
+    """Every outer field (expect_vxlan: addresses, DF, TTL 64, length and
+    checksum, source port in 49152-65535, flags, VNI) and the inner frame
+    byte for byte; the outer UDP checksum is 0 (the fast path never fills it)."""
     e = Ether(out)
-    assert (e.dst, e.src, e.type) == (PEER_MAC, NODE_MAC, 0x0800)
-    ip = e[IP]
-    assert (ip.src, ip.dst, ip.version, ip.ihl, ip.proto, ip.ttl) == (NODE_IP, PEER_IP, 4, 5, 17, 64)
-    assert ip.flags == "DF" and ip.frag == 0
-    assert ip.len == len(out) - 14
-    assert ip.chksum == recomputed(e, IP)
-    u = e[UDP]
-    assert u.dport == port and 49152 <= u.sport <= 65535 and u.chksum == 0 and u.len == len(out) - 34
-    vx = e[VXLAN]
-    assert vx.flags == 0x08 and vx.vni == vni
-    inner = Ether(bytes(vx.payload))
-    assert (inner.src, inner.dst) == (GW_MAC, REMOTE_GW_MAC)                 # routed: no flooding
+    inner = expect_vxlan(out, NODE, PEER, vni=vni, dport=port, ttl=64, inner=routed_inner(inner_sent))
+    assert e[UDP].chksum == 0
     assert inner[IP].ttl == inner_sent[IP].ttl - 1
-    assert inner[IP].chksum == recomputed(inner, IP)
     assert bytes(inner[IP].payload) == bytes(inner_sent[IP].payload)        # the payload untouched
     return e
 
