@@ -228,8 +228,10 @@ def encapsulated(podnet_node, backend):
 
 
 def poke(frame, at, value):
+    """frame with the byte at (or each byte of a tuple of offsets) set to value."""
     b = bytearray(frame)
-    b[at] = value
+    for i in (at if isinstance(at, tuple) else (at,)):
+        b[i] = value
     return bytes(b)
 
 
@@ -268,7 +270,7 @@ def test_expect_vxlan_lists_every_problem_and_compares_the_inner_frame(podnet_no
         expect_vxlan(poke(poke(wire, 40, 0x12), 41, 0x34), vni=1)
 
 
-IPIP_BREAKS = [(23, 17, "IP.proto"), (22, 3, "IP.ttl"), (15, 0x04 | 2, "IP.dscp"), (15, 1, "IP.ecn"),
+IPIP_BREAKS = [((18, 19), 0, "IP.id"), (23, 17, "IP.proto"), (22, 3, "IP.ttl"), (15, 0x04 | 2, "IP.dscp"), (15, 1, "IP.ecn"),
                (20, 0, "IP.flags"), (25, 0, "IP.chksum"), (29, 7, "IP.src"), (33, 7, "IP.dst"), (17, 0, "IP.len")]
 
 
