@@ -11,20 +11,10 @@ import textwrap
 from conftest import require_root
 
 
-@contextlib.contextmanager
 def cluster_env(tmp_path):
     """PODNET_RUN_DIR/STATE_DIR in tmp_path so tests never touch a user's cluster."""
-    old = {k: os.environ.get(k) for k in ("PODNET_RUN_DIR", "PODNET_STATE_DIR")}
-    os.environ["PODNET_RUN_DIR"] = str(tmp_path / "run")
-    os.environ["PODNET_STATE_DIR"] = str(tmp_path / "state")
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    from dataplane.testing.live import run_env
+    return run_env(tmp_path / "run", tmp_path / "state")
 
 
 @contextlib.contextmanager

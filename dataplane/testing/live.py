@@ -24,6 +24,23 @@ def _have_root():
 
 # ---- endpoints: where frames are sent and captured -------------------------------
 
+@contextlib.contextmanager
+def run_env(run_dir, state_dir):
+    """PODNET_RUN_DIR and PODNET_STATE_DIR set to these directories for the
+    block, and put back as they were after it."""
+    keys = {"PODNET_RUN_DIR": str(run_dir), "PODNET_STATE_DIR": str(state_dir)}
+    old = {k: os.environ.get(k) for k in keys}
+    os.environ.update(keys)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 class Endpoint:
     """An interface frames can be sent from and captured at: a pod's eth0
     (Pod), a node's port on the fabric (Node.uplink). send() injects frames
@@ -233,21 +250,10 @@ class Cluster:
     def __repr__(self):
         return f"<Cluster {self.name} ({len(self.spec.nodes)} nodes, {len(self.spec.pods)} pods)>"
 
-    @contextlib.contextmanager
     def env(self):
         """This cluster's PODNET_RUN_DIR and PODNET_STATE_DIR in os.environ
         for the block (dataplane.cluster and the CLI read them)."""
-        keys = {"PODNET_RUN_DIR": str(self.run_dir), "PODNET_STATE_DIR": str(self.state_dir)}
-        old = {k: os.environ.get(k) for k in keys}
-        os.environ.update(keys)
-        try:
-            yield
-        finally:
-            for k, v in old.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        return run_env(self.run_dir, self.state_dir)
 
     def up(self):
         """Bring the cluster up (namespaces, fabric, agents, the spec's
