@@ -1,6 +1,6 @@
 """Checkers of encapsulated and routed frames (VPP's check_encapsulation):
 every field looked at, every mismatch listed in one AssertionError."""
-from .frames import ETH_HLEN, _bytes, _ether, describe, diff
+from .frames import ETH_HLEN, _ether, describe, diff
 
 
 class _Checks:
@@ -78,7 +78,7 @@ def expect_vxlan(frame, src=None, dst=None, *, vni=1, dport=4789, inner=None, tt
     Every mismatch is listed in one AssertionError."""
     from scapy.layers.inet import UDP
     from scapy.layers.vxlan import VXLAN
-    raw = _bytes(frame)
+    raw = bytes(frame)
     e = _ether(raw)
     c = _Checks("expect_vxlan", e)
     ip = _outer_ip(c, e, raw, src, dst, 17, ttl)
@@ -101,7 +101,7 @@ def expect_vxlan(frame, src=None, dst=None, *, vni=1, dport=4789, inner=None, tt
         c.eq("VXLAN.reserved", hdr[1:4] + hdr[7:8], b"\0\0\0\0")
         c.eq("VXLAN.vni", int.from_bytes(hdr[4:7], "big"), vni)
     inner_frame = _ether(raw[50:])
-    if inner is not None and raw[50:] != _bytes(inner):
+    if inner is not None and raw[50:] != bytes(inner):
         c.problems.append("inner frame differs from the one expected:\n    "
                           + "\n    ".join(diff(inner, inner_frame) or ["(bytes differ beyond the fields)"]))
     c.done()
@@ -118,7 +118,7 @@ def expect_ipip(frame, src=None, dst=None, *, inner=None, ttl="inherit", ecn="co
     `ttl inherit`; a number: that; None: any); the inner packet byte for byte
     when inner is given. Every mismatch is listed in one AssertionError."""
     from scapy.layers.inet import IP
-    raw = _bytes(frame)
+    raw = bytes(frame)
     e = _ether(raw)
     c = _Checks("expect_ipip", e)
     inner_raw = raw[34:]
@@ -133,7 +133,7 @@ def expect_ipip(frame, src=None, dst=None, *, inner=None, ttl="inherit", ecn="co
     if inner_ip is None:
         c.problems.append("no inner IPv4 packet")
     elif inner is not None:
-        want = _bytes(inner[IP] if hasattr(inner, "layers") and IP in inner else inner)
+        want = bytes(inner[IP] if hasattr(inner, "layers") and IP in inner else inner)
         if inner_raw != want:
             c.problems.append("inner packet differs from the one expected:\n    "
                               + "\n    ".join(diff_ip(want, inner_raw) or ["(bytes differ beyond the fields)"]))
@@ -145,7 +145,7 @@ def diff_ip(a, b):
     """diff() of two IPv4 packets (bytes or scapy) without Ethernet headers."""
     from scapy.layers.inet import IP
     from scapy.layers.l2 import Ether
-    return diff(Ether() / IP(_bytes(a)), Ether() / IP(_bytes(b)))
+    return diff(Ether() / IP(bytes(a)), Ether() / IP(bytes(b)))
 
 
 def expect_routed(got, sent, *, src_mac=None, dst_mac=None, hops=1):
@@ -162,7 +162,7 @@ def expect_routed(got, sent, *, src_mac=None, dst_mac=None, hops=1):
     if IP not in g or IP not in s:
         c.problems.append("not an IPv4 packet")
         c.done()
-    gi, si = _bytes(g[IP])[:g[IP].len], _bytes(s[IP])[:s[IP].len]      # not Ethernet padding
+    gi, si = bytes(g[IP])[:g[IP].len], bytes(s[IP])[:s[IP].len]      # not Ethernet padding
     c.eq("IP.ttl", g[IP].ttl, s[IP].ttl - hops)
     c.true(_ip_checksum_ok(gi[:g[IP].ihl * 4]), f"IP.chksum: {g[IP].chksum:#06x} is not the header's checksum")
     if len(gi) != len(si) or gi[:8] != si[:8] or gi[9:10] != si[9:10] or gi[12:] != si[12:]:

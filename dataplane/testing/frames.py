@@ -43,7 +43,7 @@ def marker():
 def markers_in(frame):
     """Every marker a frame (bytes or a scapy packet) carries, in order: a
     frame can carry several (an ICMP error quotes the packet it answers)."""
-    return MARKER_RE.findall(_bytes(frame))
+    return MARKER_RE.findall(bytes(frame))
 
 
 def mark(pkt):
@@ -74,10 +74,6 @@ def mark(pkt):
     return pkt, m
 
 
-def _bytes(pkt):
-    return bytes(pkt)
-
-
 def _ether(frame):
     from scapy.layers.l2 import Ether
     return frame if isinstance(frame, Ether) else Ether(bytes(frame))
@@ -106,11 +102,11 @@ def describe(frame):
     """One line per frame: each layer with the fields tests usually check."""
     from scapy.layers.l2 import Ether
     from scapy.packet import NoPayload, Raw
-    p, parts = Ether(_bytes(frame)), []          # dissected again: every field as sent
+    p, parts = Ether(bytes(frame)), []          # dissected again: every field as sent
     while p is not None and not isinstance(p, NoPayload):
         name = p.__class__.__name__
         if isinstance(p, Raw):
-            data = _bytes(p)
+            data = bytes(p)
             m = markers_in(data)
             parts.append(f"Raw {len(data)} B" + (f" marker {m[0].decode()}" if m else ""))
             break
@@ -128,14 +124,14 @@ def diff(expected, got):
     "IP.ttl: 64 -> 63" (a layer present in one only is named as such)."""
     from scapy.layers.l2 import Ether
     from scapy.packet import NoPayload, Raw
-    a, b, out, depth = Ether(_bytes(expected)), Ether(_bytes(got)), [], 0
+    a, b, out, depth = Ether(bytes(expected)), Ether(bytes(got)), [], 0
     while not isinstance(a, NoPayload) or not isinstance(b, NoPayload):
         if isinstance(a, NoPayload) or isinstance(b, NoPayload) or type(a) is not type(b):
             out.append(f"layer {depth}: {a.__class__.__name__} -> {b.__class__.__name__}")
             break
         name = a.__class__.__name__
         if isinstance(a, Raw):
-            x, y = _bytes(a), _bytes(b)
+            x, y = bytes(a), bytes(b)
             if x != y:
                 at = next((i for i, (u, v) in enumerate(zip(x, y)) if u != v), min(len(x), len(y)))
                 out.append(f"Raw: {len(x)} B -> {len(y)} B, first difference at byte {at}")
@@ -166,3 +162,20 @@ def _report(title, sent, marks, arrived, by_marker, others, limit=12):
     else:
         lines.append(f"nothing else arrived ({len(arrived)} frame{'' if len(arrived) == 1 else 's'} in all)")
     return "\n".join(lines)
+
+
+def sized_frames(name, mtu, pkts):
+    """pkts as bytes, each checked against an interface's MTU (MTU + 14
+    bytes of Ethernet header, + 4 with an 802.1Q tag): FrameTooLong (nothing
+    sent) names the first that does not fit, PodnetTestError one shorter
+    than an Ethernet header."""
+    frames = [bytes(p) for p in _packets(pkts)]
+    for i, f in enumerate(frames):
+        limit = mtu + ETH_HLEN + (VLAN_HLEN if f[12:14] == b"\x81\x00" else 0)
+        if len(f) > limit:
+            raise FrameTooLong(f"{name}: frame #{i} is {len(f)} bytes; its MTU of {mtu} "
+                               f"carries frames of at most {limit} bytes (nothing was sent)")
+        if len(f) < ETH_HLEN:
+            raise PodnetTestError(f"{name}: frame #{i} is {len(f)} bytes, shorter than an "
+                                  f"Ethernet header (nothing was sent)")
+    return frames

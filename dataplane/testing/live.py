@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .capture import _SocketCapture
-from .frames import ETH_HLEN, UPLINK, VLAN_HLEN, FrameTooLong, PodnetTestError, _bytes, _packets, _seq
+from .frames import UPLINK, PodnetTestError, _seq, sized_frames
 
 
 def _have_root():
@@ -73,18 +73,9 @@ class Endpoint:
         return s
 
     def check_frames(self, pkts):
-        """The frames as bytes, each checked against this interface's MTU;
-        FrameTooLong (nothing sent) names the first that does not fit."""
-        frames = [_bytes(p) for p in _packets(pkts)]
-        for i, f in enumerate(frames):
-            limit = self.mtu + ETH_HLEN + (VLAN_HLEN if f[12:14] == b"\x81\x00" else 0)
-            if len(f) > limit:
-                raise FrameTooLong(f"{self.name}: frame #{i} is {len(f)} bytes; its MTU of {self.mtu} "
-                                   f"carries frames of at most {limit} bytes (nothing was sent)")
-            if len(f) < ETH_HLEN:
-                raise PodnetTestError(f"{self.name}: frame #{i} is {len(f)} bytes, shorter than an "
-                                      f"Ethernet header (nothing was sent)")
-        return frames
+        """The frames as bytes, each checked against this interface's MTU
+        (frames.sized_frames)."""
+        return sized_frames(self.name, self.mtu, pkts)
 
     def send(self, pkts):
         """Transmit one frame or several (scapy packets or bytes), in order,
@@ -307,12 +298,16 @@ class Cluster:
             raise PodnetTestError(f"cluster {self.name} is not up")
         return s
 
+    def _named(self, what, records, name):
+        if name not in records:
+            raise PodnetTestError(f"no {what} {name!r} in cluster {self.name}; "
+                                  f"its {what}s: {', '.join(records) or 'none'}")
+        return records[name]
+
     def pod(self, name):
         """The Pod called name (from the spec, `apply`, `podnet pod add` or CNI)."""
         s = self.state()
-        rec = s.pods.get(name)
-        if rec is None:
-            raise PodnetTestError(f"no pod {name!r} in cluster {self.name}; its pods: {', '.join(s.pods) or 'none'}")
+        rec = self._named("pod", s.pods, name)
         pod = Pod(rec, s.nodes[rec.node].gateway_mac)
         self._endpoints.append(pod)
         return pod
@@ -320,9 +315,7 @@ class Cluster:
     def node(self, name):
         """The Node called name."""
         s = self.state()
-        ns = s.nodes.get(name)
-        if ns is None:
-            raise PodnetTestError(f"no node {name!r} in cluster {self.name}; its nodes: {', '.join(s.nodes)}")
+        ns = self._named("node", s.nodes, name)
         node = Node(ns, s.fabric["namespace"], s.fabric["mtu"])
         self._endpoints.append(node.uplink)
         return node

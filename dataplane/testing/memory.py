@@ -3,12 +3,11 @@ own code from a spec, with its ports as endpoints (MemoryPort, MemoryPod)."""
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from .capture import Capture
-from .frames import UPLINK, PodnetTestError, _ether
-from .live import Endpoint, NodeInfo, load_spec_input
+from .frames import UPLINK, PodnetTestError, _ether, sized_frames
+from .live import NodeInfo, load_spec_input
 
 
 class Clock:
@@ -51,7 +50,9 @@ class MemoryPort:
     def __repr__(self):
         return f"<{type(self).__name__} {self.name} (port {self.port})>"
 
-    check_frames = Endpoint.check_frames
+    def check_frames(self, pkts):
+        """The frames as bytes, each checked against this port's MTU."""
+        return sized_frames(self.name, self.mtu, pkts)
 
     def send(self, pkts):
         """Run frames into the fast path as if they arrived on this port;
@@ -221,7 +222,7 @@ class MemoryNode:
         none left out); they are also kept for that port's capture/sniff."""
         port = self.port_of(port_or_name)
         mtu = self.spec.mtu if port == self.uplink_port else self.spec.pod_mtu
-        frames = Endpoint.check_frames(_MTU(port_or_name, mtu), pkts)
+        frames = sized_frames(port_or_name, mtu, pkts)
         out = {}
         for p, b in self._process(port, frames):
             out.setdefault(self._names.get(p, str(p)), []).append(_ether(b))
@@ -244,9 +245,3 @@ class MemoryNode:
     def close(self):
         """Stop the in-memory agent's loop object (no threads ran)."""
         self.agent.io.stop()
-
-
-@dataclass
-class _MTU:
-    name: str
-    mtu: int
